@@ -1,0 +1,25 @@
+"""`Document`: one input text that remembers where it came from.
+
+A `Document` is a `str`, so model-written code written for `list[str]` (slicing, `len`, `in`,
+regexes) keeps working, while `doc.path` tells which file it is. Stdlib only: the worker process
+imports it too.
+"""
+
+from __future__ import annotations
+
+
+class Document(str):
+    """A text with its source path (relative to the directory it was loaded from)."""
+
+    path: str
+
+    def __new__(cls, text: str, path: str = "") -> "Document":
+        doc = super().__new__(cls, text)
+        doc.path = path
+        return doc
+
+    def __repr__(self) -> str:
+        return f"Document(path={self.path!r}, chars={len(self)})"
+
+    def __reduce__(self):  # keep the path through pickling
+        return (Document, (str(self), self.path))

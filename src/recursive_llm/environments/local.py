@@ -1,0 +1,60 @@
+"""In-process environment (opt-in, trusted input only): the code runs in a thread of this process.
+
+Faster to start and no copy of the input, but the code can see everything this process can,
+including API keys. A cell past its time limit cannot be stopped: its thread is abandoned and the
+REPL replaced, so the model loses its variables just as with the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from .base import CellResult, SubCallHandler
+from .runtime import REPL
+
+
+class LocalEnvironment:
+    name = "local"
+
+    def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = 1_000_000) -> None:
+        self._context = context
+        self._handler = handler
+        self._max_captured_chars = max_captured_chars
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._repl: REPL | None = None
+        self.restarts = 0
+
+    def _call_host(self, kind: str, prompts: list[str], model: str | None, context: Any) -> list[dict]:
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._handler(kind, prompts, model, context), self._loop)
+        return future.result()
+
+    def _new_repl(self) -> REPL:
+        return REPL(self._context, self._call_host, max_captured_chars=self._max_captured_chars)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._repl = self._new_repl()
+
+    async def execute(self, code: str, timeout: float | None, wall_timeout: float | None = None) -> CellResult:
+        assert self._repl is not None, "call start() first"
+        started = time.monotonic()
+        try:
+            limits = [t for t in (timeout, wall_timeout) if t is not None]
+            reply = await asyncio.wait_for(asyncio.to_thread(self._repl.execute, code), min(limits, default=None))
+        except asyncio.TimeoutError:
+            self._repl = self._new_repl()
+            self.restarts += 1
+            return CellResult(error="TimeoutError: the cell ran past its time limit and was abandoned",
+                              timed_out=True, restarted=True, duration_s=time.monotonic() - started)
+        return CellResult(stdout=reply["stdout"], stderr=reply["stderr"], error=reply["error"],
+                          final=reply["final"], duration_s=time.monotonic() - started)
+
+    async def get_variable(self, name: str) -> dict:
+        assert self._repl is not None
+        return self._repl.get_variable(name)
+
+    async def close(self) -> None:
+        self._repl = None

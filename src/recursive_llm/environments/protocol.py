@@ -1,0 +1,88 @@
+"""The host-worker wire format and the input file the worker loads. Stdlib only.
+
+Frames are a 4-byte big-endian length followed by that many bytes of UTF-8 JSON. The host treats
+everything the worker sends as untrusted: sizes are bounded and messages are validated.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from ..context.document import Document
+
+HEADER = struct.Struct(">I")
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+
+# What the worker may send, and the fields each message must carry (with their types).
+WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "ready": {},
+    "call": {"id": int, "kind": str, "prompts": list},
+    "result": {"id": int, "stdout": str, "stderr": str},
+    "var": {"id": int, "ok": bool},
+}
+
+
+class ProtocolError(Exception):
+    """The other side sent something that is not a valid frame or message."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message, ensure_ascii=False, default=str).encode("utf-8")
+    if len(body) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"message of {len(body):,} bytes exceeds the {MAX_FRAME_BYTES:,}-byte limit")
+    return HEADER.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProtocolError(f"frame is not UTF-8 JSON: {error}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        raise ProtocolError("frame is not a message object with an 'op'")
+    return message
+
+
+def validate_worker_message(message: dict[str, Any]) -> dict[str, Any]:
+    fields = WORKER_MESSAGES.get(message["op"])
+    if fields is None:
+        raise ProtocolError(f"unknown message op {message['op']!r}")
+    for name, kind in fields.items():
+        if not isinstance(message.get(name), kind) or (kind is int and isinstance(message.get(name), bool)):
+            raise ProtocolError(f"message {message['op']!r} has a missing or invalid field {name!r}")
+    if message["op"] == "call":
+        if message["kind"] not in ("llm", "rlm") or not all(isinstance(p, str) for p in message["prompts"]):
+            raise ProtocolError("a 'call' needs kind 'llm' or 'rlm' and a list of string prompts")
+        if message.get("model") is not None and not isinstance(message["model"], str):
+            raise ProtocolError("a 'call' model must be a string or null")
+    return message
+
+
+# -- the input file ------------------------------------------------------------------------------
+def write_context(value: Any, directory: Path) -> Path:
+    """Write the input where the worker will read it: raw text for a str, JSON otherwise."""
+    if isinstance(value, str) and not isinstance(value, Document):
+        path = directory / "context.txt"
+        path.write_text(value, encoding="utf-8")
+        return path
+    if isinstance(value, list) and value and all(isinstance(item, Document) for item in value):
+        payload: dict[str, Any] = {"documents": [[doc.path, str(doc)] for doc in value]}
+    else:
+        payload = {"value": value}
+    path = directory / "context.json"
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, ensure_ascii=False)
+    return path
+
+
+def read_context(path: Path) -> Any:
+    if path.suffix == ".txt":
+        return path.read_text(encoding="utf-8")
+    with open(path, encoding="utf-8") as handle:
+        payload = json.load(handle)
+    if "documents" in payload:
+        return [Document(text, doc_path) for doc_path, text in payload["documents"]]
+    return payload["value"]

@@ -1,0 +1,247 @@
+"""The REPL that model-written code runs in: the namespace of DESIGN.md's contract and cell execution.
+
+Used by both environments: inside the worker process (the default) and in-process (opt-in). Stdlib
+only, because the worker imports it. Sub-calls go through `call_host(kind, prompts, model, context)`,
+which returns one `{"ok": bool, "text" | "error": str}` per prompt.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import io
+import sys
+import traceback
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
+
+CallHost = Callable[[str, list[str], "str | None", "Any"], list[dict]]
+
+RESERVED = ("llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "SHOW_VARS",
+            "FINAL", "FINAL_VAR")
+_CELL_FILENAME = "<repl>"
+
+
+class SubCallError(RuntimeError):
+    """Raised inside model code when a single `llm_query` / `rlm_query` fails."""
+
+
+class CappedBuffer(io.TextIOBase):
+    """A text sink that keeps at most `limit` characters and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[str] = []
+        self.kept = 0
+        self.dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        room = self.limit - self.kept
+        if room > 0:
+            piece = text[:room]
+            self.parts.append(piece)
+            self.kept += len(piece)
+        self.dropped += max(0, len(text) - max(room, 0))
+        return len(text)
+
+    def getvalue(self) -> str:
+        value = "".join(self.parts)
+        if self.dropped:
+            value += f"\n... [{self.dropped:,} more characters of output were discarded]"
+        return value
+
+
+def _as_text(value: Any) -> str:
+    """The input as one text: documents get their path as a header, data becomes JSON."""
+    import json
+
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        parts = []
+        for item in value:
+            header = f"### {item.path}\n" if getattr(item, "path", "") else ""
+            parts.append(header + (item if isinstance(item, str) else json.dumps(item, default=str)))
+        return "\n\n".join(parts)
+    return json.dumps(value, indent=1, default=str)
+
+
+def _split(text: str, size: int) -> list[str]:
+    """Pieces of at most `size` characters, cut at a line break when one is near the end."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            newline = text.rfind("\n", start + size // 2, end)
+            end = newline + 1 if newline > 0 else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces or [""]
+
+
+def _message_of(reply: dict) -> str:
+    return reply.get("text", "") if reply.get("ok") else f"Error: {reply.get('error', 'unknown error')}"
+
+
+class REPL:
+    """A persistent namespace plus `execute(code)`; state survives between cells."""
+
+    def __init__(self, context: Any, call_host: CallHost, *, extra: dict[str, Any] | None = None,
+                 max_captured_chars: int = 1_000_000) -> None:
+        self._call_host = call_host
+        self.max_captured_chars = max_captured_chars
+        self._final: str | None = None
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        self._contract = {
+            "llm_query": self.llm_query,
+            "llm_query_batched": self.llm_query_batched,
+            "rlm_query": self.rlm_query,
+            "rlm_query_batched": self.rlm_query_batched,
+            "SHOW_VARS": self.show_vars,
+            "FINAL": self.final,
+            "FINAL_VAR": self.final_var,
+        }
+        self.namespace.update(self._contract)
+        self.namespace["_map_reduce"] = self.map_reduce
+        self.namespace.update(extra or {})
+        self.namespace["answer"] = {"content": "", "ready": False}
+        self.set_contexts(context)
+
+    def set_contexts(self, context: Any) -> None:
+        """`context` is the first input; several inputs are also `context_0`, `context_1`, ..."""
+        self.namespace["context"] = context
+
+    # -- the contract ---------------------------------------------------------------------------
+    def llm_query(self, prompt: str, model: str | None = None) -> str:
+        """Ask a sub-model one question; returns its reply text."""
+        reply = self._call_host("llm", [str(prompt)], model, None)[0]
+        if not reply.get("ok"):
+            raise SubCallError(reply.get("error", "sub-call failed"))
+        return reply["text"]
+
+    def llm_query_batched(self, prompts: list[str], model: str | None = None) -> list[str]:
+        """Ask many questions concurrently; replies in input order, a failure as an 'Error: ...' slot."""
+        if isinstance(prompts, str):
+            raise TypeError("llm_query_batched takes a list of prompts; use llm_query for one prompt")
+        prompts = [str(p) for p in prompts]
+        if not prompts:
+            return []
+        return [_message_of(reply) for reply in self._call_host("llm", prompts, model, None)]
+
+    def rlm_query(self, prompt: str, model: str | None = None, context: Any = None) -> str:
+        """Hand a sub-task to a child RLM with its own REPL (`context` defaults to the prompt)."""
+        reply = self._call_host("rlm", [str(prompt)], model, context)[0]
+        if not reply.get("ok"):
+            raise SubCallError(reply.get("error", "child run failed"))
+        return reply["text"]
+
+    def rlm_query_batched(self, prompts: list[str], model: str | None = None) -> list[str]:
+        """Several child RLMs concurrently; replies in input order, a failure as an 'Error: ...' slot."""
+        if isinstance(prompts, str):
+            raise TypeError("rlm_query_batched takes a list of prompts; use rlm_query for one prompt")
+        prompts = [str(p) for p in prompts]
+        if not prompts:
+            return []
+        return [_message_of(reply) for reply in self._call_host("rlm", prompts, model, None)]
+
+    def show_vars(self) -> dict[str, str]:
+        """The variables the code has defined so far, with their types."""
+        hidden = set(self._contract) | {"__name__", "__builtins__", "answer"}
+        return {name: type(value).__name__ for name, value in self.namespace.items()
+                if name not in hidden and not name.startswith("_") and not isinstance(value, type(sys))}
+
+    def final(self, answer: Any) -> None:
+        """End the run with `answer` once this cell finishes."""
+        self._final = str(answer)
+
+    def final_var(self, name: Any) -> None:
+        """End the run with the value of the REPL variable `name` once this cell finishes."""
+        if not isinstance(name, str):  # FINAL_VAR(my_var) instead of FINAL_VAR("my_var")
+            self._final = str(name)
+            return
+        if name not in self.namespace:
+            defined = ", ".join(sorted(self.show_vars())) or "none"
+            raise NameError(f"FINAL_VAR: no variable named {name!r} (defined: {defined})")
+        self._final = str(self.namespace[name])
+
+    # -- the weak-model fallback (see recursive_llm.fallback) ------------------------------------
+    def map_reduce(self, query: str, chunk_chars: int) -> str:
+        """Ask the sub-model about every chunk of `context` in parallel, then combine the notes."""
+        text = _as_text(self.namespace.get("context"))
+        chunks = _split(text, chunk_chars)
+        print(f"map-reduce fallback: {len(text):,} characters in {len(chunks)} chunk(s)")
+        notes = self.llm_query_batched([
+            f"Here is part {i + 1} of {len(chunks)} of a larger input.\n\n<part>\n{chunk}\n</part>\n\n"
+            f"Using only this part, answer or gather facts for: {query}\n"
+            f"If this part has nothing relevant, reply exactly: NOTHING RELEVANT"
+            for i, chunk in enumerate(chunks)])
+        useful = [n for n in notes if not n.startswith("Error:") and "NOTHING RELEVANT" not in n.upper()]
+        failed = sum(n.startswith("Error:") for n in notes)
+        print(f"{len(useful)} chunk(s) had relevant notes, {failed} failed")
+        if failed == len(notes):
+            raise SubCallError(f"every chunk's sub-call failed; first error: {notes[0]}")
+        if len(chunks) == 1 and useful:
+            return useful[0]
+        combined = "\n\n".join(f"[notes {i + 1}] {n}" for i, n in enumerate(useful)) or "(no part was relevant)"
+        while len(combined) > chunk_chars and len(useful) > 1:  # reduce the notes until they fit
+            groups = _split(combined, chunk_chars)
+            useful = self.llm_query_batched([
+                f"Condense these notes, keeping every fact relevant to: {query}\n\n{g}" for g in groups])
+            combined = "\n\n".join(useful)
+        return self.llm_query(f"Notes taken from the parts of a larger input:\n\n{combined}\n\n"
+                              f"Using these notes, answer: {query}")
+
+    # -- cells ----------------------------------------------------------------------------------
+    def get_variable(self, name: str) -> dict:
+        if name not in self.namespace or name in self._contract:
+            defined = ", ".join(sorted(self.show_vars())) or "none"
+            return {"ok": False, "error": f"no variable named {name!r} in the REPL (defined: {defined})"}
+        return {"ok": True, "text": str(self.namespace[name])}
+
+    def _restore_contract(self) -> list[str]:
+        changed = [name for name, fn in self._contract.items() if self.namespace.get(name) is not fn]
+        self.namespace.update(self._contract)
+        return changed
+
+    def execute(self, code: str) -> dict:
+        """Run one cell like a notebook: the value of a last bare expression is printed."""
+        self._final = None
+        stdout = CappedBuffer(self.max_captured_chars)
+        stderr = CappedBuffer(self.max_captured_chars)
+        error = None
+        with redirect_stdout(stdout), redirect_stderr(stderr):
+            try:
+                tree = ast.parse(code, filename=_CELL_FILENAME, mode="exec")
+                last_expr = None
+                if tree.body and isinstance(tree.body[-1], ast.Expr):
+                    last_expr = ast.Expression(tree.body.pop().value)
+                exec(compile(tree, _CELL_FILENAME, "exec"), self.namespace)
+                if last_expr is not None:
+                    value = eval(compile(last_expr, _CELL_FILENAME, "eval"), self.namespace)
+                    if value is not None:
+                        print(repr(value))
+            except SyntaxError as exc:
+                error = f"SyntaxError: {exc.msg} (line {exc.lineno})"
+                stderr.write("".join(traceback.format_exception_only(type(exc), exc)))
+            except (Exception, SystemExit) as exc:  # report everything the cell raised; exit() too
+                error = f"{type(exc).__name__}: {exc}"
+                frames = traceback.extract_tb(exc.__traceback__)
+                user_frames = [f for f in frames if f.filename == _CELL_FILENAME] or frames[-1:]
+                stderr.write("Traceback (most recent call last):\n")
+                stderr.write("".join(traceback.format_list(user_frames)))
+                stderr.write("".join(traceback.format_exception_only(type(exc), exc)))
+        changed = self._restore_contract()
+        if changed:
+            stderr.write(f"\nNote: {', '.join(changed)} cannot be replaced; the originals were restored.\n")
+        final = self._final
+        answer = self.namespace.get("answer")
+        if final is None and isinstance(answer, dict) and answer.get("ready"):
+            final = str(answer.get("content", ""))
+            answer["ready"] = False  # reported once; a later turn (a session) starts unanswered
+        return {"stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "error": error, "final": final}

@@ -1,0 +1,245 @@
+"""The default environment: model-written code runs in a separate Python process per run.
+
+The host keeps the model clients and the keys; the worker gets a scrubbed environment (no API keys),
+its own temporary directory, and the input as a file. Sub-calls come back to the host as messages.
+A cell that runs past its time limit (or crashes the process) gets the worker killed and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import EnvironmentFailure
+from .base import CellResult, SubCallHandler
+from .protocol import HEADER, MAX_FRAME_BYTES, ProtocolError, decode_body, encode, validate_worker_message, write_context
+
+_WORKER_SCRIPT = Path(__file__).with_name("worker_main.py")
+# Variables a worker may inherit: enough for Python and locale, never credentials.
+_PASSTHROUGH_ENV = ("LANG", "LC_ALL", "TZ")
+
+
+def worker_env(private_dir: Path) -> dict[str, str]:
+    env = {name: os.environ[name] for name in _PASSTHROUGH_ENV if name in os.environ}
+    env.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(private_dir), "TMPDIR": str(private_dir),
+                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"})
+    return env
+
+
+class WorkerEnvironment:
+    name = "worker"
+
+    def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = 1_000_000,
+                 startup_timeout_s: float = 60.0, python: str = sys.executable) -> None:
+        self._context = context
+        self._handler = handler
+        self._max_captured_chars = max_captured_chars
+        self._startup_timeout_s = startup_timeout_s
+        self._python = python
+        self._dir: Path | None = None
+        self._context_file: Path | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._write_lock = asyncio.Lock()
+        self._call_tasks: set[asyncio.Task] = set()
+        self._reader: asyncio.Task | None = None
+        self._inbox: asyncio.Queue = asyncio.Queue()
+        self._calls_in_flight = 0
+        self._waiting_total = 0.0
+        self._waiting_since = 0.0
+        self._next_id = 0
+        self.pid: int | None = None
+        self.restarts = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="rlm-worker-"))
+        self._context_file = await asyncio.to_thread(write_context, self._context, self._dir)
+        self._context = None  # the file is the worker's copy; do not keep a second one here
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        assert self._dir is not None and self._context_file is not None
+        self._proc = await asyncio.create_subprocess_exec(
+            self._python, "-I", str(_WORKER_SCRIPT), str(self._context_file), str(self._max_captured_chars),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=open(self._dir / "worker-stderr.log", "ab"), cwd=self._dir, env=worker_env(self._dir),
+            start_new_session=True)
+        self._inbox = asyncio.Queue()
+        self._calls_in_flight = 0
+        self._waiting_total = 0.0
+        self._waiting_since = 0.0
+        try:
+            ready = await asyncio.wait_for(self._read_message(), self._startup_timeout_s)
+        except (asyncio.TimeoutError, ProtocolError, EOFError) as error:
+            log = self._stderr_tail()
+            await self._kill()
+            raise EnvironmentFailure(f"the worker process did not start ({type(error).__name__}: {error}). "
+                                     f"Worker log:\n{log}") from None
+        if ready.get("op") != "ready":
+            await self._kill()
+            raise EnvironmentFailure(f"the worker sent {ready.get('op')!r} instead of 'ready'")
+        self.pid = self._proc.pid
+        self._reader = asyncio.create_task(self._read_forever(self._inbox))
+
+    def _stderr_tail(self) -> str:
+        log = self._dir / "worker-stderr.log" if self._dir else None
+        return log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+
+    async def _kill(self) -> None:
+        for task in [*self._call_tasks, *([self._reader] if self._reader else [])]:
+            task.cancel()
+        self._call_tasks.clear()
+        self._reader = None
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)  # the whole session: children the cell may have started too
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await proc.wait()
+
+    async def _restart(self) -> None:
+        await self._kill()
+        self.restarts += 1
+        await self._spawn()
+
+    async def close(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await self._send({"op": "shutdown"})
+                await asyncio.wait_for(self._proc.wait(), 2.0)
+        await self._kill()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    # -- protocol -------------------------------------------------------------------------------
+    async def _send(self, message: dict) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        async with self._write_lock:
+            self._proc.stdin.write(encode(message))
+            await self._proc.stdin.drain()
+
+    async def _read_message(self) -> dict:
+        assert self._proc is not None and self._proc.stdout is not None
+        try:
+            header = await self._proc.stdout.readexactly(HEADER.size)
+            size = HEADER.unpack(header)[0]
+            if size > MAX_FRAME_BYTES:
+                raise ProtocolError(f"the worker announced a {size:,}-byte message (limit {MAX_FRAME_BYTES:,})")
+            body = await self._proc.stdout.readexactly(size)
+        except asyncio.IncompleteReadError:
+            raise EOFError("the worker closed its channel") from None
+        return validate_worker_message(decode_body(body))
+
+    async def _read_forever(self, inbox: asyncio.Queue) -> None:
+        """Move the worker's messages into `inbox` (a failure is delivered as the exception itself).
+
+        One task owns the stream, so waits elsewhere can be cancelled without losing half a frame.
+        """
+        while True:
+            try:
+                message = await self._read_message()
+            except Exception as error:
+                await inbox.put(error)
+                return
+            await inbox.put(message)
+
+    async def _serve_call(self, message: dict) -> None:
+        self._calls_in_flight += 1
+        if self._calls_in_flight == 1:
+            self._waiting_since = time.monotonic()
+        try:
+            results = await self._handler(message["kind"], message["prompts"], message.get("model"),
+                                          message.get("context"))
+        except Exception as error:  # the handler reports per prompt; this is a last resort
+            results = [{"ok": False, "error": f"{type(error).__name__}: {error}"}] * len(message["prompts"])
+        finally:
+            self._calls_in_flight -= 1
+            if self._calls_in_flight == 0:
+                self._waiting_total += time.monotonic() - self._waiting_since
+        with contextlib.suppress(ConnectionError, AttributeError, AssertionError):
+            await self._send({"op": "reply", "id": message["id"], "results": results})
+
+    def _waited_on_calls(self) -> float:
+        ongoing = time.monotonic() - self._waiting_since if self._calls_in_flight else 0.0
+        return self._waiting_total + ongoing
+
+    async def _request(self, message: dict, reply_op: str, compute_timeout: float | None,
+                       wall_timeout: float | None = None) -> dict:
+        """Send a command and serve the worker's sub-calls until its reply arrives.
+
+        `compute_timeout` counts only time the worker is not waiting for sub-calls (a cell that fans
+        out 1,000 calls is not a runaway loop); `wall_timeout` counts everything.
+        """
+        started = time.monotonic()
+        self._waiting_total = 0.0
+        await self._send(message)
+        while True:
+            now = time.monotonic()
+            limits = []
+            if compute_timeout is not None:
+                limits.append(compute_timeout - (now - started - self._waited_on_calls()))
+            if wall_timeout is not None:
+                limits.append(wall_timeout - (now - started))
+            wait = min(limits) if limits else None
+            if wait is not None and wait <= 0:
+                raise asyncio.TimeoutError
+            if self._calls_in_flight and wait is not None:
+                wait = min(wait, 0.5)  # re-check: time spent waiting on calls extends the limit
+            try:
+                incoming = await asyncio.wait_for(self._inbox.get(), wait)
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(incoming, Exception):
+                raise incoming
+            if incoming["op"] == "call":
+                task = asyncio.create_task(self._serve_call(incoming))
+                self._call_tasks.add(task)
+                task.add_done_callback(self._call_tasks.discard)
+            elif incoming["op"] == reply_op and incoming["id"] == message["id"]:
+                return incoming
+            else:
+                raise ProtocolError(f"unexpected {incoming['op']!r} message from the worker")
+
+    # -- the environment interface --------------------------------------------------------------
+    async def execute(self, code: str, timeout: float | None, wall_timeout: float | None = None) -> CellResult:
+        if self._proc is None:
+            raise EnvironmentFailure("the worker is not running: call start() first")
+        self._next_id += 1
+        started = time.monotonic()
+        try:
+            reply = await self._request({"op": "exec", "id": self._next_id, "code": code}, "result",
+                                        timeout, wall_timeout)
+        except asyncio.TimeoutError:
+            await self._restart()
+            return CellResult(error="TimeoutError: the cell ran past its time limit and was stopped",
+                              timed_out=True, restarted=True, duration_s=time.monotonic() - started)
+        except (EOFError, ProtocolError, ConnectionError) as error:
+            code_ = self._proc.returncode if self._proc else None
+            await self._restart()
+            what = (f"the worker process died (exit code {code_})" if isinstance(error, (EOFError, ConnectionError))
+                    else f"the worker broke the protocol ({error}) and was stopped")
+            return CellResult(error=f"WorkerCrash: {what}", restarted=True,
+                              duration_s=time.monotonic() - started)
+        return CellResult(stdout=reply["stdout"], stderr=reply["stderr"], error=reply.get("error"),
+                          final=reply.get("final") if isinstance(reply.get("final"), str) else None,
+                          duration_s=time.monotonic() - started)
+
+    async def get_variable(self, name: str) -> dict:
+        self._next_id += 1
+        try:
+            reply = await self._request({"op": "get_var", "id": self._next_id, "name": name}, "var", 30.0)
+        except (asyncio.TimeoutError, EOFError, ProtocolError, ConnectionError) as error:
+            await self._restart()
+            return {"ok": False, "error": f"could not read {name!r} from the worker ({type(error).__name__})"}
+        return {"ok": reply["ok"], "text": reply.get("text", ""), "error": reply.get("error", "")}

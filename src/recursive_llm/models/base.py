@@ -1,0 +1,38 @@
+"""The interface every model client implements.
+
+A client turns chat messages into a `Completion`. It makes exactly one attempt per call: retries,
+budgets and concurrency live in `recursive_llm.scheduler`, never in a client. A client raises
+`ModelError(retryable=..., retry_after=...)` for provider failures so the scheduler can decide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass
+class Completion:
+    text: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
+@runtime_checkable
+class ModelClient(Protocol):
+    """One model behind one provider. `name` is the model string shown in usage and trajectories."""
+
+    name: str
+    # Largest prompt the model accepts, in tokens, if known (used to size chunks in the fallback).
+    context_window: int | None
+
+    async def complete(self, messages: list[Message], *, max_tokens: int | None = None,
+                       temperature: float | None = None, timeout: float | None = None) -> Completion:
+        ...
+
+    async def aclose(self) -> None:
+        ...

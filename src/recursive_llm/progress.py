@@ -1,0 +1,122 @@
+"""Showing a run as it happens, on stderr: a live status line, and the full story with --verbose."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=False)
+
+
+def _clip(text: str | None, limit: int = 2_000) -> str:
+    text = text or ""
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit:,} more characters]"
+
+
+class VerbosePrinter:
+    """An event listener that prints model replies, code and cell outputs as they arrive."""
+
+    def __init__(self, console=None) -> None:
+        self.console = console or _console()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        from rich.markup import escape
+        from rich.syntax import Syntax
+
+        kind, depth = event["type"], event.get("depth", 0)
+        prefix = f"[dim]{'  ' * depth}d{depth}[/dim] "
+        if kind == "run_start":
+            self.console.print(f"{prefix}[bold]run {event['run_id']}[/bold] model={event['model']} "
+                               f"sub_model={event['sub_model']}")
+        elif kind == "iteration":
+            self.console.rule(f"depth {depth} · iteration {event['iteration']}", style="cyan")
+            self.console.print(escape(_clip(event.get("reply"))))
+        elif kind == "cell":
+            self.console.print(Syntax(_clip(event.get("code")), "python", theme="ansi_dark"))
+            if event.get("stdout"):
+                self.console.print(f"[green]{escape(_clip(event['stdout']))}[/green]")
+            if event.get("stderr"):
+                self.console.print(f"[red]{escape(_clip(event['stderr']))}[/red]")
+        elif kind == "llm_error":
+            self.console.print(f"{prefix}[yellow]{event['model']} attempt {event['attempt']} failed: "
+                               f"{escape(str(event.get('error')))}[/yellow]")
+        elif kind == "fallback":
+            self.console.print(f"{prefix}[magenta]switching to the map-reduce fallback: {event['reason']}[/magenta]")
+        elif kind == "run_end":
+            self.console.print(f"{prefix}[bold]run {event['run_id']} ended: {event['stopped_reason']}[/bold]")
+
+
+class LiveProgress:
+    """A one-line live status (iteration, sub-calls in flight and done, tokens, cost, time).
+
+    Quiet when stderr is not a terminal, unless forced. Use as a context manager and pass the
+    instance as `on_event`.
+    """
+
+    def __init__(self, *, force: bool = False, console=None) -> None:
+        self.console = console or _console()
+        self.enabled = force or sys.stderr.isatty()
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self.iteration = 0
+        self.depth = 0
+        self.in_flight = 0
+        self.done = 0
+        self.failed = 0
+        self.tokens = 0
+        self.cost = 0.0
+        self.activity = "starting"
+        self._live = None
+
+    def __enter__(self) -> "LiveProgress":
+        if self.enabled:
+            from rich.live import Live
+
+            self._live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True,
+                              get_renderable=self._render)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def _render(self):
+        from rich.text import Text
+
+        elapsed = time.monotonic() - self._started
+        return Text.from_markup(
+            f"[cyan]iteration {self.iteration}[/cyan] (depth {self.depth}) · {self.activity} · "
+            f"sub-calls [bold]{self.in_flight}[/bold] in flight, {self.done} done"
+            + (f", [red]{self.failed} failed[/red]" if self.failed else "")
+            + f" · {self.tokens:,} tokens · ${self.cost:.4f} · {elapsed:.1f}s")
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            kind = event["type"]
+            if kind == "iteration":
+                self.iteration, self.depth = event["iteration"], event.get("depth", 0)
+                self.activity = "running code" if event.get("code_blocks") else "thinking"
+            elif kind == "llm_start":
+                self.in_flight += 1
+                if event.get("purpose") == "root":
+                    self.activity = "waiting for the root model"
+            elif kind == "llm_call":
+                self.in_flight -= 1
+                self.done += 1
+                self.tokens += event.get("prompt_tokens", 0) + event.get("completion_tokens", 0)
+                self.cost += event.get("cost_usd", 0.0) or 0.0
+            elif kind == "llm_error":
+                self.in_flight -= 1
+                self.failed += 1
+            elif kind == "cell":
+                self.activity = "code ran"
+            elif kind == "fallback":
+                self.activity = "map-reduce fallback"

@@ -1,0 +1,415 @@
+"""The run loop: the root model writes code, the REPL runs it, until a final answer or a limit.
+
+`RLM` holds the configuration; each `completion()` is one top-level run. A run owns a `Budget`,
+a `Scheduler` and an `EventLog` that its child runs (from `rlm_query`) share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import prompts
+from .budget import Budget, Limits
+from .errors import BudgetExceeded, ConfigError, ModelError, RLMError
+from .events import EventLog, Listener
+from .fallback import chunk_chars_for, map_reduce_code
+from .models.base import Message, ModelClient
+from .parsing import FinalAnswer, parse_reply, truncate_output
+from .result import Result
+from .scheduler import CallSite, RetryPolicy, Scheduler
+from .usage import UsageSummary
+
+ENVIRONMENTS = ("worker", "local")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+class RLM:
+    """A Recursive Language Model: answers `query` over `context` by writing and running code.
+
+    `model` is the root model, `sub_model` answers `llm_query` (defaults to `model`). Limits apply
+    to a whole top-level run including its child runs; `max_depth=1` means sub-calls are plain LLM
+    calls, `max_depth=2` lets `rlm_query` start child RLMs, and so on.
+    """
+
+    def __init__(
+        self,
+        model: str | ModelClient | None = None,
+        sub_model: str | ModelClient | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        max_depth: int = 1,
+        max_iterations: int = 20,
+        max_llm_calls: int | None = None,
+        max_tokens: int | None = None,
+        max_cost_usd: float | None = None,
+        timeout_s: float | None = None,
+        environment: str = "worker",
+        system_prompt: str | None = None,
+        verbose: bool = False,
+        max_output_chars: int = 20_000,
+        cell_timeout_s: float = 120.0,
+        max_concurrency: int = 32,
+        max_retries: int = 4,
+        call_timeout_s: float | None = 300.0,
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+        fallback_after: int | None = 3,
+        trajectory_dir: str | Path | None = None,
+        on_event: Listener | None = None,
+    ) -> None:
+        from .models.resolver import resolve_model
+
+        if environment not in ENVIRONMENTS:
+            raise ConfigError(f"unknown environment {environment!r}: use 'worker' (isolated process, the "
+                              f"default) or 'local' (in-process, trusted input only)")
+        if max_output_chars < 200:
+            raise ConfigError("max_output_chars must be at least 200")
+        try:
+            self.limits = Limits(max_iterations=max_iterations, max_depth=max_depth,
+                                 max_llm_calls=max_llm_calls, max_tokens=max_tokens,
+                                 max_cost_usd=max_cost_usd, timeout_s=timeout_s)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        self.base_url = base_url
+        self.api_key = api_key
+        self.root_client = resolve_model(model, base_url=base_url, api_key=api_key)
+        self.sub_client = (resolve_model(sub_model, base_url=base_url, api_key=api_key)
+                           if sub_model is not None else self.root_client)
+        self.environment = environment
+        self.system_prompt = system_prompt
+        self.verbose = verbose
+        self.max_output_chars = max_output_chars
+        self.cell_timeout_s = cell_timeout_s
+        self.max_concurrency = max_concurrency
+        self.retry = RetryPolicy(max_retries=max_retries)
+        self.call_timeout_s = call_timeout_s
+        self.max_output_tokens = max_output_tokens
+        self.temperature = temperature
+        self.fallback_after = fallback_after
+        self.trajectory_dir = Path(trajectory_dir) if trajectory_dir else None
+        self.on_event = on_event
+
+    @property
+    def model(self) -> str:
+        return self.root_client.name
+
+    @property
+    def sub_model(self) -> str:
+        return self.sub_client.name
+
+    def completion(self, query: str, context: Any = None, **load_options: Any) -> Result:
+        """Run to a final answer (or a limit). `context` may be text, data, a Path, or a directory.
+
+        `load_options` (include, exclude, encoding) go to `load_context` for files and directories.
+        """
+        coroutine = self.acompletion(query, context, **load_options)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coroutine)
+        # Called from inside an event loop (a notebook, an async app): run on a thread of our own.
+        box: dict[str, Any] = {}
+
+        def runner() -> None:
+            try:
+                box["result"] = asyncio.run(coroutine)
+            except BaseException as error:  # re-raised in the caller's thread
+                box["error"] = error
+
+        thread = threading.Thread(target=runner, name="rlm-completion")
+        thread.start()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    async def acompletion(self, query: str, context: Any = None, **load_options: Any) -> Result:
+        from .context.loader import load_context
+
+        if not isinstance(query, str) or not query.strip():
+            raise RLMError("the query is empty: pass the question to answer as `query`")
+        loaded = load_context(context if context is not None else "", **load_options)
+        run_id = new_run_id()
+        trajectory_path = (self.trajectory_dir or _default_trajectory_dir()) / f"{run_id}.jsonl"
+        listeners = [self.on_event] if self.on_event else []
+        if self.verbose:
+            from .progress import VerbosePrinter
+            listeners.append(VerbosePrinter())
+        events = EventLog(trajectory_path, listeners)
+        shared = _Shared(config=self, budget=Budget(self.limits), events=events, usage=UsageSummary())
+        shared.scheduler = Scheduler(shared.budget, events, shared.usage, max_concurrency=self.max_concurrency,
+                                     retry=self.retry, call_timeout_s=self.call_timeout_s,
+                                     max_output_tokens=self.max_output_tokens, temperature=self.temperature)
+        try:
+            run = _Run(shared, query=query, loaded=loaded, depth=0, run_id=run_id, parent_run_id=None,
+                       root_client=self.root_client)
+            result = await run.execute()
+        finally:
+            events.close()
+            await shared.close_clients()
+        result.trajectory_path = trajectory_path
+        return result
+
+
+def _default_trajectory_dir() -> Path:
+    from .paths import trajectories_dir
+
+    return trajectories_dir()
+
+
+@dataclass
+class _Shared:
+    """State shared by a top-level run and all of its child runs."""
+
+    config: RLM
+    budget: Budget
+    events: EventLog
+    usage: UsageSummary
+    scheduler: Scheduler = field(init=False)
+    extra_clients: dict[str, ModelClient] = field(default_factory=dict)
+
+    def client_for(self, model: str | None, default: ModelClient) -> ModelClient:
+        """The client for a model string given in model code (`llm_query(p, model=...)`)."""
+        if model is None or model in (default.name, ""):
+            return default
+        if model not in self.extra_clients:
+            from .models.resolver import resolve_model
+
+            self.extra_clients[model] = resolve_model(model, base_url=self.config.base_url,
+                                                      api_key=self.config.api_key)
+        return self.extra_clients[model]
+
+    async def close_clients(self) -> None:
+        clients = {id(c): c for c in (self.config.root_client, self.config.sub_client,
+                                      *self.extra_clients.values())}
+        for client in clients.values():
+            try:
+                await client.aclose()
+            except Exception:
+                pass
+
+
+class _Run:
+    """One RLM run at one depth: its own REPL, conversation and iteration count."""
+
+    def __init__(self, shared: _Shared, *, query: str, loaded: Any, depth: int, run_id: str,
+                 parent_run_id: str | None, root_client: ModelClient) -> None:
+        self.shared = shared
+        self.config = shared.config
+        self.query = query
+        self.loaded = loaded
+        self.depth = depth
+        self.run_id = run_id
+        self.parent_run_id = parent_run_id
+        self.root_client = root_client
+        self.iterations = 0
+        self.used_fallback = False
+        self.started = time.monotonic()
+
+    # -- events ---------------------------------------------------------------------------------
+    def emit(self, event_type: str, **fields: Any) -> None:
+        self.shared.events.emit(event_type, run_id=self.run_id, parent_run_id=self.parent_run_id,
+                                depth=self.depth, **fields)
+
+    def site(self, purpose: str, depth: int | None = None) -> CallSite:
+        return CallSite(run_id=self.run_id, depth=self.depth if depth is None else depth, purpose=purpose)
+
+    # -- sub-calls from the REPL ----------------------------------------------------------------
+    async def handle_subcall(self, kind: str, prompts_: list[str], model: str | None, context: Any) -> list[dict]:
+        child_depth = self.depth + 1
+        if kind == "rlm" and child_depth < self.config.limits.max_depth:
+            return list(await asyncio.gather(*(self._child_run(p, model, context) for p in prompts_)))
+        try:
+            client = self.shared.client_for(model, self.config.sub_client)
+        except RLMError as error:
+            return [{"ok": False, "error": str(error)}] * len(prompts_)
+        return list(await asyncio.gather(*(self._llm_call(client, p, child_depth) for p in prompts_)))
+
+    async def _llm_call(self, client: ModelClient, prompt: str, depth: int) -> dict:
+        try:
+            completion = await self.shared.scheduler.call(
+                client, [{"role": "user", "content": prompt}], self.site("sub", depth))
+        except RLMError as error:
+            return {"ok": False, "error": str(error)}
+        except Exception as error:  # an unexpected client failure stays in its slot
+            return {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        return {"ok": True, "text": completion.text}
+
+    async def _child_run(self, prompt: str, model: str | None, context: Any) -> dict:
+        from .context.loader import load_context_value
+
+        try:
+            client = self.shared.client_for(model, self.root_client)
+            loaded = load_context_value(prompt if context is None else context)
+        except RLMError as error:
+            return {"ok": False, "error": str(error)}
+        child = _Run(self.shared, query=prompt, loaded=loaded, depth=self.depth + 1,
+                     run_id=new_run_id(), parent_run_id=self.run_id, root_client=client)
+        result = await child.execute()
+        if result.answer is None:
+            return {"ok": False, "error": f"child run {result.run_id} stopped ({result.stopped_reason}) "
+                                          f"without an answer: {result.error or ''}".rstrip(": ")}
+        return {"ok": True, "text": result.answer}
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _make_environment(self):
+        options = {"max_captured_chars": max(self.config.max_output_chars * 50, 1_000_000)}
+        if self.config.environment == "local":
+            from .environments.local import LocalEnvironment
+            return LocalEnvironment(self.loaded.value, self.handle_subcall, **options)
+        from .environments.worker import WorkerEnvironment
+        return WorkerEnvironment(self.loaded.value, self.handle_subcall, **options)
+
+    def _first_messages(self) -> list[Message]:
+        from .context.loader import format_metadata
+
+        metadata = self.loaded.metadata
+        recursion = self.depth + 1 < self.config.limits.max_depth
+        system = prompts.system_prompt(str(metadata.get("type", "unknown")), recursion=recursion,
+                                       override=self.config.system_prompt)
+        user = prompts.FIRST_USER_MESSAGE.format(query=self.query, metadata=format_metadata(metadata))
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    async def execute(self) -> Result:
+        self.emit("run_start", query=self.query, model=self.root_client.name,
+                  sub_model=self.config.sub_client.name, environment=self.config.environment,
+                  metadata=self.loaded.metadata, limits=self.config.limits.__dict__)
+        env = self._make_environment()
+        answer: str | None = None
+        stopped: str | None = None
+        error: str | None = None
+        try:
+            await env.start()
+            messages = self._first_messages()
+            answer, stopped, error = await self._loop(env, messages)
+            if stopped in ("max_iterations", "budget"):
+                answer = await self._ask_for_final(env, messages, stopped)
+        except BudgetExceeded as exc:
+            stopped, error = ("timeout" if exc.budget == "time" else "budget"), str(exc)
+        except RLMError as exc:
+            stopped, error = "error", str(exc)
+        finally:
+            await env.close()
+        result = Result(answer=answer, stopped_reason=stopped or "error", iterations=self.iterations,
+                        usage=self.shared.usage, cost_usd=self.shared.budget.cost_usd, run_id=self.run_id,
+                        duration_s=time.monotonic() - self.started, error=error,
+                        used_fallback=self.used_fallback, depth=self.depth)
+        self.emit("run_end", stopped_reason=result.stopped_reason, answer=answer, error=error,
+                  iterations=self.iterations, used_fallback=self.used_fallback,
+                  duration_s=round(result.duration_s, 3), budget=self.shared.budget.snapshot(),
+                  usage=self.shared.usage.to_dict() if self.depth == 0 else None)
+        return result
+
+    async def _loop(self, env, messages: list[Message]) -> tuple[str | None, str, str | None]:
+        """Iterate until an answer or a limit: returns (answer, stopped_reason, error)."""
+        limits = self.config.limits
+        budget = self.shared.budget
+        idle_turns = 0
+        while self.iterations < limits.max_iterations:
+            self.iterations += 1
+            try:
+                reply = (await self.shared.scheduler.call(self.root_client, messages, self.site("root"))).text
+            except BudgetExceeded as exc:
+                return None, ("timeout" if exc.budget == "time" else "budget"), str(exc)
+            except ModelError as exc:
+                return None, "error", str(exc)
+            parsed = parse_reply(reply)
+            messages.append({"role": "assistant", "content": reply})
+            self.emit("iteration", iteration=self.iterations, reply=reply,
+                      code_blocks=len(parsed.code_blocks), final=bool(parsed.final))
+
+            outputs, final, any_ran = await self._run_blocks(env, parsed.code_blocks)
+            if final is None and parsed.final is not None:
+                final, problem = await self._resolve_final(env, parsed.final)
+                if problem:
+                    outputs.append(problem)
+            if final is not None:
+                return final, "final", None
+            if budget.exhausted:
+                reason = "timeout" if budget.exhausted == "time" else "budget"
+                return None, reason, f"the {budget.exhausted} budget ran out during the run"
+
+            idle_turns = 0 if any_ran else idle_turns + 1
+            if self.config.fallback_after and idle_turns >= self.config.fallback_after:
+                return await self._fallback(env, idle_turns)
+            if parsed.code_blocks or parsed.final:
+                content = prompts.CONTINUE_MESSAGE.format(
+                    iteration=self.iterations, max_iterations=limits.max_iterations,
+                    outputs="\n\n".join(outputs), query=self.query)
+            else:
+                content = prompts.NUDGE_MESSAGE.format(query=self.query)
+            messages.append({"role": "user", "content": content})
+        return None, "max_iterations", None
+
+    async def _run_blocks(self, env, blocks: list[str]) -> tuple[list[str], str | None, bool]:
+        """Run a reply's code blocks in order; stop at the first that gives a final answer."""
+        outputs: list[str] = []
+        any_ran = False
+        per_block = max(200, self.config.max_output_chars // max(1, len(blocks)))
+        for index, code in enumerate(blocks, start=1):
+            cell = await env.execute(code, self.config.cell_timeout_s,
+                                     wall_timeout=self.shared.budget.remaining_time())
+            any_ran = any_ran or cell.ran
+            self.emit("cell", iteration=self.iterations, index=index, code=code, stdout=cell.stdout,
+                      stderr=cell.stderr, error=cell.error, final=cell.final, timed_out=cell.timed_out,
+                      restarted=cell.restarted, duration_s=round(cell.duration_s, 4))
+            note = prompts.VARIABLES_LOST_NOTE if cell.restarted else None
+            stderr = cell.stderr or (cell.error or "")
+            outputs.append(truncate_output(prompts.format_cell(index, code, cell.stdout, stderr, note), per_block))
+            if cell.final is not None:
+                return outputs, cell.final, True
+            if self.shared.budget.exhausted:
+                break
+        return outputs, None, any_ran
+
+    async def _resolve_final(self, env, final: FinalAnswer) -> tuple[str | None, str | None]:
+        if final.variable is None:
+            return final.text, None
+        value = await env.get_variable(final.variable)
+        if value["ok"]:
+            return value["text"], None
+        return None, f"FINAL_VAR failed: {value['error']}. Define the variable in a ```repl block first."
+
+    async def _fallback(self, env, idle_turns: int) -> tuple[str | None, str, str | None]:
+        self.used_fallback = True
+        chunk_chars = chunk_chars_for(self.config.sub_client.context_window)
+        self.emit("fallback", reason=f"{idle_turns} replies in a row without runnable code or an answer",
+                  strategy="map_reduce", chunk_chars=chunk_chars)
+        code = map_reduce_code(self.query, chunk_chars)
+        outputs, final, _ = await self._run_blocks(env, [code])
+        if final is not None:
+            return final, "final", None
+        budget = self.shared.budget
+        if budget.exhausted:
+            return None, "timeout" if budget.exhausted == "time" else "budget", "\n".join(outputs)
+        return None, "error", "the map-reduce fallback did not produce an answer: " + "\n".join(outputs)
+
+    async def _ask_for_final(self, env, messages: list[Message], stopped: str) -> str | None:
+        """At a limit, ask the root model once for its best answer (if the budget still allows)."""
+        budget = self.shared.budget
+        if budget.exhausted == "time":
+            return None
+        reason = (f"the limit of {self.config.limits.max_iterations} iterations is reached"
+                  if stopped == "max_iterations" else f"the {budget.exhausted} budget is used up")
+        messages.append({"role": "user", "content": prompts.FINAL_ASK_MESSAGE.format(reason=reason, query=self.query)})
+        try:
+            reply = (await self.shared.scheduler.call(self.root_client, messages, self.site("final"))).text
+        except (BudgetExceeded, ModelError) as exc:
+            self.emit("final_ask_failed", error=str(exc))
+            return None
+        parsed = parse_reply(reply)
+        if parsed.final is not None:
+            answer, _ = await self._resolve_final(env, parsed.final)
+            if answer is not None:
+                return answer
+        return reply.strip() or None

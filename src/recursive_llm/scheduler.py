@@ -1,0 +1,144 @@
+"""Model calls: the one place where calls are bounded in concurrency, budgeted, retried and logged.
+
+Every call of a run (root replies, sub-calls, child runs' calls) goes through `Scheduler.call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from .budget import Budget
+from .errors import BudgetExceeded, ModelError
+from .events import EventLog
+from .models.base import Completion, Message, ModelClient
+from .usage import TokenUsage, UsageSummary
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 4
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class CallSite:
+    """Who is calling: the run, its depth, and why (root reply, sub-call, final answer request)."""
+
+    run_id: str
+    depth: int
+    purpose: str
+
+
+def _is_retryable(error: BaseException) -> bool:
+    return isinstance(error, ModelError) and error.retryable
+
+
+class Scheduler:
+    def __init__(self, budget: Budget, events: EventLog, usage: UsageSummary, *,
+                 max_concurrency: int = 32, retry: RetryPolicy = RetryPolicy(),
+                 call_timeout_s: float | None = 300.0, max_output_tokens: int | None = None,
+                 temperature: float | None = None) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.budget = budget
+        self.events = events
+        self.usage = usage
+        self.retry = retry
+        self.call_timeout_s = call_timeout_s
+        self.max_output_tokens = max_output_tokens
+        self.temperature = temperature
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self.in_flight = 0
+        self._call_counter = 0
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Honour Retry-After when the provider sent one; else exponential backoff with full jitter."""
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, ModelError) and error.retry_after is not None:
+            return min(max(error.retry_after, 0.0), self.retry.max_delay_s)
+        ceiling = min(self.retry.base_delay_s * 2 ** (state.attempt_number - 1), self.retry.max_delay_s)
+        return random.uniform(0, ceiling)
+
+    async def call(self, client: ModelClient, messages: list[Message], site: CallSite,
+                   *, max_output_tokens: int | None = None) -> Completion:
+        """One logical call, retried on transient errors. Raises BudgetExceeded or ModelError."""
+        self._call_counter += 1
+        call_id = f"{site.run_id}:{self._call_counter}"
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_retryable),
+            stop=stop_after_attempt(self.retry.max_retries + 1),
+            wait=self._wait,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(client, messages, site, call_id,
+                                           attempt.retry_state.attempt_number,
+                                           max_output_tokens or self.max_output_tokens)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, client: ModelClient, messages: list[Message], site: CallSite,
+                       call_id: str, attempt: int, max_output_tokens: int | None) -> Completion:
+        from .models.pricing import cost_usd, price_for
+
+        async with self._semaphore:
+            try:
+                reservation = self.budget.reserve(messages, max_output_tokens=max_output_tokens,
+                                                  price=price_for(client.name))
+            except BudgetExceeded as error:
+                self.events.emit("llm_refused", run_id=site.run_id, depth=site.depth, call_id=call_id,
+                                 purpose=site.purpose, model=client.name, budget=error.budget,
+                                 error=str(error))
+                raise
+            timeout = self.budget.cap_timeout(self.call_timeout_s)
+            self.in_flight += 1
+            self.events.emit("llm_start", run_id=site.run_id, depth=site.depth, call_id=call_id,
+                             purpose=site.purpose, model=client.name, attempt=attempt,
+                             in_flight=self.in_flight)
+            started = time.monotonic()
+            try:
+                completion = await self._complete(client, messages, reservation.max_output_tokens, timeout)
+            except BaseException as error:
+                self.budget.settle(reservation, tokens=0, cost_usd=0.0)
+                model_error = error if isinstance(error, ModelError) else None
+                self.events.emit("llm_error", run_id=site.run_id, depth=site.depth, call_id=call_id,
+                                 purpose=site.purpose, model=client.name, attempt=attempt,
+                                 latency_s=round(time.monotonic() - started, 4),
+                                 error=f"{type(error).__name__}: {error}",
+                                 retryable=bool(model_error and model_error.retryable))
+                raise
+            finally:
+                self.in_flight -= 1
+        cost = cost_usd(client.name, completion.prompt_tokens, completion.completion_tokens)
+        tokens = completion.prompt_tokens + completion.completion_tokens
+        self.budget.settle(reservation, tokens=tokens, cost_usd=cost)
+        self.usage.record(client.name, site.depth, TokenUsage(completion.prompt_tokens,
+                                                              completion.completion_tokens, 1, cost))
+        self.events.emit("llm_call", run_id=site.run_id, depth=site.depth, call_id=call_id,
+                         purpose=site.purpose, model=client.name, attempt=attempt,
+                         messages=messages, response=completion.text,
+                         prompt_tokens=completion.prompt_tokens,
+                         completion_tokens=completion.completion_tokens, cost_usd=cost,
+                         latency_s=round(time.monotonic() - started, 4),
+                         finish_reason=completion.finish_reason)
+        return completion
+
+    async def _complete(self, client: ModelClient, messages: list[Message], max_output_tokens: int | None,
+                        timeout: float | None) -> Completion:
+        if timeout is not None and timeout <= 0:
+            raise BudgetExceeded("time", "call refused: the run's time limit is used up")
+        call = client.complete(messages, max_tokens=max_output_tokens, temperature=self.temperature,
+                               timeout=timeout)
+        if timeout is None:
+            return await call
+        try:
+            # The client enforces its own timeout; this guard catches clients that cannot.
+            return await asyncio.wait_for(call, timeout + 1.0)
+        except asyncio.TimeoutError:
+            raise ModelError(f"{client.name}: no answer within {timeout:.1f} s", retryable=True) from None

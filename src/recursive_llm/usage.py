@@ -1,0 +1,60 @@
+"""Token and cost accounting shared by model clients, the scheduler and results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenUsage:
+    """Usage of one model call (or a sum of calls)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, other: "TokenUsage") -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.calls += other.calls
+        self.cost_usd += other.cost_usd
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "calls": self.calls,
+            "cost_usd": round(self.cost_usd, 8),
+        }
+
+
+@dataclass
+class UsageSummary:
+    """Usage of a whole run, broken down per model and per depth."""
+
+    by_model: dict[str, TokenUsage] = field(default_factory=dict)
+    by_depth: dict[int, TokenUsage] = field(default_factory=dict)
+
+    def record(self, model: str, depth: int, usage: TokenUsage) -> None:
+        self.by_model.setdefault(model, TokenUsage()).add(usage)
+        self.by_depth.setdefault(depth, TokenUsage()).add(usage)
+
+    @property
+    def total(self) -> TokenUsage:
+        total = TokenUsage()
+        for usage in self.by_model.values():
+            total.add(usage)
+        return total
+
+    def to_dict(self) -> dict:
+        return {
+            "total": self.total.to_dict(),
+            "by_model": {name: u.to_dict() for name, u in sorted(self.by_model.items())},
+            "by_depth": {str(d): u.to_dict() for d, u in sorted(self.by_depth.items())},
+        }
