@@ -1,0 +1,89 @@
+"""Anthropic's Messages API through the official `anthropic` client, one attempt per call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ModelError
+from .base import Completion, Message
+from .errors import from_status
+
+DEFAULT_MAX_TOKENS = 4096
+
+
+def to_anthropic(messages: list[Message]) -> tuple[str | None, list[dict]]:
+    """System messages become `system=`; consecutive same-role messages are merged."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system") or None
+    merged: list[dict] = []
+    for message in messages:
+        if message["role"] == "system":
+            continue
+        if merged and merged[-1]["role"] == message["role"]:
+            merged[-1]["content"] += "\n\n" + message["content"]
+        else:
+            merged.append({"role": message["role"], "content": message["content"]})
+    return system, merged
+
+
+class AnthropicClient:
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
+                 context_window: int | None = 200_000, name: str | None = None) -> None:
+        self.model = model
+        self.name = name or model
+        self.base_url = base_url
+        self.context_window = context_window
+        self._api_key = api_key
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"AnthropicClient(model={self.model!r}, base_url={self.base_url!r})"
+
+    def _sdk(self):
+        if self._client is None:
+            import anthropic
+
+            self._client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0)
+        return self._client
+
+    def _map_error(self, error: Exception) -> ModelError:
+        import anthropic
+
+        if isinstance(error, anthropic.APITimeoutError):
+            return ModelError(f"anthropic {self.model}: the request timed out", retryable=True)
+        if isinstance(error, anthropic.APIConnectionError):
+            return ModelError(f"anthropic {self.model}: connection failed ({error.__cause__ or error})", retryable=True)
+        if isinstance(error, anthropic.APIStatusError):
+            response = getattr(error, "response", None)
+            return from_status("anthropic", self.model, error.status_code, getattr(error, "message", str(error)),
+                               getattr(response, "headers", None), "ANTHROPIC_API_KEY")
+        if isinstance(error, (anthropic.APIResponseValidationError, ValueError)):
+            return ModelError(f"anthropic {self.model}: malformed response ({error})", retryable=True)
+        return ModelError(f"anthropic {self.model}: {type(error).__name__}: {error}", retryable=False)
+
+    async def complete(self, messages: list[Message], *, max_tokens: int | None = None,
+                       temperature: float | None = None, timeout: float | None = None) -> Completion:
+        system, turns = to_anthropic(messages)
+        options: dict[str, Any] = {"max_tokens": max_tokens or DEFAULT_MAX_TOKENS}
+        if system:
+            options["system"] = system
+        if temperature is not None:
+            options["temperature"] = temperature
+        if timeout is not None:
+            options["timeout"] = timeout
+        try:
+            response = await self._sdk().messages.create(model=self.model, messages=turns, **options)
+        except Exception as error:
+            raise self._map_error(error) from None
+        blocks = getattr(response, "content", None)
+        if not isinstance(blocks, list):
+            raise ModelError(f"anthropic {self.model}: malformed response (no content)", retryable=True)
+        text = "".join(getattr(block, "text", "") for block in blocks if getattr(block, "type", "") == "text")
+        usage = getattr(response, "usage", None)
+        return Completion(text=text, model=self.name, prompt_tokens=getattr(usage, "input_tokens", 0) or 0,
+                          completion_tokens=getattr(usage, "output_tokens", 0) or 0,
+                          finish_reason=getattr(response, "stop_reason", None))
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()

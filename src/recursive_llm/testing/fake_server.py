@@ -1,0 +1,267 @@
+"""`FakeLLMServer`: a real OpenAI- and Anthropic-compatible HTTP server on 127.0.0.1, for tests.
+
+It answers from a `responder(messages, model) -> str`, sleeps `latency` seconds per request, and
+can inject faults (429 with Retry-After, 500, 503, garbage JSON, dropped connections, hangs),
+either from a queue (`faults=["429", "500"]`, one per request) or at random (`fault_rate`).
+
+    with FakeLLMServer(responder=lambda messages, model: "hi", latency=0.1) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="x")
+
+Run it standalone: `python -m recursive_llm.testing.fake_server --port 8000 --latency 0.1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Responder = Callable[[list[dict], str], str]
+FAULT_KINDS = ("429", "500", "503", "garbage", "drop", "timeout")
+
+
+def echo_responder(messages: list[dict], model: str) -> str:
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {"content": ""})
+    content = last_user["content"]
+    if isinstance(content, list):  # Anthropic content blocks
+        content = "".join(block.get("text", "") for block in content if isinstance(block, dict))
+    return "echo: " + str(content)[:200]
+
+
+def _tokens(text: str) -> int:
+    return len(text) // 4 + 1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+class FakeLLMServer:
+    def __init__(self, responder: Responder = echo_responder, *, latency: float = 0.0,
+                 faults: list[str] | None = None, fault_rate: float = 0.0,
+                 fault_kinds: tuple[str, ...] = ("429", "500", "503", "garbage", "drop"), seed: int = 0,
+                 retry_after: str = "0", hang_seconds: float = 30.0, port: int = 0) -> None:
+        for fault in [*(faults or []), *fault_kinds]:
+            if fault not in FAULT_KINDS:
+                raise ValueError(f"unknown fault {fault!r}; choose from {FAULT_KINDS}")
+        self.responder = responder
+        self.latency = latency
+        self.fault_rate = fault_rate
+        self.fault_kinds = fault_kinds
+        self.retry_after = retry_after
+        self.hang_seconds = hang_seconds
+        self._faults = list(faults or [])
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._port = port
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.request_count = 0
+        self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.faults_injected: list[str] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "the server is not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "FakeLLMServer":
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._httpd = _Server(("127.0.0.1", self._port), handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-llm-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> "FakeLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            if self._faults:
+                fault = self._faults.pop(0)
+            elif self.fault_rate and self._random.random() < self.fault_rate:
+                fault = self._random.choice(self.fault_kinds)
+            else:
+                return None
+            self.faults_injected.append(fault)
+            return fault
+
+    def _enter(self, path: str, body: dict) -> None:
+        with self._lock:
+            self.request_count += 1
+            self.requests.append({"path": path, **body})
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeLLMServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+        return
+
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            self._send_json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model",
+                                                              "owned_by": "recursive-llm"}]})
+        else:
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except json.JSONDecodeError:
+            self._send_json(400, {"error": {"message": "invalid JSON body", "type": "invalid_request_error"}})
+            return
+        fake = self.fake
+        fake._enter(self.path, body)
+        try:
+            if fake.latency:
+                time.sleep(fake.latency)
+            fault = fake._next_fault()
+            if fault and self._inject(fault):
+                return
+            if self.path.endswith("/chat/completions"):
+                self._chat(body)
+            elif self.path.endswith("/messages"):
+                self._anthropic(body)
+            else:
+                self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+        finally:
+            fake._leave()
+
+    def _inject(self, fault: str) -> bool:
+        """Answer with `fault`; False for a hang, which then answers normally."""
+        if fault == "429":
+            self._send_json(429, {"error": {"message": "rate limited (injected)", "type": "rate_limit_error"}},
+                            {"Retry-After": self.fake.retry_after})
+        elif fault in ("500", "503"):
+            self._send_json(int(fault), {"error": {"message": f"server error {fault} (injected)", "type": "server_error"}})
+        elif fault == "garbage":
+            body = b'{"choices": [ this is not json'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        elif fault == "drop":
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        elif fault == "timeout":
+            time.sleep(self.fake.hang_seconds)
+            return False
+        return True
+
+    def _chat(self, body: dict) -> None:
+        messages, model = body.get("messages", []), body.get("model", "fake-model")
+        text = self.fake.responder(messages, model)
+        prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in messages)
+        completion_tokens = _tokens(text)
+        if body.get("stream"):
+            self._stream_chat(text, model, prompt_tokens, completion_tokens)
+            return
+        self._send_json(200, {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+    def _stream_chat(self, text: str, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        chunk_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        pieces = [text[i:i + 16] for i in range(0, len(text), 16)] or [""]
+        for index, piece in enumerate(pieces):
+            delta = {"content": piece, **({"role": "assistant"} if index == 0 else {})}
+            event = {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+        final = {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                           "total_tokens": prompt_tokens + completion_tokens}}
+        self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+        self.wfile.flush()
+
+    def _anthropic(self, body: dict) -> None:
+        messages = list(body.get("messages", []))
+        if body.get("system"):
+            messages.insert(0, {"role": "system", "content": body["system"]})
+        model = body.get("model", "fake-model")
+        text = self.fake.responder(messages, model)
+        self._send_json(200, {
+            "id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": sum(_tokens(str(m.get("content", ""))) for m in messages),
+                      "output_tokens": _tokens(text)},
+        })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A fake OpenAI/Anthropic-compatible server for tests.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    args = parser.parse_args()
+    server = FakeLLMServer(latency=args.latency, fault_rate=args.fault_rate, port=args.port).start()
+    print(server.base_url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

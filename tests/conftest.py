@@ -1,0 +1,9 @@
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Every test writes its trajectories under its own RLM_HOME and sees no real provider keys."""
+    monkeypatch.setenv("RLM_HOME", str(tmp_path / "rlm-home"))
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "RLM_MODEL"):
+        monkeypatch.delenv(name, raising=False)

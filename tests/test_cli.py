@@ -1,0 +1,78 @@
+"""`rlm ask` as a user runs it: a real subprocess, a real HTTP model server, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from recursive_llm.testing import FakeLLMServer
+from scripted_root import root_then_sub
+
+
+def rlm(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "recursive_llm", *args], input=stdin, capture_output=True,
+                          text=True, env=full_env, timeout=120)
+
+
+@pytest.fixture
+def server():
+    turns = ["```repl\nprint(type(context).__name__, len(context))\n```", "FINAL(forty-two)"]
+    with FakeLLMServer(responder=root_then_sub(turns)) as srv:
+        yield srv
+
+
+def test_ask_prints_answer_and_summary(server, tmp_path):
+    doc = tmp_path / "notes.txt"
+    doc.write_text("some notes\n")
+    done = rlm("ask", "What is the answer?", "--context", str(doc), "--model", "m", "--base-url", server.base_url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "forty-two\n"
+    assert "final" in done.stderr and "trajectory:" in done.stderr
+
+
+def test_ask_json_directory_and_stdin(server, tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("alpha")
+    done = rlm("ask", "q", "--context", str(tmp_path / "d"), "--model", "m", "--base-url", server.base_url, "--json")
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert payload["answer"] == "forty-two" and payload["stopped_reason"] == "final"
+    assert payload["usage"]["total"]["calls"] == 2
+    piped = rlm("ask", "q", "--context", "-", "--model", "m", "--base-url", server.base_url, "--quiet",
+                stdin="text from stdin")
+    assert piped.returncode == 0 and piped.stdout == "forty-two\n" and piped.stderr == ""
+
+
+def test_ask_exit_codes_for_bad_input_and_config(server, tmp_path):
+    missing = rlm("ask", "q", "--context", str(tmp_path / "nope.txt"), "--model", "m", "--base-url", server.base_url)
+    assert missing.returncode == 3 and "no such file" in missing.stderr
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(b"\x00\x01\x02" * 100)
+    assert rlm("ask", "q", "--context", str(binary), "--model", "m", "--base-url", server.base_url).returncode == 3
+    no_key = rlm("ask", "q", "--context", "-", "--model", "gpt-5-mini", stdin="x")
+    assert no_key.returncode == 4 and "OPENAI_API_KEY" in no_key.stderr
+    unknown = rlm("ask", "q", "--context", "-", "--model", "no-such-model-xyz", stdin="x")
+    assert unknown.returncode == 4
+    usage = rlm("ask")
+    assert usage.returncode == 2
+
+
+def test_ask_exit_code_at_a_limit(tmp_path):
+    turns = ["```repl\nx = 1\n```"]  # never answers
+    with FakeLLMServer(responder=root_then_sub(turns)) as srv:
+        done = rlm("ask", "q", "--context", "-", "--model", "m", "--base-url", srv.base_url,
+                   "--max-iterations", "2", stdin="text")
+    assert done.returncode == 5
+    assert "max_iterations" in done.stderr
+
+
+def test_ask_provider_failure_exit_code(tmp_path):
+    with FakeLLMServer(faults=["500"] * 10) as srv:
+        done = rlm("ask", "q", "--context", "-", "--model", "m", "--base-url", srv.base_url, stdin="text")
+    assert done.returncode == 6, done.stderr
+    assert "500" in done.stderr or "server" in done.stderr.lower()
