@@ -1,0 +1,169 @@
+"""Loading every kind of input, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recursive_llm.context.document import Document
+from recursive_llm.context.loader import format_metadata, load_context, load_context_value
+from recursive_llm.errors import ContextError
+
+
+def test_text():
+    loaded = load_context("hello\nworld")
+    assert loaded.value == "hello\nworld" and loaded.kind == "str"
+    assert loaded.metadata["total_chars"] == 11 and loaded.metadata["num_lines"] == 2
+
+
+def test_single_line_string_naming_a_file_loads_it(tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("file content")
+    monkeypatch.chdir(tmp_path)
+    assert load_context("notes.txt").value == "file content"
+    assert load_context("notes.txt is a file name").value == "notes.txt is a file name"
+
+
+def test_model_supplied_strings_are_never_paths(tmp_path):
+    (tmp_path / "secret.txt").write_text("top secret")
+    assert load_context_value(str(tmp_path / "secret.txt")).value == str(tmp_path / "secret.txt")
+
+
+def test_text_file_with_bom(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"\xef\xbb\xbfhello")
+    loaded = load_context(path)
+    assert loaded.value == "hello" and loaded.source == str(path)
+
+
+def test_json_and_jsonl_files(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps({"a": [1, 2]}))
+    assert load_context(tmp_path / "d.json").value == {"a": [1, 2]}
+    (tmp_path / "r.jsonl").write_text('{"x": 1}\n\n{"x": 2}\n')
+    assert load_context(tmp_path / "r.jsonl").value == [{"x": 1}, {"x": 2}]
+
+
+def test_invalid_json_and_jsonl_name_the_place(tmp_path):
+    (tmp_path / "bad.json").write_text('{"a": 1,,}')
+    with pytest.raises(ContextError, match=r"not valid JSON \(line 1, column 9"):
+        load_context(tmp_path / "bad.json")
+    (tmp_path / "bad.jsonl").write_text('{"x": 1}\nnope\n')
+    with pytest.raises(ContextError, match="line 2 is not valid JSON"):
+        load_context(tmp_path / "bad.jsonl")
+
+
+def make_tree(root: Path) -> None:
+    (root / "src" / "pkg").mkdir(parents=True)
+    (root / "src" / "pkg" / "mod.py").write_text("def f(): pass\n")
+    (root / "src" / "top.py").write_text("import os\n")
+    (root / "README.md").write_text("# Title\n")
+    (root / ".hidden").write_text("secret")
+    (root / "__pycache__").mkdir()
+    (root / "__pycache__" / "x.pyc").write_bytes(b"\x00\x01")
+    (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
+    (root / "latin.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+
+
+def test_directory_with_skip_report(tmp_path):
+    make_tree(tmp_path)
+    loaded = load_context(tmp_path)
+    assert loaded.kind == "documents"
+    assert [d.path for d in loaded.value] == ["README.md", "src/top.py", "src/pkg/mod.py"]
+    assert all(isinstance(d, Document) for d in loaded.value)
+    skipped = {s.path: s.reason for s in loaded.skipped}
+    assert set(skipped) == {"image.png", "latin.txt"}
+    assert "binary" in skipped["image.png"] and "utf-8" in skipped["latin.txt"] and "byte 3" in skipped["latin.txt"]
+    meta = loaded.metadata
+    assert meta["type"] == "list[Document]" and meta["skipped"] == 2 and meta["num_items"] == 3
+    assert "2 file(s) were skipped" in format_metadata(meta)
+
+
+def test_directory_include_exclude(tmp_path):
+    make_tree(tmp_path)
+    assert [d.path for d in load_context(tmp_path, include=["*.py"]).value] == ["src/top.py", "src/pkg/mod.py"]
+    assert [d.path for d in load_context(tmp_path, include=["**/*.py"], exclude=["src/pkg/*"]).value] == ["src/top.py"]
+    latin = load_context(tmp_path, include=["latin.txt"], encoding="latin-1").value
+    assert latin == ["café crème"]
+
+
+def test_single_bad_files_are_errors(tmp_path):
+    (tmp_path / "blob.bin").write_bytes(b"abc\x00def")
+    with pytest.raises(ContextError, match="looks binary"):
+        load_context(tmp_path / "blob.bin")
+    (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(ContextError, match=r"not valid utf-8 \(byte 3.*--encoding"):
+        load_context(tmp_path / "latin.txt")
+    assert load_context(tmp_path / "latin.txt", encoding="latin-1").value == "café"
+    with pytest.raises(ContextError, match="unknown encoding"):
+        load_context(tmp_path / "latin.txt", encoding="no-such-codec")
+    (tmp_path / "big.txt").write_text("x" * 100)
+    with pytest.raises(ContextError, match="over the 10-byte limit"):
+        load_context(tmp_path / "big.txt", max_file_bytes=10)
+
+
+@pytest.mark.parametrize("value", ["", "   \n", [], {}])
+def test_empty_inputs(value):
+    with pytest.raises(ContextError, match="empty"):
+        load_context(value)
+
+
+def test_empty_file_and_directories(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ContextError, match="empty"):
+        load_context(tmp_path / "empty.txt")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(ContextError, match="nothing to load"):
+        load_context(tmp_path / "nothing")
+    (tmp_path / "bins").mkdir()
+    (tmp_path / "bins" / "a.bin").write_bytes(b"\x00")
+    with pytest.raises(ContextError, match="a.bin: looks binary"):
+        load_context(tmp_path / "bins")
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(ContextError, match="no such file or directory"):
+        load_context(tmp_path / "missing")
+    with pytest.raises(ContextError, match="no such file"):
+        load_context([tmp_path / "missing.txt"])
+
+
+def test_non_json_able_data():
+    with pytest.raises(ContextError, match="object"):
+        load_context({"a": object()})
+
+
+def test_lists_dicts_and_paths(tmp_path):
+    assert load_context(["a", "bb"]).metadata["item_lengths"] == [1, 2]
+    meta = load_context({"k": [1, 2, 3], "n": 5}).metadata
+    assert meta["type"] == "dict" and meta["keys"][0] == {"key": "k", "type": "list", "length": 3}
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b.txt").write_text("beta")
+    loaded = load_context([tmp_path / "a.txt", tmp_path / "d"])
+    assert [str(d) for d in loaded.value] == ["alpha", "beta"]
+    assert loaded.value[1].path.endswith("d/b.txt")
+
+
+def test_metadata_never_contains_content():
+    text = "The treasure is buried under the old oak tree. " * 100
+    for value in (text, [text, text], {"story": text}):
+        assert "treasure" not in format_metadata(load_context(value).metadata)
+
+
+def test_metadata_is_bounded_for_many_items():
+    loaded = load_context([f"item {i}" for i in range(100_000)])
+    description = format_metadata(loaded.metadata)
+    assert len(description) < 1_000 and "100,000 items" in description
+    assert loaded.metadata["item_lengths"]["max"] == len("item 99999")
+
+
+def test_forty_megabyte_file(tmp_path):
+    line = "line {:08d}: the quick brown fox jumps over the lazy dog\n"
+    path = tmp_path / "big.txt"
+    with open(path, "w") as handle:
+        for i in range(700_000):
+            handle.write(line.format(i))
+    loaded = load_context(path)
+    assert len(loaded.value) == path.stat().st_size > 40_000_000
+    assert loaded.value.endswith(line.format(699_999))
