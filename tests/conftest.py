@@ -1,4 +1,15 @@
+import os
+from pathlib import Path
+
 import pytest
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _subprocesses_use_this_checkout():
+    """`python -m recursive_llm` in tests runs this checkout's code, whatever is installed."""
+    os.environ["PYTHONPATH"] = SRC + os.pathsep + os.environ.get("PYTHONPATH", "")
 
 
 @pytest.fixture(autouse=True)
