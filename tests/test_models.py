@@ -128,3 +128,20 @@ def test_retries_give_up_after_the_limit():
         with pytest.raises(ModelError, match="500"):
             run_scheduler(server, max_retries=2)
         assert server.request_count == 3
+
+
+# -- LiteLLM (the optional extra; scripts/setup.sh installs it) ------------------------------------
+def test_litellm_over_http():
+    pytest.importorskip("litellm", reason="the litellm extra is not installed: pip install 'recursive-llm[litellm]'")
+    from recursive_llm.models.resolver import resolve_model
+
+    with FakeLLMServer() as server:
+        client = resolve_model("litellm/openai/fake-model", base_url=server.base_url, api_key="sk-x")
+        completion = complete(client, max_tokens=20)
+        assert completion.text == "echo: hello there" and completion.prompt_tokens > 0
+        assert server.requests[0]["model"] == "fake-model"
+    with FakeLLMServer(faults=["429"], retry_after="2") as server:
+        client = resolve_model("litellm/openai/fake-model", base_url=server.base_url, api_key="sk-x")
+        with pytest.raises(ModelError) as info:
+            complete(client)
+        assert info.value.retryable and info.value.status_code == 429

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..errors import ConfigError, ModelError
@@ -12,6 +13,8 @@ from .errors import from_openai_error
 class LiteLLMClient:
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  context_window: int | None = None) -> None:
+        # Without this, LiteLLM fetches its price list from the network at import time.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         try:
             import litellm  # noqa: F401  (fail at construction, not at the first call)
         except ImportError:

@@ -1,0 +1,131 @@
+"""Core benchmarks: batched fan-out over real HTTP, and the worker's start and round-trip times.
+
+Run: python benchmarks/core_overhead.py   (results are printed as a markdown table; copy them into
+docs/BENCHMARKS.md with the date and machine). Medians over several repetitions in one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+sys.path.insert(0, SRC)
+os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
+
+from recursive_llm import RLM  # noqa: E402
+from recursive_llm.environments.worker import WorkerEnvironment  # noqa: E402
+from recursive_llm.events import read_trajectory  # noqa: E402
+from recursive_llm.testing import ScriptedModel  # noqa: E402
+
+REPEATS = 5
+
+
+@contextlib.contextmanager
+def server_process(latency: float):
+    """The fake OpenAI-compatible server in its own process, so it does not share our GIL."""
+    proc = subprocess.Popen([sys.executable, "-m", "recursive_llm.testing.fake_server", "--latency", str(latency)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
+    try:
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def fan_out_in_process(prompts: int, latency: float, concurrency: int) -> float:
+    """The same batch against an in-process model with the same latency: the framework alone."""
+    code = (f"import time\nt0 = time.perf_counter()\nr = llm_query_batched([str(i) for i in range({prompts})])\n"
+            f"print(time.perf_counter() - t0)")
+    root = ScriptedModel([f"```repl\n{code}\n```", "FINAL(done)"])
+    sub = ScriptedModel(default="ok", delay=latency, name="sub")
+    result = RLM(model=root, sub_model=sub, max_concurrency=concurrency).completion("q", "text")
+    cell = next(e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell")
+    return float(cell["stdout"].strip())
+
+
+async def raw_openai(base_url: str, prompts: int, concurrency: int) -> float:
+    """The official openai client alone, same server, same concurrency: the HTTP stack's share."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            await client.chat.completions.create(model="bench", messages=[{"role": "user", "content": str(i)}])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(prompts)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return elapsed
+
+
+def fan_out(base_url: str, prompts: int, concurrency: int) -> float:
+    """Seconds for one llm_query_batched of `prompts` prompts over HTTP, measured inside the worker."""
+    code = (f"import time\nt0 = time.perf_counter()\nr = llm_query_batched([str(i) for i in range({prompts})])\n"
+            f"assert len(r) == {prompts} and not any(x.startswith('Error') for x in r), r[:3]\n"
+            f"print(time.perf_counter() - t0)")
+    root = ScriptedModel([f"```repl\n{code}\n```", "FINAL(done)"])
+    result = RLM(model=root, sub_model="bench", base_url=base_url, max_concurrency=concurrency).completion("q", "text")
+    cell = next(e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell")
+    return float(cell["stdout"].strip())
+
+
+async def worker_timings() -> tuple[list[float], list[float]]:
+    async def handler(kind, prompts, model, context):
+        return [{"ok": True, "text": p} for p in prompts]
+
+    starts, trips = [], []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        env = WorkerEnvironment("some text", handler)
+        await env.start()
+        starts.append(time.perf_counter() - started)
+        for _ in range(200):
+            t0 = time.perf_counter()
+            await env.execute("x = 1", 10)
+            trips.append(time.perf_counter() - t0)
+        await env.close()
+    return starts, trips
+
+
+def main() -> None:
+    rows = []
+    latency = 0.1
+    for prompts, concurrency in ((100, 32), (1000, 64)):
+        ideal = -(-prompts // concurrency) * latency
+        with server_process(latency) as base_url:
+            runs = [fan_out(base_url, prompts, concurrency) for _ in range(REPEATS)]
+            raw = [asyncio.run(raw_openai(base_url, prompts, concurrency)) for _ in range(REPEATS)]
+        local = [fan_out_in_process(prompts, latency, concurrency) for _ in range(REPEATS)]
+        label = f"{prompts} prompts, {latency * 1000:.0f} ms latency, concurrency {concurrency}"
+        median = statistics.median(runs)
+        rows.append((f"llm_query_batched over HTTP (openai client, fake server process): {label}",
+                     f"{median:.3f} s", f"ideal {ideal:.2f} s (ratio {median / ideal:.2f}); "
+                     f"sequential {prompts * latency:.0f} s"))
+        rows.append((f"the raw openai client alone, same server: {label}", f"{statistics.median(raw):.3f} s",
+                     f"ours / raw client = {median / statistics.median(raw):.2f}"))
+        rows.append((f"llm_query_batched, in-process model with the same latency: {label}",
+                     f"{statistics.median(local):.3f} s", f"ideal {ideal:.2f} s "
+                     f"(ratio {statistics.median(local) / ideal:.2f})"))
+    starts, trips = asyncio.run(worker_timings())
+    rows.append(("worker start (spawn + load a small input + ready)", f"{statistics.median(starts) * 1000:.1f} ms", ""))
+    rows.append(("trivial cell round trip in the worker", f"{statistics.median(trips) * 1000:.2f} ms",
+                 f"p95 {sorted(trips)[int(len(trips) * 0.95)] * 1000:.2f} ms"))
+    print(f"| measurement (median of {REPEATS}) | result | reference |")
+    print("| --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
