@@ -24,7 +24,7 @@ def test_live_progress_counts_calls_and_tokens():
     progress = LiveProgress(force=True, console=console)
     with progress:
         run_with(progress)
-    assert progress.iteration == 2 and progress.done == 4 and progress.in_flight == 0
+    assert progress.iteration == 2 and progress.done == 2 and progress.in_flight == 0
     assert progress.tokens > 0
     assert "iteration" in progress._render().plain
 

@@ -53,7 +53,7 @@ class VerbosePrinter:
 
 
 class LiveProgress:
-    """A one-line live status (iteration, sub-calls in flight and done, tokens, cost, time).
+    """A one-line live status (iteration, sub-calls in flight and done, all tokens and cost, time).
 
     Quiet when stderr is not a terminal, unless forced. Use as a context manager and pass the
     instance as `on_event`.
@@ -105,15 +105,17 @@ class LiveProgress:
                 self.iteration, self.depth = event["iteration"], event.get("depth", 0)
                 self.activity = "running code" if event.get("code_blocks") else "thinking"
             elif kind == "llm_start":
-                self.in_flight += 1
-                if event.get("purpose") == "root":
+                if event.get("purpose") == "sub":
+                    self.in_flight += 1
+                else:
                     self.activity = "waiting for the root model"
             elif kind == "llm_call":
-                self.in_flight -= 1
-                self.done += 1
+                if event.get("purpose") == "sub":
+                    self.in_flight -= 1
+                    self.done += 1
                 self.tokens += event.get("prompt_tokens", 0) + event.get("completion_tokens", 0)
                 self.cost += event.get("cost_usd", 0.0) or 0.0
-            elif kind == "llm_error":
+            elif kind == "llm_error" and event.get("purpose") == "sub":
                 self.in_flight -= 1
                 self.failed += 1
             elif kind == "cell":

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import ModelError
 from .base import Completion, Message
-from .errors import from_status
+from .errors import from_sdk_error
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -45,21 +45,6 @@ class AnthropicClient:
             self._client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0)
         return self._client
 
-    def _map_error(self, error: Exception) -> ModelError:
-        import anthropic
-
-        if isinstance(error, anthropic.APITimeoutError):
-            return ModelError(f"anthropic {self.model}: the request timed out", retryable=True)
-        if isinstance(error, anthropic.APIConnectionError):
-            return ModelError(f"anthropic {self.model}: connection failed ({error.__cause__ or error})", retryable=True)
-        if isinstance(error, anthropic.APIStatusError):
-            response = getattr(error, "response", None)
-            return from_status("anthropic", self.model, error.status_code, getattr(error, "message", str(error)),
-                               getattr(response, "headers", None), "ANTHROPIC_API_KEY")
-        if isinstance(error, (anthropic.APIResponseValidationError, ValueError)):
-            return ModelError(f"anthropic {self.model}: malformed response ({error})", retryable=True)
-        return ModelError(f"anthropic {self.model}: {type(error).__name__}: {error}", retryable=False)
-
     async def complete(self, messages: list[Message], *, max_tokens: int | None = None,
                        temperature: float | None = None, timeout: float | None = None) -> Completion:
         system, turns = to_anthropic(messages)
@@ -73,7 +58,9 @@ class AnthropicClient:
         try:
             response = await self._sdk().messages.create(model=self.model, messages=turns, **options)
         except Exception as error:
-            raise self._map_error(error) from None
+            import anthropic
+
+            raise from_sdk_error(error, anthropic, "anthropic", self.model, "ANTHROPIC_API_KEY") from None
         blocks = getattr(response, "content", None)
         if not isinstance(blocks, list):
             raise ModelError(f"anthropic {self.model}: malformed response (no content)", retryable=True)

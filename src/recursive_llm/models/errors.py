@@ -39,18 +39,25 @@ def from_status(provider: str, model: str, status: int, detail: str, headers=Non
                       status_code=status)
 
 
-def from_openai_error(error: Exception, provider: str, model: str, key_var: str) -> ModelError:
-    """Map an exception of the `openai` SDK (or of LiteLLM, whose errors subclass them)."""
-    import openai
+def from_sdk_error(error: Exception, sdk, provider: str, model: str, key_var: str) -> ModelError:
+    """Map an exception of the `openai` or `anthropic` SDK (LiteLLM's errors subclass openai's).
 
-    if isinstance(error, openai.APITimeoutError):
+    Both SDKs share these class names, so one mapping serves both; `sdk` is the imported module.
+    """
+    if isinstance(error, sdk.APITimeoutError):
         return ModelError(f"{provider} {model}: the request timed out", retryable=True)
-    if isinstance(error, openai.APIConnectionError):
+    if isinstance(error, sdk.APIConnectionError):
         return ModelError(f"{provider} {model}: connection failed ({error.__cause__ or error})", retryable=True)
-    if isinstance(error, openai.APIStatusError):
+    if isinstance(error, sdk.APIStatusError):
         response = getattr(error, "response", None)
         return from_status(provider, model, error.status_code, getattr(error, "message", str(error)),
                            getattr(response, "headers", None), key_var)
-    if isinstance(error, (openai.APIResponseValidationError, ValueError)):
+    if isinstance(error, (sdk.APIResponseValidationError, ValueError)):
         return ModelError(f"{provider} {model}: malformed response ({error})", retryable=True)
     return ModelError(f"{provider} {model}: {type(error).__name__}: {error}", retryable=False)
+
+
+def from_openai_error(error: Exception, provider: str, model: str, key_var: str) -> ModelError:
+    import openai
+
+    return from_sdk_error(error, openai, provider, model, key_var)
