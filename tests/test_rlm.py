@@ -297,3 +297,21 @@ def test_trajectory_records_every_step(rlm_home):
     cell = next(e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell")
     assert cell["stdout"] == "hello\n"
     assert json.loads(result.trajectory_path.read_text().splitlines()[-1])["answer"] == "bye"
+
+
+def test_rlm_query_context_reaches_the_sub_model_at_max_depth():
+    sub = ScriptedModel(default=lambda m: m[-1]["content"], name="sub")
+    root = ScriptedModel([repl("r = rlm_query('Count the words', context='one two three')\nFINAL_VAR(r)")])
+    answer = make(root, sub, max_depth=1).completion("q", "text").answer
+    assert answer.startswith("Count the words") and "one two three" in answer
+
+
+def test_long_rlm_query_prompt_is_the_childs_context_not_its_query():
+    long_prompt = "Find the odd word. " + "word " * 5_000 + "oddity"
+    root = ScriptedModel(default=lambda m: (
+        "FINAL_VAR(context)" if "Query: Find the odd word" in m[1]["content"]
+        else repl(f"r = rlm_query({long_prompt!r})\nFINAL(len(r))")))
+    result = make(root, max_depth=2).completion("q", "text")
+    assert result.answer == str(len(long_prompt))
+    child_first_prompt = next(c for c in root.calls if "Query: Find the odd word" in c[1]["content"])
+    assert len(child_first_prompt[1]["content"]) < 6_000 and "oddity" not in child_first_prompt[1]["content"]

@@ -26,6 +26,9 @@ from .scheduler import CallSite, RetryPolicy, Scheduler
 from .usage import UsageSummary
 
 ENVIRONMENTS = ("worker", "local")
+# A child run's query goes into its root prompt; a longer rlm_query prompt is shown only in part
+# (the child reads all of it from `context`).
+_MAX_CHILD_QUERY_CHARS = 4_000
 
 
 def new_run_id() -> str:
@@ -229,6 +232,10 @@ class _Run:
         child_depth = self.depth + 1
         if kind == "rlm" and child_depth < self.config.limits.max_depth:
             return list(await asyncio.gather(*(self._child_run(p, model, context) for p in prompts_)))
+        if context is not None:  # rlm_query(prompt, context=...) at max depth: the sub-model needs both
+            from .environments.runtime import as_text
+
+            prompts_ = [f"{p}\n\n<context>\n{as_text(context)}\n</context>" for p in prompts_]
         try:
             client = self.shared.client_for(model, self.config.sub_client)
         except RLMError as error:
@@ -253,7 +260,11 @@ class _Run:
             loaded = load_context_value(prompt if context is None else context)
         except RLMError as error:
             return {"ok": False, "error": str(error)}
-        child = _Run(self.shared, query=prompt, loaded=loaded, depth=self.depth + 1,
+        query = prompt
+        if context is None and len(prompt) > _MAX_CHILD_QUERY_CHARS:  # the prompt is the child's input
+            query = (prompt[:_MAX_CHILD_QUERY_CHARS // 2] + f"\n... [{len(prompt):,} characters in all; "
+                     "the whole task and its text are in `context`]")
+        child = _Run(self.shared, query=query, loaded=loaded, depth=self.depth + 1,
                      run_id=new_run_id(), parent_run_id=self.run_id, root_client=client)
         result = await child.execute()
         if result.answer is None:

@@ -57,7 +57,7 @@ class CappedBuffer(io.TextIOBase):
         return value
 
 
-def _as_text(value: Any) -> str:
+def as_text(value: Any) -> str:
     """The input as one text: documents get their path as a header, data becomes JSON."""
     import json
 
@@ -161,19 +161,23 @@ class REPL:
         self._final = str(answer)
 
     def final_var(self, name: Any) -> None:
-        """End the run with the value of the REPL variable `name` once this cell finishes."""
-        if not isinstance(name, str):  # FINAL_VAR(my_var) instead of FINAL_VAR("my_var")
-            self._final = str(name)
-            return
-        if name not in self.namespace:
+        """End the run with the value of the REPL variable `name` once this cell finishes.
+
+        Models also write `FINAL_VAR(my_var)` (the value, not the name): a value that is not the
+        name of a variable is taken as the answer itself.
+        """
+        if isinstance(name, str) and name.isidentifier() and name in self.namespace:
+            self._final = str(self.namespace[name])
+        elif isinstance(name, str) and name.isidentifier() and len(name) < 64:
             defined = ", ".join(sorted(self.show_vars())) or "none"
             raise NameError(f"FINAL_VAR: no variable named {name!r} (defined: {defined})")
-        self._final = str(self.namespace[name])
+        else:
+            self._final = str(name)
 
     # -- the weak-model fallback (see recursive_llm.fallback) ------------------------------------
     def map_reduce(self, query: str, chunk_chars: int) -> str:
         """Ask the sub-model about every chunk of `context` in parallel, then combine the notes."""
-        text = _as_text(self.namespace.get("context"))
+        text = as_text(self.namespace.get("context"))
         chunks = _split(text, chunk_chars)
         print(f"map-reduce fallback: {len(text):,} characters in {len(chunks)} chunk(s)")
         notes = self.llm_query_batched([
