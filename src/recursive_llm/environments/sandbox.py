@@ -1,0 +1,201 @@
+"""Isolation layers for the worker process, strongest available first.
+
+1. A scrubbed environment (no API keys or host variables) and a private working directory.
+2. Resource limits (setrlimit, inherited by everything the worker starts): address space, file
+   size, processes, open files, and a CPU-time ceiling; the worker also lowers its CPU limit per cell.
+3. Linux namespaces through bubblewrap, when the machine allows them: no network (a private
+   loopback), its own PID/IPC/UTS namespaces, a read-only view of only what Python needs (the
+   Python install, this package, the input), a size-limited private tmpfs as the only writable
+   place, and, when started as root, an unprivileged uid (65534) with no capabilities.
+
+`plan_isolation()` finds out once per process what is available; `rlm doctor` prints it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODES = ("auto", "namespaces", "process")
+NOBODY = 65534
+_SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/alternatives")
+SANDBOX_TMP = "/tmp"  # the worker's private, size-limited, writable directory inside the sandbox
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one worker (and every process it starts)."""
+
+    memory_mb: int = 8192
+    max_file_mb: int = 1024
+    private_dir_mb: int = 512
+    max_processes: int = 64
+    max_open_files: int = 512
+    cpu_seconds: int = 3600  # the whole worker; cells are bounded per cell as well
+
+
+@dataclass
+class IsolationPlan:
+    mode: str
+    namespaces: bool
+    drop_uid: bool
+    layers: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = [f"isolation mode: {self.mode}"]
+        lines += [f"  active: {layer}" for layer in self.layers]
+        lines += [f"  missing: {item}" for item in self.missing]
+        return "\n".join(lines)
+
+
+def _python_roots() -> list[str]:
+    """Directories the worker needs to run this Python and import this package and its deps."""
+    roots = {sys.base_prefix, sys.prefix, sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
+             sysconfig.get_paths()["platlib"], str(Path(__file__).resolve().parents[2])}
+    roots.add(str(Path(sys.executable).resolve().parent))
+    return sorted(r for r in roots if r and os.path.isdir(r))
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = Path(path).parts
+    return ["/" + "/".join(parts[1:i]) for i in range(2, len(parts))]
+
+
+def bwrap_command(*, context_dir: str, private_mb: int, drop_uid: bool) -> list[str]:
+    """The bubblewrap prefix that runs a command inside the sandbox."""
+    command = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+               "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+    if not drop_uid:  # not root: an unprivileged user namespace, with no capabilities in it
+        command += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL"]
+    # As root, setpriv (run next, inside) needs CAP_SETUID to become 65534; it then clears every
+    # capability set (--inh-caps=-all --bounding-set=-all) and the kernel drops the rest on setuid.
+    binds = [d for d in _SYSTEM_DIRS if os.path.isdir(d)]
+    for directory in binds:
+        command += ["--ro-bind", directory, directory]
+    # The private tmpfs first: binds below /tmp (the input often is) must be mounted on top of it.
+    command += ["--proc", "/proc", "--dev", "/dev",
+                "--perms", "1777", "--size", str(private_mb * 1024 * 1024), "--tmpfs", SANDBOX_TMP]
+    covered = [*binds, SANDBOX_TMP]
+    extra = [r for r in _python_roots() if not any(r == d or r.startswith(d + "/") for d in binds)]
+    made: set[str] = set()
+    for path in [*extra, context_dir]:
+        for parent in _ancestors(path):  # bwrap would create missing parents as 0700
+            if parent not in made and parent not in covered and not any(parent.startswith(d + "/") for d in binds):
+                command += ["--perms", "0755", "--dir", parent]
+                made.add(parent)
+    for directory in extra:
+        command += ["--ro-bind", directory, directory]
+    command += ["--ro-bind", context_dir, context_dir, "--chdir", SANDBOX_TMP, "--clearenv"]
+    return command
+
+
+def setpriv_command() -> list[str]:
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--no-new-privs"]
+
+
+@functools.lru_cache(maxsize=None)
+def _namespaces_work(drop_uid: bool) -> tuple[bool, str]:
+    """Start a trivial sandboxed Python once: the only reliable test of what this machine allows."""
+    if shutil.which("bwrap") is None:
+        return False, "bubblewrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+    if drop_uid and shutil.which("setpriv") is None:
+        return False, "setpriv is not installed (util-linux), needed to drop root"
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rlm-probe-") as probe:
+        os.chmod(probe, 0o755)
+        command = bwrap_command(context_dir=probe, private_mb=8, drop_uid=drop_uid)
+        if drop_uid:
+            command += ["--", *setpriv_command()]
+        else:
+            command += ["--"]
+        command += [sys.executable, "-I", "-c", "import os; print(os.getuid())"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return False, f"bubblewrap could not start ({error})"
+    if done.returncode != 0 or done.stdout.strip() != str(NOBODY):
+        reason = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
+        return False, f"bubblewrap is installed but cannot create namespaces here ({reason})"
+    return True, ""
+
+
+def plan_isolation(mode: str = "auto") -> IsolationPlan:
+    if mode not in MODES:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown sandbox mode {mode!r}: use 'auto' (strongest available), 'namespaces' "
+                          f"(require bubblewrap namespaces) or 'process' (resource limits only)")
+    drop_uid = os.geteuid() == 0
+    plan = IsolationPlan(mode=mode, namespaces=False, drop_uid=False,
+                         layers=["separate process with a scrubbed environment (no API keys)",
+                                 "resource limits: memory, file size, processes, open files, CPU time"])
+    if mode == "process":
+        plan.missing.append("namespaces: disabled (sandbox='process'); model code can reach the network and "
+                            "read the host's files")
+        return plan
+    works, reason = _namespaces_work(drop_uid)
+    if not works:
+        if mode == "namespaces":
+            from ..errors import ConfigError
+
+            raise ConfigError(f"sandbox='namespaces' was required but {reason}")
+        plan.missing.append(f"namespaces: {reason}; model code can reach the network and read the host's files")
+        return plan
+    plan.namespaces = True
+    plan.drop_uid = drop_uid
+    plan.layers += ["namespaces (bubblewrap): no network, own PID/IPC/UTS, read-only system view, "
+                    "size-limited private /tmp as the only writable place"]
+    if drop_uid:
+        plan.layers.append(f"unprivileged uid {NOBODY} with no capabilities, at most "
+                           f"{Limits().max_processes} processes (the host runs as root)")
+    else:
+        plan.missing.append("process-count limit: only applied when the host runs as root (it drops to uid 65534)")
+    return plan
+
+
+def worker_argv(plan: IsolationPlan, python_argv: list[str], *, context_dir: str, limits: Limits) -> list[str]:
+    if not plan.namespaces:
+        return python_argv
+    command = bwrap_command(context_dir=context_dir, private_mb=limits.private_dir_mb, drop_uid=plan.drop_uid)
+    for name, value in sandbox_env().items():
+        command += ["--setenv", name, value]
+    command.append("--")
+    if plan.drop_uid:
+        command += setpriv_command()
+    return command + python_argv
+
+
+def sandbox_env() -> dict[str, str]:
+    env = {name: os.environ[name] for name in ("LANG", "LC_ALL", "TZ") if name in os.environ}
+    env.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": SANDBOX_TMP, "TMPDIR": SANDBOX_TMP,
+                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"})
+    return env
+
+
+def apply_limits(limits: Limits) -> None:
+    """Runs in the child between fork and exec: the limits hold for everything it starts."""
+    mb = 1024 * 1024
+    for which, value in ((resource.RLIMIT_AS, limits.memory_mb * mb), (resource.RLIMIT_FSIZE, limits.max_file_mb * mb),
+                         (resource.RLIMIT_NOFILE, limits.max_open_files), (resource.RLIMIT_CPU, limits.cpu_seconds),
+                         (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(which, (value, value))
+
+
+def limits_preexec(limits: Limits, *, nproc: bool):
+    """A preexec_fn for the worker. `nproc` only when the worker runs as its own uid (65534):
+    RLIMIT_NPROC counts every process of the real uid, and root is exempt from it anyway."""
+    def preexec() -> None:
+        apply_limits(limits)
+        if nproc:
+            resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
+    return preexec
