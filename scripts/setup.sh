@@ -7,6 +7,14 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 pip_install() { "$PYTHON" -m pip install --disable-pip-version-check -q "$@"; }
 
+# bubblewrap gives the worker its own namespaces (no network, read-only filesystem view); without
+# it the worker still runs, with resource limits only (`rlm doctor` shows what is active).
+if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing bubblewrap for worker isolation" >&2
+  (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null 2>&1 \
+    || echo "setup: could not install bubblewrap; workers will run without namespaces" >&2
+fi
+
 if ! "$PYTHON" -c "import llama_cpp" 2>/dev/null; then
   echo "setup: building llama-cpp-python (about 4 minutes; portable CPU flags, no -march=native)" >&2
   # The default build enables every instruction set of the build machine (AMX here), and crashes

@@ -38,6 +38,7 @@ class Limits:
     private_dir_mb: int = 512
     max_processes: int = 64
     max_open_files: int = 512
+    stack_mb: int = 256
     cpu_seconds: int = 3600  # the whole worker; cells are bounded per cell as well
 
 
@@ -187,7 +188,7 @@ def apply_limits(limits: Limits) -> None:
     mb = 1024 * 1024
     for which, value in ((resource.RLIMIT_AS, limits.memory_mb * mb), (resource.RLIMIT_FSIZE, limits.max_file_mb * mb),
                          (resource.RLIMIT_NOFILE, limits.max_open_files), (resource.RLIMIT_CPU, limits.cpu_seconds),
-                         (resource.RLIMIT_CORE, 0)):
+                         (resource.RLIMIT_STACK, limits.stack_mb * mb), (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(which, (value, value))
 
 
