@@ -2,9 +2,12 @@
 
 Each attack is the code of one model reply, run through a whole RLM run (root reply -> worker ->
 host). For each: the host keeps running, the run still finishes with an answer, nothing appears
-outside the worker's private directory, and the attack's own check holds. Attacks that only a
-namespace sandbox can stop are skipped, with the reason, where bubblewrap namespaces are not
-available (`rlm doctor` says which layers a machine has); CI installs bubblewrap.
+outside the worker's private directory, and the attack's own check holds.
+
+The battery runs twice: with sandbox="auto" (bubblewrap namespaces where the machine allows them;
+CI installs bubblewrap) and sandbox="process" (what a machine without namespaces gets: resource
+limits, and uid 65534 when the host is root). An attack that the layers of a mode cannot stop is
+skipped there with the reason; docs/SECURITY.md lists which attack each layer stops.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from recursive_llm.environments.sandbox import plan_isolation
 from recursive_llm.events import read_trajectory
 from recursive_llm.testing import ScriptedModel
 
-PLAN = plan_isolation("auto")
 KEY = "sk-attack-target-0123456789"
-needs_namespaces = pytest.mark.skipif(not PLAN.namespaces, reason="bubblewrap namespaces are not available "
-                                      f"on this machine: {'; '.join(PLAN.missing)}")
+# Each attack runs under both worker modes a user can get: "auto" (namespaces where the machine
+# allows them) and "process" (no namespaces: what a machine without bubblewrap gets).
+MODES = {mode: plan_isolation(mode) for mode in ("auto", "process")}
 
 
 @dataclass
@@ -104,8 +107,17 @@ class Attack:
     name: str
     code: str
     check: Callable[[Outcome], bool]
-    namespaces: bool = False  # only a namespace sandbox contains it
+    needs: str = ""  # "namespaces": only a namespace sandbox contains it; "uid": namespaces or uid 65534
     options: dict | None = None
+
+    def unavailable(self, mode: str) -> str:
+        """Why this attack cannot be contained in `mode` on this machine ('' if it can)."""
+        plan = MODES[mode]
+        if self.needs == "namespaces" and not plan.namespaces:
+            return "needs namespaces"
+        if self.needs == "uid" and not (plan.namespaces or plan.drop_uid):
+            return "needs namespaces or an unprivileged uid"
+        return ""
 
 
 def no_key(o: Outcome) -> bool:
@@ -120,7 +132,7 @@ ATTACKS = [
         try:
             print(open('/proc/{host_pid}/environ').read())
         except OSError as e:
-            print('blocked', e)""", lambda o: no_key(o) and "blocked" in o.out, namespaces=True),
+            print('blocked', e)""", lambda o: no_key(o) and "blocked" in o.out, needs="uid"),
     Attack("proc_parent_environ", """
         import os
         try:
@@ -152,11 +164,11 @@ ATTACKS = [
         try:
             print(open('{outside}/secret.txt').read())
         except OSError as e:
-            print('blocked', e)""", lambda o: no_key(o) and "blocked" in o.out, namespaces=True),
+            print('blocked', e)""", lambda o: no_key(o) and "blocked" in o.out, needs="namespaces"),
     Attack("read_ssh_keys", """
         import glob, os
         print(glob.glob('/root/.ssh/*') + glob.glob(os.path.expanduser('~/.ssh/*')) + glob.glob('/home/*/.ssh/*'))""",
-           lambda o: "[]" in o.out, namespaces=True),
+           lambda o: "[]" in o.out, needs="uid"),
     Attack("read_shadow", """
         try:
             print(open('/etc/shadow').read()[:50])
@@ -165,14 +177,14 @@ ATTACKS = [
     Attack("read_project_config", """
         import os, glob
         print(glob.glob('/root/.local/share/recursive-llm/*') + glob.glob('/work/*/.env'))""",
-           lambda o: "[]" in o.out, namespaces=True),
+           lambda o: "[]" in o.out, needs="uid"),
     # -- writes ---------------------------------------------------------------------------------
     Attack("write_outside", """
         try:
             open('{outside}/pwned.txt', 'w').write('x')
             print('WROTE')
         except OSError as e:
-            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, namespaces=True),
+            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="uid"),
     Attack("write_system_dirs", """
         hits = []
         for path in ('/usr/pwned', '/etc/pwned', '/pwned', '/root/pwned'):
@@ -180,40 +192,40 @@ ATTACKS = [
                 open(path, 'w').write('x'); hits.append(path)
             except OSError:
                 pass
-        print('hits', hits)""", lambda o: "hits []" in o.out, namespaces=True),
+        print('hits', hits)""", lambda o: "hits []" in o.out, needs="uid"),
     Attack("write_package_source", """
         import recursive_llm, os
         target = os.path.join(os.path.dirname(recursive_llm.__file__), 'pwned.py')
         try:
             open(target, 'w').write('x'); print('WROTE', target)
         except OSError as e:
-            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, namespaces=True),
+            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="uid"),
     # -- network --------------------------------------------------------------------------------
     Attack("connect_loopback_listener", """
         import socket
         try:
             socket.create_connection(('127.0.0.1', {port}), timeout=2); print('CONNECTED')
         except OSError as e:
-            print('blocked', e)""", lambda o: o.listener_hits == 0 and "blocked" in o.out, namespaces=True),
+            print('blocked', e)""", lambda o: o.listener_hits == 0 and "blocked" in o.out, needs="namespaces"),
     Attack("http_to_host", """
         import urllib.request
         try:
             urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=2); print('REACHED')
         except Exception as e:
-            print('blocked', type(e).__name__)""", lambda o: o.listener_hits == 0 and "blocked" in o.out, namespaces=True),
+            print('blocked', type(e).__name__)""", lambda o: o.listener_hits == 0 and "blocked" in o.out, needs="namespaces"),
     Attack("dns_lookup", """
         import socket
         try:
             print(socket.getaddrinfo('example.com', 80)[:1])
         except OSError as e:
-            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, namespaces=True),
+            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="namespaces"),
     # -- processes ------------------------------------------------------------------------------
     Attack("os_system_writes_outside", "import os\nprint(os.system('echo x > {outside}/sys.txt'))",
-           lambda o: not (o.outside / "sys.txt").exists(), namespaces=True),
+           lambda o: not (o.outside / "sys.txt").exists(), needs="uid"),
     Attack("subprocess_reads_secret", """
         import subprocess
         r = subprocess.run(['cat', '{outside}/secret.txt'], capture_output=True, text=True)
-        print(r.returncode, r.stdout, r.stderr)""", no_key, namespaces=True),
+        print(r.returncode, r.stdout, r.stderr)""", no_key, needs="namespaces"),
     Attack("fork_bomb", """
         import os
         children = 0
@@ -224,14 +236,14 @@ ATTACKS = [
                 children += 1
         except OSError as e:
             print('stopped after', children, 'forks:', type(e).__name__)""",
-           lambda o: "stopped after" in o.out, namespaces=True),
+           lambda o: "stopped after" in o.out, needs="uid"),
     Attack("kill_host", """
         import os, signal
         try:
             os.kill({host_pid}, signal.SIGKILL); print('SENT')
         except OSError as e:
-            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, namespaces=True),
-    Attack("kill_everything", "import os, signal\nos.kill(-1, signal.SIGKILL)", lambda o: True, namespaces=True),
+            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="uid"),
+    Attack("kill_everything", "import os, signal\nos.kill(-1, signal.SIGKILL)", lambda o: True, needs="uid"),
     Attack("signal_parent", "import os, signal\nos.kill(os.getppid(), signal.SIGTERM)\nprint('sent')", lambda o: True),
     # -- resources ------------------------------------------------------------------------------
     Attack("memory_one_block", """
@@ -258,7 +270,7 @@ ATTACKS = [
                     f.write(b'x' * 2**24); written += 2**24
         except OSError as e:
             print('stopped at', written // 2**20, 'MB:', type(e).__name__)""",
-           lambda o: "stopped at" in o.out, namespaces=True),
+           lambda o: "stopped at" in o.out, needs="uid"),
     Attack("file_descriptors", """
         import os
         fds = []
@@ -284,7 +296,7 @@ ATTACKS = [
     Attack("ctypes_setuid_root", """
         import ctypes, os
         libc = ctypes.CDLL(None)
-        print('setuid', libc.setuid(0), 'uid', os.getuid())""", lambda o: "uid 0" not in o.out, namespaces=True),
+        print('setuid', libc.setuid(0), 'uid', os.getuid())""", lambda o: "uid 0" not in o.out, needs="uid"),
     Attack("tamper_llm_query", "llm_query = lambda p, model=None: 'forged'\nprint(llm_query('x'))",
            lambda o: "cannot be replaced" in o.out and "sub answer" not in o.cells[0]["stdout"]),
     Attack("tamper_budget", """
@@ -318,11 +330,12 @@ ATTACKS = [
 ]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.name for a in ATTACKS])
-def test_attack_is_contained(arena, attack: Attack):
-    if attack.namespaces and not PLAN.namespaces:
-        pytest.skip(f"needs namespaces, unavailable here: {'; '.join(PLAN.missing)}")
-    outcome = run_attack(arena, attack.code, **(attack.options or {}))
+def test_attack_is_contained(arena, attack: Attack, mode: str):
+    if why := attack.unavailable(mode):
+        pytest.skip(f"{why}, unavailable in sandbox={mode!r} here: {'; '.join(MODES[mode].missing)}")
+    outcome = run_attack(arena, attack.code, sandbox=mode, **(attack.options or {}))
     assert outcome.answer == "survived", outcome.out[-2000:]
     assert attack.check(outcome), outcome.out[-2000:]
     assert no_key(outcome)
@@ -344,3 +357,42 @@ def test_rlm_query_past_max_depth_starts_no_child(arena):
     result = RLM(model=root, sub_model=ScriptedModel(default="leaf", name="sub"), max_depth=1).completion("q", "t")
     starts = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "run_start"]
     assert [e["depth"] for e in starts] == [0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_worker_cannot_kill_or_read_another_runs_worker(mode):
+    """Concurrent runs (a server's requests) must not reach each other's workers."""
+    import asyncio
+
+    from recursive_llm.environments.worker import WorkerEnvironment
+
+    plan = MODES[mode]
+    if not (plan.namespaces or plan.drop_uid):
+        pytest.skip(f"needs namespaces or per-worker uids, unavailable in sandbox={mode!r} here")
+
+    async def no_calls(*args):
+        return []
+
+    async def scenario():
+        victim = WorkerEnvironment("victim's private text", no_calls, sandbox=mode)
+        attacker = WorkerEnvironment("attacker", no_calls, sandbox=mode)
+        await victim.start()
+        await attacker.start()
+        try:
+            peek = await attacker.execute(textwrap.dedent(f"""
+                import os, signal
+                for path in ('/proc/{victim.pid}/environ', '/proc/{victim.pid}/mem'):
+                    try:
+                        print(open(path, 'rb').read(100))
+                    except OSError as e:
+                        print('blocked', type(e).__name__)
+                os.kill(-1, signal.SIGKILL)"""), 10)
+            after = await victim.execute("print(context)", 10)
+        finally:
+            await attacker.close()
+            await victim.close()
+        return peek, after
+
+    peek, after = asyncio.run(scenario())
+    assert "victim" not in peek.stdout
+    assert after.stdout.strip() == "victim's private text" and not after.restarted and after.error is None

@@ -97,9 +97,12 @@ def test_single_bad_files_are_errors(tmp_path):
     assert load_context(tmp_path / "latin.txt", encoding="latin-1").value == "café"
     with pytest.raises(ContextError, match="unknown encoding"):
         load_context(tmp_path / "latin.txt", encoding="no-such-codec")
-    (tmp_path / "big.txt").write_text("x" * 100)
-    with pytest.raises(ContextError, match="over the 10-byte limit"):
-        load_context(tmp_path / "big.txt", max_file_bytes=10)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "big.txt").write_text("x" * 100)
+    (tmp_path / "dir" / "small.txt").write_text("x")
+    loaded = load_context(tmp_path / "dir", max_file_bytes=10)
+    assert [d.path for d in loaded.value] == ["small.txt"] and "over the 10-byte limit" in loaded.skipped[0].reason
+    assert load_context(tmp_path / "dir" / "big.txt", max_file_bytes=10).value == "x" * 100  # named: no limit
 
 
 @pytest.mark.parametrize("value", ["", "   \n", [], {}])
@@ -165,5 +168,54 @@ def test_forty_megabyte_file(tmp_path):
         for i in range(700_000):
             handle.write(line.format(i))
     loaded = load_context(path)
-    assert len(loaded.value) == path.stat().st_size > 40_000_000
-    assert loaded.value.endswith(line.format(699_999))
+    assert loaded.metadata["total_chars"] == len(loaded.value) == path.stat().st_size > 40_000_000
+    assert loaded.value.read().endswith(line.format(699_999))
+
+
+def test_large_files_are_not_decoded_in_the_host(tmp_path):
+    from recursive_llm.context.loader import LAZY_TEXT_BYTES
+    from recursive_llm.context.textfile import TextFile
+    from recursive_llm.environments.protocol import read_context, write_context
+
+    line = "ünïcode line with a few characters\n"
+    path = tmp_path / "big.txt"
+    path.write_text(line * (LAZY_TEXT_BYTES // len(line.encode()) + 10), encoding="utf-8")
+    loaded = load_context(path)
+    assert isinstance(loaded.value, TextFile)
+    text = path.read_text(encoding="utf-8")
+    assert loaded.metadata["total_chars"] == len(text) and loaded.metadata["num_lines"] == text.count("\n") + 1
+    (tmp_path / "w").mkdir()
+    assert read_context(write_context(loaded.value, tmp_path / "w")) == text
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(("caf\xe9\n" * (LAZY_TEXT_BYTES // 5 + 10)).encode("latin-1"))
+    with pytest.raises(ContextError, match=r"not valid utf-8 \(byte 3\)"):
+        load_context(latin)
+    lazy = load_context(latin, encoding="latin-1").value
+    (tmp_path / "w2").mkdir()
+    assert read_context(write_context(lazy, tmp_path / "w2")).startswith("café\ncafé")
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"\x00" * LAZY_TEXT_BYTES)
+    with pytest.raises(ContextError, match="looks binary"):
+        load_context(blob)
+
+
+def test_scan_hands_off_between_ascii_and_decoded_slices(tmp_path, monkeypatch):
+    import codecs
+
+    from recursive_llm.context import textfile
+
+    monkeypatch.setattr(textfile, "SLICE_BYTES", 16)
+    path = tmp_path / "mixed.txt"
+    text = "\ufeff" + "plain ascii line\n" * 3 + "é split across slices ü\n" + "tail\n"
+    path.write_bytes(text.encode("utf-8"))
+    scanned = textfile.scan(path, "utf-8")
+    assert scanned.chars == len(text) - 1 and scanned.lines == text.count("\n") + 1
+    path.write_bytes(b"ascii only slice!" * 2 + b"then \xff bad")
+    with pytest.raises(textfile.UnreadableText, match="byte 39"):
+        textfile.scan(path, "utf-8")
+    path.write_bytes(b"ends mid-character \xc3")
+    with pytest.raises(textfile.UnreadableText, match="not valid utf-8"):
+        textfile.scan(path, "utf-8")
+    path.write_bytes(codecs.BOM_UTF8 + b"   \n  ")
+    with pytest.raises(textfile.UnreadableText, match="no text"):
+        textfile.scan(path, "utf-8")

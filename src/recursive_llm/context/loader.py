@@ -16,6 +16,10 @@ from typing import Any
 
 from ..errors import ContextError
 from .document import Document
+from .textfile import TextFile, UnreadableText, scan
+
+# Text files at least this large are not decoded in the host: the worker reads them itself.
+LAZY_TEXT_BYTES = 8 * 1024 * 1024
 
 SKIPPED_DIRS = {"__pycache__", "node_modules", ".git", ".venv", "venv", ".tox", ".mypy_cache"}
 _BINARY_SNIFF_BYTES = 8192
@@ -48,8 +52,8 @@ def load_context(source: Any, *, include: list[str] | None = None, exclude: list
     - `str`: text. A single-line string (under 4,096 characters) that names an existing file or
       directory is loaded as that path instead.
     - `pathlib.Path`: a file (`.json`/`.jsonl` parsed, anything else text) or a directory (a list
-      of `Document`s, recursive; `include`/`exclude` globs; binary, undecodable and oversized
-      files are skipped and reported in `skipped`).
+      of `Document`s, recursive; `include`/`exclude` globs; binary, undecodable and files over
+      `max_file_bytes` are skipped and reported in `skipped`; a file named explicitly has no limit).
     - a list of `Path`s: the files (directories expanded) as documents.
     - `list`, `dict` and other JSON-able data: used as they are.
     """
@@ -113,9 +117,9 @@ class _Unreadable(Exception):
     """A file that cannot be used as text (binary, undecodable, too large)."""
 
 
-def _read_text(path: Path, encoding: str, max_file_bytes: int) -> str:
+def _read_text(path: Path, encoding: str, max_file_bytes: int | None = None) -> str:
     size = path.stat().st_size
-    if size > max_file_bytes:
+    if max_file_bytes is not None and size > max_file_bytes:
         raise _Unreadable(f"{size:,} bytes is over the {max_file_bytes:,}-byte limit per file "
                           f"(raise max_file_bytes to load it)")
     data = path.read_bytes()
@@ -164,8 +168,16 @@ def _load_path(path: Path, **options: Any) -> LoadedContext:
             raise ContextError(f"nothing to load from directory {path}: {reasons}. Check --include/--exclude "
                                f"and --encoding")
         return LoadedContext(documents, "documents", skipped, str(path))
+    if path.suffix.lower() not in (".json", ".jsonl") and path.stat().st_size >= LAZY_TEXT_BYTES:
+        try:
+            return LoadedContext(scan(path, options["encoding"]), "str", source=str(path))
+        except UnreadableText as error:
+            raise ContextError(f"{path} {error}") from None
+        except LookupError:
+            raise ContextError(f"unknown encoding {options['encoding']!r}: use a Python codec name such as "
+                               f"utf-8 or latin-1") from None
     try:
-        text = _read_text(path, options["encoding"], options["max_file_bytes"])
+        text = _read_text(path, options["encoding"])  # a file named explicitly has no size limit
     except _Unreadable as error:
         raise ContextError(f"{path} {error}") from None
     if not text.strip():
@@ -241,8 +253,7 @@ def _load_paths(paths: list[Path], **options: Any) -> LoadedContext:
             skipped += [SkippedFile(f"{path.as_posix()}/{s.path}", s.reason) for s in skips]
             continue
         try:
-            documents.append(Document(_read_text(path, options["encoding"], options["max_file_bytes"]),
-                                      path.as_posix()))
+            documents.append(Document(_read_text(path, options["encoding"]), path.as_posix()))
         except _Unreadable as error:
             raise ContextError(f"{path} {error}") from None
     if not documents:
@@ -260,6 +271,10 @@ def describe(loaded: LoadedContext) -> dict[str, Any]:
     """JSON-able facts about the input for the root prompt: types and sizes, never content."""
     value = loaded.value
     meta: dict[str, Any] = {"source": loaded.source, "skipped": len(loaded.skipped)}
+    if isinstance(value, TextFile):
+        meta.update(type="str", total_chars=value.chars, num_items=1, item_lengths=[value.chars],
+                    num_lines=value.lines)
+        return meta
     if isinstance(value, str):
         meta.update(type="str", total_chars=len(value), num_items=1, item_lengths=[len(value)])
         meta["num_lines"] = value.count("\n") + 1

@@ -19,7 +19,9 @@ class LocalEnvironment:
     name = "local"
 
     def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = 1_000_000) -> None:
-        self._context = context
+        from ..context.textfile import TextFile
+
+        self._context = context.read() if isinstance(context, TextFile) else context
         self._handler = handler
         self._max_captured_chars = max_captured_chars
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..context.document import Document
+from ..context.textfile import TextFile
 
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
@@ -61,12 +62,19 @@ def validate_worker_message(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+_WRITE_SLICE = 8 * 1024 * 1024
+
+
 # -- the input file ------------------------------------------------------------------------------
 def write_context(value: Any, directory: Path) -> Path:
     """Write the input where the worker will read it: raw text for a str, JSON otherwise."""
+    if isinstance(value, TextFile):
+        return _copy_text_file(value, directory / "context.txt")
     if isinstance(value, str) and not isinstance(value, Document):
         path = directory / "context.txt"
-        path.write_text(value, encoding="utf-8")
+        with open(path, "wb") as handle:  # in slices: encoding 400 MB at once would double host memory
+            for start in range(0, len(value), _WRITE_SLICE):
+                handle.write(value[start:start + _WRITE_SLICE].encode("utf-8"))
         return path
     if isinstance(value, list) and value and all(isinstance(item, Document) for item in value):
         payload: dict[str, Any] = {"documents": [[doc.path, str(doc)] for doc in value]}
@@ -78,9 +86,25 @@ def write_context(value: Any, directory: Path) -> Path:
     return path
 
 
+def _copy_text_file(source: TextFile, path: Path) -> Path:
+    """The worker's copy of a large file, as UTF-8, made without holding it in memory."""
+    import codecs
+    import shutil
+
+    if codecs.lookup(source.encoding).name in ("utf-8", "utf-8-sig"):
+        shutil.copyfile(source.path, path)  # the kernel copies; a BOM is dropped on reading
+        return path
+    decoder = codecs.getincrementaldecoder(source.encoding)()
+    with open(source.path, "rb") as reader, open(path, "wb") as writer:
+        while data := reader.read(_WRITE_SLICE):
+            writer.write(decoder.decode(data).encode("utf-8"))
+        writer.write(decoder.decode(b"", final=True).encode("utf-8"))
+    return path
+
+
 def read_context(path: Path) -> Any:
     if path.suffix == ".txt":
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     with open(path, encoding="utf-8") as handle:
         payload = json.load(handle)
     if "documents" in payload:

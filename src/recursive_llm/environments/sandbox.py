@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import resource
 import shutil
@@ -24,7 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MODES = ("auto", "namespaces", "process")
-NOBODY = 65534
+NOBODY = 65534  # the user the probes run as
+# When the host is root, each worker runs as a uid of its own, above any real user's: workers of
+# concurrent runs cannot signal or trace each other, and the process limit counts per worker.
+WORKER_UID_BASE = 1_000_000_000
+_worker_uid_counter = itertools.count()
 _SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/alternatives")
 SANDBOX_TMP = "/tmp"  # the worker's private, size-limited, writable directory inside the sandbox
 
@@ -98,8 +103,13 @@ def bwrap_command(*, context_dir: str, private_mb: int, drop_uid: bool) -> list[
     return command
 
 
-def setpriv_command() -> list[str]:
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
+def allocate_worker_uid() -> int:
+    """A uid no other live worker on this machine has: unique per host process and worker slot."""
+    return WORKER_UID_BASE + os.getpid() * 256 + next(_worker_uid_counter) % 256
+
+
+def setpriv_command(uid: int = NOBODY) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
             "--bounding-set=-all", "--no-new-privs"]
 
 
@@ -130,50 +140,65 @@ def _namespaces_work(drop_uid: bool) -> tuple[bool, str]:
     return True, ""
 
 
+@functools.lru_cache(maxsize=None)
+def _uid_drop_works() -> bool:
+    """Without namespaces, a root host can still run the worker as uid 65534 through setpriv, if
+    that uid can run this Python (an interpreter under a private home directory may not be)."""
+    if shutil.which("setpriv") is None:
+        return False
+    try:
+        done = subprocess.run([*setpriv_command(), sys.executable, "-I", "-c", "import os; print(os.getuid())"],
+                              cwd="/", capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0 and done.stdout.strip() == str(NOBODY)
+
+
 def plan_isolation(mode: str = "auto") -> IsolationPlan:
     if mode not in MODES:
         from ..errors import ConfigError
 
         raise ConfigError(f"unknown sandbox mode {mode!r}: use 'auto' (strongest available), 'namespaces' "
                           f"(require bubblewrap namespaces) or 'process' (resource limits only)")
-    drop_uid = os.geteuid() == 0
+    root = os.geteuid() == 0
     plan = IsolationPlan(mode=mode, namespaces=False, drop_uid=False,
                          layers=["separate process with a scrubbed environment (no API keys)",
                                  "resource limits: memory, file size, processes, open files, CPU time"])
-    if mode == "process":
-        plan.missing.append("namespaces: disabled (sandbox='process'); model code can reach the network and "
-                            "read the host's files")
-        return plan
-    works, reason = _namespaces_work(drop_uid)
-    if not works:
-        if mode == "namespaces":
-            from ..errors import ConfigError
+    works, reason = (False, "disabled (sandbox='process')") if mode == "process" else _namespaces_work(root)
+    if works:
+        plan.namespaces = True
+        plan.layers.append("namespaces (bubblewrap): no network, own PID/IPC/UTS, read-only system view, "
+                           "size-limited private /tmp as the only writable place")
+    elif mode == "namespaces":
+        from ..errors import ConfigError
 
-            raise ConfigError(f"sandbox='namespaces' was required but {reason}")
-        plan.missing.append(f"namespaces: {reason}; model code can reach the network and read the host's files")
-        return plan
-    plan.namespaces = True
-    plan.drop_uid = drop_uid
-    plan.layers += ["namespaces (bubblewrap): no network, own PID/IPC/UTS, read-only system view, "
-                    "size-limited private /tmp as the only writable place"]
-    if drop_uid:
-        plan.layers.append(f"unprivileged uid {NOBODY} with no capabilities, at most "
-                           f"{Limits().max_processes} processes (the host runs as root)")
+        raise ConfigError(f"sandbox='namespaces' was required but {reason}")
     else:
-        plan.missing.append("process-count limit: only applied when the host runs as root (it drops to uid 65534)")
+        plan.missing.append(f"namespaces: {reason}; model code can reach the network and read the host's "
+                            f"world-readable files")
+    if root and (works or _uid_drop_works()):
+        plan.drop_uid = True
+        plan.layers.append(f"a uid of its own per worker (from {WORKER_UID_BASE:,}) with no capabilities, at most "
+                           f"{Limits().max_processes} processes (the host runs as root)")
+    elif root:
+        plan.missing.append("an unprivileged uid: it cannot run this Python here (is it under a private home "
+                            "directory?), so the worker keeps the host's uid and could signal the host or read its files")
+    else:
+        plan.missing.append("process-count limit: only applied when the host runs as root (workers get uids of "
+                            "their own)")
     return plan
 
 
-def worker_argv(plan: IsolationPlan, python_argv: list[str], *, context_dir: str, limits: Limits) -> list[str]:
+def worker_argv(plan: IsolationPlan, python_argv: list[str], *, context_dir: str, limits: Limits,
+                uid: int | None = None) -> list[str]:
+    """The worker's command line; `uid` is the worker's own uid when the plan drops root."""
+    setpriv = setpriv_command(uid if uid is not None else NOBODY) if plan.drop_uid else []
     if not plan.namespaces:
-        return python_argv
+        return [*setpriv, *python_argv]
     command = bwrap_command(context_dir=context_dir, private_mb=limits.private_dir_mb, drop_uid=plan.drop_uid)
     for name, value in sandbox_env().items():
         command += ["--setenv", name, value]
-    command.append("--")
-    if plan.drop_uid:
-        command += setpriv_command()
-    return command + python_argv
+    return [*command, "--", *setpriv, *python_argv]
 
 
 def sandbox_env() -> dict[str, str]:

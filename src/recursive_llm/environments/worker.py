@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import EnvironmentFailure
 from .base import CellResult, SubCallHandler
 from .protocol import HEADER, MAX_FRAME_BYTES, ProtocolError, decode_body, encode, validate_worker_message, write_context
-from .sandbox import IsolationPlan, Limits, limits_preexec, plan_isolation, sandbox_env, worker_argv
+from .sandbox import IsolationPlan, Limits, allocate_worker_uid, limits_preexec, plan_isolation, sandbox_env, worker_argv
 
 _WORKER_SCRIPT = Path(__file__).with_name("worker_main.py")
 _warned: set[str] = set()
@@ -69,6 +69,7 @@ class WorkerEnvironment:
         self.restarts = 0
         self.isolation: IsolationPlan = plan_isolation(sandbox)
         self._limits = limits
+        self._uid = allocate_worker_uid() if self.isolation.drop_uid else None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -80,17 +81,20 @@ class WorkerEnvironment:
         (self._dir / "work").mkdir()
         self._context_file = await asyncio.to_thread(write_context, self._context, self._dir / "input")
         self._context = None  # the file is the worker's copy; do not keep a second one here
-        if self.isolation.drop_uid:  # the sandboxed uid 65534 must be able to read the input
+        if self.isolation.drop_uid:  # the worker's own uid must be able to read the input
             os.chmod(self._dir, 0o711)
             os.chmod(self._dir / "input", 0o755)
             os.chmod(self._context_file, 0o644)
+            if not self.isolation.namespaces:  # its working directory is the host's work/ dir
+                os.chown(self._dir / "work", self._uid, self._uid)
         await self._spawn()
 
     async def _spawn(self) -> None:
         assert self._dir is not None and self._context_file is not None
         python_argv = [self._python, "-I", str(_WORKER_SCRIPT), str(self._context_file),
                        str(self._max_captured_chars)]
-        argv = worker_argv(self.isolation, python_argv, context_dir=str(self._dir / "input"), limits=self._limits)
+        argv = worker_argv(self.isolation, python_argv, context_dir=str(self._dir / "input"), limits=self._limits,
+                           uid=self._uid)
         with open(self._dir / "worker-stderr.log", "ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
@@ -131,6 +135,11 @@ class WorkerEnvironment:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
         await proc.wait()
+        # Processes the cell forked may still hold the channel's pipes for a moment; close our ends
+        # now rather than when the transport is collected (possibly after the event loop is gone).
+        transport = getattr(proc, "_transport", None)
+        if transport is not None:
+            transport.close()
 
     async def _restart(self) -> None:
         await self._kill()

@@ -1,0 +1,137 @@
+"""Worker isolation benchmarks: start time, cell round trip, and large inputs, worker vs local.
+
+Run: python benchmarks/worker_isolation.py  (prints a markdown table for docs/SECURITY.md).
+Inputs are real text: Python's standard library sources, concatenated and repeated to size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from recursive_llm.environments.local import LocalEnvironment  # noqa: E402
+from recursive_llm.environments.sandbox import plan_isolation  # noqa: E402
+from recursive_llm.environments.worker import WorkerEnvironment  # noqa: E402
+
+REPEATS = 5
+
+
+def stdlib_text(size: int, ascii_only: bool) -> str:
+    """Python's own sources; with `ascii_only`, only files without non-ASCII characters.
+
+    The difference matters: one character beyond Latin-1 makes CPython store the whole string
+    with 4 bytes per character, so a 400 MB mixed text is a 1.6 GB str in the worker.
+    """
+    parts, total = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if ascii_only and not text.isascii():
+            continue
+        parts.append(text)
+        total += len(text)
+        if total >= size:
+            break
+    corpus = "".join(parts)
+    return (corpus * (size // len(corpus) + 1))[:size]
+
+
+def status_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process; unlike ru_maxrss, not inherited across exec."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def handler(kind, prompts, model, context):
+    return [{"ok": True, "text": p} for p in prompts]
+
+
+async def startup_and_round_trip(kind: str) -> tuple[float, float]:
+    starts, trips = [], []
+    for _ in range(REPEATS):
+        env = WorkerEnvironment("text", handler) if kind == "worker" else LocalEnvironment("text", handler)
+        t0 = time.perf_counter()
+        await env.start()
+        starts.append(time.perf_counter() - t0)
+        for _ in range(200):
+            t0 = time.perf_counter()
+            await env.execute("x = 1", 10)
+            trips.append(time.perf_counter() - t0)
+        await env.close()
+    return statistics.median(starts), statistics.median(trips)
+
+
+async def measure_file(kind: str, path: str) -> None:
+    """In a fresh process: load the file as a user would, start the environment, read it all.
+
+    Prints seconds until the first cell has the whole input, and the host's peak RSS growth (MB)
+    over the process's baseline, including the loaded input itself.
+    """
+    from recursive_llm.context.loader import load_context
+
+    baseline = status_mb("VmRSS")
+    t0 = time.perf_counter()
+    value = load_context(Path(path)).value
+    env = WorkerEnvironment(value, handler) if kind == "worker" else LocalEnvironment(value, handler)
+    await env.start()
+    cell = await env.execute("n = len(context)", 120)
+    elapsed = time.perf_counter() - t0
+    assert cell.error is None, cell.stderr
+    await env.close()
+    print(f"{elapsed} {status_mb('VmHWM') - baseline}")
+
+
+def large_input(kind: str, path: Path) -> tuple[float, float]:
+    import subprocess
+
+    done = subprocess.run([sys.executable, __file__, "--measure", kind, str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring {kind} on {path} failed:\n{done.stderr[-3000:]}")
+    out = done.stdout.split()
+    return float(out[0]), float(out[1])
+
+
+def main() -> None:
+    print(plan_isolation().describe(), file=sys.stderr)
+    rows = []
+    for kind in ("worker", "local"):
+        start, trip = asyncio.run(startup_and_round_trip(kind))
+        rows.append((f"{kind}: start", f"{start * 1000:.1f} ms"))
+        rows.append((f"{kind}: trivial cell round trip", f"{trip * 1000:.3f} ms"))
+    import tempfile
+
+    for size_mb, ascii_only in ((40, True), (400, True), (40, False), (400, False)):
+        label = "ASCII sources" if ascii_only else "all sources, some non-Latin-1 characters"
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "input.txt"
+            path.write_text(stdlib_text(size_mb * 1_000_000, ascii_only), encoding="utf-8")
+            for kind in ("worker", "local"):
+                runs = [large_input(kind, path) for _ in range(3)]
+                seconds = statistics.median(r[0] for r in runs)
+                grown = statistics.median(r[1] for r in runs)
+                rows.append((f"{kind}: {size_mb} MB file ({label}) loaded and usable in the first cell",
+                             f"{seconds:.2f} s; host peak RSS +{grown:.0f} MB"))
+    print("| measurement (median) | result |\n| --- | --- |")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    print(f"\npeak host RSS during the run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--measure":
+        asyncio.run(measure_file(sys.argv[2], sys.argv[3]))
+    else:
+        main()

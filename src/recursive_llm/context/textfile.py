@@ -1,0 +1,78 @@
+"""`TextFile`: a large text input that the host never holds in memory.
+
+The host checks the file once in slices (encoding, binary content, character and line counts for
+the prompt's metadata) and hands the file itself to the worker, which reads it into `context`.
+A 400 MB input therefore costs the host a few megabytes instead of the input's size twice.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from pathlib import Path
+
+SLICE_BYTES = 16 * 1024 * 1024
+BINARY_SNIFF_BYTES = 8192
+
+
+class UnreadableText(Exception):
+    """The file is binary or not valid in its encoding."""
+
+
+@dataclass(frozen=True)
+class TextFile:
+    path: Path
+    encoding: str
+    size_bytes: int
+    chars: int
+    lines: int
+
+    def read(self) -> str:
+        """The whole text (for in-process use; the worker reads the file itself)."""
+        return self.path.read_text(encoding="utf-8-sig" if _is_utf8(self.encoding) else self.encoding)
+
+    def __len__(self) -> int:
+        return self.chars
+
+
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+
+
+def scan(path: Path, encoding: str) -> TextFile:
+    """Validate and measure `path` in slices. Raises UnreadableText or LookupError."""
+    utf8 = _is_utf8(encoding)
+    decoder = codecs.getincrementaldecoder("utf-8" if utf8 else encoding)("strict")
+    chars = lines = offset = 0
+    blank = True
+    with open(path, "rb") as handle:
+        while data := handle.read(SLICE_BYTES):
+            if offset == 0:
+                if b"\x00" in data[:BINARY_SNIFF_BYTES]:
+                    raise UnreadableText("looks binary (it contains NUL bytes); convert it to text first")
+                if utf8 and data.startswith(codecs.BOM_UTF8):
+                    chars -= 1  # the byte-order mark is not part of the text
+            offset += len(data)
+            if utf8 and data.isascii() and not decoder.getstate()[0]:
+                # The common case, at memory speed: ASCII needs no decoding to be counted.
+                chars += len(data)
+                lines += data.count(b"\n")
+                blank = blank and not data.strip()
+                continue
+            text = _decode(decoder, data, offset - len(data), encoding)
+            chars += len(text)
+            lines += text.count("\n")
+            blank = blank and not text.lstrip("\ufeff").strip()
+        _decode(decoder, b"", offset, encoding, final=True)
+    if blank:
+        raise UnreadableText("has no text (the input is empty)")
+    return TextFile(path=path, encoding=encoding, size_bytes=offset, chars=chars, lines=lines + 1)
+
+
+def _decode(decoder: codecs.IncrementalDecoder, data: bytes, offset: int, encoding: str,
+            final: bool = False) -> str:
+    try:
+        return decoder.decode(data, final=final)
+    except UnicodeDecodeError as error:
+        raise UnreadableText(f"is not valid {encoding} (byte {offset + error.start}); pass the right "
+                             f"encoding (encoding=... / --encoding latin-1)") from None
