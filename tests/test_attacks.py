@@ -325,6 +325,10 @@ ATTACKS = [
                 os.write(fd, struct.pack('>I', len(body)) + body)
             except OSError:
                 pass""", lambda o: "WorkerCrash" in o.out or o.cells[0]["error"] is None),
+    Attack("choose_unlisted_model", """
+        print(llm_query('spend', model='gpt-5'))
+        print(llm_query_batched(['x'], model='litellm/openai/o3-pro'))""",
+           lambda o: o.out.count("is not allowed from code") == 2 and "sub answer" not in o.out),
     Attack("rlm_query_past_max_depth", "print([rlm_query('go deeper') for _ in range(3)])",
            lambda o: o.out.count("sub answer") == 3),
 ]

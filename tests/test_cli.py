@@ -76,3 +76,15 @@ def test_ask_provider_failure_exit_code(tmp_path):
         done = rlm("ask", "q", "--context", "-", "--model", "m", "--base-url", srv.base_url, stdin="text")
     assert done.returncode == 6, done.stderr
     assert "500" in done.stderr or "server" in done.stderr.lower()
+
+
+def test_allow_model_lets_code_name_another_model(tmp_path):
+    code = "```repl\nprint(llm_query('hi', model='other'))\n```"
+    with FakeLLMServer(responder=root_then_sub([code, "FINAL(done)"])) as server:
+        base = ("ask", "q", "--context", "-", "--model", "m", "--base-url", server.base_url, "--json")
+        refused = rlm(*base, stdin="text")
+        allowed = rlm(*base, "--allow-model", "other", stdin="text")
+    trajectories = [json.loads(done.stdout)["trajectory_path"] for done in (refused, allowed)]
+    outputs = [open(path).read() for path in trajectories]
+    assert "not allowed from code" in outputs[0]
+    assert "not allowed from code" not in outputs[1] and '"model": "other"' in outputs[1]

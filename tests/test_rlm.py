@@ -9,7 +9,7 @@ import time
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.errors import ContextError, RLMError
+from recursive_llm.errors import ConfigError, ContextError, RLMError
 from recursive_llm.events import read_trajectory
 from recursive_llm.testing import ScriptedModel
 
@@ -315,3 +315,24 @@ def test_long_rlm_query_prompt_is_the_childs_context_not_its_query():
     assert result.answer == str(len(long_prompt))
     child_first_prompt = next(c for c in root.calls if "Query: Find the odd word" in c[1]["content"])
     assert len(child_first_prompt[1]["content"]) < 6_000 and "oddity" not in child_first_prompt[1]["content"]
+
+
+def test_model_code_may_only_name_allowed_models():
+    sub = ScriptedModel(default="from sub", name="sub")
+    extra = ScriptedModel(default="from extra", name="extra")
+    code = "```repl\nprint(llm_query('a', model='sub'))\nprint(llm_query_batched(['b'], model='gpt-5')[0])\n```"
+    root = ScriptedModel([code, "FINAL(done)"], name="root")
+    result = RLM(model=root, sub_model=sub).completion("q", "text")
+    shown = root.calls[1][-1]["content"]
+    assert "from sub" in shown and "model 'gpt-5' is not allowed from code; available: root, sub" in shown
+    assert result.answer == "done"
+    with pytest.raises(ConfigError, match="allowed_models must be"):
+        RLM(model=root, allowed_models="gpt-5")
+    # an allowed model is resolved like any model string
+    from recursive_llm.rlm import _Shared
+
+    rlm = RLM(model=ScriptedModel(name="root"), sub_model=sub, allowed_models=["gpt-5"])
+    shared = _Shared.__new__(_Shared)
+    shared.config, shared.extra_clients = rlm, {"gpt-5": extra}
+    assert shared.client_for("gpt-5", rlm.sub_client) is extra
+    assert shared.client_for("root", rlm.sub_client) is rlm.root_client

@@ -75,6 +75,8 @@ def main() -> None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Wall-time limit (s).")
 @click.option("--environment", type=click.Choice(["worker", "local"]), default="worker", show_default=True,
               help="Where model code runs: an isolated worker process, or in-process (trusted input only).")
+@click.option("--allow-model", "allowed_models", multiple=True, metavar="MODEL",
+              help="A further model that model-written code may name in llm_query(..., model=...) ('*': any).")
 @click.option("--sandbox", type=click.Choice(["auto", "namespaces", "process"]), default="auto", show_default=True,
               help="Worker isolation: strongest available, require namespaces, or resource limits only.")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only load matching files from directories.")
@@ -86,7 +88,7 @@ def main() -> None:
 def ask(question: str, contexts: tuple[str, ...], model: str | None, sub_model: str | None,
         base_url: str | None, max_depth: int, max_iterations: int, max_llm_calls: int | None,
         max_tokens: int | None, max_cost: float | None, timeout: float | None, environment: str, sandbox: str,
-        include: tuple[str, ...], exclude: tuple[str, ...], encoding: str, as_json: bool,
+        allowed_models: tuple[str, ...], include: tuple[str, ...], exclude: tuple[str, ...], encoding: str, as_json: bool,
         verbose: bool, quiet: bool) -> None:
     """Answer QUESTION about the --context input."""
     from .errors import RLMError
@@ -100,6 +102,7 @@ def ask(question: str, contexts: tuple[str, ...], model: str | None, sub_model: 
         rlm = RLM(model=model, sub_model=sub_model, base_url=base_url, max_depth=max_depth,
                   max_iterations=max_iterations, max_llm_calls=max_llm_calls, max_tokens=max_tokens,
                   max_cost_usd=max_cost, timeout_s=timeout, environment=environment, sandbox=sandbox,
+                  allowed_models="*" if "*" in allowed_models else list(allowed_models),
                   verbose=verbose and not quiet, on_event=progress)
         load_options = {"include": list(include) or None, "exclude": list(exclude) or None, "encoding": encoding}
         if progress is not None:

@@ -59,6 +59,7 @@ class RLM:
         environment: str = "worker",
         sandbox: str = "auto",
         worker_memory_mb: int = 8192,
+        allowed_models: list[str] | str | None = None,
         system_prompt: str | None = None,
         verbose: bool = False,
         max_output_chars: int = 20_000,
@@ -98,6 +99,11 @@ class RLM:
                               f"(require them) or 'process' (resource limits only)")
         self.sandbox = sandbox
         self.worker_memory_mb = worker_memory_mb
+        # Model code (possibly steered by a prompt injection in the input) may only name these in
+        # llm_query(..., model=...): by default the configured root and sub models; "*" allows any.
+        if allowed_models is not None and allowed_models != "*" and not isinstance(allowed_models, list):
+            raise ConfigError("allowed_models must be a list of model strings or '*'")
+        self.allowed_models = allowed_models
         self.system_prompt = system_prompt
         self.verbose = verbose
         self.max_output_chars = max_output_chars
@@ -194,6 +200,15 @@ class _Shared:
         """The client for a model string given in model code (`llm_query(p, model=...)`)."""
         if model is None or model in (default.name, ""):
             return default
+        configured = {self.config.root_client.name: self.config.root_client,
+                      self.config.sub_client.name: self.config.sub_client}
+        if model in configured:
+            return configured[model]
+        allowed = self.config.allowed_models
+        if allowed != "*" and model not in (allowed or []):
+            names = sorted({*configured, *(allowed or [])})
+            raise ConfigError(f"model {model!r} is not allowed from code; available: {', '.join(names)} "
+                              f"(the user can allow more with allowed_models=[...] / --allow-model)")
         if model not in self.extra_clients:
             from .models.resolver import resolve_model
 
