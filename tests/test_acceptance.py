@@ -35,7 +35,9 @@ def test_readme_snippet_against_openai_base_url(monkeypatch):
         assert result.usage.total.calls == 3 + 5  # three root turns, five chunk summaries
         assert result.usage.total.prompt_tokens > 0
         first_root_prompt = str(server.requests[0])
-        assert "Summarize all revenue" in first_root_prompt and "Q1 2000: revenue" not in first_root_prompt
+        # only metadata and a labelled preview of the first few hundred characters reach the prompt
+        assert "Summarize all revenue" in first_root_prompt and "Preview of the first 300 characters" in first_root_prompt
+        assert "Q1 2005: revenue" not in first_root_prompt and "Q4 2020" not in first_root_prompt
 
 
 def test_hundred_batched_prompts_at_100ms_are_concurrent_and_ordered(monkeypatch):

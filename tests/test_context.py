@@ -148,10 +148,13 @@ def test_lists_dicts_and_paths(tmp_path):
     assert loaded.value[1].path.endswith("d/b.txt")
 
 
-def test_metadata_never_contains_content():
-    text = "The treasure is buried under the old oak tree. " * 100
+def test_metadata_holds_only_a_short_labelled_preview_of_the_content():
+    text = "The treasure is buried under the old oak tree. " * 100 + "The map is in the attic."
     for value in (text, [text, text], {"story": text}):
-        assert "treasure" not in format_metadata(load_context(value).metadata)
+        described = format_metadata(load_context(value).metadata)
+        assert "attic" not in described and len(described) < 2_000
+        if "treasure" in described:
+            assert "Preview of the first 300 characters" in described
 
 
 def test_metadata_is_bounded_for_many_items():

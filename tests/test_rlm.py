@@ -34,13 +34,13 @@ def make(root, sub=None, **options) -> RLM:
 
 # -- the loop -------------------------------------------------------------------------------------
 def test_code_then_final_and_prompt_has_metadata_not_context():
-    secret_text = "The quick brown fox jumps over the lazy dog. " * 200
+    secret_text = "The quick brown fox jumps over the lazy dog. " * 200 + "The secret is 42."
     root = ScriptedModel([repl("n = len(context)\nprint(n)"), "FINAL(done)"])
     result = make(root).completion("How long is it?", secret_text)
     assert result.answer == "done" and str(result) == "done"
     assert result.stopped_reason == "final" and result.iterations == 2
     first_prompt = "\n".join(m["content"] for m in root.calls[0])
-    assert "quick brown fox" not in first_prompt
+    assert "secret is 42" not in first_prompt and len(first_prompt) < 8_000  # a 300-char preview at most
     assert f"{len(secret_text):,}" in first_prompt or str(len(secret_text)) in first_prompt
     assert "How long is it?" in first_prompt
     assert str(len(secret_text)) in last_user(root)

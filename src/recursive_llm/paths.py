@@ -17,3 +17,8 @@ def rlm_home() -> Path:
 
 def trajectories_dir() -> Path:
     return rlm_home() / "trajectories"
+
+
+def indexes_dir() -> Path:
+    """Search indexes, one file per input content hash (safe to delete: rebuilt on demand)."""
+    return rlm_home() / "indexes"

@@ -26,6 +26,16 @@ itself). {recursion_note}
 - `SHOW_VARS()`: the variables you have defined.
 - `print(...)`: to see values.
 
+Helpers for exploring (use them when they help; plain Python works too):
+- `grep(pattern, source=context, ignore_case=False, context_lines=0, max_results=100)`: regex (or \
+plain text) search, fast on hundreds of MB; matching lines with line numbers and document paths; \
+`.total` counts every match.
+- `chunk(source=context, size=None, by="chars", overlap=0)`: split text or each document by \
+"chars", "tokens", "lines" or "paragraphs" (chunks of documents keep `.path`).
+- `count_tokens(text)`: exact token count.
+- `search(query, k=10)`: BM25 keyword search over passages of the whole input, best first; each \
+hit is a str with `.path`, `.line` and `.score`. Good for finding where to look; check with code.
+{tables_note}
 A good way to work: look at the input's structure first (types, lengths, a short slice, a few \
 regex hits), then decide how to split it; use code for what code does well (searching, counting, \
 filtering, exact arithmetic) and sub-models for what needs reading and understanding; keep \
@@ -70,10 +80,15 @@ RECURSION_ENABLED = ("Use it for sub-tasks that themselves need to explore a lar
 RECURSION_DISABLED = ("Recursion is disabled at this depth, so these behave like llm_query.")
 
 
-def system_prompt(context_type: str, *, recursion: bool, override: str | None = None) -> str:
+TABLES_NOTE = ("- `sql(query)`: SQL (DuckDB) over the input's tables, named in the metadata; returns "
+               "rows (a list of tuples with `.columns`). Aggregate in SQL rather than fetching rows.\n")
+
+
+def system_prompt(context_type: str, *, recursion: bool, override: str | None = None, tables: bool = False) -> str:
     template = override if override is not None else SYSTEM_PROMPT
-    return template.replace("{context_type}", context_type).replace(
-        "{recursion_note}", RECURSION_ENABLED if recursion else RECURSION_DISABLED)
+    return (template.replace("{context_type}", context_type)
+            .replace("{recursion_note}", RECURSION_ENABLED if recursion else RECURSION_DISABLED)
+            .replace("{tables_note}", TABLES_NOTE if tables else ""))
 
 
 def format_cell(index: int, code: str, stdout: str, stderr: str, note: str | None = None) -> str:

@@ -7,12 +7,14 @@ a `Scheduler` and an `EventLog` that its child runs (from `rlm_query`) share.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import prompts
 from .budget import Budget, Limits
@@ -24,6 +26,9 @@ from .parsing import FinalAnswer, parse_reply, truncate_output
 from .result import Result
 from .scheduler import CallSite, RetryPolicy, Scheduler
 from .usage import UsageSummary
+
+if TYPE_CHECKING:
+    from .context.loader import LoadedContext
 
 ENVIRONMENTS = ("worker", "local")
 # A child run's query goes into its root prompt; a longer rlm_query prompt is shown only in part
@@ -125,12 +130,14 @@ class RLM:
     def sub_model(self) -> str:
         return self.sub_client.name
 
-    def completion(self, query: str, context: Any = None, **load_options: Any) -> Result:
-        """Run to a final answer (or a limit). `context` may be text, data, a Path, or a directory.
+    def completion(self, query: str, context: Any = None, *, contexts: list[Any] | None = None,
+                   **load_options: Any) -> Result:
+        """Run to a final answer (or a limit). `context` may be text, data, a Path, a directory or a
+        table file; `contexts=[...]` gives several inputs (`context_0`, `context_1`, ... in the REPL).
 
-        `load_options` (include, exclude, encoding) go to `load_context` for files and directories.
+        `load_options` (include, exclude, encoding, max_file_bytes, gitignore) go to `load_context`.
         """
-        coroutine = self.acompletion(query, context, **load_options)
+        coroutine = self.acompletion(query, context, contexts=contexts, **load_options)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -151,12 +158,14 @@ class RLM:
             raise box["error"]
         return box["result"]
 
-    async def acompletion(self, query: str, context: Any = None, **load_options: Any) -> Result:
-        from .context.loader import load_context
+    async def acompletion(self, query: str, context: Any = None, *, contexts: list[Any] | None = None,
+                          **load_options: Any) -> Result:
+        from .context.loader import load_inputs
 
         if not isinstance(query, str) or not query.strip():
             raise RLMError("the query is empty: pass the question to answer as `query`")
-        loaded = load_context(context if context is not None else "", **load_options)
+        sources = ([] if context is None else [context]) + list(contexts or [])
+        inputs = load_inputs(sources or [""], **load_options)
         run_id = new_run_id()
         trajectory_path = (self.trajectory_dir or _default_trajectory_dir()) / f"{run_id}.jsonl"
         listeners = [self.on_event] if self.on_event else []
@@ -169,7 +178,7 @@ class RLM:
                                      retry=self.retry, call_timeout_s=self.call_timeout_s,
                                      max_output_tokens=self.max_output_tokens, temperature=self.temperature)
         try:
-            run = _Run(shared, query=query, loaded=loaded, depth=0, run_id=run_id, parent_run_id=None,
+            run = _Run(shared, query=query, inputs=inputs, depth=0, run_id=run_id, parent_run_id=None,
                        root_client=self.root_client)
             result = await run.execute()
         finally:
@@ -229,12 +238,13 @@ class _Shared:
 class _Run:
     """One RLM run at one depth: its own REPL, conversation and iteration count."""
 
-    def __init__(self, shared: _Shared, *, query: str, loaded: Any, depth: int, run_id: str,
+    def __init__(self, shared: _Shared, *, query: str, inputs: list[LoadedContext], depth: int, run_id: str,
                  parent_run_id: str | None, root_client: ModelClient) -> None:
         self.shared = shared
         self.config = shared.config
         self.query = query
-        self.loaded = loaded
+        self.inputs = inputs  # `context` (and context_0, context_1, ... when there are several)
+        self._search_index: Any = None
         self.depth = depth
         self.run_id = run_id
         self.parent_run_id = parent_run_id
@@ -253,6 +263,8 @@ class _Run:
 
     # -- sub-calls from the REPL ----------------------------------------------------------------
     async def handle_subcall(self, kind: str, prompts_: list[str], model: str | None, context: Any) -> list[dict]:
+        if kind == "tool":
+            return [await self._tool(model or "", prompts_[0] if prompts_ else "{}")]
         child_depth = self.depth + 1
         if kind == "rlm" and child_depth < self.config.limits.max_depth:
             return list(await asyncio.gather(*(self._child_run(p, model, context) for p in prompts_)))
@@ -265,6 +277,31 @@ class _Run:
         except RLMError as error:
             return [{"ok": False, "error": str(error)}] * len(prompts_)
         return list(await asyncio.gather(*(self._llm_call(client, p, child_depth) for p in prompts_)))
+
+    async def _tool(self, name: str, arguments: str) -> dict:
+        """Helpers the host serves to model code: search over the run's inputs."""
+        try:
+            args = json.loads(arguments)
+            if name == "search":
+                if self._search_index is None:
+                    from .context.index import SearchIndex
+                    from .paths import indexes_dir
+
+                    values = [loaded.value for loaded in self.inputs]
+                    self._search_index = await asyncio.to_thread(SearchIndex.for_inputs, values, indexes_dir())
+                hits = await asyncio.to_thread(self._search_index.search, str(args["query"]), int(args.get("k", 10)))
+                return {"ok": True, "text": json.dumps(hits)}
+            if name == "semantic_search":
+                from .context.semantic import semantic_search
+
+                hits = await asyncio.to_thread(semantic_search, [loaded.value for loaded in self.inputs],
+                                               str(args["query"]), int(args.get("k", 10)))
+                return {"ok": True, "text": json.dumps(hits)}
+            return {"ok": False, "error": f"unknown helper {name!r}"}
+        except RLMError as error:
+            return {"ok": False, "error": str(error)}
+        except (ValueError, KeyError, TypeError, OSError, sqlite3.Error) as error:
+            return {"ok": False, "error": f"{name} failed: {type(error).__name__}: {error}"}
 
     async def _llm_call(self, client: ModelClient, prompt: str, depth: int) -> dict:
         try:
@@ -288,7 +325,7 @@ class _Run:
         if context is None and len(prompt) > _MAX_CHILD_QUERY_CHARS:  # the prompt is the child's input
             query = (prompt[:_MAX_CHILD_QUERY_CHARS // 2] + f"\n... [{len(prompt):,} characters in all; "
                      "the whole task and its text are in `context`]")
-        child = _Run(self.shared, query=query, loaded=loaded, depth=self.depth + 1,
+        child = _Run(self.shared, query=query, inputs=[loaded], depth=self.depth + 1,
                      run_id=new_run_id(), parent_run_id=self.run_id, root_client=client)
         result = await child.execute()
         if result.answer is None:
@@ -301,20 +338,30 @@ class _Run:
         options = {"max_captured_chars": max(self.config.max_output_chars * 50, 1_000_000)}
         if self.config.environment == "local":
             from .environments.local import LocalEnvironment
-            return LocalEnvironment(self.loaded.value, self.handle_subcall, **options)
+            return LocalEnvironment(self.inputs, self.handle_subcall, **options)
         from .environments.sandbox import Limits as WorkerLimits
         from .environments.worker import WorkerEnvironment
-        return WorkerEnvironment(self.loaded.value, self.handle_subcall, sandbox=self.config.sandbox,
+        return WorkerEnvironment(self.inputs, self.handle_subcall, sandbox=self.config.sandbox,
                                  limits=WorkerLimits(memory_mb=self.config.worker_memory_mb), **options)
+
+    def _metadata(self) -> list[dict[str, Any]]:
+        return [loaded.metadata for loaded in self.inputs]
 
     def _first_messages(self) -> list[Message]:
         from .context.loader import format_metadata
 
-        metadata = self.loaded.metadata
+        metadata = self._metadata()
         recursion = self.depth + 1 < self.config.limits.max_depth
-        system = prompts.system_prompt(str(metadata.get("type", "unknown")), recursion=recursion,
-                                       override=self.config.system_prompt)
-        user = prompts.FIRST_USER_MESSAGE.format(query=self.query, metadata=format_metadata(metadata))
+        if len(metadata) == 1:
+            context_type, described = str(metadata[0].get("type", "unknown")), format_metadata(metadata[0])
+        else:
+            context_type = (f"{len(metadata)} inputs: context_0 to context_{len(metadata) - 1}; `context` is "
+                            f"context_0")
+            described = "\n\n".join(format_metadata(m, f"context_{i}") for i, m in enumerate(metadata))
+        tables = any(loaded.tables for loaded in self.inputs)
+        system = prompts.system_prompt(context_type, recursion=recursion, override=self.config.system_prompt,
+                                       tables=tables)
+        user = prompts.FIRST_USER_MESSAGE.format(query=self.query, metadata=described)
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     async def execute(self) -> Result:
@@ -323,7 +370,8 @@ class _Run:
         self.emit("run_start", query=self.query, model=self.root_client.name,
                   sub_model=self.config.sub_client.name, environment=self.config.environment,
                   isolation={"layers": isolation.layers, "missing": isolation.missing} if isolation else None,
-                  metadata=self.loaded.metadata, limits=self.config.limits.__dict__)
+                  metadata=self._metadata()[0], more_inputs=self._metadata()[1:],
+                  limits=self.config.limits.__dict__)
         answer: str | None = None
         stopped: str | None = None
         error: str | None = None

@@ -31,6 +31,12 @@ class TextFile:
         """The whole text (for in-process use; the worker reads the file itself)."""
         return self.path.read_text(encoding="utf-8-sig" if _is_utf8(self.encoding) else self.encoding)
 
+    def head(self, chars: int) -> str:
+        """The first `chars` characters (for a preview), without reading the rest."""
+        with open(self.path, encoding="utf-8-sig" if _is_utf8(self.encoding) else self.encoding,
+                  errors="replace") as handle:
+            return handle.read(chars)
+
     def __len__(self) -> int:
         return self.chars
 

@@ -19,9 +19,15 @@ class LocalEnvironment:
     name = "local"
 
     def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = 1_000_000) -> None:
+        from ..context.loader import as_inputs
+        from ..context.tables import TableSource
         from ..context.textfile import TextFile
+        from .protocol import TableRef, table_entry
 
-        self._context = context.read() if isinstance(context, TextFile) else context
+        inputs = as_inputs(context)
+        self._contexts = [TableRef(i.value.name) if isinstance(i.value, TableSource) else
+                          i.value.read() if isinstance(i.value, TextFile) else i.value for i in inputs]
+        self._tables = [table_entry(t, str(t.path)) for i in inputs for t in i.tables]
         self._handler = handler
         self._max_captured_chars = max_captured_chars
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -34,7 +40,8 @@ class LocalEnvironment:
         return future.result()
 
     def _new_repl(self) -> REPL:
-        return REPL(self._context, self._call_host, max_captured_chars=self._max_captured_chars)
+        return REPL(self._contexts[0], self._call_host, more_contexts=self._contexts[1:], tables=self._tables,
+                    max_captured_chars=self._max_captured_chars)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

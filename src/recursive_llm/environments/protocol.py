@@ -7,7 +7,9 @@ everything the worker sends as untrusted: sizes are bounded and messages are val
 from __future__ import annotations
 
 import json
+import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 
 # What the worker may send, and the fields each message must carry (with their types).
+# "tool" calls ask the host for a helper it serves (search); `model` names the tool and the one
+# prompt is its JSON arguments.
+CALL_KINDS = ("llm", "rlm", "tool")
 WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ready": {},
     "call": {"id": int, "kind": str, "prompts": list},
@@ -55,8 +60,8 @@ def validate_worker_message(message: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(message.get(name), kind) or (kind is int and isinstance(message.get(name), bool)):
             raise ProtocolError(f"message {message['op']!r} has a missing or invalid field {name!r}")
     if message["op"] == "call":
-        if message["kind"] not in ("llm", "rlm") or not all(isinstance(p, str) for p in message["prompts"]):
-            raise ProtocolError("a 'call' needs kind 'llm' or 'rlm' and a list of string prompts")
+        if message["kind"] not in CALL_KINDS or not all(isinstance(p, str) for p in message["prompts"]):
+            raise ProtocolError(f"a 'call' needs a kind in {CALL_KINDS} and a list of string prompts")
         if message.get("model") is not None and not isinstance(message["model"], str):
             raise ProtocolError("a 'call' model must be a string or null")
     return message
@@ -65,13 +70,70 @@ def validate_worker_message(message: dict[str, Any]) -> dict[str, Any]:
 _WRITE_SLICE = 8 * 1024 * 1024
 
 
-# -- the input file ------------------------------------------------------------------------------
-def write_context(value: Any, directory: Path) -> Path:
-    """Write the input where the worker will read it: raw text for a str, JSON otherwise."""
+# -- the input files ------------------------------------------------------------------------------
+MANIFEST = "inputs.json"
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """Stands for a table input in the list of contexts; the REPL replaces it with a Table."""
+
+    name: str
+
+
+def table_entry(table: Any, path: str) -> dict[str, Any]:
+    """What the REPL needs to know about one table file (a context/tables.TableSource)."""
+    return {"name": table.name, "path": path, "format": table.format, "info": table.info}
+
+
+def write_inputs(inputs: list[Any], directory: Path) -> Path:
+    """Write every input (a list of LoadedContext) for the worker and return the manifest's path.
+
+    Texts and data become files of their own; table files are linked (or copied) under tables/.
+    """
+    contexts, tables = [], []
+    for index, loaded in enumerate(inputs):
+        if hasattr(loaded.value, "schemas"):  # a TableSource: the table itself is the context
+            contexts.append({"table": loaded.value.name})
+        else:
+            contexts.append({"file": write_context(loaded.value, directory, f"context_{index}").name})
+        for table in loaded.tables:
+            (directory / "tables").mkdir(exist_ok=True)
+            target = directory / "tables" / f"{table.name}{table.path.suffix.lower()}"
+            _place_file(table.path, target)
+            tables.append(table_entry(table, str(target)))
+    manifest = directory / MANIFEST
+    manifest.write_text(json.dumps({"contexts": contexts, "tables": tables}, default=str), encoding="utf-8")
+    return manifest
+
+
+def read_inputs(manifest: Path) -> tuple[list[Any], list[dict[str, Any]]]:
+    payload = json.loads(manifest.read_text(encoding="utf-8"))
+    contexts = [TableRef(entry["table"]) if "table" in entry else read_context(manifest.parent / entry["file"])
+                for entry in payload["contexts"]]
+    return contexts, payload["tables"]
+
+
+def _place_file(source: Path, target: Path) -> None:
+    """A hard link when possible (instant, no space), else a kernel copy; readable by the worker."""
+    import shutil
+
+    try:
+        if source.stat().st_mode & 0o004:  # only link what other users may read anyway
+            os.link(source, target)
+            return
+    except OSError:
+        pass
+    shutil.copyfile(source, target)
+    os.chmod(target, 0o644)
+
+
+def write_context(value: Any, directory: Path, stem: str = "context") -> Path:
+    """Write one input where the worker will read it: raw text for a str, JSON otherwise."""
     if isinstance(value, TextFile):
-        return _copy_text_file(value, directory / "context.txt")
+        return _copy_text_file(value, directory / f"{stem}.txt")
     if isinstance(value, str) and not isinstance(value, Document):
-        path = directory / "context.txt"
+        path = directory / f"{stem}.txt"
         with open(path, "wb") as handle:  # in slices: encoding 400 MB at once would double host memory
             for start in range(0, len(value), _WRITE_SLICE):
                 handle.write(value[start:start + _WRITE_SLICE].encode("utf-8"))
@@ -80,7 +142,7 @@ def write_context(value: Any, directory: Path) -> Path:
         payload: dict[str, Any] = {"documents": [[doc.path, str(doc)] for doc in value]}
     else:
         payload = {"value": value}
-    path = directory / "context.json"
+    path = directory / f"{stem}.json"
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, ensure_ascii=False)
     return path
@@ -89,10 +151,9 @@ def write_context(value: Any, directory: Path) -> Path:
 def _copy_text_file(source: TextFile, path: Path) -> Path:
     """The worker's copy of a large file, as UTF-8, made without holding it in memory."""
     import codecs
-    import shutil
 
     if codecs.lookup(source.encoding).name in ("utf-8", "utf-8-sig"):
-        shutil.copyfile(source.path, path)  # the kernel copies; a BOM is dropped on reading
+        _place_file(source.path, path)  # a link or a kernel copy; a BOM is dropped on reading
         return path
     decoder = codecs.getincrementaldecoder(source.encoding)()
     with open(source.path, "rb") as reader, open(path, "wb") as writer:

@@ -1,7 +1,8 @@
 """The REPL that model-written code runs in: the namespace of DESIGN.md's contract and cell execution.
 
-Used by both environments: inside the worker process (the default) and in-process (opt-in). Stdlib
-only, because the worker imports it. Sub-calls go through `call_host(kind, prompts, model, context)`,
+Used by both environments: inside the worker process (the default) and in-process (opt-in). The
+worker imports it, so it needs only the stdlib (DuckDB and tiktoken are imported when first used).
+Sub-calls go through `call_host(kind, prompts, model, context)`,
 which returns one `{"ok": bool, "text" | "error": str}` per prompt.
 """
 
@@ -10,11 +11,15 @@ from __future__ import annotations
 import ast
 import builtins
 import io
+import json
 import sys
 import traceback
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
+
+from . import helpers
+from .protocol import TableRef
 
 CallHost = Callable[[str, list[str], "str | None", "Any"], list[dict]]
 
@@ -92,7 +97,8 @@ def _message_of(reply: dict) -> str:
 class REPL:
     """A persistent namespace plus `execute(code)`; state survives between cells."""
 
-    def __init__(self, context: Any, call_host: CallHost, *, extra: dict[str, Any] | None = None,
+    def __init__(self, context: Any, call_host: CallHost, *, more_contexts: list[Any] = (),
+                 tables: list[dict[str, Any]] = (), extra: dict[str, Any] | None = None,
                  max_captured_chars: int = 1_000_000) -> None:
         self._call_host = call_host
         self.max_captured_chars = max_captured_chars
@@ -108,14 +114,65 @@ class REPL:
             "FINAL_VAR": self.final_var,
         }
         self.namespace.update(self._contract)
+        self.sql_tables = helpers.SQLTables(list(tables))
+        self._helpers = {"grep": self.grep, "chunk": self.chunk, "count_tokens": self.count_tokens,
+                         "search": self.search, "semantic_search": self.semantic_search, "sql": self.sql}
+        self.namespace.update(self._helpers)
         self.namespace["_map_reduce"] = self.map_reduce
         self.namespace.update(extra or {})
         self.namespace["answer"] = {"content": "", "ready": False}
-        self.set_contexts(context)
+        self.set_contexts([context, *more_contexts])
 
-    def set_contexts(self, context: Any) -> None:
-        """`context` is the first input; several inputs are also `context_0`, `context_1`, ..."""
-        self.namespace["context"] = context
+    def set_contexts(self, contexts: list[Any]) -> None:
+        """`context` is the first input; with several, they are also `context_0`, `context_1`, ..."""
+        tables = {t["name"]: t for t in self.sql_tables._tables}
+        values = [helpers.Table(c.name, tables[c.name]["path"], tables[c.name]["format"], tables[c.name]["info"],
+                                self.sql_tables) if isinstance(c, TableRef) else c for c in contexts]
+        self.namespace["context"] = values[0]
+        if len(values) > 1:
+            for index, value in enumerate(values):
+                self.namespace[f"context_{index}"] = value
+
+    # -- exploration helpers (environments/helpers.py) ------------------------------------------
+    def grep(self, pattern: str, source: Any = None, *, literal: bool | None = None, ignore_case: bool = False,
+             context_lines: int = 0, max_results: int = 100) -> helpers.GrepResult:
+        """Lines matching a regex (or a literal) in `source` (default: context), with line numbers."""
+        return helpers.grep(pattern, self.namespace.get("context") if source is None else source, literal=literal,
+                            ignore_case=ignore_case, context_lines=context_lines, max_results=max_results)
+
+    def chunk(self, source: Any = None, size: int | None = None, by: str = "chars", overlap: int = 0) -> list:
+        """Split `source` (default: context) by chars, tokens, lines or paragraphs."""
+        from ..context.tokens import get_encoding
+
+        return helpers.chunk(self.namespace.get("context") if source is None else source, size, by, overlap,
+                             encode_decode=get_encoding)
+
+    def count_tokens(self, text: Any = None, encoding: str = "o200k_base") -> int:
+        """Exact token count (tiktoken's o200k_base by default) of a text, or of every item of a list."""
+        from ..context.tokens import count_tokens
+
+        source = self.namespace.get("context") if text is None else text
+        return sum(count_tokens(t, encoding) for _, t in helpers._texts(source))
+
+    def _tool(self, name: str, **arguments: Any) -> Any:
+        reply = self._call_host("tool", [json.dumps(arguments)], name, None)[0]
+        if not reply.get("ok"):
+            raise SubCallError(reply.get("error", f"{name} failed"))
+        return json.loads(reply["text"])
+
+    def search(self, query: str, k: int = 10) -> list:
+        """BM25 full-text search over the input's passages; best first, each with .path and .line."""
+        return [helpers.SearchHit(h["text"], h["path"], h["line"], h["score"])
+                for h in self._tool("search", query=str(query), k=int(k))]
+
+    def semantic_search(self, query: str, k: int = 10) -> list:
+        """Passages closest in meaning to `query` (embeddings), best first."""
+        return [helpers.SearchHit(h["text"], h["path"], h["line"], h["score"])
+                for h in self._tool("semantic_search", query=str(query), k=int(k))]
+
+    def sql(self, query: str, db: str | None = None, max_rows: int = 10_000) -> helpers.Rows:
+        """Run SQL on the input's tables (DuckDB; SQLite's own SQL for .sqlite inputs, `db=` picks one)."""
+        return self.sql_tables.sql(query, db=db, max_rows=max_rows)
 
     # -- the contract ---------------------------------------------------------------------------
     def llm_query(self, prompt: str, model: str | None = None) -> str:
@@ -152,7 +209,7 @@ class REPL:
 
     def show_vars(self) -> dict[str, str]:
         """The variables the code has defined so far, with their types."""
-        hidden = set(self._contract) | {"__name__", "__builtins__", "answer"}
+        hidden = set(self._contract) | set(self._helpers) | {"__name__", "__builtins__", "answer"}
         return {name: type(value).__name__ for name, value in self.namespace.items()
                 if name not in hidden and not name.startswith("_") and not isinstance(value, type(sys))}
 

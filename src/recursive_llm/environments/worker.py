@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import EnvironmentFailure
 from .base import CellResult, SubCallHandler
-from .protocol import HEADER, MAX_FRAME_BYTES, ProtocolError, decode_body, encode, validate_worker_message, write_context
+from .protocol import HEADER, MAX_FRAME_BYTES, ProtocolError, decode_body, encode, validate_worker_message, write_inputs
 from .sandbox import IsolationPlan, Limits, allocate_worker_uid, limits_preexec, plan_isolation, sandbox_env, worker_argv
 
 _WORKER_SCRIPT = Path(__file__).with_name("worker_main.py")
@@ -79,12 +79,19 @@ class WorkerEnvironment:
         self._dir = Path(tempfile.mkdtemp(prefix="rlm-worker-"))
         (self._dir / "input").mkdir()
         (self._dir / "work").mkdir()
-        self._context_file = await asyncio.to_thread(write_context, self._context, self._dir / "input")
-        self._context = None  # the file is the worker's copy; do not keep a second one here
+        from ..context.loader import as_inputs
+
+        inputs = as_inputs(self._context)
+        self._context_file = await asyncio.to_thread(write_inputs, inputs, self._dir / "input")
+        self._context = None  # the files are the worker's copy; do not keep a second one here
         if self.isolation.drop_uid:  # the worker's own uid must be able to read the input
             os.chmod(self._dir, 0o711)
-            os.chmod(self._dir / "input", 0o755)
-            os.chmod(self._context_file, 0o644)
+            for directory, _, files in os.walk(self._dir / "input"):
+                os.chmod(directory, 0o755)
+                for name in files:
+                    path = os.path.join(directory, name)
+                    if os.stat(path).st_nlink == 1:  # ours; a hard link to a user's file keeps its mode
+                        os.chmod(path, 0o644)
             if not self.isolation.namespaces:  # its working directory is the host's work/ dir
                 os.chown(self._dir / "work", self._uid, self._uid)
         await self._spawn()

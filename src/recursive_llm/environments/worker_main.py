@@ -1,6 +1,6 @@
 """The worker process: runs model-written code in a REPL and asks the host for every sub-call.
 
-Started by `WorkerEnvironment` as `python -I worker_main.py CONTEXT_FILE`. The host talks to it over
+Started by `WorkerEnvironment` as `python -I worker_main.py MANIFEST MAX_CAPTURED_CHARS`. The host talks to it over
 the process's original stdin/stdout; fds 0 and 1 are then pointed at /dev/null so that nothing the
 model's code writes (even with os.write) can reach the protocol stream.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 if __name__ == "__main__":  # make the package importable from a source checkout or an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from recursive_llm.environments.protocol import HEADER, decode_body, encode, read_context  # noqa: E402
+from recursive_llm.environments.protocol import HEADER, decode_body, encode, read_inputs  # noqa: E402
 from recursive_llm.environments.runtime import REPL  # noqa: E402
 
 
@@ -112,7 +112,8 @@ def main() -> None:
 
     signal.signal(signal.SIGXCPU, _on_sigxcpu)
     channel = HostChannel(reader, writer)
-    repl = REPL(read_context(Path(sys.argv[1])), channel.call_host,
+    contexts, tables = read_inputs(Path(sys.argv[1]))
+    repl = REPL(contexts[0], channel.call_host, more_contexts=contexts[1:], tables=tables,
                 max_captured_chars=int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000)
     threading.Thread(target=channel.read_forever, name="host-reader", daemon=True).start()
     channel.send({"op": "ready", "pid": os.getpid()})
