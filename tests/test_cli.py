@@ -88,3 +88,15 @@ def test_allow_model_lets_code_name_another_model(tmp_path):
     outputs = [open(path).read() for path in trajectories]
     assert "not allowed from code" in outputs[0]
     assert "not allowed from code" not in outputs[1] and '"model": "other"' in outputs[1]
+
+
+def test_separate_contexts_and_tables_from_the_command_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("north is the best region")
+    (tmp_path / "sales.csv").write_text("region,amount\nnorth,10\nsouth,20\nnorth,5\n")
+    code = ("```repl\ntotal = sql(\"SELECT sum(amount) FROM sales WHERE region = 'north'\")[0][0]\n"
+            "print(context_0[:5], total)\n```")
+    with FakeLLMServer(responder=root_then_sub([code, "FINAL_VAR(total)"])) as server:
+        done = rlm("ask", "q", "--context", str(tmp_path / "notes.txt"), "--context", str(tmp_path / "sales.csv"),
+                   "--separate", "--model", "m", "--base-url", server.base_url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "15\n"

@@ -82,13 +82,19 @@ def main() -> None:
 @click.option("--include", multiple=True, metavar="GLOB", help="Only load matching files from directories.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching files in directories.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the input files.")
+@click.option("--separate", is_flag=True, help="Each --context is an input of its own (context_0, context_1, ...) "
+              "instead of one list of documents.")
+@click.option("--no-gitignore", is_flag=True, help="Load files that a .gitignore excludes, too.")
+@click.option("--max-file-mb", type=click.FloatRange(min=0, min_open=True), default=50, show_default=True,
+              help="Skip files larger than this inside directories.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @click.option("--verbose", "-v", is_flag=True, help="Show model replies, code and outputs as they happen.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
 def ask(question: str, contexts: tuple[str, ...], model: str | None, sub_model: str | None,
         base_url: str | None, max_depth: int, max_iterations: int, max_llm_calls: int | None,
         max_tokens: int | None, max_cost: float | None, timeout: float | None, environment: str, sandbox: str,
-        allowed_models: tuple[str, ...], include: tuple[str, ...], exclude: tuple[str, ...], encoding: str, as_json: bool,
+        allowed_models: tuple[str, ...], include: tuple[str, ...], exclude: tuple[str, ...], encoding: str,
+        separate: bool, no_gitignore: bool, max_file_mb: float, as_json: bool,
         verbose: bool, quiet: bool) -> None:
     """Answer QUESTION about the --context input."""
     from .errors import RLMError
@@ -104,7 +110,10 @@ def ask(question: str, contexts: tuple[str, ...], model: str | None, sub_model: 
                   max_cost_usd=max_cost, timeout_s=timeout, environment=environment, sandbox=sandbox,
                   allowed_models="*" if "*" in allowed_models else list(allowed_models),
                   verbose=verbose and not quiet, on_event=progress)
-        load_options = {"include": list(include) or None, "exclude": list(exclude) or None, "encoding": encoding}
+        load_options = {"include": list(include) or None, "exclude": list(exclude) or None, "encoding": encoding,
+                        "gitignore": not no_gitignore, "max_file_bytes": int(max_file_mb * 1_000_000)}
+        if separate and isinstance(context, list):
+            load_options["contexts"], context = context, None
         if progress is not None:
             with progress:
                 result = rlm.completion(question, context, **load_options)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ContextError
 from .document import Document
-from .formats import Unreadable, read_document
+from .formats import BINARY_SNIFF_BYTES, Unreadable, read_document
 from .tables import TABLE_FORMATS, TableSource, inspect, table_name
 from .textfile import TextFile, UnreadableText, scan
 
@@ -177,6 +177,10 @@ def _parse_json(path: Path, text: str) -> Any:
 def _table_of(path: Path, taken: set[str]) -> TableSource:
     """The file as a table (raises Unreadable); `taken` keeps SQL names unique within one input."""
     fmt = TABLE_FORMATS[path.suffix.lower()]
+    if fmt not in _BINARY_TABLES:
+        with open(path, "rb") as handle:
+            if b"\x00" in handle.read(BINARY_SNIFF_BYTES):
+                raise Unreadable("looks binary (it contains NUL bytes); it is not a text table")
     try:
         return inspect(TableSource(path.resolve(), fmt, table_name(path.stem, taken)))
     except ValueError as error:

@@ -57,7 +57,9 @@ def _finder(pattern: str, literal: bool | None, ignore_case: bool) -> Callable[[
             at = text.find(pattern, start)
             return None if at < 0 else (at, at + len(pattern))
         return find
-    compiled = re.compile(re.escape(pattern) if plain else pattern, re.IGNORECASE if ignore_case else 0)
+    # MULTILINE: ^ and $ match at every line, as grep users expect.
+    compiled = re.compile(re.escape(pattern) if plain else pattern,
+                          re.MULTILINE | (re.IGNORECASE if ignore_case else 0))
 
     def search(text: str, start: int):
         match = compiled.search(text, start)
@@ -250,6 +252,13 @@ class Table:
         return f"Table({'; '.join(parts)}) - query with sql('SELECT ... FROM {next(iter(self.tables))}')"
 
 
+def _half_of_address_space_mb() -> int | None:
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if soft == resource.RLIM_INFINITY else soft // (2 * 1024 * 1024)
+
+
 class SQLTables:
     """The tables of all inputs: DuckDB for CSV/TSV/Parquet/JSONL, sqlite3 (read-only) for SQLite."""
 
@@ -275,8 +284,9 @@ class SQLTables:
             from ..context.tables import duckdb_source
 
             connection = duckdb.connect(":memory:")
-            if self._memory_limit_mb:
-                connection.execute(f"SET memory_limit='{self._memory_limit_mb}MB'")
+            limit = self._memory_limit_mb or _half_of_address_space_mb()
+            if limit:  # DuckDB's default (80% of RAM) ignores the worker's limit; stay under it
+                connection.execute(f"SET memory_limit='{limit}MB'")
             for table in self._tables:
                 if table["format"] == "sqlite":
                     continue
