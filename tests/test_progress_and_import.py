@@ -48,3 +48,13 @@ def test_import_is_light_and_fast():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[1] == "[]"  # no heavy dependency is imported by `import recursive_llm`
     assert float(out[0]) < 0.3
+
+
+def test_live_progress_shows_the_running_code_and_stored_answers():
+    progress = LiveProgress(force=True, console=Console(file=io.StringIO(), force_terminal=True, width=160))
+    progress({"type": "iteration", "iteration": 3, "depth": 0, "code_blocks": 1,
+              "reply": "Let me look.\n```repl\n\nhits = grep('needle')\nprint(hits)\n```"})
+    assert "running hits = grep('needle')" in progress._render().plain
+    progress({"type": "llm_call", "purpose": "sub", "cached": "cache", "prompt_tokens": 10, "completion_tokens": 5})
+    assert progress.in_flight == 0 and progress.done == 1 and progress.tokens == 0
+    assert "1 from the store" in progress._render().plain

@@ -7,6 +7,7 @@ still printed); 6 the run failed (provider error, no answer); 130 interrupted.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -59,7 +60,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("question")
+@click.argument("question", required=False)
 @click.option("--context", "-c", "contexts", multiple=True, metavar="PATH",
               help="File or directory to ask about (repeatable); '-' reads stdin.")
 @click.option("--model", "-m", default=None, help="Root model, e.g. gpt-5-mini, claude-sonnet-4-5, "
@@ -90,51 +91,222 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
 @click.option("--verbose", "-v", is_flag=True, help="Show model replies, code and outputs as they happen.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
-def ask(question: str, contexts: tuple[str, ...], model: str | None, sub_model: str | None,
-        base_url: str | None, max_depth: int, max_iterations: int, max_llm_calls: int | None,
-        max_tokens: int | None, max_cost: float | None, timeout: float | None, environment: str, sandbox: str,
-        allowed_models: tuple[str, ...], include: tuple[str, ...], exclude: tuple[str, ...], encoding: str,
-        separate: bool, no_gitignore: bool, max_file_mb: float, as_json: bool,
-        verbose: bool, quiet: bool) -> None:
+@click.option("--temperature", type=click.FloatRange(min=0), default=None, help="Sampling temperature of every call.")
+@click.option("--cache/--no-cache", default=None,
+              help="Answer identical model calls from the run store instead of paying again (default: on at "
+                   "temperature 0).")
+@click.option("--resume", metavar="RUN_ID", default=None,
+              help="Re-run a crashed or interrupted run (same question, input and options): the calls it "
+                   "made are replayed from the store, then it continues.")
+def ask(**params) -> None:
     """Answer QUESTION about the --context input."""
     from .errors import RLMError
     from .progress import LiveProgress
 
     try:
-        context = _read_context(contexts)
+        run_config, stdin_text = _resume_params(params) if params["resume"] else _new_run_params(params)
+        if not params["question"]:
+            raise click.UsageError("give the QUESTION to answer (or --resume RUN_ID)")
+        context = stdin_text if stdin_text is not None else _read_context(tuple(params["contexts"]))
         from .rlm import RLM
 
-        progress = LiveProgress() if not (quiet or verbose) else None
-        rlm = RLM(model=model, sub_model=sub_model, base_url=base_url, max_depth=max_depth,
-                  max_iterations=max_iterations, max_llm_calls=max_llm_calls, max_tokens=max_tokens,
-                  max_cost_usd=max_cost, timeout_s=timeout, environment=environment, sandbox=sandbox,
-                  allowed_models="*" if "*" in allowed_models else list(allowed_models),
-                  verbose=verbose and not quiet, on_event=progress)
-        load_options = {"include": list(include) or None, "exclude": list(exclude) or None, "encoding": encoding,
-                        "gitignore": not no_gitignore, "max_file_bytes": int(max_file_mb * 1_000_000)}
-        if separate and isinstance(context, list):
+        progress = LiveProgress() if not (params["quiet"] or params["verbose"]) else None
+        allowed = params["allowed_models"]
+        rlm = RLM(model=params["model"], sub_model=params["sub_model"], base_url=params["base_url"],
+                  max_depth=params["max_depth"], max_iterations=params["max_iterations"],
+                  max_llm_calls=params["max_llm_calls"], max_tokens=params["max_tokens"],
+                  max_cost_usd=params["max_cost"], timeout_s=params["timeout"], environment=params["environment"],
+                  sandbox=params["sandbox"], allowed_models="*" if "*" in allowed else list(allowed),
+                  temperature=params["temperature"], cache=params["cache"],
+                  verbose=params["verbose"] and not params["quiet"], on_event=progress)
+        load_options = {"include": list(params["include"]) or None, "exclude": list(params["exclude"]) or None,
+                        "encoding": params["encoding"], "gitignore": not params["no_gitignore"],
+                        "max_file_bytes": int(params["max_file_mb"] * 1_000_000)}
+        if params["separate"] and isinstance(context, list):
             load_options["contexts"], context = context, None
+        run = functools.partial(rlm.completion, params["question"], context, resume_from=params["resume"],
+                                run_config=run_config, **load_options)
         if progress is not None:
             with progress:
-                result = rlm.completion(question, context, **load_options)
+                result = run()
         else:
-            result = rlm.completion(question, context, **load_options)
+            result = run()
     except RLMError as error:
         _err(f"Error: {error}")
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        _err("Interrupted.")
+        _err("Interrupted. Continue it later with: rlm ask --resume <run id> (`rlm logs` lists runs)")
         sys.exit(EXIT_INTERRUPTED)
 
-    if as_json:
+    if params["as_json"]:
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     elif result.answer is not None:
         click.echo(result.answer)
-    if not quiet:
+    if not params["quiet"]:
         if result.stopped_reason != "final":
             _err(f"Stopped: {result.stopped_reason}" + (f" ({result.error})" if result.error else ""))
         _err(_summary(result))
     sys.exit(_EXIT_BY_STOP.get(result.stopped_reason, EXIT_INTERNAL))
+
+
+# Options that only change how a run is shown; everything else is saved so that --resume can redo it.
+_OUTPUT_OPTIONS = ("as_json", "verbose", "quiet", "resume")
+_MAX_SAVED_STDIN = 20_000_000
+
+
+def _new_run_params(params: dict) -> tuple[dict, str | None]:
+    """What to save for --resume, and the stdin text if the input is stdin (read once, here)."""
+    stdin_text = None
+    if "-" in params["contexts"]:
+        stdin_text = _read_context(tuple(params["contexts"]))
+    saved = {key: list(value) if isinstance(value, tuple) else value
+             for key, value in params.items() if key not in _OUTPUT_OPTIONS}
+    saved["contexts"] = [c if c == "-" else str(Path(c).resolve()) for c in params["contexts"]]
+    keep_stdin = stdin_text is not None and len(stdin_text) <= _MAX_SAVED_STDIN
+    return {"cli": saved, "stdin": stdin_text if keep_stdin else None}, stdin_text
+
+
+def _resume_params(params: dict) -> tuple[dict, str | None]:
+    """Restore a run's saved options into `params` (in place) for `--resume`."""
+    from .errors import ConfigError, ContextError
+    from .store import Store
+
+    store = Store()
+    try:
+        run_id = store.find_run(params["resume"])
+        saved = store.run_config(run_id)
+    except KeyError as error:
+        raise ConfigError(str(error.args[0])) from None
+    config = saved["config"] or {}
+    if "cli" not in config:
+        raise ConfigError(f"run {run_id} was not started by `rlm ask`; resume it from Python with "
+                          f"rlm.completion(query, context, resume_from={run_id!r})")
+    params.update({key: value for key, value in config["cli"].items() if key in params})
+    params["resume"] = run_id
+    stdin_text = config.get("stdin")
+    if "-" in params["contexts"] and stdin_text is None:
+        raise ContextError(f"run {run_id} read a large input from stdin that was not saved; run it again instead")
+    if saved["status"] == "final":
+        _err(f"Note: run {run_id} already finished; resuming replays all of its calls")
+    return config, stdin_text
+
+
+def _open_store():
+    from .store import Store
+
+    return Store()
+
+
+def _resolve_run(store, run_id: str) -> str:
+    from .errors import ConfigError
+
+    try:
+        return store.find_run(run_id)
+    except KeyError as error:
+        raise ConfigError(str(error.args[0])) from None
+
+
+def _handle_errors(function):
+    """Turn RLMErrors of the store commands into a message and the exit code."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        from .errors import RLMError
+
+        try:
+            return function(*args, **kwargs)
+        except RLMError as error:
+            _err(f"Error: {error}")
+            sys.exit(error.exit_code)
+    return wrapper
+
+
+@main.group(invoke_without_command=True)
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--status", default=None, help="final, max_iterations, budget, timeout, error or running.")
+@click.option("--model", default=None, help="Only runs with this root model.")
+@click.option("--query", "-q", "query", default=None, help="Only runs whose question contains this text.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run, on stdout.")
+@click.pass_context
+def logs(ctx: click.Context, limit: int, status: str | None, model: str | None, query: str | None,
+         as_json: bool) -> None:
+    """List recorded runs, newest first (`rlm logs show RUN_ID` for one run)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    runs = _open_store().list_runs(limit=limit, status=status, model=model, query=query)
+    if as_json:
+        for run in runs:
+            click.echo(json.dumps(run, ensure_ascii=False))
+        return
+    if not runs:
+        _err("No runs recorded yet (they are kept in $RLM_HOME/rlm.db).")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("run", "question", "model", "status", "iter", "calls", "tokens", "cost", "time"):
+        table.add_column(column, justify="right" if column in ("iter", "calls", "tokens", "cost", "time") else "left")
+    for run in runs:
+        question = (run["query"] or "").replace("\n", " ")
+        table.add_row(run["run_id"], question[:48] + ("..." if len(question) > 48 else ""), run["model"] or "",
+                      run["status"], str(run["iterations"] or 0), str(run["calls"]), f"{run['tokens']:,}",
+                      f"${run['cost_usd']:.4f}", f"{run['duration_s']:.1f}s" if run["duration_s"] is not None else "")
+    Console(width=200).print(table)
+
+
+@logs.command("show")
+@click.argument("run_id")
+@click.option("--full", is_flag=True, help="Do not shorten long prompts, replies and outputs.")
+@_handle_errors
+def logs_show(run_id: str, full: bool) -> None:
+    """Print one run's trajectory as text: iterations, code, outputs, sub-calls, child runs."""
+    from .viewer import trajectory_text
+
+    store = _open_store()
+    click.echo(trajectory_text(store.run_tree(_resolve_run(store, run_id)), full=full))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the HTML file (default: $RLM_HOME/views/RUN_ID.html).")
+@click.option("--open/--no-open", "open_browser", default=True, help="Open it in the browser.")
+@_handle_errors
+def view(run_id: str, output: Path | None, open_browser: bool) -> None:
+    """Write the run as one self-contained HTML file (no network needed) and open it."""
+    from .paths import rlm_home
+    from .viewer import render_html
+
+    store = _open_store()
+    run_id = _resolve_run(store, run_id)
+    output = output or rlm_home() / "views" / f"{run_id}.html"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render_html(store.run_tree(run_id)), encoding="utf-8")
+    click.echo(str(output))
+    if open_browser and sys.stdout.isatty():
+        import webbrowser
+
+        webbrowser.open(output.resolve().as_uri())
+
+
+@main.command()
+@click.argument("run_ids", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-")
+@click.option("--all-depths/--root-only", default=True, show_default=True,
+              help="Also export child runs' conversations (each its own example).")
+@_handle_errors
+def export(run_ids: tuple[str, ...], fmt: str, output, all_depths: bool) -> None:
+    """Trajectories as chat-format training data: one {"messages": [...]} line per run conversation."""
+    from .viewer import training_examples
+
+    store = _open_store()
+    count = 0
+    for run_id in run_ids:
+        for example in training_examples(store.run_tree(_resolve_run(store, run_id)), all_depths=all_depths):
+            output.write(json.dumps(example, ensure_ascii=False) + "\n")
+            count += 1
+    _err(f"exported {count} conversation(s)")
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -52,6 +53,15 @@ class VerbosePrinter:
             self.console.print(f"{prefix}[bold]run {event['run_id']} ended: {event['stopped_reason']}[/bold]")
 
 
+def _first_code_line(reply: str, limit: int = 60) -> str | None:
+    """The first line of the first code block of a reply, shortened: what is running now."""
+    match = re.search(r"```(?:repl|python|py)?[ \t]*\n(.*?)```", reply, re.DOTALL)
+    if not match:
+        return None
+    line = next((l.strip() for l in match.group(1).splitlines() if l.strip()), "")
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
 class LiveProgress:
     """A one-line live status (iteration, sub-calls in flight and done, all tokens and cost, time).
 
@@ -71,6 +81,7 @@ class LiveProgress:
         self.failed = 0
         self.tokens = 0
         self.cost = 0.0
+        self.cached = 0
         self.activity = "starting"
         self._live = None
 
@@ -96,6 +107,7 @@ class LiveProgress:
             f"[cyan]iteration {self.iteration}[/cyan] (depth {self.depth}) · {self.activity} · "
             f"sub-calls [bold]{self.in_flight}[/bold] in flight, {self.done} done"
             + (f", [red]{self.failed} failed[/red]" if self.failed else "")
+            + (f" · {self.cached} from the store" if self.cached else "")
             + f" · {self.tokens:,} tokens · ${self.cost:.4f} · {elapsed:.1f}s")
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -103,7 +115,13 @@ class LiveProgress:
             kind = event["type"]
             if kind == "iteration":
                 self.iteration, self.depth = event["iteration"], event.get("depth", 0)
-                self.activity = "running code" if event.get("code_blocks") else "thinking"
+                code = _first_code_line(event.get("reply") or "") if event.get("code_blocks") else None
+                if code:
+                    from rich.markup import escape
+
+                    self.activity = f"running [bold]{escape(code)}[/bold]"
+                else:
+                    self.activity = "thinking"
             elif kind == "llm_start":
                 if event.get("purpose") == "sub":
                     self.in_flight += 1
@@ -111,8 +129,11 @@ class LiveProgress:
                     self.activity = "waiting for the root model"
             elif kind == "llm_call":
                 if event.get("purpose") == "sub":
-                    self.in_flight -= 1
+                    self.in_flight -= 0 if event.get("cached") else 1  # stored answers had no llm_start
                     self.done += 1
+                if event.get("cached"):
+                    self.cached += 1
+                    return
                 self.tokens += event.get("prompt_tokens", 0) + event.get("completion_tokens", 0)
                 self.cost += event.get("cost_usd", 0.0) or 0.0
             elif kind == "llm_error" and event.get("purpose") == "sub":

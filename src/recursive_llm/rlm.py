@@ -77,6 +77,8 @@ class RLM:
         fallback_after: int | None = 3,
         trajectory_dir: str | Path | None = None,
         on_event: Listener | None = None,
+        store: Any = True,
+        cache: bool | None = None,
     ) -> None:
         from .models.resolver import resolve_model
 
@@ -121,6 +123,10 @@ class RLM:
         self.fallback_after = fallback_after
         self.trajectory_dir = Path(trajectory_dir) if trajectory_dir else None
         self.on_event = on_event
+        # The run store: True (the default database in $RLM_HOME), a path, a Store, or None (off).
+        self.store = store
+        # The call cache: None = on when temperature is 0 (identical calls give identical answers).
+        self.cache = cache
 
     @property
     def model(self) -> str:
@@ -159,7 +165,10 @@ class RLM:
         return box["result"]
 
     async def acompletion(self, query: str, context: Any = None, *, contexts: list[Any] | None = None,
+                          resume_from: str | None = None, run_config: dict[str, Any] | None = None,
                           **load_options: Any) -> Result:
+        """See `completion`. `resume_from`: a run id whose recorded calls are replayed (in order, for
+        free) before live calls continue; `run_config`: what `rlm ask --resume` needs to redo the run."""
         from .context.loader import load_inputs
 
         if not isinstance(query, str) or not query.strip():
@@ -172,11 +181,24 @@ class RLM:
         if self.verbose:
             from .progress import VerbosePrinter
             listeners.append(VerbosePrinter())
+        store = self._open_store()
+        replay = None
+        if store is not None:
+            if resume_from is not None:
+                replay = store.replay_book(store.find_run(resume_from))
+            config = run_config or {"query": query, "contexts": [loaded.source for loaded in inputs],
+                                    "model": self.model, "sub_model": self.sub_model}
+            listeners.insert(0, store.recorder(run_id, config=config, resumed_from=resume_from,
+                                               trajectory_path=trajectory_path))
+        elif resume_from is not None:
+            raise ConfigError("resume_from needs the run store (store=None turned it off)")
         events = EventLog(trajectory_path, listeners)
         shared = _Shared(config=self, budget=Budget(self.limits), events=events, usage=UsageSummary())
+        use_cache = self.cache if self.cache is not None else self.temperature == 0
         shared.scheduler = Scheduler(shared.budget, events, shared.usage, max_concurrency=self.max_concurrency,
                                      retry=self.retry, call_timeout_s=self.call_timeout_s,
-                                     max_output_tokens=self.max_output_tokens, temperature=self.temperature)
+                                     max_output_tokens=self.max_output_tokens, temperature=self.temperature,
+                                     store=store, use_cache=use_cache, replay=replay)
         try:
             run = _Run(shared, query=query, inputs=inputs, depth=0, run_id=run_id, parent_run_id=None,
                        root_client=self.root_client)
@@ -186,6 +208,18 @@ class RLM:
             await shared.close_clients()
         result.trajectory_path = trajectory_path
         return result
+
+
+    def _open_store(self):
+        """The run store (opened once per RLM), or None when recording is off."""
+        if self.store is None:
+            return None
+        if not hasattr(self, "_store_instance"):
+            from .store import Store
+
+            self._store_instance = self.store if isinstance(self.store, Store) else Store(
+                None if self.store is True else self.store)
+        return self._store_instance
 
 
 def _default_trajectory_dir() -> Path:

@@ -9,6 +9,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -17,6 +18,9 @@ from .errors import BudgetExceeded, ModelError
 from .events import EventLog
 from .models.base import Completion, Message, ModelClient
 from .usage import TokenUsage, UsageSummary
+
+if TYPE_CHECKING:
+    from .store import ReplayBook, Store
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,11 @@ class CallSite:
     purpose: str
 
 
+def _identity(client: ModelClient) -> str:
+    """What makes two clients the same model for the cache: kind, endpoint and model name."""
+    return f"{type(client).__name__}|{getattr(client, 'base_url', None) or ''}|{client.name}"
+
+
 def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, ModelError) and error.retryable
 
@@ -43,7 +52,8 @@ class Scheduler:
     def __init__(self, budget: Budget, events: EventLog, usage: UsageSummary, *,
                  max_concurrency: int = 32, retry: RetryPolicy = RetryPolicy(),
                  call_timeout_s: float | None = 300.0, max_output_tokens: int | None = None,
-                 temperature: float | None = None) -> None:
+                 temperature: float | None = None, store: "Store | None" = None, use_cache: bool = False,
+                 replay: "ReplayBook | None" = None) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.budget = budget
@@ -53,6 +63,9 @@ class Scheduler:
         self.call_timeout_s = call_timeout_s
         self.max_output_tokens = max_output_tokens
         self.temperature = temperature
+        self.store = store
+        self.use_cache = use_cache and store is not None
+        self.replay = replay
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self.in_flight = 0
         self._call_counter = 0
@@ -67,9 +80,30 @@ class Scheduler:
 
     async def call(self, client: ModelClient, messages: list[Message], site: CallSite,
                    *, max_output_tokens: int | None = None) -> Completion:
-        """One logical call, retried on transient errors. Raises BudgetExceeded or ModelError."""
+        """One logical call, retried on transient errors. Raises BudgetExceeded or ModelError.
+
+        A call recorded by the run being resumed, or (with the cache on) an identical earlier call,
+        is answered from the store: no request, no budget, no cost.
+        """
         self._call_counter += 1
         call_id = f"{site.run_id}:{self._call_counter}"
+        max_output_tokens = max_output_tokens or self.max_output_tokens
+        key = None
+        if self.store is not None:
+            from .store import cache_key
+
+            key = cache_key(_identity(client), messages, max_output_tokens, self.temperature)
+            stored, source = (self.replay.take(key), "replay") if self.replay is not None else (None, None)
+            if stored is None and self.use_cache:
+                stored, source = self.store.cached_completion(key), "cache"
+            if stored is not None:
+                self.usage.record(client.name, site.depth, TokenUsage(cached_calls=1))
+                self.events.emit("llm_call", run_id=site.run_id, depth=site.depth, call_id=call_id,
+                                 purpose=site.purpose, model=client.name, attempt=0, messages=messages,
+                                 response=stored.text, prompt_tokens=stored.prompt_tokens,
+                                 completion_tokens=stored.completion_tokens, cost_usd=0.0, latency_s=0.0,
+                                 finish_reason=stored.finish_reason, cache_key=key, cached=source)
+                return stored
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_retryable),
             stop=stop_after_attempt(self.retry.max_retries + 1),
@@ -79,12 +113,11 @@ class Scheduler:
         async for attempt in retrying:
             with attempt:
                 return await self._attempt(client, messages, site, call_id,
-                                           attempt.retry_state.attempt_number,
-                                           max_output_tokens or self.max_output_tokens)
+                                           attempt.retry_state.attempt_number, max_output_tokens, key)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, client: ModelClient, messages: list[Message], site: CallSite,
-                       call_id: str, attempt: int, max_output_tokens: int | None) -> Completion:
+                       call_id: str, attempt: int, max_output_tokens: int | None, key: str | None) -> Completion:
         from .models.pricing import cost_usd, price_for
 
         async with self._semaphore:
@@ -126,7 +159,7 @@ class Scheduler:
                          prompt_tokens=completion.prompt_tokens,
                          completion_tokens=completion.completion_tokens, cost_usd=cost,
                          latency_s=round(time.monotonic() - started, 4),
-                         finish_reason=completion.finish_reason)
+                         finish_reason=completion.finish_reason, cache_key=key)
         return completion
 
     async def _complete(self, client: ModelClient, messages: list[Message], max_output_tokens: int | None,

@@ -13,6 +13,7 @@ class TokenUsage:
     completion_tokens: int = 0
     calls: int = 0
     cost_usd: float = 0.0
+    cached_calls: int = 0  # answered from the store (cache or resume): no tokens paid, not in `calls`
 
     @property
     def total_tokens(self) -> int:
@@ -23,6 +24,7 @@ class TokenUsage:
         self.completion_tokens += other.completion_tokens
         self.calls += other.calls
         self.cost_usd += other.cost_usd
+        self.cached_calls += other.cached_calls
 
     def to_dict(self) -> dict:
         return {
@@ -31,6 +33,7 @@ class TokenUsage:
             "total_tokens": self.total_tokens,
             "calls": self.calls,
             "cost_usd": round(self.cost_usd, 8),
+            "cached_calls": self.cached_calls,
         }
 
 

@@ -1,0 +1,187 @@
+"""Views of a recorded run: a self-contained HTML viewer, a text trajectory, chat-format examples.
+
+All three start from `Store.run_tree(root_id)` and nest the flat records the same way:
+run -> iterations (root replies) -> code cells -> the sub-calls and child runs made while the
+cell ran (matched by run and time window) -> child runs' own iterations, at any depth.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+_TEMPLATE = Path(__file__).with_name("template.html")
+TEXT_LIMIT = 2_000
+
+
+def nest(tree: dict[str, Any]) -> dict[str, Any]:
+    """The run tree as nested, JSON-able data (what the HTML viewer renders)."""
+    runs = {run["run_id"]: {**run, "iterations_list": []} for run in tree["runs"]}
+    calls = [_call_view(call) for call in tree["calls"]]
+    iterations: dict[tuple[str, int], dict] = {}
+    for item in tree["iterations"]:
+        node = {"iteration": item["iteration"], "reply": item["reply"], "ts": item["ts"], "final": item["final"],
+                "cells": [], "call": None}
+        iterations[(item["run_id"], item["iteration"])] = node
+        runs[item["run_id"]]["iterations_list"].append(node)
+    for cell in tree["cells"]:
+        node = {"index": cell["idx"], "code": cell["code"], "code_html": highlight(cell["code"] or ""),
+                "stdout": cell["stdout"], "stderr": cell["stderr"], "error": cell["error"], "final": cell["final"],
+                "timed_out": cell["timed_out"], "restarted": cell["restarted"], "duration_s": cell["duration_s"],
+                "start": cell["ts"] - (cell["duration_s"] or 0.0), "end": cell["ts"], "calls": [], "children": []}
+        parent = iterations.get((cell["run_id"], cell["iteration"]))
+        if parent is None:  # a cell without its iteration record (e.g. the fallback's): its own entry
+            parent = {"iteration": cell["iteration"], "reply": None, "ts": cell["ts"], "final": 0, "cells": [],
+                      "call": None}
+            iterations[(cell["run_id"], cell["iteration"])] = parent
+            runs[cell["run_id"]]["iterations_list"].append(parent)
+        parent["cells"].append(node)
+    for run_id, run in runs.items():
+        cells = [c for it in run["iterations_list"] for c in it["cells"]]
+        root_calls = [c for c in calls if c["run_id"] == run_id and c["purpose"] in ("root", "final")
+                      and c["status"] == "ok"]
+        for it, call in zip(sorted(run["iterations_list"], key=lambda i: i["ts"]), root_calls):
+            it["call"] = call["id"]
+        for call in calls:
+            if call["run_id"] == run_id and call["purpose"] == "sub":
+                _place(cells, call["start"], "calls", call["id"])
+        for child in runs.values():
+            if child["parent_run_id"] == run_id:
+                _place(cells, child["started_at"], "children", child["run_id"])
+        run["iterations_list"].sort(key=lambda i: i["ts"])
+    return {"root_id": tree["root_id"], "generated_at": time.time(), "runs": runs,
+            "calls": {c["id"]: c for c in calls}, "totals": _totals(tree["calls"])}
+
+
+def _place(cells: list[dict], moment: float | None, field: str, value: Any) -> None:
+    """Attach `value` to the cell that was running at `moment` (the last one that started before)."""
+    if moment is None or not cells:
+        return
+    candidates = [c for c in cells if c["start"] - 0.05 <= moment <= c["end"] + 0.05]
+    target = candidates[-1] if candidates else min(cells, key=lambda c: abs(c["start"] - moment))
+    target[field].append(value)
+
+
+def _call_view(call: dict[str, Any]) -> dict[str, Any]:
+    messages = call.get("messages") or []
+    prompt = messages[-1]["content"] if messages else ""
+    return {"id": call["id"], "run_id": call["run_id"], "depth": call["depth"], "purpose": call["purpose"],
+            "model": call["model"], "status": call["status"], "prompt": prompt, "messages": len(messages),
+            "response": call["response"], "error": call["error"], "prompt_tokens": call["prompt_tokens"] or 0,
+            "completion_tokens": call["completion_tokens"] or 0, "cost_usd": call["cost_usd"] or 0.0,
+            "latency_s": call["latency_s"] or 0.0, "start": call["started_at"], "end": call["ended_at"],
+            "cached": call["cached"], "attempt": call["attempt"]}
+
+
+def _totals(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    by_model: dict[str, dict] = {}
+    by_depth: dict[str, dict] = {}
+    for call in calls:
+        if call["status"] != "ok":
+            continue
+        for table, key in ((by_model, call["model"] or "?"), (by_depth, str(call["depth"]))):
+            row = table.setdefault(key, {"calls": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                         "cost_usd": 0.0})
+            if call["cached"]:
+                row["cached"] += 1
+                continue
+            row["calls"] += 1
+            row["prompt_tokens"] += call["prompt_tokens"] or 0
+            row["completion_tokens"] += call["completion_tokens"] or 0
+            row["cost_usd"] += call["cost_usd"] or 0.0
+    return {"by_model": by_model, "by_depth": by_depth}
+
+
+def highlight(code: str) -> str:
+    """Python code as HTML with syntax classes (pygments, which rich already depends on)."""
+    try:
+        from pygments import highlight as pygmentize
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+    except ImportError:  # pragma: no cover - rich always brings pygments
+        return html.escape(code)
+    return pygmentize(code, PythonLexer(), HtmlFormatter(nowrap=True))
+
+
+def _style() -> str:
+    try:
+        from pygments.formatters import HtmlFormatter
+
+        return HtmlFormatter(style="friendly").get_style_defs(".code")
+    except ImportError:  # pragma: no cover
+        return ""
+
+
+def render_html(tree: dict[str, Any]) -> str:
+    """One self-contained HTML file: the data inline as JSON, the renderer inline as JavaScript."""
+    data = json.dumps(nest(tree), ensure_ascii=False, default=str).replace("</", "<\\/")
+    root = next(run for run in tree["runs"] if run["run_id"] == tree["root_id"])
+    title = html.escape(f"RLM run {tree['root_id']}: {(root.get('query') or '')[:80]}")
+    return (_TEMPLATE.read_text(encoding="utf-8").replace("/*PYGMENTS*/", _style())
+            .replace("__TITLE__", title).replace("__DATA__", data))
+
+
+# -- text ------------------------------------------------------------------------------------------
+def _clip(text: str | None, full: bool, limit: int = TEXT_LIMIT) -> str:
+    text = text or ""
+    return text if full or len(text) <= limit else text[:limit] + f"\n... [{len(text) - limit:,} more characters]"
+
+
+def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
+    view = nest(tree)
+    lines: list[str] = []
+
+    def run_lines(run_id: str, indent: str) -> None:
+        run = view["runs"][run_id]
+        lines.append(f"{indent}== run {run_id} (depth {run['depth']}) · {run['model']} · {run['status']} · "
+                     f"{run['iterations'] or 0} iterations · {run['duration_s'] or 0:.1f}s")
+        lines.append(f"{indent}question: {_clip(run['query'], full, 500)}")
+        for it in run["iterations_list"]:
+            call = view["calls"].get(it["call"]) if it["call"] else None
+            usage = f" · {call['prompt_tokens'] + call['completion_tokens']:,} tokens" if call else ""
+            lines.append(f"{indent}-- iteration {it['iteration']}{usage}")
+            if it["reply"]:
+                lines.extend(indent + "   " + line for line in _clip(it["reply"], full).splitlines())
+            for cell in it["cells"]:
+                lines.append(f"{indent}   [cell {cell['index']}] {cell['duration_s'] or 0:.2f}s"
+                             + (f" · {cell['error']}" if cell["error"] else ""))
+                output = (cell["stdout"] or "") + (cell["stderr"] or "")
+                lines.extend(indent + "   > " + line for line in _clip(output, full).splitlines())
+                for call_id in cell["calls"]:
+                    sub = view["calls"][call_id]
+                    lines.append(f"{indent}   sub-call {sub['model']} ({sub['status']}"
+                                 + (f", {sub['cached']}" if sub["cached"] else "") + f"): "
+                                 + _clip(sub["prompt"], full, 200).replace("\n", " ") + " -> "
+                                 + _clip(sub["response"] or sub["error"], full, 200).replace("\n", " "))
+                for child in cell["children"]:
+                    run_lines(child, indent + "      ")
+        if run["answer"] is not None:
+            lines.append(f"{indent}answer: {_clip(run['answer'], full)}")
+        if run["error"]:
+            lines.append(f"{indent}error: {run['error']}")
+
+    run_lines(view["root_id"], "")
+    return "\n".join(lines)
+
+
+# -- training data ---------------------------------------------------------------------------------
+def training_examples(tree: dict[str, Any], *, all_depths: bool = True) -> list[dict[str, Any]]:
+    """One chat conversation per run: the last root call's messages plus its reply (the whole
+    conversation the model had, with code outputs as user turns), labelled with the outcome."""
+    examples = []
+    for run in tree["runs"]:
+        if not all_depths and run["parent_run_id"] is not None:
+            continue
+        root_calls = [c for c in tree["calls"] if c["run_id"] == run["run_id"] and c["status"] == "ok"
+                      and c["purpose"] in ("root", "final") and c.get("messages")]
+        if not root_calls:
+            continue
+        last = root_calls[-1]
+        messages = [*last["messages"], {"role": "assistant", "content": last["response"] or ""}]
+        examples.append({"messages": messages, "metadata": {
+            "run_id": run["run_id"], "root_id": tree["root_id"], "depth": run["depth"], "model": run["model"],
+            "status": run["status"], "answer": run["answer"], "iterations": run["iterations"]}})
+    return examples

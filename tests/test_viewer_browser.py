@@ -1,0 +1,98 @@
+"""The HTML viewer in a real headless browser (Debian's chromium driven by playwright)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from recursive_llm import RLM
+from recursive_llm.store import Store
+from recursive_llm.testing import ScriptedModel
+from recursive_llm.viewer import render_html
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (.ci/run installs Debian's)")
+
+
+def depth_two_run() -> str:
+    """Root (depth 0) -> 2 children (depth 1) -> 1 grandchild each (depth 2); 200 sub-calls in all."""
+    def respond(messages):
+        task = messages[1]["content"] if len(messages) > 1 else ""
+        started = any(m["role"] == "assistant" for m in messages)
+        if "Query: grandchild" in task:
+            return "FINAL_VAR(g)" if started else "```repl\ng = llm_query_batched([f'leaf {i}' for i in range(20)])[0]\n```"
+        if "Query: child" in task:
+            return "FINAL_VAR(c)" if started else (
+                "```repl\nparts = llm_query_batched([f'child part {i}' for i in range(40)])\n"
+                "c = rlm_query('grandchild task', context='grand text')\n```")
+        return "FINAL_VAR(answer_text)" if started else (
+            "```repl\nnotes = llm_query_batched([f'root note {i}' for i in range(80)])\n"
+            "kids = rlm_query_batched(['child A', 'child B'])\nanswer_text = ' / '.join(kids)\nprint(kids)\n```")
+
+    rlm = RLM(model=ScriptedModel(default=respond, name="root-model"),
+              sub_model=ScriptedModel(default=lambda messages: "answer to " + messages[-1]["content"], name="sub-model"),
+              max_depth=3)
+    return rlm.completion("What do the parts say?", "the input text").run_id
+
+
+def test_viewer_shows_every_level_without_console_errors(tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
+    run_id = depth_two_run()
+    tree = Store().run_tree(run_id)
+    assert sum(1 for c in tree["calls"] if c["purpose"] == "sub") == 200
+    assert sorted({r["depth"] for r in tree["runs"]}) == [0, 1, 2]
+    page_file = tmp_path / "run.html"
+    page_file.write_text(render_html(tree), encoding="utf-8")
+
+    problems: list[str] = []
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.on("request", lambda request: problems.append(f"network: {request.url}")
+                if not request.url.startswith("file:") else None)
+        page.goto(page_file.as_uri())
+        assert page.locator("header h1").inner_text() == "What do the parts say?"
+        assert page.locator("#timeline .bar").count() == len(tree["calls"])  # every call, none cached
+
+        def visible(locator) -> bool:
+            locator.wait_for(state="visible", timeout=10_000)  # nodes are built when they first open
+            return True
+
+        def open_node(selector: str) -> None:
+            node = page.locator(selector).first
+            if node.get_attribute("open") is None:
+                node.locator("> summary").click()
+
+        open_node(f"#it-{run_id}-1")
+        open_node(f"[id^='cell-{run_id}-1-']")
+        assert visible(page.get_by_text("Sub-calls (80)"))
+        children = [r["run_id"] for r in tree["runs"] if r["depth"] == 1]
+        grandchildren = [r["run_id"] for r in tree["runs"] if r["depth"] == 2]
+        for child in children:
+            open_node(f"#run-{child}")
+            open_node(f"#it-{child}-1")
+            open_node(f"[id^='cell-{child}-1-']")
+            assert visible(page.get_by_text("Sub-calls (40)").first)
+        for grandchild in grandchildren:
+            open_node(f"#run-{grandchild}")
+            open_node(f"#it-{grandchild}-1")
+            open_node(f"[id^='cell-{grandchild}-1-']")
+            assert page.locator(f"#run-{grandchild} > summary").inner_text().count("depth 2") == 1
+        assert visible(page.get_by_text("Sub-calls (20)").first)
+        page.locator("[id^='call-'] > summary").first.click()
+        assert visible(page.get_by_text("answer to root note 0").first)
+
+        page.fill("#search", "leaf 19")
+        page.wait_for_selector("#results div:nth-child(2)")
+        page.locator("#results div:nth-child(2)").click()
+        assert visible(page.get_by_text("answer to leaf 19").first)
+        page.screenshot(path=str(tmp_path / "viewer.png"), full_page=False)
+        browser.close()
+    assert (tmp_path / "viewer.png").stat().st_size > 10_000
+    assert problems == []
+    if os.environ.get("RLM_KEEP_SCREENSHOT"):
+        shutil.copy(tmp_path / "viewer.png", os.environ["RLM_KEEP_SCREENSHOT"])
