@@ -310,6 +310,62 @@ def export(run_ids: tuple[str, ...], fmt: str, output, all_depths: bool) -> None
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; anything but loopback "
+              "needs --token.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--model", "-m", default=None, help="Default root model (requests name it `rlm` or `rlm/<model>`).")
+@click.option("--also-model", "extra_models", multiple=True, metavar="MODEL",
+              help="Another root model clients may ask for as rlm/<model> (repeatable).")
+@click.option("--sub-model", default=None, help="Model for sub-calls (default: the root model).")
+@click.option("--base-url", default=None, help="OpenAI-compatible server for the models.")
+@click.option("--token", envvar="RLM_SERVE_TOKEN", default=None,
+              help="Bearer token clients must send (env RLM_SERVE_TOKEN). Required off loopback.")
+@click.option("--allowed-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory whose files requests may name in context.files (nothing outside it).")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Runs at once; more get 429.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True)
+@click.option("--max-iterations", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--max-depth", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-llm-calls", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None)
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True)
+@click.option("--sandbox", type=click.Choice(["auto", "namespaces", "process"]), default="auto", show_default=True)
+@click.option("--shutdown-grace", type=click.FloatRange(min=0), default=30, show_default=True,
+              help="Seconds running requests get to finish on SIGTERM/SIGINT.")
+def serve(host, port, model, extra_models, sub_model, base_url, token, allowed_root, max_concurrent, max_body_mb,
+          max_iterations, max_depth, max_llm_calls, max_tokens, max_cost, timeout, sandbox, shutdown_grace) -> None:
+    """Serve RLMs over an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models)."""
+    from .errors import RLMError
+
+    try:
+        from .server import ServeConfig, serve as run_server
+    except ImportError:  # pragma: no cover
+        _err("Error: rlm serve needs the server extra: pip install 'recursive-llm[server]'")
+        sys.exit(EXIT_CONFIG)
+    config = ServeConfig(model=model, sub_model=sub_model, base_url=base_url, host=host, port=port, token=token,
+                         allowed_root=allowed_root, max_concurrent=max_concurrent,
+                         max_body_bytes=int(max_body_mb * 1_000_000), sandbox=sandbox, extra_models=list(extra_models),
+                         shutdown_grace_s=shutdown_grace,
+                         limits={"max_iterations": max_iterations, "max_depth": max_depth, "max_llm_calls": max_llm_calls,
+                                 "max_tokens": max_tokens, "max_cost_usd": max_cost, "timeout_s": timeout})
+    try:
+        if model is not None:
+            from .models.resolver import resolve_model
+
+            resolve_model(model, base_url=base_url)  # an unknown model or a missing key fails now, not per request
+        config.check()
+        _err(f"rlm serve: http://{host}:{port}/v1 (models: rlm, " + ", ".join(
+            f"rlm/{m}" for m in ([model] if model else []) + list(extra_models)) + ")"
+             + ("" if token else "; no token: loopback only"))
+        run_server(config)
+    except RLMError as error:
+        _err(f"Error: {error}")
+        sys.exit(error.exit_code)
+
+
+@main.command()
 def doctor() -> None:
     """Show what this machine offers: worker isolation layers, the embedded model, configured keys."""
     import importlib.util

@@ -1,0 +1,108 @@
+"""`rlm serve` under load: 50 concurrent requests through the official openai client.
+
+Run: python benchmarks/serve_load.py
+Each request is a two-turn RLM run (root reply with code -> 2 batched sub-calls -> final reply), so
+the model server's own time per request is 3 round trips at LATENCY seconds each. The model server
+is the fake OpenAI-compatible server (a thread in this process); `rlm serve` is a real subprocess.
+Reported: throughput, and end-to-end latency p50/p99 minus the model time (our overhead: HTTP,
+worker start, REPL, the store, retries), without faults and with 20% injected faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import httpx  # noqa: E402
+import openai  # noqa: E402
+
+from recursive_llm.testing import FakeLLMServer  # noqa: E402
+from scripted_root import root_then_sub  # noqa: E402
+
+LATENCY = 0.2
+REQUESTS = 50
+TURNS = ["```repl\nnotes = llm_query_batched([context[:20], context[-20:]])\nprint(notes)\n```", "FINAL(done)"]
+MODEL_TIME = 3 * LATENCY
+
+
+def start_server(backend_url: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "RLM_HOME": tempfile.mkdtemp(prefix="rlm-serve-bench-"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "recursive_llm", "serve", "--port", str(port), "--model", "m",
+                                "--base-url", backend_url, "--max-concurrent", str(REQUESTS)],
+                               stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("rlm serve did not start")
+
+
+async def burst(url: str) -> tuple[float, list[float], int]:
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
+
+    async def one(i: int) -> float | None:
+        started = time.perf_counter()
+        try:
+            await client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": f"q{i}"}],
+                                                 extra_body={"context": f"document {i} " * 50})
+        except openai.APIError:
+            return None
+        return time.perf_counter() - started
+
+    started = time.perf_counter()
+    latencies = await asyncio.gather(*(one(i) for i in range(REQUESTS)))
+    wall = time.perf_counter() - started
+    ok = [x for x in latencies if x is not None]
+    return wall, ok, REQUESTS - len(ok)
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> None:
+    rows = []
+    for label, rate in (("no faults", 0.0), ("20% injected faults", 0.2)):
+        with FakeLLMServer(responder=root_then_sub(TURNS), latency=LATENCY, fault_rate=rate, retry_after="0.2",
+                           fault_kinds=("429", "500", "503", "garbage", "drop"), seed=3) as backend:
+            process, url = start_server(backend.base_url)
+            try:
+                asyncio.run(burst(url))  # warm-up (imports, first workers)
+                wall, latencies, failed = asyncio.run(burst(url))
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
+            faults = len(backend.faults_injected)
+        overhead = [x - MODEL_TIME for x in latencies]
+        rows.append((label, REQUESTS / wall, statistics.median(latencies), percentile(latencies, 0.99),
+                     statistics.median(overhead), percentile(overhead, 0.99), failed, faults))
+    print(f"| {REQUESTS} concurrent requests, model latency {LATENCY * 1000:.0f} ms (3 round trips = "
+          f"{MODEL_TIME:.1f} s per request) | throughput | latency p50 / p99 | overhead p50 / p99 | failed cleanly "
+          f"| faults injected |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, throughput, p50, p99, o50, o99, failed, faults in rows:
+        print(f"| {label} | {throughput:.1f} req/s | {p50:.2f} s / {p99:.2f} s | {o50:.2f} s / {o99:.2f} s "
+              f"| {failed} | {faults} |")
+
+
+if __name__ == "__main__":
+    main()
