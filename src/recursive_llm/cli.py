@@ -53,6 +53,49 @@ def _summary(result) -> str:
     return " · ".join(parts) + (f"\ntrajectory: {result.trajectory_path}" if result.trajectory_path else "")
 
 
+def _run_options(function):
+    """The options `rlm ask` and `rlm chat` share: input, models, limits, isolation, output."""
+    options = [
+        click.option("--context", "-c", "contexts", multiple=True, metavar="PATH",
+                  help="File or directory to ask about (repeatable); '-' reads stdin."),
+        click.option("--model", "-m", default=None, help="Root model, e.g. gpt-5-mini, claude-sonnet-4-5, "
+                  "ollama/llama3, litellm/<provider>/<name>, local. Default: $RLM_MODEL, else by available keys, else local."),
+        click.option("--sub-model", default=None, help="Model for llm_query sub-calls (default: the root model)."),
+        click.option("--base-url", default=None, help="OpenAI-compatible server URL (vLLM, llama.cpp, Ollama, ...)."),
+        click.option("--max-depth", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="1: sub-calls are plain LLM calls; 2+: rlm_query starts child RLMs."),
+        click.option("--max-iterations", type=click.IntRange(min=1), default=20, show_default=True),
+        click.option("--max-llm-calls", type=click.IntRange(min=1), default=None),
+        click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Token budget for the whole run."),
+        click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), default=None, help="Budget in USD."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Wall-time limit (s)."),
+        click.option("--environment", type=click.Choice(["worker", "local"]), default="worker", show_default=True,
+                  help="Where model code runs: an isolated worker process, or in-process (trusted input only)."),
+        click.option("--allow-model", "allowed_models", multiple=True, metavar="MODEL",
+                  help="A further model that model-written code may name in llm_query(..., model=...) ('*': any)."),
+        click.option("--sandbox", type=click.Choice(["auto", "namespaces", "process"]), default="auto", show_default=True,
+                  help="Worker isolation: strongest available, require namespaces, or resource limits only."),
+        click.option("--include", multiple=True, metavar="GLOB", help="Only load matching files from directories."),
+        click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching files in directories."),
+        click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the input files."),
+        click.option("--separate", is_flag=True, help="Each --context is an input of its own (context_0, context_1, ...) "
+                  "instead of one list of documents."),
+        click.option("--no-gitignore", is_flag=True, help="Load files that a .gitignore excludes, too."),
+        click.option("--max-file-mb", type=click.FloatRange(min=0, min_open=True), default=50, show_default=True,
+                  help="Skip files larger than this inside directories."),
+        click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON."),
+        click.option("--verbose", "-v", is_flag=True, help="Show model replies, code and outputs as they happen."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr."),
+        click.option("--temperature", type=click.FloatRange(min=0), default=None, help="Sampling temperature of every call."),
+        click.option("--cache/--no-cache", default=None,
+                  help="Answer identical model calls from the run store instead of paying again (default: on at "
+                       "temperature 0)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="recursive-llm", prog_name="rlm")
 def main() -> None:
@@ -61,40 +104,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("question", required=False)
-@click.option("--context", "-c", "contexts", multiple=True, metavar="PATH",
-              help="File or directory to ask about (repeatable); '-' reads stdin.")
-@click.option("--model", "-m", default=None, help="Root model, e.g. gpt-5-mini, claude-sonnet-4-5, "
-              "ollama/llama3, litellm/<provider>/<name>, local. Default: $RLM_MODEL, else by available keys, else local.")
-@click.option("--sub-model", default=None, help="Model for llm_query sub-calls (default: the root model).")
-@click.option("--base-url", default=None, help="OpenAI-compatible server URL (vLLM, llama.cpp, Ollama, ...).")
-@click.option("--max-depth", type=click.IntRange(min=1), default=1, show_default=True,
-              help="1: sub-calls are plain LLM calls; 2+: rlm_query starts child RLMs.")
-@click.option("--max-iterations", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--max-llm-calls", type=click.IntRange(min=1), default=None)
-@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Token budget for the whole run.")
-@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), default=None, help="Budget in USD.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Wall-time limit (s).")
-@click.option("--environment", type=click.Choice(["worker", "local"]), default="worker", show_default=True,
-              help="Where model code runs: an isolated worker process, or in-process (trusted input only).")
-@click.option("--allow-model", "allowed_models", multiple=True, metavar="MODEL",
-              help="A further model that model-written code may name in llm_query(..., model=...) ('*': any).")
-@click.option("--sandbox", type=click.Choice(["auto", "namespaces", "process"]), default="auto", show_default=True,
-              help="Worker isolation: strongest available, require namespaces, or resource limits only.")
-@click.option("--include", multiple=True, metavar="GLOB", help="Only load matching files from directories.")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching files in directories.")
-@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the input files.")
-@click.option("--separate", is_flag=True, help="Each --context is an input of its own (context_0, context_1, ...) "
-              "instead of one list of documents.")
-@click.option("--no-gitignore", is_flag=True, help="Load files that a .gitignore excludes, too.")
-@click.option("--max-file-mb", type=click.FloatRange(min=0, min_open=True), default=50, show_default=True,
-              help="Skip files larger than this inside directories.")
-@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
-@click.option("--verbose", "-v", is_flag=True, help="Show model replies, code and outputs as they happen.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=None, help="Sampling temperature of every call.")
-@click.option("--cache/--no-cache", default=None,
-              help="Answer identical model calls from the run store instead of paying again (default: on at "
-                   "temperature 0).")
+@_run_options
 @click.option("--resume", metavar="RUN_ID", default=None,
               help="Re-run a crashed or interrupted run (same question, input and options): the calls it "
                    "made are replayed from the store, then it continues.")
@@ -108,20 +118,9 @@ def ask(**params) -> None:
         if not params["question"]:
             raise click.UsageError("give the QUESTION to answer (or --resume RUN_ID)")
         context = stdin_text if stdin_text is not None else _read_context(tuple(params["contexts"]))
-        from .rlm import RLM
-
         progress = LiveProgress() if not (params["quiet"] or params["verbose"]) else None
-        allowed = params["allowed_models"]
-        rlm = RLM(model=params["model"], sub_model=params["sub_model"], base_url=params["base_url"],
-                  max_depth=params["max_depth"], max_iterations=params["max_iterations"],
-                  max_llm_calls=params["max_llm_calls"], max_tokens=params["max_tokens"],
-                  max_cost_usd=params["max_cost"], timeout_s=params["timeout"], environment=params["environment"],
-                  sandbox=params["sandbox"], allowed_models="*" if "*" in allowed else list(allowed),
-                  temperature=params["temperature"], cache=params["cache"],
-                  verbose=params["verbose"] and not params["quiet"], on_event=progress)
-        load_options = {"include": list(params["include"]) or None, "exclude": list(params["exclude"]) or None,
-                        "encoding": params["encoding"], "gitignore": not params["no_gitignore"],
-                        "max_file_bytes": int(params["max_file_mb"] * 1_000_000)}
+        rlm = _build_rlm(params, progress)
+        load_options = _load_options(params)
         if params["separate"] and isinstance(context, list):
             load_options["contexts"], context = context, None
         run = functools.partial(rlm.completion, params["question"], context, resume_from=params["resume"],
@@ -147,6 +146,80 @@ def ask(**params) -> None:
             _err(f"Stopped: {result.stopped_reason}" + (f" ({result.error})" if result.error else ""))
         _err(_summary(result))
     sys.exit(_EXIT_BY_STOP.get(result.stopped_reason, EXIT_INTERNAL))
+
+
+def _build_rlm(params: dict, on_event=None):
+    from .rlm import RLM
+
+    allowed = params["allowed_models"]
+    return RLM(model=params["model"], sub_model=params["sub_model"], base_url=params["base_url"],
+               max_depth=params["max_depth"], max_iterations=params["max_iterations"],
+               max_llm_calls=params["max_llm_calls"], max_tokens=params["max_tokens"],
+               max_cost_usd=params["max_cost"], timeout_s=params["timeout"], environment=params["environment"],
+               sandbox=params["sandbox"], allowed_models="*" if "*" in allowed else list(allowed),
+               temperature=params["temperature"], cache=params["cache"],
+               verbose=params["verbose"] and not params["quiet"], on_event=on_event)
+
+
+def _load_options(params: dict) -> dict:
+    return {"include": list(params["include"]) or None, "exclude": list(params["exclude"]) or None,
+            "encoding": params["encoding"], "gitignore": not params["no_gitignore"],
+            "max_file_bytes": int(params["max_file_mb"] * 1_000_000)}
+
+
+@main.command()
+@_run_options
+def chat(**params) -> None:
+    """Ask several questions about one input; the REPL and its variables live across questions.
+
+    Questions come from the terminal (or one per line on stdin); `exit`, `quit` or end of input stops.
+    """
+    from .errors import RLMError
+
+    interactive = sys.stdin.isatty()
+    if "-" in params["contexts"]:
+        raise click.UsageError("rlm chat reads questions from stdin; give the input as a file or directory")
+    try:
+        context = _read_context(tuple(params["contexts"]))
+        if context is None:
+            raise click.UsageError("give the input to chat about with --context PATH")
+        load_options = _load_options(params)
+        if params["separate"] and isinstance(context, list):
+            load_options["contexts"], context = context, None
+        session = _build_rlm(params).session(context, **load_options)
+    except RLMError as error:
+        _err(f"Error: {error}")
+        sys.exit(error.exit_code)
+    if interactive and not params["quiet"]:
+        _err(f"rlm chat · session {session.session_id} · ask a question; `exit` or Ctrl-D ends it")
+    exit_code = EXIT_OK
+    try:
+        while True:
+            try:
+                question = input("rlm> " if interactive else "")
+            except EOFError:
+                break
+            if question.strip() in ("exit", "quit"):
+                break
+            if not question.strip():
+                continue
+            try:
+                result = session.ask(question)
+            except RLMError as error:
+                _err(f"Error: {error}")
+                exit_code = error.exit_code
+                continue
+            click.echo(json.dumps(result.to_dict(), ensure_ascii=False) if params["as_json"] else (result.answer or ""))
+            if not params["quiet"]:
+                _err(_summary(result))
+            if result.stopped_reason != "final":
+                exit_code = _EXIT_BY_STOP.get(result.stopped_reason, EXIT_INTERNAL)
+    except KeyboardInterrupt:
+        _err("Interrupted.")
+        exit_code = EXIT_INTERRUPTED
+    finally:
+        session.close()
+    sys.exit(exit_code)
 
 
 # Options that only change how a run is shown; everything else is saved so that --resume can redo it.

@@ -29,6 +29,7 @@ from .usage import UsageSummary
 
 if TYPE_CHECKING:
     from .context.loader import LoadedContext
+    from .session import Session
 
 ENVIRONMENTS = ("worker", "local")
 # A child run's query goes into its root prompt; a longer rlm_query prompt is shown only in part
@@ -175,6 +176,12 @@ class RLM:
             raise RLMError("the query is empty: pass the question to answer as `query`")
         sources = ([] if context is None else [context]) + list(contexts or [])
         inputs = load_inputs(sources or [""], **load_options)
+        return await self._run_top(query, inputs, resume_from=resume_from, run_config=run_config)
+
+    async def _run_top(self, query: str, inputs: list[LoadedContext], *, resume_from: str | None = None,
+                       run_config: dict[str, Any] | None = None, environment: Any = None,
+                       session_id: str | None = None, turn_note: str | None = None) -> Result:
+        """One top-level run. A session passes its long-lived `environment` (kept open afterwards)."""
         run_id = new_run_id()
         trajectory_path = (self.trajectory_dir or _default_trajectory_dir()) / f"{run_id}.jsonl"
         listeners = [self.on_event] if self.on_event else []
@@ -189,7 +196,7 @@ class RLM:
             config = run_config or {"query": query, "contexts": [loaded.source for loaded in inputs],
                                     "model": self.model, "sub_model": self.sub_model}
             listeners.insert(0, store.recorder(run_id, config=config, resumed_from=resume_from,
-                                               trajectory_path=trajectory_path))
+                                               trajectory_path=trajectory_path, session_id=session_id))
         elif resume_from is not None:
             raise ConfigError("resume_from needs the run store (store=None turned it off)")
         events = EventLog(trajectory_path, listeners)
@@ -201,14 +208,25 @@ class RLM:
                                      store=store, use_cache=use_cache, replay=replay)
         try:
             run = _Run(shared, query=query, inputs=inputs, depth=0, run_id=run_id, parent_run_id=None,
-                       root_client=self.root_client)
+                       root_client=self.root_client, environment=environment, turn_note=turn_note)
+            if environment is not None:
+                environment.rebind(run.handle_subcall)  # this turn's sub-calls go to this turn's run
             result = await run.execute()
         finally:
             events.close()
-            await shared.close_clients()
+            # a session keeps its configured clients (bound to its loop) for the next question
+            await shared.close_clients(configured=environment is None)
         result.trajectory_path = trajectory_path
         return result
 
+    def session(self, context: Any = None, *, contexts: list[Any] | None = None, **load_options: Any) -> "Session":
+        """A multi-turn session over one input: the REPL and its variables live across questions.
+
+        `with rlm.session(Path("contracts")) as chat: chat.ask("..."); chat.ask("and then?")`
+        """
+        from .session import Session
+
+        return Session(self, context, contexts=contexts, **load_options)
 
     def _open_store(self):
         """The run store (opened once per RLM), or None when recording is off."""
@@ -220,6 +238,18 @@ class RLM:
             self._store_instance = self.store if isinstance(self.store, Store) else Store(
                 None if self.store is True else self.store)
         return self._store_instance
+
+
+def make_environment(config: RLM, inputs: list[LoadedContext], handler):
+    """The environment a run's code executes in, as the RLM's options say (not started yet)."""
+    options = {"max_captured_chars": max(config.max_output_chars * 50, 1_000_000)}
+    if config.environment == "local":
+        from .environments.local import LocalEnvironment
+        return LocalEnvironment(inputs, handler, **options)
+    from .environments.sandbox import Limits as WorkerLimits
+    from .environments.worker import WorkerEnvironment
+    return WorkerEnvironment(inputs, handler, sandbox=config.sandbox,
+                             limits=WorkerLimits(memory_mb=config.worker_memory_mb), **options)
 
 
 def _default_trajectory_dir() -> Path:
@@ -259,9 +289,10 @@ class _Shared:
                                                       api_key=self.config.api_key)
         return self.extra_clients[model]
 
-    async def close_clients(self) -> None:
-        clients = {id(c): c for c in (self.config.root_client, self.config.sub_client,
-                                      *self.extra_clients.values())}
+    async def close_clients(self, configured: bool = True) -> None:
+        """Close the clients this run opened (and the RLM's own ones, unless a session goes on)."""
+        own = (self.config.root_client, self.config.sub_client) if configured else ()
+        clients = {id(c): c for c in (*own, *self.extra_clients.values())}
         for client in clients.values():
             try:
                 await client.aclose()
@@ -273,8 +304,11 @@ class _Run:
     """One RLM run at one depth: its own REPL, conversation and iteration count."""
 
     def __init__(self, shared: _Shared, *, query: str, inputs: list[LoadedContext], depth: int, run_id: str,
-                 parent_run_id: str | None, root_client: ModelClient) -> None:
+                 parent_run_id: str | None, root_client: ModelClient, environment: Any = None,
+                 turn_note: str | None = None) -> None:
         self.shared = shared
+        self.environment = environment  # given by a session: already started, and left open
+        self.turn_note = turn_note
         self.config = shared.config
         self.query = query
         self.inputs = inputs  # `context` (and context_0, context_1, ... when there are several)
@@ -369,14 +403,7 @@ class _Run:
 
     # -- the loop -------------------------------------------------------------------------------
     def _make_environment(self):
-        options = {"max_captured_chars": max(self.config.max_output_chars * 50, 1_000_000)}
-        if self.config.environment == "local":
-            from .environments.local import LocalEnvironment
-            return LocalEnvironment(self.inputs, self.handle_subcall, **options)
-        from .environments.sandbox import Limits as WorkerLimits
-        from .environments.worker import WorkerEnvironment
-        return WorkerEnvironment(self.inputs, self.handle_subcall, sandbox=self.config.sandbox,
-                                 limits=WorkerLimits(memory_mb=self.config.worker_memory_mb), **options)
+        return make_environment(self.config, self.inputs, self.handle_subcall)
 
     def _metadata(self) -> list[dict[str, Any]]:
         return [loaded.metadata for loaded in self.inputs]
@@ -396,10 +423,12 @@ class _Run:
         system = prompts.system_prompt(context_type, recursion=recursion, override=self.config.system_prompt,
                                        tables=tables)
         user = prompts.FIRST_USER_MESSAGE.format(query=self.query, metadata=described)
+        if self.turn_note:
+            user += "\n\n" + self.turn_note
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     async def execute(self) -> Result:
-        env = self._make_environment()
+        env = self.environment or self._make_environment()
         isolation = getattr(env, "isolation", None)
         self.emit("run_start", query=self.query, model=self.root_client.name,
                   sub_model=self.config.sub_client.name, environment=self.config.environment,
@@ -410,7 +439,8 @@ class _Run:
         stopped: str | None = None
         error: str | None = None
         try:
-            await env.start()
+            if self.environment is None:
+                await env.start()
             messages = self._first_messages()
             answer, stopped, error = await self._loop(env, messages)
             if stopped in ("max_iterations", "budget"):
@@ -420,7 +450,8 @@ class _Run:
         except RLMError as exc:
             stopped, error = "error", str(exc)
         finally:
-            await env.close()
+            if self.environment is None:
+                await env.close()
         result = Result(answer=answer, stopped_reason=stopped or "error", iterations=self.iterations,
                         usage=self.shared.usage, cost_usd=self.shared.budget.cost_usd, run_id=self.run_id,
                         duration_s=time.monotonic() - self.started, error=error,

@@ -23,7 +23,7 @@ from typing import Any
 
 from .models.base import Completion, Message
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE runs (
@@ -57,6 +57,10 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX calls_run ON calls(run_id);
     CREATE INDEX calls_root ON calls(root_id);
     CREATE INDEX calls_cache ON calls(cache_key) WHERE status = 'ok' AND cached IS NULL;
+    """,
+    2: """
+    ALTER TABLE runs ADD COLUMN session_id TEXT;
+    CREATE INDEX runs_session ON runs(session_id);
     """,
 }
 
@@ -114,7 +118,7 @@ class Store:
 
     # -- recording ------------------------------------------------------------------------------
     def recorder(self, root_id: str, *, config: dict[str, Any] | None = None, resumed_from: str | None = None,
-                 trajectory_path: Path | None = None):
+                 trajectory_path: Path | None = None, session_id: str | None = None):
         """An event listener that writes one top-level run (and its children) into the store."""
         def record(event: dict[str, Any]) -> None:
             kind = event["type"]
@@ -122,13 +126,13 @@ class Store:
                 top = event.get("parent_run_id") is None
                 self._write(
                     "INSERT INTO runs (run_id, root_id, parent_run_id, depth, query, model, sub_model, environment, "
-                    "status, started_at, metadata, limits, config, resumed_from, trajectory_path) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    "status, started_at, metadata, limits, config, resumed_from, trajectory_path, session_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                     (event["run_id"], root_id, event.get("parent_run_id"), event["depth"], event.get("query"),
                      event.get("model"), event.get("sub_model"), event.get("environment"), event["ts"],
                      _json(event.get("metadata")), _json(event.get("limits")),
                      _json(config) if top else None, resumed_from if top else None,
-                     str(trajectory_path) if top and trajectory_path else None))
+                     str(trajectory_path) if top and trajectory_path else None, session_id))
             elif kind == "iteration":
                 self._write("INSERT INTO iterations (run_id, iteration, reply, code_blocks, final, ts) "
                             "VALUES (?, ?, ?, ?, ?, ?)", (event["run_id"], event["iteration"], event.get("reply"),
@@ -187,8 +191,12 @@ class Store:
 
     # -- reading --------------------------------------------------------------------------------
     def list_runs(self, *, limit: int = 20, status: str | None = None, model: str | None = None,
-                  query: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+                  query: str | None = None, since: float | None = None,
+                  session_id: str | None = None) -> list[dict[str, Any]]:
         clauses, params = ["parent_run_id IS NULL"], []
+        if session_id:
+            clauses.append("session_id = ?")
+            params.append(session_id)
         if status:
             clauses.append("status = ?")
             params.append(status)
@@ -282,7 +290,7 @@ def _run_summary(row: sqlite3.Row) -> dict[str, Any]:
             "cost_usd": round(row["all_cost"] or 0.0, 6), "started_at": row["started_at"],
             "duration_s": row["duration_s"] if row["duration_s"] is not None else
             (time.time() - row["started_at"] if row["status"] == "running" else None),
-            "answer": row["answer"], "resumed_from": row["resumed_from"]}
+            "answer": row["answer"], "resumed_from": row["resumed_from"], "session_id": row["session_id"]}
 
 
 def _json(value: Any) -> str | None:

@@ -47,6 +47,10 @@ class LocalEnvironment:
         self._loop = asyncio.get_running_loop()
         self._repl = self._new_repl()
 
+    def rebind(self, handler: SubCallHandler) -> None:
+        """Send later sub-calls to `handler` (a session's next turn is a new run on the same REPL)."""
+        self._handler = handler
+
     async def execute(self, code: str, timeout: float | None, wall_timeout: float | None = None) -> CellResult:
         assert self._repl is not None, "call start() first"
         started = time.monotonic()

@@ -253,6 +253,10 @@ class WorkerEnvironment:
                 raise ProtocolError(f"unexpected {incoming['op']!r} message from the worker")
 
     # -- the environment interface --------------------------------------------------------------
+    def rebind(self, handler: SubCallHandler) -> None:
+        """Send later sub-calls to `handler` (a session's next turn is a new run on the same REPL)."""
+        self._handler = handler
+
     async def execute(self, code: str, timeout: float | None, wall_timeout: float | None = None) -> CellResult:
         if self._proc is None:
             raise EnvironmentFailure("the worker is not running: call start() first")

@@ -1,0 +1,126 @@
+"""Multi-turn sessions: one REPL (and its variables) kept alive across questions.
+
+Each question is a run of its own (recorded with the session's id), but all of them execute in
+the same environment, so what the model computed for one question (an index, a list of findings)
+is still there for the next. `history` in the REPL lists the earlier questions and answers.
+
+A session owns an event loop on a thread of its own, because the worker process is tied to the
+loop it was started on; `ask` works from any thread, `aask` from any event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .errors import RLMError
+
+if TYPE_CHECKING:
+    from .result import Result
+    from .rlm import RLM
+
+TURN_NOTE = ("This is question {number} of a session. The REPL still holds every variable you defined "
+             "for earlier questions; `history` lists them with their answers: {summary}")
+
+
+class Session:
+    def __init__(self, rlm: "RLM", context: Any = None, *, contexts: list[Any] | None = None,
+                 **load_options: Any) -> None:
+        from .context.loader import load_inputs
+
+        sources = ([] if context is None else [context]) + list(contexts or [])
+        self.rlm = rlm
+        self.inputs = load_inputs(sources or [""], **load_options)
+        self.session_id = time.strftime("s%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        self.history: list[dict[str, Any]] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"rlm-{self.session_id}", daemon=True)
+        self._thread.start()
+        self._environment = None
+        self._closed = False
+
+    # -- asking ---------------------------------------------------------------------------------
+    def ask(self, question: str) -> "Result":
+        """Answer one question in this session (blocking)."""
+        return self._submit(self._ask(question)).result()
+
+    async def aask(self, question: str) -> "Result":
+        return await asyncio.wrap_future(self._submit(self._ask(question)))
+
+    def _submit(self, coroutine):
+        if self._closed:
+            coroutine.close()
+            raise RLMError("this session is closed; start a new one with rlm.session(...)")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    async def _ask(self, question: str) -> "Result":
+        from .rlm import make_environment
+
+        if not isinstance(question, str) or not question.strip():
+            raise RLMError("the question is empty")
+        if self._environment is None:
+            self._environment = make_environment(self.rlm, self.inputs, _no_handler)
+            await self._environment.start()
+        await self._set_history()
+        note = None
+        if self.history:
+            summary = "; ".join(f"{i + 1}. {h['question'][:80]!r}" for i, h in enumerate(self.history[-10:]))
+            note = TURN_NOTE.format(number=len(self.history) + 1, summary=summary)
+        result = await self.rlm._run_top(question, self.inputs, environment=self._environment,
+                                         session_id=self.session_id, turn_note=note,
+                                         run_config={"query": question, "session_id": self.session_id,
+                                                     "turn": len(self.history) + 1})
+        self.history.append({"question": question, "answer": result.answer, "run_id": result.run_id,
+                             "stopped_reason": result.stopped_reason})
+        return result
+
+    async def _set_history(self) -> None:
+        """Put `history` into the REPL (a restart of the worker also restores it here)."""
+        encoded = json.dumps([{"question": h["question"], "answer": h["answer"]} for h in self.history])
+        cell = await self._environment.execute(f"history = __import__('json').loads({encoded!r})", 30)
+        if cell.error:
+            raise RLMError(f"could not set up the session's REPL: {cell.error}")
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
+        async def shutdown() -> None:
+            if self._environment is not None:
+                await self._environment.close()
+            await self.rlm_close_clients()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def rlm_close_clients(self) -> None:
+        for client in {id(c): c for c in (self.rlm.root_client, self.rlm.sub_client)}.values():
+            try:
+                await client.aclose()
+            except Exception:
+                pass
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort when a user forgets close()
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:
+                pass
+
+
+async def _no_handler(kind, prompts, model, context):
+    return [{"ok": False, "error": "no run is active in this session"}] * len(prompts)
