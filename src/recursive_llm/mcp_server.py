@@ -1,0 +1,114 @@
+"""`rlm mcp`: recursive-llm as an MCP server over stdio (the official `mcp` SDK, 2.x).
+
+An editor's assistant (or any MCP client) gets two tools:
+- `load_context(text=None, paths=None)`: load an input once (text, or files and directories
+  under the server's root) and get a `context_id` and a short description of it;
+- `ask(question, context_id=None, text=None, max_iterations=None)`: run an RLM over a loaded
+  input (or over `text`) and get the answer, the run id (`rlm view RUN_ID` shows the run) and usage.
+Stdout is the protocol channel: nothing else may print there, so runs are quiet and log to stderr.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ContextError, RLMError
+
+INSTRUCTIONS = ("Recursive Language Model tools: for questions about inputs too large for your context "
+                "(long documents, many files, logs, tables). Load the input once with load_context, then call "
+                "ask with its context_id; the RLM reads the input with code and sub-model calls and returns an "
+                "answer and a run id.")
+
+
+@dataclass
+class MCPConfig:
+    model: str | None = None
+    sub_model: str | None = None
+    base_url: str | None = None
+    root: Path = field(default_factory=Path.cwd)
+    max_iterations: int = 20
+    max_depth: int = 1
+    max_llm_calls: int | None = 500
+    timeout_s: float | None = 600.0
+    sandbox: str = "auto"
+
+
+def create_server(config: MCPConfig):
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from . import __version__
+    from .context.loader import format_metadata, load_context, load_context_value
+    from .rlm import RLM
+
+    server = MCPServer("recursive-llm", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
+    contexts: dict[str, Any] = {}
+    root = config.root.resolve()
+
+    def under_root(name: str) -> Path:
+        candidate = (root / name).resolve()
+        if candidate != root and root not in candidate.parents:
+            raise ContextError(f"{name!r} is outside this server's root ({root.name}/); only files under it can be read")
+        if not candidate.exists():
+            raise ContextError(f"{name!r} does not exist under this server's root")
+        return candidate
+
+    @server.tool(name="load_context",
+                 description="Load an input for later questions: `text`, or `paths` (files or directories "
+                             "relative to the server's root). Returns its context_id and a description.")
+    def load_context_tool(text: str | None = None, paths: list[str] | None = None) -> dict[str, Any]:
+        try:
+            return load(text, paths)
+        except RLMError as error:  # a clear message for the client, never a server traceback
+            raise ToolError(str(error)) from None
+
+    def load(text: str | None, paths: list[str] | None) -> dict[str, Any]:
+        if (text is None) == (paths is None):
+            raise ToolError("give exactly one of `text` or `paths`")
+        if text is not None:
+            loaded = load_context_value(text)
+        else:
+            resolved = [under_root(p) for p in paths or []]
+            if not resolved:
+                raise ToolError("`paths` is empty")
+            loaded = load_context(resolved[0] if len(resolved) == 1 else resolved)
+        context_id = "ctx-" + secrets.token_hex(4)
+        contexts[context_id] = loaded
+        return {"context_id": context_id, "description": format_metadata(loaded.metadata),
+                "skipped_files": [f"{s.path}: {s.reason}" for s in loaded.skipped]}
+
+    @server.tool(description="Answer a question about a loaded input (context_id) or about `text`, with a "
+                             "Recursive Language Model. Returns the answer, the run id and usage.")
+    async def ask(question: str, context_id: str | None = None, text: str | None = None,
+                  max_iterations: int | None = None) -> dict[str, Any]:
+        if context_id is not None:
+            if context_id not in contexts:
+                raise ToolError(f"unknown context_id {context_id!r}; call load_context first")
+            context = contexts[context_id]
+        elif text is not None:
+            try:
+                context = load_context_value(text)
+            except RLMError as error:
+                raise ToolError(str(error)) from None
+        else:
+            raise ToolError("give a context_id (from load_context) or the text to ask about")
+        try:
+            rlm = RLM(model=config.model, sub_model=config.sub_model, base_url=config.base_url,
+                      max_iterations=min(max_iterations or config.max_iterations, config.max_iterations),
+                      max_depth=config.max_depth, max_llm_calls=config.max_llm_calls, timeout_s=config.timeout_s,
+                      sandbox=config.sandbox)
+            result = await rlm.acompletion(question, context)
+        except RLMError as error:
+            raise ToolError(str(error)) from None
+        return {"answer": result.answer, "run_id": result.run_id, "stopped_reason": result.stopped_reason,
+                "iterations": result.iterations, "usage": result.usage.total.to_dict(),
+                "error": result.error}
+
+    return server
+
+
+def run_stdio(config: MCPConfig) -> None:
+    create_server(config).run("stdio")
