@@ -18,8 +18,10 @@ from pathlib import Path
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 sys.path.insert(0, SRC)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
 
+from common import start_and_round_trip  # noqa: E402
 from recursive_llm import RLM  # noqa: E402
 from recursive_llm.environments.worker import WorkerEnvironment  # noqa: E402
 from recursive_llm.events import read_trajectory  # noqa: E402
@@ -84,18 +86,7 @@ async def worker_timings() -> tuple[list[float], list[float]]:
     async def handler(kind, prompts, model, context):
         return [{"ok": True, "text": p} for p in prompts]
 
-    starts, trips = [], []
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        env = WorkerEnvironment("some text", handler)
-        await env.start()
-        starts.append(time.perf_counter() - started)
-        for _ in range(200):
-            t0 = time.perf_counter()
-            await env.execute("x = 1", 10)
-            trips.append(time.perf_counter() - t0)
-        await env.close()
-    return starts, trips
+    return await start_and_round_trip(lambda: WorkerEnvironment("some text", handler), REPEATS)
 
 
 def main() -> None:

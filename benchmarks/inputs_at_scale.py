@@ -14,39 +14,18 @@ import json
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import status_mb, stdlib_text  # noqa: E402
 
 CHARS_PER_TOKEN = 4
 RARE_LITERAL = "CodecRegistryError"  # a name the standard library mentions a few times
 REGEX = r"deprecat\w+"  # case-insensitive
-
-
-def corpus(size_chars: int) -> str:
-    parts, total = [], 0
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        if not text.isascii():  # keep 1 byte per character in CPython (see docs/SECURITY.md)
-            continue
-        parts.append(text)
-        total += len(text)
-    text = "".join(parts)
-    return (text * (size_chars // len(text) + 1))[:size_chars]
-
-
-def status_mb(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def memory_scan_gbps(text: str) -> float:
@@ -160,7 +139,7 @@ def main() -> None:
     results = []
     for size in args.sizes.split(","):
         scratch = Path(tempfile.mkdtemp(prefix="rlm-bench-"))
-        text = corpus(int(size) * 1_000_000 * CHARS_PER_TOKEN)
+        text = stdlib_text(int(size) * 1_000_000 * CHARS_PER_TOKEN)
         (scratch / "corpus.txt").write_text(text, encoding="utf-8")
         bandwidth = memory_scan_gbps(text)
         del text

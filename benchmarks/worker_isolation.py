@@ -11,12 +11,13 @@ import os
 import resource
 import statistics
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import start_and_round_trip, status_mb, stdlib_text  # noqa: E402
 from recursive_llm.environments.local import LocalEnvironment  # noqa: E402
 from recursive_llm.environments.sandbox import plan_isolation  # noqa: E402
 from recursive_llm.environments.worker import WorkerEnvironment  # noqa: E402
@@ -24,53 +25,13 @@ from recursive_llm.environments.worker import WorkerEnvironment  # noqa: E402
 REPEATS = 5
 
 
-def stdlib_text(size: int, ascii_only: bool) -> str:
-    """Python's own sources; with `ascii_only`, only files without non-ASCII characters.
-
-    The difference matters: one character beyond Latin-1 makes CPython store the whole string
-    with 4 bytes per character, so a 400 MB mixed text is a 1.6 GB str in the worker.
-    """
-    parts, total = [], 0
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        if ascii_only and not text.isascii():
-            continue
-        parts.append(text)
-        total += len(text)
-        if total >= size:
-            break
-    corpus = "".join(parts)
-    return (corpus * (size // len(corpus) + 1))[:size]
-
-
-def status_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process; unlike ru_maxrss, not inherited across exec."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def handler(kind, prompts, model, context):
     return [{"ok": True, "text": p} for p in prompts]
 
 
 async def startup_and_round_trip(kind: str) -> tuple[float, float]:
-    starts, trips = [], []
-    for _ in range(REPEATS):
-        env = WorkerEnvironment("text", handler) if kind == "worker" else LocalEnvironment("text", handler)
-        t0 = time.perf_counter()
-        await env.start()
-        starts.append(time.perf_counter() - t0)
-        for _ in range(200):
-            t0 = time.perf_counter()
-            await env.execute("x = 1", 10)
-            trips.append(time.perf_counter() - t0)
-        await env.close()
+    environment = WorkerEnvironment if kind == "worker" else LocalEnvironment
+    starts, trips = await start_and_round_trip(lambda: environment("text", handler), REPEATS)
     return statistics.median(starts), statistics.median(trips)
 
 
