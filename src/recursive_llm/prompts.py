@@ -80,6 +80,9 @@ RECURSION_ENABLED = ("Use it for sub-tasks that themselves need to explore a lar
 RECURSION_DISABLED = ("Recursion is disabled at this depth, so these behave like llm_query.")
 
 
+NO_SUB_CALLS_NOTE = ("Sub-calls are disabled in this run: llm_query, llm_query_batched and rlm_query return "
+                     "errors. Work with code alone.")
+
 TABLES_NOTE = ("- `sql(query)`: SQL (DuckDB) over the input's tables, named in the metadata; returns "
                "rows (a list of tuples with `.columns`). Aggregate in SQL rather than fetching rows.\n")
 

@@ -66,6 +66,7 @@ class RLM:
         sandbox: str = "auto",
         worker_memory_mb: int = 8192,
         allowed_models: list[str] | str | None = None,
+        sub_calls: bool = True,
         system_prompt: str | None = None,
         verbose: bool = False,
         max_output_chars: int = 20_000,
@@ -112,6 +113,8 @@ class RLM:
         if allowed_models is not None and allowed_models != "*" and not isinstance(allowed_models, list):
             raise ConfigError("allowed_models must be a list of model strings or '*'")
         self.allowed_models = allowed_models
+        # False: llm_query/rlm_query fail in model code (the "RLM without sub-calls" ablation).
+        self.sub_calls = sub_calls
         self.system_prompt = system_prompt
         self.verbose = verbose
         self.max_output_chars = max_output_chars
@@ -333,6 +336,8 @@ class _Run:
     async def handle_subcall(self, kind: str, prompts_: list[str], model: str | None, context: Any) -> list[dict]:
         if kind == "tool":
             return [await self._tool(model or "", prompts_[0] if prompts_ else "{}")]
+        if not self.config.sub_calls:
+            return [{"ok": False, "error": "sub-calls are disabled in this run (sub_calls=False)"}] * len(prompts_)
         child_depth = self.depth + 1
         if kind == "rlm" and child_depth < self.config.limits.max_depth:
             return list(await asyncio.gather(*(self._child_run(p, model, context) for p in prompts_)))
@@ -422,6 +427,8 @@ class _Run:
         tables = any(loaded.tables for loaded in self.inputs)
         system = prompts.system_prompt(context_type, recursion=recursion, override=self.config.system_prompt,
                                        tables=tables)
+        if not self.config.sub_calls:
+            system += "\n\n" + prompts.NO_SUB_CALLS_NOTE
         user = prompts.FIRST_USER_MESSAGE.format(query=self.query, metadata=described)
         if self.turn_note:
             user += "\n\n" + self.turn_note

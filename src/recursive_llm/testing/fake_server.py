@@ -53,15 +53,22 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeLLMServer:
-    def __init__(self, responder: Responder = echo_responder, *, latency: float = 0.0,
+    def __init__(self, responder: Responder = echo_responder, *, latency: float | Callable[[], float] = 0.0,
                  faults: list[str] | None = None, fault_rate: float = 0.0,
                  fault_kinds: tuple[str, ...] = ("429", "500", "503", "garbage", "drop"), seed: int = 0,
-                 retry_after: str = "0", hang_seconds: float = 30.0, port: int = 0) -> None:
+                 retry_after: str = "0", hang_seconds: float = 30.0, port: int = 0,
+                 tokens_per_second: float | None = None, max_concurrency: int | None = None) -> None:
+        """`latency`: seconds per request, or a function drawing them (a distribution);
+        `tokens_per_second`: generation speed, adding completion tokens / speed to each reply;
+        `max_concurrency`: requests beyond it get 429 with `retry_after`, like a provider's limit."""
         for fault in [*(faults or []), *fault_kinds]:
             if fault not in FAULT_KINDS:
                 raise ValueError(f"unknown fault {fault!r}; choose from {FAULT_KINDS}")
         self.responder = responder
         self.latency = latency
+        self.tokens_per_second = tokens_per_second
+        self.max_concurrency = max_concurrency
+        self.rejected = 0
         self.fault_rate = fault_rate
         self.fault_kinds = fault_kinds
         self.retry_after = retry_after
@@ -166,8 +173,15 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         fake._enter(self.path, body)
         try:
-            if fake.latency:
-                time.sleep(fake.latency)
+            if fake.max_concurrency is not None and fake.in_flight > fake.max_concurrency:
+                with fake._lock:
+                    fake.rejected += 1
+                self._send_json(429, {"error": {"message": "too many concurrent requests", "type": "rate_limit_error"}},
+                                {"Retry-After": fake.retry_after})
+                return
+            delay = fake.latency() if callable(fake.latency) else fake.latency
+            if delay:
+                time.sleep(delay)
             fault = fake._next_fault()
             if fault and self._inject(fault):
                 return
@@ -210,6 +224,8 @@ class _Handler(BaseHTTPRequestHandler):
         text = self.fake.responder(messages, model)
         prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in messages)
         completion_tokens = _tokens(text)
+        if self.fake.tokens_per_second:
+            time.sleep(completion_tokens / self.fake.tokens_per_second)
         if body.get("stream"):
             self._stream_chat(text, model, prompt_tokens, completion_tokens)
             return

@@ -1,0 +1,101 @@
+"""A model simulator for benchmarks, load and fault tests: an OpenAI-compatible HTTP server on
+127.0.0.1 with scripted policies instead of a network, so that measurements need no real model.
+
+It is `recursive_llm.testing.FakeLLMServer` (latency or a latency distribution, tokens per second,
+a concurrency limit with 429s, injected faults) with a responder that plays each role:
+- as an RLM's root model (its system prompt describes the REPL), it writes the code a capable
+  model would write for the task family (grep for the needle, read the hits with sub-calls, answer);
+- as a sub-model or a plain model (baselines), it reads its prompt like a perfect reader within its
+  window: it finds the facts the question asks for in the prompt it was given, and nothing else.
+What the numbers show is therefore how each *method* uses a window, not how clever a model is.
+
+    python -m recursive_llm.bench.simulator --port 8100 --latency 0.2 --jitter 0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import time
+
+from ..testing.fake_server import FakeLLMServer
+
+_KEY = re.compile(r"special magic number for (\w+)")
+NO_SUB_CALLS_MARK = "Sub-calls are disabled in this run"
+
+
+def _key(text: str) -> str | None:
+    match = _KEY.search(text)
+    return match.group(1) if match else None
+
+
+def _facts(text: str, key: str | None) -> list[str]:
+    if key is None:
+        return []
+    return list(dict.fromkeys(re.findall(rf"special magic number for {re.escape(key)} is (\d+)", text)))
+
+
+def root_policy(messages: list[dict]) -> str:
+    """The RLM root model: explore with code, then answer with a REPL variable."""
+    first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
+    key = _key(first_user.split("About your input")[0]) or "unknown"
+    turn = sum(1 for m in messages if m["role"] == "assistant")
+    if turn > 0:
+        return "FINAL_VAR(result)"
+    if NO_SUB_CALLS_MARK in messages[0]["content"]:
+        return ("```repl\nimport re\nfound = list(dict.fromkeys(re.findall(r'special magic number for "
+                f"{key} is (\\d+)', context if isinstance(context, str) else '\\n'.join(map(str, context)))))\n"
+                "result = ', '.join(found) or 'not found'\nprint(result)\n```")
+    return (f"```repl\nhits = grep(r'special magic number for {key}\\b', max_results=50)\nprint(hits.total)\n"
+            f"notes = llm_query_batched([f'What is the special magic number for {key}? Text: {{h.text}}' "
+            "for h in hits])\n"
+            "result = ', '.join(n for n in notes if n[:1].isdigit()) or 'not found'\nprint(result)\n```")
+
+
+def reader_policy(messages: list[dict]) -> str:
+    """A sub-model or plain model: answers only from what its prompt contains."""
+    prompt = "\n".join(str(m.get("content", "")) for m in messages)
+    question = messages[-1]["content"] if messages else ""
+    key = _key(question.split("Text:")[0]) or _key(prompt[-2000:]) or _key(prompt)
+    facts = _facts(prompt, key)
+    if "Update the notes" in question:  # the iterative summary agent's running notes keep the facts verbatim
+        return "Notes: " + " ".join(f"The special magic number for {key} is {v}." for v in facts) if facts \
+            else "Notes: nothing yet."
+    return ", ".join(facts) if facts else "none found"
+
+
+def responder(messages: list[dict], model: str) -> str:
+    if messages and messages[0]["role"] == "system" and "REPL" in messages[0]["content"]:
+        return root_policy(messages)
+    return reader_policy(messages)
+
+
+def simulator(latency: float = 0.0, jitter: float = 0.0, seed: int = 0, **options) -> FakeLLMServer:
+    """The simulator (not started): `latency` ± uniform `jitter` seconds per request."""
+    draw = random.Random(seed)
+    delay = (lambda: max(0.0, latency + draw.uniform(-jitter, jitter))) if jitter else latency
+    return FakeLLMServer(responder=responder, latency=delay, seed=seed, **options)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--jitter", type=float, default=0.0)
+    parser.add_argument("--tokens-per-second", type=float, default=None)
+    parser.add_argument("--max-concurrency", type=int, default=None)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    args = parser.parse_args()
+    server = simulator(args.latency, args.jitter, port=args.port, tokens_per_second=args.tokens_per_second,
+                       max_concurrency=args.max_concurrency, fault_rate=args.fault_rate, retry_after="0.5").start()
+    print(f"simulator: {server.base_url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Benchmark tasks with exact ground truth, built deterministically from real text.
+
+The haystack is Python's own standard library source (it ships wherever Python does), cut to the
+requested size; the needles follow RULER's template ("The special magic number for X is N."),
+with words taken from the haystack itself and numbers from a seeded generator. Same seed, same
+task, on every machine.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+CHARS_PER_TOKEN = 4
+NEEDLE = "The special magic number for {key} is {value}."
+NEEDLE_PATTERN = re.compile(r"special magic number for (\w+) is (\d+)")
+
+
+@dataclass
+class Task:
+    family: str
+    size_tokens: int
+    seed: int
+    query: str
+    context: str
+    answer: str | list[str]
+    score: Callable[[str | None], float] = field(repr=False)
+
+    @property
+    def task_id(self) -> str:
+        return f"{self.family}-{self.size_tokens}-{self.seed}"
+
+
+def parse_size(text: str) -> int:
+    """'8k' -> 8000 tokens, '1m' -> 1000000, '64000' -> 64000."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. 8k, 64k, 1m, 10m)")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * {"": 1, "k": 1_000, "m": 1_000_000}[unit])
+
+
+@lru_cache(maxsize=1)
+def _stdlib_corpus() -> str:
+    parts = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if text.isascii():
+            parts.append(text)
+    return "".join(parts)
+
+
+def haystack(size_tokens: int) -> str:
+    corpus = _stdlib_corpus()
+    size = size_tokens * CHARS_PER_TOKEN
+    return (corpus * (size // len(corpus) + 1))[:size]
+
+
+def _keys(rng: random.Random, count: int) -> list[str]:
+    words = sorted(set(re.findall(r"\b[a-z]{6,12}\b", _stdlib_corpus()[:2_000_000])))
+    return rng.sample(words, count)
+
+
+def _plant(text: str, needles: list[str], rng: random.Random) -> str:
+    """Insert each needle at a line break at a seeded position (the text keeps its size roughly)."""
+    for needle in needles:
+        at = text.rfind("\n", 0, rng.randrange(len(text) // 20, len(text)))
+        at = max(at, 0)
+        text = text[:at] + "\n# " + needle + text[at:]
+    return text
+
+
+def exact(expected: str) -> Callable[[str | None], float]:
+    def score(answer: str | None) -> float:
+        return 1.0 if answer is not None and re.search(rf"\b{re.escape(expected)}\b", answer) else 0.0
+    return score
+
+
+def set_f1(expected: list[str]) -> Callable[[str | None], float]:
+    def score(answer: str | None) -> float:
+        found = set(re.findall(r"\d+", answer or ""))
+        truth = set(expected)
+        if not found or not truth:
+            return 0.0
+        precision, recall = len(found & truth) / len(found), len(found & truth) / len(truth)
+        return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return score
+
+
+def niah(size_tokens: int, seed: int = 0) -> Task:
+    """Single needle: one magic number hidden in the haystack."""
+    rng = random.Random(f"niah-{size_tokens}-{seed}")
+    key = _keys(rng, 1)[0]
+    value = str(rng.randrange(1_000_000, 9_999_999))
+    text = _plant(haystack(size_tokens), [NEEDLE.format(key=key, value=value)], rng)
+    return Task("niah", size_tokens, seed, f"What is the special magic number for {key}? Answer with the number.",
+                text, value, exact(value))
+
+
+def niah_multi(size_tokens: int, seed: int = 0, needles: int = 4) -> Task:
+    """Multi-needle: several magic numbers for the same key; all must be found (set F1)."""
+    rng = random.Random(f"niah_multi-{size_tokens}-{seed}")
+    key = _keys(rng, 1)[0]
+    values = [str(rng.randrange(1_000_000, 9_999_999)) for _ in range(needles)]
+    text = _plant(haystack(size_tokens), [NEEDLE.format(key=key, value=v) for v in values], rng)
+    return Task("niah_multi", size_tokens, seed,
+                f"List every special magic number for {key} mentioned in the text.", text, values, set_f1(values))
+
+
+FAMILIES: dict[str, Callable[..., Task]] = {"niah": niah, "niah_multi": niah_multi}

@@ -1,0 +1,123 @@
+"""`rlm bench` against the model simulator, the simulator's own features, and `rlm batch` with the
+local and Ray executors (Ray in local mode, loopback only)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+
+from recursive_llm.bench.simulator import simulator
+from recursive_llm.bench.tasks import niah, niah_multi, parse_size
+
+
+def rlm_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recursive_llm", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_tasks_are_deterministic_with_exact_answers():
+    one, again = niah(8_000, seed=3), niah(8_000, seed=3)
+    assert one.context == again.context and one.answer == again.answer
+    assert one.answer in one.context and abs(len(one.context) - 32_000) < 200
+    assert one.score(f"The number is {one.answer}.") == 1.0 and one.score("12345") == 0.0 and one.score(None) == 0.0
+    multi = niah_multi(8_000, seed=1)
+    assert len(multi.answer) == 4 and multi.score(", ".join(multi.answer)) == 1.0
+    assert 0 < multi.score(multi.answer[0]) < 1
+    assert parse_size("64k") == 64_000 and parse_size("1m") == 1_000_000
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_rlm_bench_writes_report_tables_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    done = rlm_cli("bench", "--model", "simulator", "--tasks", "niah", "--sizes", "8k,1m", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 5 and {r["method"] for r in rows} == {"rlm", "rlm_no_subcalls", "truncated", "rag",
+                                                                    "summary"}
+    score = {(r["method"], r["size_tokens"]): r["score"] for r in rows}
+    assert score[("rlm", 1_000_000)] == 1.0 and score[("truncated", 1_000_000)] == 0.0  # the window matters
+    assert score[("truncated", 8_000)] == 1.0
+    report = (out / "report.md").read_text()
+    assert "## niah" in report and "| rlm | 1.00" in report and "| method | 8K | 1M |" in report
+    assert report in done.stdout
+    for name in ("accuracy-niah.png", "tokens-niah.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulator_latency_speed_and_concurrency_limit():
+    with simulator(latency=0.05, jitter=0.01, tokens_per_second=200, max_concurrency=2, retry_after="0") as sim:
+        client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="x", max_retries=0)
+
+        async def burst():
+            return await asyncio.gather(*(client.chat.completions.create(
+                model="sim", messages=[{"role": "user", "content": "special magic number for owl? none"}])
+                for _ in range(6)), return_exceptions=True)
+
+        started = time.perf_counter()
+        results = asyncio.run(burst())
+        elapsed = time.perf_counter() - started
+    limited = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert len(limited) == 4 and sim.rejected == 4  # at most 2 at once
+    answered = [r for r in results if not isinstance(r, Exception)]
+    assert all(r.choices[0].message.content == "none found" for r in answered)
+    assert elapsed >= 0.04  # latency (jittered) plus generation time at 200 tokens/s
+
+
+def write_tasks(path, count: int) -> dict[str, str]:
+    expected = {}
+    with open(path, "w") as handle:
+        for seed in range(count):
+            task = niah(2_000, seed)
+            expected[task.task_id] = task.answer
+            handle.write(json.dumps({"id": task.task_id, "query": task.query, "context": task.context}) + "\n")
+    return expected
+
+
+def test_batch_local_executor_resumes_after_a_crash(tmp_path):
+    tasks, results = tmp_path / "tasks.jsonl", tmp_path / "tasks.results.jsonl"
+    expected = write_tasks(tasks, 6)
+    first_two = list(expected)[:2]
+    # a batch that died: two results written, the third cut in the middle of its line
+    results.write_text("".join(json.dumps({"id": i, "answer": expected[i], "stopped_reason": "final"}) + "\n"
+                               for i in first_two) + '{"id": "niah-2000-2", "ans')
+    with simulator(latency=0.01) as sim:
+        done = rlm_cli("batch", str(tasks), "--model", "sim", "--base-url", sim.base_url)
+        requests = sim.request_count
+    assert done.returncode == 0, done.stderr
+    assert "2 already finished, 4 run now, 0 failed" in done.stderr
+    lines = results.read_text().splitlines()
+    assert lines[2] == '{"id": "niah-2000-2", "ans'  # the cut line stays as it was; nothing is glued to it
+    rows = [json.loads(line) for line in lines[3:]]
+    assert sorted(r["id"] for r in rows) == sorted(set(expected) - set(first_two))
+    assert all(r["answer"] == expected[r["id"]] for r in rows) and requests == 4 * 3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (.ci/run installs the "
+                                                                      "[ray] extra)")
+def test_batch_of_100_tasks_on_ray_and_a_rerun_skips_them(tmp_path):
+    tasks, results = tmp_path / "tasks.jsonl", tmp_path / "tasks.results.jsonl"
+    expected = write_tasks(tasks, 100)
+    with simulator(latency=0.01) as sim:
+        first = rlm_cli("batch", str(tasks), "--executor", "ray", "--model", "sim", "--base-url", sim.base_url)
+        after_first = sim.request_count
+        again = rlm_cli("batch", str(tasks), "--executor", "ray", "--model", "sim", "--base-url", sim.base_url)
+        after_again = sim.request_count
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "0 already finished, 100 run now, 0 failed" in first.stderr
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(rows) == 100 and all(r["answer"] == expected[r["id"]] for r in rows)
+    assert again.returncode == 0 and "100 already finished, 0 run now" in again.stderr
+    assert after_again == after_first == 100 * 3
+    from recursive_llm.store import Store
+
+    assert len(Store().list_runs(limit=200)) == 100  # the Ray workers recorded their runs in the same store
+    assert os.environ["RLM_HOME"] in str(Store().path)
