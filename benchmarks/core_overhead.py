@@ -36,7 +36,7 @@ def server_process(latency: float):
     proc = subprocess.Popen([sys.executable, "-m", "recursive_llm.testing.fake_server", "--latency", str(latency)],
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
     try:
-        yield proc.stdout.readline().strip()
+        yield proc.stdout.readline().split()[-1]  # "fake server: <base url>"
     finally:
         proc.terminate()
         proc.wait()

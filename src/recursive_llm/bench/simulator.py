@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import random
 import re
-import time
 
-from ..testing.fake_server import FakeLLMServer
+from ..testing.fake_server import FakeLLMServer, serve_forever
 
 _KEY = re.compile(r"special magic number for (\w+)")
 NO_SUB_CALLS_MARK = "Sub-calls are disabled in this run"
@@ -87,14 +86,9 @@ def main() -> None:
     parser.add_argument("--max-concurrency", type=int, default=None)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     args = parser.parse_args()
-    server = simulator(args.latency, args.jitter, port=args.port, tokens_per_second=args.tokens_per_second,
-                       max_concurrency=args.max_concurrency, fault_rate=args.fault_rate, retry_after="0.5").start()
-    print(f"simulator: {server.base_url}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.stop()
+    serve_forever(simulator(args.latency, args.jitter, port=args.port, tokens_per_second=args.tokens_per_second,
+                            max_concurrency=args.max_concurrency, fault_rate=args.fault_rate, retry_after="0.5"),
+                  "simulator")
 
 
 if __name__ == "__main__":

@@ -277,8 +277,13 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     args = parser.parse_args()
-    server = FakeLLMServer(latency=args.latency, fault_rate=args.fault_rate, port=args.port).start()
-    print(server.base_url, flush=True)
+    serve_forever(FakeLLMServer(latency=args.latency, fault_rate=args.fault_rate, port=args.port), "fake server")
+
+
+def serve_forever(server: FakeLLMServer, label: str) -> None:
+    """Start `server`, print its URL, and keep it up until Ctrl-C (for the command-line entry points)."""
+    server.start()
+    print(f"{label}: {server.base_url}", flush=True)
     try:
         while True:
             time.sleep(3600)
