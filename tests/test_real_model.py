@@ -112,13 +112,16 @@ def test_rlm_serve_in_front_of_the_real_model(llama_server, tmp_path):
     try:
         wait_until_up(f"http://127.0.0.1:{port}/health", server)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
-        request = dict(model="rlm", messages=[{"role": "user", "content": "Who is Rex?"}],
+        # max_tokens caps every model call of the run (a 135M model otherwise rambles to its window)
+        request = dict(model="rlm", messages=[{"role": "user", "content": "Who is Rex?"}], max_tokens=64, temperature=0,
                        extra_body={"context": "Rex is an old dog on the farm.", "rlm": {"max_iterations": 2}})
         reply = client.chat.completions.create(**request)
         assert reply.object == "chat.completion" and reply.choices[0].message.role == "assistant"
         assert reply.usage.prompt_tokens > 0 and reply.usage.total_tokens == (reply.usage.prompt_tokens
                                                                               + reply.usage.completion_tokens)
         assert reply.model_extra["rlm"]["stopped_reason"] in STOP_REASONS
+        # a new question: the same one again would be answered from the call cache (temperature 0)
+        request["messages"] = [{"role": "user", "content": "Where does Rex live?"}]
         chunks = list(client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True}))
         assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
         assert any(c.choices and c.choices[0].finish_reason for c in chunks)

@@ -301,6 +301,7 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event):
                   max_llm_calls=limits.get("max_llm_calls"), max_tokens=limits.get("max_tokens"),
                   max_cost_usd=limits.get("max_cost_usd"), timeout_s=limits.get("timeout_s"),
                   sandbox=config.sandbox, temperature=args["temperature"], max_retries=config.max_retries,
+                  max_output_tokens=args["max_output_tokens"],
                   call_timeout_s=config.call_timeout_s, on_event=on_event)
         return await rlm.acompletion(args["query"], args["context"])
     except ContextError as error:
