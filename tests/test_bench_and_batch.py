@@ -36,6 +36,20 @@ def test_tasks_are_deterministic_with_exact_answers():
         parse_size("lots")
 
 
+def test_log_and_code_tasks_have_exact_answers():
+    from recursive_llm.bench.tasks import codeqa, logs
+
+    log = logs(8_000, seed=2)
+    code = log.query.split("code ")[1].split()[0]
+    assert log.context.count(f"ERROR [{code}]") == int(log.answer) and log.score(log.answer) == 1.0
+    assert log.context.count("ERROR [") > int(log.answer)  # decoys with other codes
+    qa = codeqa(64_000, seed=1)
+    function = qa.query.split("`")[1]
+    at = qa.context.index(f"\ndef {function}(")
+    assert qa.context.rfind("### ", 0, at) == qa.context.rfind(f"### {qa.answer}\n", 0, at)
+    assert len(qa.context) <= 64_000 * 4 + 1000
+
+
 def test_rlm_bench_writes_report_tables_and_plots(tmp_path):
     out = tmp_path / "bench"
     done = rlm_cli("bench", "--model", "simulator", "--tasks", "niah", "--sizes", "8k,1m", "--out", str(out))

@@ -25,8 +25,10 @@ def run_bench(*, model: str, base_url: str | None, families: list[str], sizes: l
     rows: list[dict[str, Any]] = []
 
     async def go(advance) -> None:
+        task = None
         for family, size, seed, method in jobs:
-            task = FAMILIES[family](size, seed)
+            if task is None or task.task_id != f"{family}-{size}-{seed}":  # one task, every method
+                task = FAMILIES[family](size, seed)
             outcome = await run_method(method, task, model=model, base_url=base_url, window_tokens=window_tokens)
             rows.append({"family": family, "size_tokens": size, "seed": seed, "method": method,
                          "score": task.score(outcome.answer), "expected": task.answer, **asdict(outcome)})

@@ -35,13 +35,26 @@ def _facts(text: str, key: str | None) -> list[str]:
     return list(dict.fromkeys(re.findall(rf"special magic number for {re.escape(key)} is (\d+)", text)))
 
 
+_LOG_CODE = re.compile(r"ERROR events with code (E\d+)")
+_FUNCTION = re.compile(r"defines the top-level function `(\w+)`")
+
+
 def root_policy(messages: list[dict]) -> str:
     """The RLM root model: explore with code, then answer with a REPL variable."""
     first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
-    key = _key(first_user.split("About your input")[0]) or "unknown"
+    question = first_user.split("About your input")[0]
     turn = sum(1 for m in messages if m["role"] == "assistant")
     if turn > 0:
         return "FINAL_VAR(result)"
+    if match := _LOG_CODE.search(question):  # counting is code's job: no sub-calls needed
+        return (f"```repl\nhits = grep(r'ERROR \\[{match.group(1)}\\]', max_results=5)\nresult = str(hits.total)\n"
+                f"print(result)\n```")
+    if match := _FUNCTION.search(question):
+        return ("```repl\nimport re\n"
+                f"m = re.search(r'^def {match.group(1)}\\(', context, re.M)\n"
+                "start = context.rfind('### ', 0, m.start()) + 4 if m else -1\n"
+                "result = context[start:context.index(chr(10), start)] if m else 'not found'\nprint(result)\n```")
+    key = _key(question) or "unknown"
     if NO_SUB_CALLS_MARK in messages[0]["content"]:
         return ("```repl\nimport re\nfound = list(dict.fromkeys(re.findall(r'special magic number for "
                 f"{key} is (\\d+)', context if isinstance(context, str) else '\\n'.join(map(str, context)))))\n"
@@ -56,9 +69,18 @@ def reader_policy(messages: list[dict]) -> str:
     """A sub-model or plain model: answers only from what its prompt contains."""
     prompt = "\n".join(str(m.get("content", "")) for m in messages)
     question = messages[-1]["content"] if messages else ""
+    notes = "Update the notes" in question  # the iterative summary agent keeps the facts verbatim
+    if match := _LOG_CODE.search(prompt):
+        lines = list(dict.fromkeys(re.findall(rf"^.* ERROR \[{match.group(1)}\] .*$", prompt, re.MULTILINE)))
+        return ("Notes:\n" + "\n".join(lines)) if notes else str(len(lines))
+    if match := _FUNCTION.search(prompt):
+        found = re.search(rf"### (\S+)\n(?:(?!### ).*\n)*?def {match.group(1)}\(", prompt)
+        if notes:
+            return f"Notes:\n### {found.group(1)}\ndef {match.group(1)}(" if found else "Notes: nothing yet."
+        return found.group(1) if found else "not found"
     key = _key(question.split("Text:")[0]) or _key(prompt[-2000:]) or _key(prompt)
     facts = _facts(prompt, key)
-    if "Update the notes" in question:  # the iterative summary agent's running notes keep the facts verbatim
+    if notes:
         return "Notes: " + " ".join(f"The special magic number for {key} is {v}." for v in facts) if facts \
             else "Notes: nothing yet."
     return ", ".join(facts) if facts else "none found"

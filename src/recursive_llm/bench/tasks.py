@@ -115,4 +115,61 @@ def niah_multi(size_tokens: int, seed: int = 0, needles: int = 4) -> Task:
                 f"List every special magic number for {key} mentioned in the text.", text, values, set_f1(values))
 
 
-FAMILIES: dict[str, Callable[..., Task]] = {"niah": niah, "niah_multi": niah_multi}
+def numeric(expected: int) -> Callable[[str | None], float]:
+    def score(answer: str | None) -> float:
+        numbers = re.findall(r"\d+", answer or "")
+        return 1.0 if numbers and int(numbers[0]) == expected else 0.0
+    return score
+
+
+def logs(size_tokens: int, seed: int = 0, anomalies: int = 7) -> Task:
+    """Log analysis: a service log whose messages are real source lines; count the planted ERRORs
+    with one error code (other ERRORs, with other codes, are decoys)."""
+    rng = random.Random(f"logs-{size_tokens}-{seed}")
+    lines = [line.strip() for line in _stdlib_corpus()[:3_000_000].splitlines() if len(line.strip()) > 20]
+    modules = _keys(rng, 12)
+    code = f"E{rng.randrange(100, 999)}"
+    decoy = f"E{rng.randrange(1000, 9999)}"
+    out, size, second, written = [], size_tokens * CHARS_PER_TOKEN, 0, 0
+    while written < size:
+        second += rng.randrange(1, 4)
+        out.append(f"2026-01-01T{second // 3600 % 24:02}:{second // 60 % 60:02}:{second % 60:02} INFO "
+                   f"{rng.choice(modules)}: {rng.choice(lines)}\n")
+        written += len(out[-1])
+    planted = sorted(rng.sample(range(len(out)), anomalies + 3))
+    for position, index in enumerate(planted):
+        kind = code if position < anomalies else decoy
+        out[index] = out[index].replace(" INFO ", f" ERROR [{kind}] ", 1)
+    return Task("logs", size_tokens, seed, f"How many ERROR events with code {code} are in the log? Answer with the "
+                f"number.", "".join(out), str(anomalies), numeric(anomalies))
+
+
+def codeqa(size_tokens: int, seed: int = 0) -> Task:
+    """Code QA over real source: which file of the standard library defines a given function?"""
+    rng = random.Random(f"codeqa-{size_tokens}-{seed}")
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files, total = [], 0
+    for path in sorted(root.rglob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if not text.isascii() or (files and total + len(text) > size_tokens * CHARS_PER_TOKEN):
+            continue  # keep to the size: skip files that would overshoot it
+        files.append((path.relative_to(root).as_posix(), text))
+        total += len(text)
+        if total >= 0.95 * size_tokens * CHARS_PER_TOKEN:
+            break
+    definitions: dict[str, list[str]] = {}
+    for name, text in files:
+        for function in re.findall(r"^def ([a-z]\w{7,})\(", text, re.MULTILINE):
+            definitions.setdefault(function, []).append(name)
+    unique = sorted(f for f, where in definitions.items() if len(where) == 1)
+    function = rng.choice(unique)
+    answer = definitions[function][0]
+    context = "".join(f"### {name}\n{text}\n" for name, text in files)
+    return Task("codeqa", size_tokens, seed, f"Which file defines the top-level function `{function}`? Answer with its "
+                f"path.", context, answer, exact(answer))
+
+
+FAMILIES: dict[str, Callable[..., Task]] = {"niah": niah, "niah_multi": niah_multi, "logs": logs, "codeqa": codeqa}
