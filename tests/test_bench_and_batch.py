@@ -135,3 +135,31 @@ def test_batch_of_100_tasks_on_ray_and_a_rerun_skips_them(tmp_path):
 
     assert len(Store().list_runs(limit=200)) == 100  # the Ray workers recorded their runs in the same store
     assert os.environ["RLM_HOME"] in str(Store().path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (.ci/run installs the "
+                                                                      "[ray] extra)")
+def test_a_wide_batch_fans_out_through_ray_workers():
+    from recursive_llm import RLM
+    from recursive_llm.events import read_trajectory
+    from recursive_llm.ray_fanout import RayModelClient
+    from recursive_llm.testing import ScriptedModel
+
+    code = ("small = llm_query_batched(['special magic number for owl is 1234567?'] * 3)\n"
+            "wide = llm_query_batched([f'special magic number for owl is {1000000 + i}? ' for i in range(120)])\n"
+            "print(small[0], wide[0], wide[-1], len(wide))")
+    root = ScriptedModel([f"```repl\n{code}\n```", "FINAL(done)"], name="root")
+    import ray
+
+    with simulator(latency=0.01, fault_rate=0.1, retry_after="0", seed=5) as sim:
+        before = RayModelClient.dispatched
+        try:
+            result = RLM(model=root, sub_model="sim", base_url=sim.base_url, ray_fanout_at=50).completion("q", "t")
+        finally:
+            ray.shutdown()
+        faults = len(sim.faults_injected)
+    cell = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell"][0]
+    assert cell["error"] is None, cell["stderr"]
+    assert cell["stdout"].split() == ["1234567", "1000000", "1000119", "120"]  # answers in order
+    assert RayModelClient.dispatched - before >= 120  # only the wide batch went to Ray (retries resend)
+    assert faults > 0 and result.usage.total.calls == 1 + 3 + 120 + 1  # faults were retried by the host

@@ -67,6 +67,7 @@ class RLM:
         worker_memory_mb: int = 8192,
         allowed_models: list[str] | str | None = None,
         sub_calls: bool = True,
+        ray_fanout_at: int | None = None,
         system_prompt: str | None = None,
         verbose: bool = False,
         max_output_chars: int = 20_000,
@@ -115,6 +116,10 @@ class RLM:
         self.allowed_models = allowed_models
         # False: llm_query/rlm_query fail in model code (the "RLM without sub-calls" ablation).
         self.sub_calls = sub_calls
+        # Batches of at least this many llm_query prompts send their requests through Ray workers.
+        if ray_fanout_at is not None and not isinstance(sub_model if sub_model is not None else model, str):
+            raise ConfigError("ray_fanout_at needs the sub-model as a model string (Ray workers rebuild the client)")
+        self.ray_fanout_at = ray_fanout_at
         self.system_prompt = system_prompt
         self.verbose = verbose
         self.max_output_chars = max_output_chars
@@ -349,6 +354,10 @@ class _Run:
             client = self.shared.client_for(model, self.config.sub_client)
         except RLMError as error:
             return [{"ok": False, "error": str(error)}] * len(prompts_)
+        if self.config.ray_fanout_at and len(prompts_) >= self.config.ray_fanout_at:
+            from .ray_fanout import RayModelClient
+
+            client = RayModelClient(client, client.name, self.config.base_url)
         return list(await asyncio.gather(*(self._llm_call(client, p, child_depth) for p in prompts_)))
 
     async def _tool(self, name: str, arguments: str) -> dict:
