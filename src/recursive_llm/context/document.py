@@ -23,3 +23,19 @@ class Document(str):
 
     def __reduce__(self):  # keep the path through pickling
         return (Document, (str(self), self.path))
+
+
+def split_at_lines(text: str, size: int, overlap: int = 0) -> list[str]:
+    """Pieces of at most `size` characters, each cut at a line break when one is in its second half;
+    consecutive pieces share `overlap` characters. Used for REPL chunks, map-reduce and search passages."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            newline = text.rfind("\n", start + size // 2, end)
+            end = newline + 1 if newline > start else end
+        pieces.append(text[start:end])
+        if end >= len(text):
+            break
+        start = max(end - overlap, start + 1)
+    return pieces

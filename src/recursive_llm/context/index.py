@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .document import split_at_lines
 from .textfile import TextFile
 
 PASSAGE_CHARS = 1_500  # about 375 tokens: small enough to be precise, large enough to read
@@ -28,17 +29,11 @@ _build_lock = threading.Lock()
 
 def _split_passages(text: str, base_line: int = 1) -> Iterator[tuple[int, str]]:
     """(first line number, passage) pairs, cut at line breaks near PASSAGE_CHARS."""
-    start, line = 0, base_line
-    while start < len(text):
-        end = min(start + PASSAGE_CHARS, len(text))
-        if end < len(text):
-            newline = text.rfind("\n", start + PASSAGE_CHARS // 2, end)
-            end = newline + 1 if newline > start else end
-        piece = text[start:end]
+    line = base_line
+    for piece in split_at_lines(text, PASSAGE_CHARS):
         if piece.strip():
             yield line, piece
         line += piece.count("\n")
-        start = end
 
 
 def _file_texts(source: TextFile, slice_chars: int = 8 * 1024 * 1024) -> Iterator[tuple[int, str]]:

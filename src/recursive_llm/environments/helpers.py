@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..context.document import Document
+from ..context.document import Document, split_at_lines
 
 MAX_LINE_CHARS = 400
 
@@ -118,21 +118,6 @@ def grep(pattern: str, source: Any, *, literal: bool | None = None, ignore_case:
 
 
 # -- chunk ------------------------------------------------------------------------------------------
-def _cut(text: str, size: int, overlap: int) -> list[str]:
-    """Pieces of about `size` characters, ending at a line break when one is near the end."""
-    pieces, start = [], 0
-    while start < len(text):
-        end = min(start + size, len(text))
-        if end < len(text):
-            newline = text.rfind("\n", start + size // 2, end)
-            end = newline + 1 if newline > start else end
-        pieces.append(text[start:end])
-        if end >= len(text):
-            break
-        start = max(end - overlap, start + 1)
-    return pieces
-
-
 def _group(units: list[str], size: int, overlap: int, measure: Callable[[str], int], joiner: str) -> list[str]:
     """Consecutive units joined until `size` (by `measure`), repeating `overlap` units."""
     chunks, current, current_size = [], [], 0
@@ -160,7 +145,7 @@ def chunk(source: Any, size: int | None = None, by: str = "chars", overlap: int 
     chunks: list = []
     for path, text in _texts(source):
         if by == "chars":
-            pieces = _cut(text, size, overlap)
+            pieces = split_at_lines(text, size, overlap)
         elif by == "lines":
             lines = text.splitlines(keepends=True)
             pieces = ["".join(lines[i:i + size]) for i in range(0, len(lines), size - overlap)]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
+from ..context.document import split_at_lines
 from . import helpers
 from .protocol import TableRef
 
@@ -75,19 +76,6 @@ def as_text(value: Any) -> str:
             parts.append(header + (item if isinstance(item, str) else json.dumps(item, default=str)))
         return "\n\n".join(parts)
     return json.dumps(value, indent=1, default=str)
-
-
-def _split(text: str, size: int) -> list[str]:
-    """Pieces of at most `size` characters, cut at a line break when one is near the end."""
-    pieces, start = [], 0
-    while start < len(text):
-        end = min(start + size, len(text))
-        if end < len(text):
-            newline = text.rfind("\n", start + size // 2, end)
-            end = newline + 1 if newline > 0 else end
-        pieces.append(text[start:end])
-        start = end
-    return pieces or [""]
 
 
 def _message_of(reply: dict) -> str:
@@ -235,7 +223,7 @@ class REPL:
     def map_reduce(self, query: str, chunk_chars: int) -> str:
         """Ask the sub-model about every chunk of `context` in parallel, then combine the notes."""
         text = as_text(self.namespace.get("context"))
-        chunks = _split(text, chunk_chars)
+        chunks = split_at_lines(text, chunk_chars) or [""]
         print(f"map-reduce fallback: {len(text):,} characters in {len(chunks)} chunk(s)")
         notes = self.llm_query_batched([
             f"Here is part {i + 1} of {len(chunks)} of a larger input.\n\n<part>\n{chunk}\n</part>\n\n"
@@ -251,7 +239,7 @@ class REPL:
             return useful[0]
         combined = "\n\n".join(f"[notes {i + 1}] {n}" for i, n in enumerate(useful)) or "(no part was relevant)"
         while len(combined) > chunk_chars and len(useful) > 1:  # reduce the notes until they fit
-            groups = _split(combined, chunk_chars)
+            groups = split_at_lines(combined, chunk_chars) or [""]
             useful = self.llm_query_batched([
                 f"Condense these notes, keeping every fact relevant to: {query}\n\n{g}" for g in groups])
             combined = "\n\n".join(useful)
