@@ -39,8 +39,7 @@ def _split_passages(text: str, base_line: int = 1) -> Iterator[tuple[int, str]]:
 def _file_texts(source: TextFile, slice_chars: int = 8 * 1024 * 1024) -> Iterator[tuple[int, str]]:
     """A large file in slices that end at line breaks, with each slice's first line number."""
     line, carry = 1, ""
-    encoding = "utf-8-sig" if source.encoding.lower().replace("_", "-") in ("utf-8", "utf8") else source.encoding
-    with open(source.path, encoding=encoding) as handle:
+    with open(source.path, encoding=source.reading_encoding) as handle:
         while True:
             data = handle.read(slice_chars)
             if not data:

@@ -27,14 +27,22 @@ class TextFile:
     chars: int
     lines: int
 
+    @property
+    def is_utf8(self) -> bool:
+        return _is_utf8(self.encoding)
+
+    @property
+    def reading_encoding(self) -> str:
+        """The codec to open the file with: a UTF-8 byte-order mark is not part of the text."""
+        return "utf-8-sig" if self.is_utf8 else self.encoding
+
     def read(self) -> str:
         """The whole text (for in-process use; the worker reads the file itself)."""
-        return self.path.read_text(encoding="utf-8-sig" if _is_utf8(self.encoding) else self.encoding)
+        return self.path.read_text(encoding=self.reading_encoding)
 
     def head(self, chars: int) -> str:
         """The first `chars` characters (for a preview), without reading the rest."""
-        with open(self.path, encoding="utf-8-sig" if _is_utf8(self.encoding) else self.encoding,
-                  errors="replace") as handle:
+        with open(self.path, encoding=self.reading_encoding, errors="replace") as handle:
             return handle.read(chars)
 
     def __len__(self) -> int:

@@ -152,7 +152,7 @@ def _copy_text_file(source: TextFile, path: Path) -> Path:
     """The worker's copy of a large file, as UTF-8, made without holding it in memory."""
     import codecs
 
-    if codecs.lookup(source.encoding).name in ("utf-8", "utf-8-sig"):
+    if source.is_utf8:
         _place_file(source.path, path)  # a link or a kernel copy; a BOM is dropped on reading
         return path
     decoder = codecs.getincrementaldecoder(source.encoding)()
