@@ -449,7 +449,7 @@ class _Run:
         self.emit("run_start", query=self.query, model=self.root_client.name,
                   sub_model=self.config.sub_client.name, environment=self.config.environment,
                   isolation={"layers": isolation.layers, "missing": isolation.missing} if isolation else None,
-                  metadata=self._metadata()[0], more_inputs=self._metadata()[1:],
+                  metadata=self.inputs[0].metadata, more_inputs=[loaded.metadata for loaded in self.inputs[1:]],
                   limits=self.config.limits.__dict__)
         answer: str | None = None
         stopped: str | None = None

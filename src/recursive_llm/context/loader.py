@@ -7,6 +7,7 @@ paths, table schemas, a short labelled preview) ever reaches a prompt, never the
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 import statistics
@@ -45,8 +46,10 @@ class LoadedContext:
     source: str | None = None
     tables: list[TableSource] = field(default_factory=list)  # queryable with sql(...) in the REPL
 
-    @property
+    @functools.cached_property
     def metadata(self) -> dict[str, Any]:
+        """Described once, when first asked (after loading has set its source and table names):
+        for a large file it reads the file's head, for a list it measures every item."""
         return describe(self)
 
 
