@@ -115,17 +115,9 @@ def run_ray(tasks: list[dict[str, Any]], options: BatchOptions, address: str | N
         import ray
     except ImportError:
         raise ContextError("the Ray executor needs Ray: pip install 'recursive-llm[ray]'") from None
-    forwarded = {name: value for name, value in os.environ.items()
-                 if name.startswith(("RLM_", "OPENAI_", "ANTHROPIC_", "OLLAMA_")) or name == "PYTHONPATH"}
-    started_here = not ray.is_initialized()
-    if started_here:
-        init: dict[str, Any] = {"runtime_env": {"env_vars": forwarded}, "include_dashboard": False,
-                                "log_to_driver": False}
-        if address:
-            init["address"] = address
-        else:
-            init.update(num_cpus=workers or os.cpu_count() or 2, _node_ip_address="127.0.0.1")
-        ray.init(**init)
+    from .ray_fanout import ensure_ray
+
+    started_here = ensure_ray(address, num_cpus=workers or os.cpu_count() or 2)
     remote = ray.remote(num_cpus=1, max_retries=1)(_ray_task)
     try:
         pending = [remote.remote(task, options) for task in tasks]

@@ -41,16 +41,31 @@ def _complete_in_worker(model: str, base_url: str | None, messages: list[Message
             "completion_tokens": completion.completion_tokens, "finish_reason": completion.finish_reason}
 
 
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to Ray if this process is not yet: the cluster at `address`, else a local Ray bound to
+    127.0.0.1. Provider keys and RLM settings reach the workers through Ray's runtime environment.
+    Returns whether this call started it (so the caller knows to shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    forwarded = {name: value for name, value in os.environ.items()
+                 if name.startswith(("RLM_", "OPENAI_", "ANTHROPIC_", "OLLAMA_")) or name == "PYTHONPATH"}
+    options: dict[str, Any] = {"runtime_env": {"env_vars": forwarded}, "include_dashboard": False,
+                               "log_to_driver": False}
+    if address:
+        options["address"] = address
+    else:
+        options.update(num_cpus=num_cpus, _node_ip_address="127.0.0.1")
+    ray.init(**options)
+    return True
+
+
 def _remote_function():
     global _remote
     import ray
 
-    if not ray.is_initialized():
-        forwarded = {name: value for name, value in os.environ.items()
-                     if name.startswith(("RLM_", "OPENAI_", "ANTHROPIC_", "OLLAMA_")) or name == "PYTHONPATH"}
-        ray.init(address=os.environ.get("RLM_RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": forwarded},
-                 **({} if os.environ.get("RLM_RAY_ADDRESS") else {"_node_ip_address": "127.0.0.1"}))
+    ensure_ray(os.environ.get("RLM_RAY_ADDRESS") or None)
     if _remote is None:
         _remote = ray.remote(num_cpus=0, max_retries=0)(_complete_in_worker)
     return _remote

@@ -300,12 +300,16 @@ class _Shared:
     async def close_clients(self, configured: bool = True) -> None:
         """Close the clients this run opened (and the RLM's own ones, unless a session goes on)."""
         own = (self.config.root_client, self.config.sub_client) if configured else ()
-        clients = {id(c): c for c in (*own, *self.extra_clients.values())}
-        for client in clients.values():
-            try:
-                await client.aclose()
-            except Exception:
-                pass
+        await close_clients([*own, *self.extra_clients.values()])
+
+
+async def close_clients(clients) -> None:
+    """Close each distinct client once; a client that fails to close never breaks the caller."""
+    for client in {id(c): c for c in clients}.values():
+        try:
+            await client.aclose()
+        except Exception:
+            pass
 
 
 class _Run:

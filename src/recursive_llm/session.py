@@ -87,6 +87,8 @@ class Session:
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
+        from .rlm import close_clients
+
         if self._closed:
             return
         self._closed = True
@@ -94,19 +96,12 @@ class Session:
         async def shutdown() -> None:
             if self._environment is not None:
                 await self._environment.close()
-            await self.rlm_close_clients()
+            await close_clients([self.rlm.root_client, self.rlm.sub_client])
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=60)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
-
-    async def rlm_close_clients(self) -> None:
-        for client in {id(c): c for c in (self.rlm.root_client, self.rlm.sub_client)}.values():
-            try:
-                await client.aclose()
-            except Exception:
-                pass
 
     def __enter__(self) -> "Session":
         return self
