@@ -134,8 +134,7 @@ def _group(units: list[str], size: int, overlap: int, measure: Callable[[str], i
     return chunks
 
 
-def chunk(source: Any, size: int | None = None, by: str = "chars", overlap: int = 0,
-          count_tokens: Callable[[str], int] | None = None, encode_decode=None) -> list:
+def chunk(source: Any, size: int | None = None, by: str = "chars", overlap: int = 0, encode_decode=None) -> list:
     """Split text (or each document) into chunks; chunks of a document are Documents with its path."""
     if by not in ("chars", "tokens", "lines", "paragraphs"):
         raise ValueError("by must be 'chars', 'tokens', 'lines' or 'paragraphs'")
@@ -247,18 +246,10 @@ def _half_of_address_space_mb() -> int | None:
 class SQLTables:
     """The tables of all inputs: DuckDB for CSV/TSV/Parquet/JSONL, sqlite3 (read-only) for SQLite."""
 
-    def __init__(self, tables: list[dict[str, Any]], memory_limit_mb: int | None = None) -> None:
+    def __init__(self, tables: list[dict[str, Any]]) -> None:
         self._tables = tables
-        self._memory_limit_mb = memory_limit_mb
         self._duckdb = None
         self._sqlite: dict[str, Any] = {}
-
-    @property
-    def names(self) -> list[str]:
-        names = []
-        for table in self._tables:
-            names += list(table["info"]["tables"]) if table["format"] == "sqlite" else [table["name"]]
-        return names
 
     def _duck(self):
         if self._duckdb is None:
@@ -269,7 +260,7 @@ class SQLTables:
             from ..context.tables import duckdb_source
 
             connection = duckdb.connect(":memory:")
-            limit = self._memory_limit_mb or _half_of_address_space_mb()
+            limit = _half_of_address_space_mb()
             if limit:  # DuckDB's default (80% of RAM) ignores the worker's limit; stay under it
                 connection.execute(f"SET memory_limit='{limit}MB'")
             for table in self._tables:
