@@ -242,9 +242,8 @@ def _new_run_params(params: dict) -> tuple[dict, str | None]:
 def _resume_params(params: dict) -> tuple[dict, str | None]:
     """Restore a run's saved options into `params` (in place) for `--resume`."""
     from .errors import ConfigError, ContextError
-    from .store import Store
 
-    store = Store()
+    store = _open_store()
     try:
         run_id = store.find_run(params["resume"])
         saved = store.run_config(run_id)
