@@ -82,6 +82,17 @@ def fan_out(base_url: str, prompts: int, concurrency: int) -> float:
     return float(cell["stdout"].strip())
 
 
+def root_iterations(iterations: int, latency: float) -> float:
+    """Wall seconds of a run whose root model (in-process, `latency` per reply) takes `iterations`
+    turns of trivial code: everything but the model's latency is the framework's per-iteration cost."""
+    replies = [f"```repl\nstep = {i}\nprint(step)\n```" for i in range(iterations - 1)] + ["FINAL(done)"]
+    root = ScriptedModel(replies, delay=latency)
+    started = time.perf_counter()
+    result = RLM(model=root, max_iterations=iterations + 1).completion("q", "text")
+    assert result.iterations == iterations, result
+    return time.perf_counter() - started
+
+
 async def worker_timings() -> tuple[list[float], list[float]]:
     async def handler(kind, prompts, model, context):
         return [{"ok": True, "text": p} for p in prompts]
@@ -108,6 +119,14 @@ def main() -> None:
         rows.append((f"llm_query_batched, in-process model with the same latency: {label}",
                      f"{statistics.median(local):.3f} s", f"ideal {ideal:.2f} s "
                      f"(ratio {statistics.median(local) / ideal:.2f})"))
+    fixed = [root_iterations(1, 0.0) for _ in range(REPEATS)]  # start-up and one turn: paid once per run
+    bare = [root_iterations(10, 0.0) for _ in range(REPEATS)]
+    per_iteration = (statistics.median(bare) - statistics.median(fixed)) / 9
+    rows.append(("framework time per root iteration (in-process model at 0 ms; 10 iterations minus 1)",
+                 f"{per_iteration * 1000:.1f} ms", f"run start-up and first turn: {statistics.median(fixed) * 1000:.0f} ms"))
+    slow = [root_iterations(10, 0.5) for _ in range(REPEATS)]
+    rows.append(("10 root iterations, model latency 500 ms (wall)", f"{statistics.median(slow):.3f} s",
+                 f"ideal 5.00 s (ratio {statistics.median(slow) / 5:.3f})"))
     starts, trips = asyncio.run(worker_timings())
     rows.append(("worker start (spawn + load a small input + ready)", f"{statistics.median(starts) * 1000:.1f} ms", ""))
     rows.append(("trivial cell round trip in the worker", f"{statistics.median(trips) * 1000:.2f} ms",

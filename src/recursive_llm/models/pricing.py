@@ -33,6 +33,7 @@ _BUILT_IN: dict[str, tuple[float, float]] = {
 _PROVIDER_PREFIXES = ("openai/", "anthropic/", "ollama/")
 
 _prices: dict[str, tuple[float, float]] = dict(_BUILT_IN)
+_resolved: dict[str, tuple[float, float] | None] = {}  # model name as asked -> its price (or None)
 _user_file_loaded = False
 _lock = threading.Lock()
 
@@ -55,12 +56,14 @@ def _load_user_prices() -> None:
             raise ConfigError(f"{path} is not a valid price file ({error}); expected "
                               f'{{"model-name": [input_usd_per_1M, output_usd_per_1M]}}') from None
         _prices.update(prices)
+        _resolved.clear()
 
 
 def register_price(model: str, input_per_million: float, output_per_million: float) -> None:
     """Set the price of `model` (and of every model name that starts with it)."""
     _load_user_prices()
     _prices[model] = (float(input_per_million), float(output_per_million))
+    _resolved.clear()
 
 
 def _bare(model: str) -> str:
@@ -73,12 +76,14 @@ def _bare(model: str) -> str:
 
 
 def price_for(model: str) -> tuple[float, float] | None:
+    if model in _resolved:  # every call asks, twice: answer from memory after the first time
+        return _resolved[model]
     _load_user_prices()
     name = _bare(model)
     matches = [key for key in _prices if name == key or name.startswith(key + "-") or name.startswith(key + "@")]
-    if not matches:
-        return None
-    return _prices[max(matches, key=len)]
+    price = _prices[max(matches, key=len)] if matches else None
+    _resolved[model] = price
+    return price
 
 
 def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float:
@@ -94,4 +99,5 @@ def reset_for_tests() -> None:
     with _lock:
         _prices.clear()
         _prices.update(_BUILT_IN)
+        _resolved.clear()
         _user_file_loaded = False
