@@ -120,6 +120,34 @@ def test_cache_is_off_by_default_unless_temperature_is_zero(tmp_path):
         assert len(server.requests) == 2  # the first cached run found the earlier identical call
 
 
+def test_calls_are_committed_in_groups_and_seen_by_the_cache_at_once(tmp_path):
+    """A call waits at most CALL_COMMIT_S for its group commit; until then the cache still sees it,
+    so an identical call made right after is not paid twice."""
+    import asyncio
+
+    from recursive_llm.store import CALL_COMMIT_S
+
+    sub = ScriptedModel(default="same answer", name="sub")
+    turns = ["```repl\na = llm_query('the same prompt')\nb = llm_query('the same prompt')\nprint(a == b)\n```",
+             "FINAL(done)"]
+    result = RLM(model=ScriptedModel(turns, name="root"), sub_model=sub, temperature=0).completion("q", "text")
+    assert result.usage.total.calls == 3 and result.usage.total.cached_calls == 1  # 2 root calls + 1 sub-call
+    assert len(sub.calls) == 1
+
+    store, reader = Store(tmp_path / "runs.db"), None
+    record = store.recorder("root")
+
+    async def one_call_then_quiet() -> int:
+        record({"type": "llm_call", "ts": time.time(), "run_id": "r", "call_id": "r:1", "depth": 0,
+                "model": "m", "response": "text", "cache_key": "k"})
+        assert store.cached_completion("k").text == "text"  # not committed yet, but the cache has it
+        await asyncio.sleep(CALL_COMMIT_S * 3)
+        return sqlite3.connect(tmp_path / "runs.db").execute("SELECT count(*) FROM calls").fetchone()[0]
+
+    assert asyncio.run(one_call_then_quiet()) == 1  # committed by the timer, with nothing else happening
+    store.close()
+
+
 def test_killed_run_resumes_without_repeating_calls(tmp_path):
     """Kill `rlm ask` while its third root call hangs; --resume replays the first calls and goes on."""
     gate = tmp_path / "hang"
