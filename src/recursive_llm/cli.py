@@ -484,6 +484,7 @@ def mcp_command(model, sub_model, base_url, root, max_iterations, max_depth, max
 def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency, out) -> None:
     """Benchmark RLM against baselines on tasks with exact answers; writes a report and plots."""
     from .bench.runner import run_bench
+    from .errors import RLMError
 
     simulator = None
     if model == "simulator":
@@ -497,6 +498,9 @@ def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency,
                             progress=sys.stderr.isatty())
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+    except RLMError as error:
+        _err(f"Error: {error}")
+        sys.exit(error.exit_code)
     finally:
         if simulator is not None:
             simulator.stop()

@@ -4,8 +4,8 @@
 - `rlm_no_subcalls`: the same REPL, but `llm_query` and `rlm_query` disabled (the paper's ablation).
 - `truncated`: the plain model with the input cut to its window (the usual baseline).
 - `rag`: BM25 retrieval (the same FTS5 index as `search()`) of the top passages, then one call.
-- `summary`: an iterative summary agent: read the input window by window, keep running notes,
-  answer from the notes.
+- `summary`: an iterative summary agent: read the input window by window (cut at line breaks),
+  keep running notes, answer from the notes.
 """
 
 from __future__ import annotations
@@ -111,9 +111,10 @@ async def _rag(meter: _Meter, task: Task, window_chars: int) -> str:
 
 async def _summary(meter: _Meter, task: Task, window_chars: int) -> str:
     notes = "Notes: nothing yet."
-    part = max(window_chars - 2_000, 1_000)
-    for start in range(0, len(task.context), part):
-        notes = await meter.ask(f"{notes}\n\nNew part of the input:\n{task.context[start:start + part]}\n\n"
+    from ..context.document import split_at_lines
+
+    for part in split_at_lines(task.context, max(window_chars - 2_000, 1_000)):  # whole lines, like a careful reader
+        notes = await meter.ask(f"{notes}\n\nNew part of the input:\n{part}\n\n"
                                 f"Update the notes with everything relevant to: {task.query}")
     return await meter.ask(_question(task, notes))
 

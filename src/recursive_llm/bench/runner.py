@@ -20,6 +20,8 @@ def run_bench(*, model: str, base_url: str | None, families: list[str], sizes: l
         raise ValueError(f"unknown task families or methods: {unknown}; families: {sorted(FAMILIES)}, "
                          f"methods: {list(METHODS)}")
     size_tokens = [parse_size(s) for s in sizes]
+    for family in families:  # a missing data package fails now, not after the other families ran
+        getattr(FAMILIES[family], "prepare", lambda: None)()
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(f, n, seed, m) for f in families for n in size_tokens for seed in range(seeds) for m in methods]
     rows: list[dict[str, Any]] = []

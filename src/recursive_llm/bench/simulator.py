@@ -19,6 +19,7 @@ import random
 import re
 
 from ..testing.fake_server import FakeLLMServer, serve_forever
+from . import hotpotqa_policies
 
 _KEY = re.compile(r"special magic number for (\w+)")
 NO_SUB_CALLS_MARK = "Sub-calls are disabled in this run"
@@ -44,6 +45,13 @@ def root_policy(messages: list[dict]) -> str:
     first_user = next((m["content"] for m in messages if m["role"] == "user"), "")
     question = first_user.split("About your input")[0]
     turn = sum(1 for m in messages if m["role"] == "assistant")
+    sub_calls = NO_SUB_CALLS_MARK not in messages[0]["content"]
+    if hotpotqa_policies.is_hotpotqa_prompt(question):
+        if turn == 0:
+            return hotpotqa_policies.root_code(question, sub_calls) or "FINAL(not a task I know)"
+        if not sub_calls and (reply := hotpotqa_policies.root_next_turn(messages, question, turn)):
+            return reply
+        return "FINAL_VAR(result)"
     if turn > 0:
         return "FINAL_VAR(result)"
     if match := _LOG_CODE.search(question):  # counting is code's job: no sub-calls needed
@@ -55,7 +63,7 @@ def root_policy(messages: list[dict]) -> str:
                 "start = context.rfind('### ', 0, m.start()) + 4 if m else -1\n"
                 "result = context[start:context.index(chr(10), start)] if m else 'not found'\nprint(result)\n```")
     key = _key(question) or "unknown"
-    if NO_SUB_CALLS_MARK in messages[0]["content"]:
+    if not sub_calls:
         return ("```repl\nimport re\nfound = list(dict.fromkeys(re.findall(r'special magic number for "
                 f"{key} is (\\d+)', context if isinstance(context, str) else '\\n'.join(map(str, context)))))\n"
                 "result = ', '.join(found) or 'not found'\nprint(result)\n```")
@@ -69,6 +77,8 @@ def reader_policy(messages: list[dict]) -> str:
     """A sub-model or plain model: answers only from what its prompt contains."""
     prompt = "\n".join(str(m.get("content", "")) for m in messages)
     question = messages[-1]["content"] if messages else ""
+    if hotpotqa_policies.is_hotpotqa_prompt(prompt):
+        return hotpotqa_policies.read(prompt, question)
     notes = "Update the notes" in question  # the iterative summary agent keeps the facts verbatim
     if match := _LOG_CODE.search(prompt):
         lines = list(dict.fromkeys(re.findall(rf"^.* ERROR \[{match.group(1)}\] .*$", prompt, re.MULTILINE)))
