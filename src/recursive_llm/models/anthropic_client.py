@@ -42,7 +42,11 @@ class AnthropicClient:
         if self._client is None:
             import anthropic
 
-            self._client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0)
+            from .tls import shared_ssl_context
+
+            self._client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0,
+                                                    http_client=anthropic.DefaultAsyncHttpxClient(
+                                                        verify=shared_ssl_context()))
         return self._client
 
     async def complete(self, messages: list[Message], *, max_tokens: int | None = None,

@@ -29,8 +29,11 @@ class OpenAIClient:
         if self._client is None:
             import openai
 
+            from .tls import shared_ssl_context
+
             self._client = openai.AsyncOpenAI(api_key=self._api_key or "not-needed", base_url=self.base_url,
-                                              max_retries=0)
+                                              max_retries=0, http_client=openai.DefaultAsyncHttpxClient(
+                                                  verify=shared_ssl_context()))
         return self._client
 
     async def complete(self, messages: list[Message], *, max_tokens: int | None = None,
