@@ -458,9 +458,11 @@ class _Run:
         answer: str | None = None
         stopped: str | None = None
         error: str | None = None
+        if self.environment is None:
+            from .environments.base import StartingInBackground
+
+            env = StartingInBackground(env)
         try:
-            if self.environment is None:
-                await env.start()
             messages = self._first_messages()
             answer, stopped, error = await self._loop(env, messages)
             if stopped in ("max_iterations", "budget"):

@@ -37,3 +37,34 @@ class Environment(Protocol):
     async def get_variable(self, name: str) -> dict: ...
 
     async def close(self) -> None: ...
+
+
+class StartingInBackground:
+    """An environment that starts while the run does something else (the root model writes its
+    first reply): a sandboxed worker takes about 60 ms to start, which that call hides. The first
+    cell waits for the start, and a failed start is raised there."""
+
+    def __init__(self, environment: Environment) -> None:
+        import asyncio
+
+        self.environment = environment
+        self.name = environment.name
+        self._started = asyncio.ensure_future(environment.start())
+
+    def __getattr__(self, name: str) -> Any:  # isolation and other attributes of the environment
+        return getattr(self.environment, name)
+
+    async def execute(self, code: str, timeout: float | None, wall_timeout: float | None = None) -> CellResult:
+        await self._started
+        return await self.environment.execute(code, timeout, wall_timeout)
+
+    async def get_variable(self, name: str) -> dict:
+        await self._started
+        return await self.environment.get_variable(name)
+
+    async def close(self) -> None:
+        try:
+            await self._started  # a half-started worker is closed like any other
+        except Exception:
+            pass
+        await self.environment.close()
