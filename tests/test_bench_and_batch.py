@@ -121,7 +121,8 @@ def test_reading_families_need_sub_calls_and_the_whole_input(tmp_path):
 
 def test_rlm_bench_writes_report_tables_and_plots(tmp_path):
     out = tmp_path / "bench"
-    done = rlm_cli("bench", "--model", "simulator", "--tasks", "niah", "--sizes", "8k,1m", "--out", str(out))
+    done = rlm_cli("bench", "--model", "simulator", "--tasks", "niah", "--sizes", "8k,1m", "--price", "0.25,2.0",
+                   "--out", str(out))
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 5 and {r["method"] for r in rows} == {"rlm", "rlm_no_subcalls", "truncated", "rag",
@@ -132,7 +133,8 @@ def test_rlm_bench_writes_report_tables_and_plots(tmp_path):
     report = (out / "report.md").read_text()
     assert "## niah" in report and "| rlm | 1.00" in report and "| method | 8K | 1M |" in report
     assert report in done.stdout
-    for name in ("accuracy-niah.png", "tokens-niah.png"):
+    assert all(r["cost_usd"] > 0 for r in rows) and " · $0.00" in report  # priced like the real model
+    for name in ("accuracy-niah.png", "tokens-niah.png", "cost-niah.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

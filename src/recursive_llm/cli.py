@@ -471,7 +471,8 @@ def mcp_command(model, sub_model, base_url, root, max_iterations, max_depth, max
 @click.option("--model", "-m", required=True, help="The model every method uses; `simulator` starts the built-in "
               "simulated model on 127.0.0.1 (recursive_llm.bench.simulator).")
 @click.option("--base-url", default=None, help="OpenAI-compatible server for the model.")
-@click.option("--tasks", default="niah", show_default=True, help="Task families, comma-separated: niah, niah_multi.")
+@click.option("--tasks", default="niah", show_default=True, help="Task families, comma-separated: niah, niah_multi, "
+              "logs, codeqa, oolong, oolong_pairs, multihop.")
 @click.option("--sizes", default="8k,64k,1m", show_default=True, help="Input sizes in tokens, e.g. 8k,64k,1m,10m.")
 @click.option("--methods", default="rlm,rlm_no_subcalls,truncated,rag,summary", show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Tasks per family and size.")
@@ -479,12 +480,22 @@ def mcp_command(model, sub_model, base_url, root, max_iterations, max_depth, max
               help="The model's window, for the baselines that must fit the input into one prompt.")
 @click.option("--latency", type=click.FloatRange(min=0), default=0.05, show_default=True,
               help="The simulator's latency per call (seconds).")
+@click.option("--price", default=None, metavar="IN,OUT", help="USD per million input and output tokens for the "
+              "model, when it has no known price (a self-hosted model, or the simulator priced like a real one).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
               show_default=True)
-def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency, out) -> None:
+def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency, price, out) -> None:
     """Benchmark RLM against baselines on tasks with exact answers; writes a report and plots."""
     from .bench.runner import run_bench
     from .errors import RLMError
+    from .models.pricing import register_price
+
+    if price is not None:
+        try:
+            price_in, price_out = (float(part) for part in price.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{price!r}: give two numbers, e.g. 0.25,2.0", param_hint="--price") from None
+        register_price("simulated" if model == "simulator" else model, price_in, price_out)
 
     simulator = None
     if model == "simulator":

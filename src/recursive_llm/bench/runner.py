@@ -93,7 +93,8 @@ def markdown_report(rows: list[dict[str, Any]], *, model: str, window_tokens: in
 
 
 def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """accuracy-<family>.png and tokens-<family>.png: one line per method against input size."""
+    """accuracy-<family>.png, tokens-<family>.png and, when the model has a price, cost-<family>.png:
+    one line per method against input size."""
     try:
         import matplotlib
 
@@ -104,7 +105,10 @@ def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     summary = _summaries(rows)
     written = []
     for family in sorted({r["family"] for r in rows}):
-        for metric, label in (("accuracy", "score (accuracy / F1)"), ("tokens", "tokens per task")):
+        metrics = [("accuracy", "score (accuracy / F1)"), ("tokens", "tokens per task")]
+        if any(row["cost_usd"] for row in rows if row["family"] == family):
+            metrics.append(("cost_usd", "cost per task (USD)"))
+        for metric, label in metrics:
             figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
             for method in METHODS:
                 points = sorted((size, stats[metric]) for (f, m, size), stats in summary.items()
@@ -112,7 +116,7 @@ def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                 if points:
                     axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
             axes.set_xscale("log")
-            if metric == "tokens":
+            if metric != "accuracy":
                 axes.set_yscale("log")
             else:
                 axes.set_ylim(-0.05, 1.05)
@@ -122,7 +126,7 @@ def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             axes.grid(True, alpha=0.3)
             axes.legend(fontsize=8)
             figure.tight_layout()
-            path = out / f"{metric}-{family}.png"
+            path = out / f"{metric.removesuffix('_usd')}-{family}.png"
             figure.savefig(path)
             plt.close(figure)
             written.append(path)
