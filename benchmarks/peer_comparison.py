@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,7 +243,7 @@ def main() -> None:
               + " | ".join(f"{values[0] / v:.2f}" if v > 0.05 else "n/a" for v in values[1:]) + " |")
 
     row("1,000 batched sub-calls at 100 ms (wall s)", lambda r: r["fanout"]["wall"])
-    print(f"| ideal for that (1,000 x 0.1 s / its concurrency) | " + " | ".join(
+    print("| ideal for that (1,000 x 0.1 s / its concurrency) | " + " | ".join(
         f"{100 / CONCURRENCY[n]:.2f} (x{CONCURRENCY[n]})" for n in names) + " |" + " |" * (len(names) - 1))
     row("a run of 2 root iterations, 0 ms model (wall ms)", lambda r: r["short"]["wall"] * 1000,
         lambda v: f"{v:.0f}")

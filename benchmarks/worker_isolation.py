@@ -7,7 +7,6 @@ Inputs are real text: Python's standard library sources, concatenated and repeat
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
 import statistics
 import sys

@@ -4,7 +4,6 @@ server behind it (real HTTP), and the store the runs are recorded in."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -134,7 +133,7 @@ def test_calls_are_committed_in_groups_and_seen_by_the_cache_at_once(tmp_path):
     assert result.usage.total.calls == 3 and result.usage.total.cached_calls == 1  # 2 root calls + 1 sub-call
     assert len(sub.calls) == 1
 
-    store, reader = Store(tmp_path / "runs.db"), None
+    store = Store(tmp_path / "runs.db")
     record = store.recorder("root")
 
     async def one_call_then_quiet() -> int:

@@ -90,7 +90,7 @@ def root_code(question: str, sub_calls: bool) -> str | None:
     """The first code block for a HotpotQA-family question, or None if it is not one."""
     if match := data.PAIRS_PATTERN.search(question):
         low, high, least = match.groups()
-        return _label_then_count(sub_calls, select=f"low <= int(user) <= high", setup=f"low, high = {low}, {high}\n",
+        return _label_then_count(sub_calls, select="low <= int(user) <= high", setup=f"low, high = {low}, {high}\n",
                                  finish=("good = sorted(int(u) for u, c in comparisons.items() if c >= "
                                          f"{least})\nresult = ', '.join(f'({{a}}, {{b}})' for i, a in "
                                          "enumerate(good) for b in good[i + 1:]) or 'no pairs'\n"))

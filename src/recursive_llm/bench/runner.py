@@ -75,7 +75,7 @@ def markdown_report(rows: list[dict[str, Any]], *, model: str, window_tokens: in
     families = sorted({r["family"] for r in rows})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     sizes = sorted({r["size_tokens"] for r in rows})
-    lines = [f"# Benchmark report", "", f"Model: `{model}`; window for the baselines: {window_tokens:,} tokens; "
+    lines = ["# Benchmark report", "", f"Model: `{model}`; window for the baselines: {window_tokens:,} tokens; "
              f"{len(rows)} runs. Cells: mean score (accuracy or set F1), mean tokens, mean calls, median seconds.", ""]
     for family in families:
         lines += [f"## {family}", "", "| method | " + " | ".join(_size_label(s) for s in sizes) + " |",

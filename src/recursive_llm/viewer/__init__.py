@@ -153,7 +153,7 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
                 for call_id in cell["calls"]:
                     sub = view["calls"][call_id]
                     lines.append(f"{indent}   sub-call {sub['model']} ({sub['status']}"
-                                 + (f", {sub['cached']}" if sub["cached"] else "") + f"): "
+                                 + (f", {sub['cached']}" if sub["cached"] else "") + "): "
                                  + _clip(sub["prompt"], full, 200).replace("\n", " ") + " -> "
                                  + _clip(sub["response"] or sub["error"], full, 200).replace("\n", " "))
                 for child in cell["children"]:
