@@ -3,10 +3,10 @@
 Events are written as they happen, so a run that is killed keeps what it did until then. Runs,
 iterations and cells are one short transaction each. Model calls are committed in groups, at most
 `CALL_COMMIT_S` after they complete (and before any later event of the same store): one commit per
-call cost a fan-out of a thousand fast calls 4% of its wall time; a kill can lose the answers of
-the last 20 ms, which a resume pays again. Many threads and processes can write at once: WAL mode
-plus a busy timeout serialize the writers. The schema is versioned with `PRAGMA user_version`; `MIGRATIONS`
-holds the steps from each version to the next.
+call cost a fan-out of a thousand fast calls about 4% of its wall time; a kill can lose the answers
+of the last 20 ms, which a resume pays again. Many threads and processes can write at once: WAL
+mode plus a busy timeout serialize the writers. The schema is versioned with `PRAGMA user_version`;
+`MIGRATIONS` holds the steps from each version to the next.
 
 The same table of calls is the call cache: a call's `cache_key` hashes the model's identity, the
 messages and the parameters, so an identical call can be answered from here instead of paying
