@@ -100,3 +100,25 @@ def test_separate_contexts_and_tables_from_the_command_line(tmp_path):
                    "--separate", "--model", "m", "--base-url", server.base_url)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "15\n"
+
+
+def test_context_window_compacts_a_self_hosted_models_conversation(tmp_path):
+    """A model whose window nobody knows: --context-window tells it, and the run compacts in time."""
+    def respond(messages, model):
+        last = messages[-1]["content"]
+        if "replaced by a summary that you write now" in last:
+            return "Summary: found is 42."
+        if "were replaced by your summary above" in last:
+            return "FINAL_VAR(found)"
+        return "```repl\nfound = 42\nprint(' '.join(f'w{i}' for i in range(600)))\n```"
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("text\n")
+    with FakeLLMServer(responder=respond) as fake:
+        done = rlm("ask", "What is found?", "--context", str(doc), "--model", "self-hosted", "--base-url",
+                   fake.base_url, "--context-window", "4000", "--verbose")
+        without = rlm("ask", "What is found?", "--context", str(doc), "--model", "self-hosted", "--base-url",
+                      fake.base_url, "--max-iterations", "4", "--verbose")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "42" and "compacted" in done.stderr and "`history`" in done.stderr
+    assert "compacted" not in without.stderr  # no window known, nothing compacted

@@ -39,3 +39,11 @@ def test_malformed_prices_file(tmp_path, monkeypatch):
     (tmp_path / "prices.json").write_text('{"x": "cheap"}')
     with pytest.raises(ConfigError, match="prices.json"):
         pricing.price_for("x")
+
+
+def test_known_context_windows_by_longest_prefix():
+    from recursive_llm.models.windows import context_window_for
+
+    assert context_window_for("gpt-5-mini") == 400_000 and context_window_for("openai/gpt-4o-mini") == 128_000
+    assert context_window_for("litellm/anthropic/claude-sonnet-4-5") == 200_000
+    assert context_window_for("my-self-hosted-model") is None

@@ -336,3 +336,60 @@ def test_model_code_may_only_name_allowed_models():
     shared.config, shared.extra_clients = rlm, {"gpt-5": extra}
     assert shared.client_for("gpt-5", rlm.sub_client) is extra
     assert shared.client_for("root", rlm.sub_client) is rlm.root_client
+
+
+def _compaction_script(window: int, seen: list):
+    """A root model that fills its window with big outputs, summarizes when asked, then checks
+    that the earlier turns are in `history` and answers."""
+    from recursive_llm.context.tokens import count_tokens
+
+    def respond(messages):
+        seen.append([dict(m) for m in messages])
+        assert sum(count_tokens(str(m["content"])) + 4 for m in messages) <= window, "the prompt outgrew the window"
+        last = messages[-1]["content"]
+        if "replaced by a summary that you write now" in last:
+            return "Summary: `found` holds 42; the big outputs were just noise."
+        if "were replaced by your summary above" in last:
+            return "```repl\nprint(len(history), history[0]['role'], history[1]['role'], found)\n```"
+        if "assistant user 42" in last:
+            return "FINAL_VAR(found)"
+        return "```repl\nfound = 42\nprint(' '.join(f'w{i}' for i in range(600)))\n```"
+    return respond
+
+
+def test_the_root_conversation_is_compacted_before_it_outgrows_the_window():
+    seen: list = []
+    events: list = []
+    root = ScriptedModel(default=_compaction_script(4_000, seen), name="root", context_window=4_000)
+    result = RLM(model=root, on_event=events.append, max_iterations=12).completion("What is found?", "text")
+    assert result.answer == "42" and result.stopped_reason == "final"
+    compactions = [e for e in events if e["type"] == "compaction"]
+    assert compactions and all(e["tokens_after"] < e["tokens_before"] for e in compactions)
+    assert all(e["history_kept"] for e in compactions)
+    after = next(m for m in seen if "were replaced by your summary above" in m[-1]["content"])
+    assert [m["role"] for m in after] == ["system", "user", "assistant", "user"]
+    assert after[2]["content"].startswith("Summary:")
+    # the REPL holds the compacted turns whole: as many as the event says
+    printed = next(m[-1]["content"] for m in seen if "assistant user 42" in m[-1]["content"])
+    assert f"{sum(e['turns'] for e in compactions)} assistant user 42" in printed
+    calls = [e for e in events if e["type"] == "llm_call" and e.get("purpose") == "compact"]
+    assert len(calls) == len(compactions)
+
+
+def test_compaction_can_be_turned_off_and_needs_a_known_window():
+    seen: list = []
+    events: list = []
+    # no window known: nothing is compacted (the scripted prompt then outgrows 4,000 tokens)
+    root = ScriptedModel(default=_compaction_script(10**9, seen), name="root")
+    RLM(model=root, on_event=events.append, max_iterations=6).completion("What is found?", "text")
+    assert not [e for e in events if e["type"] == "compaction"]
+    events.clear()
+    root = ScriptedModel(default=_compaction_script(10**9, seen), name="root", context_window=4_000)
+    RLM(model=root, on_event=events.append, max_iterations=6, compact_at=None).completion("What is found?", "text")
+    assert not [e for e in events if e["type"] == "compaction"]
+    events.clear()
+    root = ScriptedModel(default=_compaction_script(4_000, seen), name="root")
+    RLM(model=root, on_event=events.append, max_iterations=12, root_context_window=4_000).completion("q", "text")
+    assert [e for e in events if e["type"] == "compaction"]
+    with pytest.raises(ConfigError, match="compact_at"):
+        RLM(model=root, compact_at=1.5)

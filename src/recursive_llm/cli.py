@@ -86,6 +86,9 @@ def _run_options(function):
         click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON."),
         click.option("--verbose", "-v", is_flag=True, help="Show model replies, code and outputs as they happen."),
         click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr."),
+        click.option("--context-window", type=click.IntRange(min=1000), default=None, metavar="TOKENS",
+                  help="The root model's window, for a model whose window is not known (a self-hosted one): near "
+                       "it, earlier turns are compacted into a summary (and kept in the REPL as `history`)."),
         click.option("--temperature", type=click.FloatRange(min=0), default=None, help="Sampling temperature of every call."),
         click.option("--cache/--no-cache", default=None,
                   help="Answer identical model calls from the run store instead of paying again (default: on at "
@@ -158,6 +161,7 @@ def _build_rlm(params: dict, on_event=None):
                max_cost_usd=params["max_cost"], timeout_s=params["timeout"], environment=params["environment"],
                sandbox=params["sandbox"], allowed_models="*" if "*" in allowed else list(allowed),
                temperature=params["temperature"], cache=params["cache"],
+               root_context_window=params.get("context_window"),
                verbose=params["verbose"] and not params["quiet"], on_event=on_event)
 
 

@@ -49,6 +49,10 @@ class VerbosePrinter:
                                f"{escape(str(event.get('error')))}[/yellow]")
         elif kind == "fallback":
             self.console.print(f"{prefix}[magenta]switching to the map-reduce fallback: {event['reason']}[/magenta]")
+        elif kind == "compaction":
+            self.console.print(f"{prefix}[magenta]compacted {event['turns']} messages into a summary "
+                               f"({event['tokens_before']:,} -> {event['tokens_after']:,} tokens; window "
+                               f"{event['window']:,}); the full turns are in `history`[/magenta]")
         elif kind == "run_end":
             self.console.print(f"{prefix}[bold]run {event['run_id']} ended: {event['stopped_reason']}[/bold]")
 
@@ -143,3 +147,5 @@ class LiveProgress:
                 self.activity = "code ran"
             elif kind == "fallback":
                 self.activity = "map-reduce fallback"
+            elif kind == "compaction":
+                self.activity = f"compacted {event['turns']} messages to stay in the window"

@@ -73,6 +73,22 @@ FINAL_ASK_MESSAGE = """\
 You cannot run more code: {reason}. Based on everything you found so far, give your best final \
 answer to the query now, as FINAL(answer). The query is: {query}"""
 
+COMPACT_REQUEST = """\
+This conversation is about to outgrow your context window, so its earlier turns will be replaced \
+by a summary that you write now. Summarize your progress for yourself: what you found (with exact \
+values, and the names of the REPL variables that hold results), what you tried that did not work, \
+and what remains to do. Do not write code and do not answer yet."""
+
+COMPACTED_MESSAGE = """\
+[Your turns 1 to {iteration} ({turns} messages) were replaced by your summary above, to stay within \
+your context window. Their full text is in the REPL variable `history`, a list of \
+{{"role": ..., "content": ...}} dicts.]
+
+Continue: write more code, or give FINAL(...) / FINAL_VAR(name) when you have the answer to the \
+query: {query}"""
+
+HISTORY_LOST_NOTE = " [Saving those turns to `history` failed: they are not in the REPL.]"
+
 VARIABLES_LOST_NOTE = ("[The REPL was restarted because of the error above: every variable you "
                        "defined is lost; `context` and the functions are available again.]")
 

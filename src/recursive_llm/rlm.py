@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import prompts
-from .budget import Budget, Limits
+from .budget import Budget, Limits, prompt_token_bound
 from .errors import BudgetExceeded, ConfigError, ModelError, RLMError
 from .events import EventLog, Listener
 from .fallback import chunk_chars_for, map_reduce_code
@@ -35,6 +35,33 @@ ENVIRONMENTS = ("worker", "local")
 # A child run's query goes into its root prompt; a longer rlm_query prompt is shown only in part
 # (the child reads all of it from `context`).
 _MAX_CHILD_QUERY_CHARS = 4_000
+
+
+def _history_code(turns: list[Message]) -> str:
+    """REPL code that appends `turns` to the list `history` (the text travels base64-encoded, so
+    no quoting can break it)."""
+    import base64
+
+    payload = base64.b64encode(json.dumps(turns, ensure_ascii=False).encode("utf-8")).decode("ascii")
+    return ("import base64 as _b64, json as _json\n_earlier = globals().get('history')\n"
+            "history = (_earlier if isinstance(_earlier, list) else []) + "
+            f"_json.loads(_b64.b64decode('{payload}').decode('utf-8'))\ndel _b64, _json, _earlier")
+
+
+def _clipped_to(head: list[Message], turns: list[Message], tokens: int) -> list[Message]:
+    """`head + turns`, with the longest turns cut in the middle until the whole fits in `tokens`
+    (one turn's output can outgrow what is left of a small window)."""
+    from .context.tokens import count_tokens
+
+    def size(items: list[Message]) -> int:
+        return sum(count_tokens(str(m["content"])) + 4 for m in items)
+
+    room = tokens - size(head)
+    cap = max(len(str(m["content"])) for m in turns)
+    while size(turns) > room and cap > 200:
+        cap //= 2
+        turns = [{**m, "content": truncate_output(str(m["content"]), cap)} for m in turns]
+    return head + turns
 
 
 def new_run_id() -> str:
@@ -78,6 +105,8 @@ class RLM:
         max_output_tokens: int | None = None,
         temperature: float | None = None,
         fallback_after: int | None = 3,
+        compact_at: float | None = 0.85,
+        root_context_window: int | None = None,
         trajectory_dir: str | Path | None = None,
         on_event: Listener | None = None,
         store: Any = True,
@@ -130,6 +159,14 @@ class RLM:
         self.max_output_tokens = max_output_tokens
         self.temperature = temperature
         self.fallback_after = fallback_after
+        # Keep the root conversation inside the root model's window: when it reaches this fraction
+        # of the window, the earlier turns are summarized by the root model and kept whole in the
+        # REPL variable `history`. None turns it off. The window is the client's own, a known
+        # model's, or `root_context_window`; with none of those, nothing is compacted.
+        if compact_at is not None and not 0.1 <= compact_at < 1:
+            raise ConfigError("compact_at must be a fraction of the window between 0.1 and 1 (or None)")
+        self.compact_at = compact_at
+        self.root_context_window = root_context_window
         self.trajectory_dir = Path(trajectory_dir) if trajectory_dir else None
         self.on_event = on_event
         # The run store: True (the default database in $RLM_HOME), a path, a Store, or None (off).
@@ -491,6 +528,7 @@ class _Run:
         idle_turns = 0
         while self.iterations < limits.max_iterations:
             self.iterations += 1
+            await self._keep_within_window(env, messages)
             try:
                 reply = (await self.shared.scheduler.call(self.root_client, messages, self.site("root"))).text
             except BudgetExceeded as exc:
@@ -568,6 +606,49 @@ class _Run:
             return None, "timeout" if budget.exhausted == "time" else "budget", "\n".join(outputs)
         return None, "error", "the map-reduce fallback did not produce an answer: " + "\n".join(outputs)
 
+    def _root_window(self) -> int | None:
+        from .models.windows import context_window_for
+
+        return (self.config.root_context_window or getattr(self.root_client, "context_window", None)
+                or context_window_for(self.root_client.name))
+
+    async def _keep_within_window(self, env, messages: list[Message]) -> None:
+        """Compact the conversation when it nears the root model's window.
+
+        The turns after the first question are replaced by the root model's own summary of them,
+        and kept whole in the REPL as `history` (a list of {"role", "content"}), so nothing is lost
+        to the code. Fewer than two turns, or an unknown window, and nothing happens.
+        """
+        window = self._root_window()
+        if self.config.compact_at is None or window is None or len(messages) < 5:
+            return
+        limit = int(window * self.config.compact_at) - (self.config.max_output_tokens or 0)
+        if prompt_token_bound(messages) <= limit:  # a bound on the tokens: below it, no need to count
+            return
+        from .context.tokens import count_tokens
+
+        before = sum(count_tokens(str(m["content"])) + 4 for m in messages)
+        if before <= limit:
+            return
+        turns = messages[2:]
+        stored = await env.execute(_history_code(turns), self.config.cell_timeout_s)
+        summary_tokens = min(self.config.max_output_tokens or window // 8, window // 8)
+        request = _clipped_to(messages[:2], turns + [{"role": "user", "content": prompts.COMPACT_REQUEST}],
+                              window - summary_tokens)
+        try:
+            summary = (await self.shared.scheduler.call(self.root_client, request, self.site("compact"),
+                                                        max_output_tokens=summary_tokens)).text
+        except (BudgetExceeded, ModelError) as exc:
+            self.emit("compaction_failed", error=str(exc))
+            return
+        kept = "" if stored.error is None else prompts.HISTORY_LOST_NOTE
+        messages[2:] = [{"role": "assistant", "content": summary},
+                        {"role": "user", "content": prompts.COMPACTED_MESSAGE.format(
+                            turns=len(turns), iteration=self.iterations - 1, query=self.query) + kept}]
+        after = sum(count_tokens(str(m["content"])) + 4 for m in messages)
+        self.emit("compaction", iteration=self.iterations, turns=len(turns), window=window,
+                  tokens_before=before, tokens_after=after, history_kept=stored.error is None)
+
     async def _ask_for_final(self, env, messages: list[Message], stopped: str) -> str | None:
         """At a limit, ask the root model once for its best answer (if the budget still allows)."""
         budget = self.shared.budget
@@ -575,6 +656,7 @@ class _Run:
             return None
         reason = (f"the limit of {self.config.limits.max_iterations} iterations is reached"
                   if stopped == "max_iterations" else f"the {budget.exhausted} budget is used up")
+        await self._keep_within_window(env, messages)
         messages.append({"role": "user", "content": prompts.FINAL_ASK_MESSAGE.format(reason=reason, query=self.query)})
         try:
             reply = (await self.shared.scheduler.call(self.root_client, messages, self.site("final"))).text

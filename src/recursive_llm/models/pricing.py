@@ -66,7 +66,7 @@ def register_price(model: str, input_per_million: float, output_per_million: flo
     _resolved.clear()
 
 
-def _bare(model: str) -> str:
+def bare_name(model: str) -> str:
     if model.startswith("litellm/"):
         model = model.split("/", 2)[-1]
     for prefix in _PROVIDER_PREFIXES:
@@ -79,7 +79,7 @@ def price_for(model: str) -> tuple[float, float] | None:
     if model in _resolved:  # every call asks, twice: answer from memory after the first time
         return _resolved[model]
     _load_user_prices()
-    name = _bare(model)
+    name = bare_name(model)
     matches = [key for key in _prices if name == key or name.startswith(key + "-") or name.startswith(key + "@")]
     price = _prices[max(matches, key=len)] if matches else None
     _resolved[model] = price

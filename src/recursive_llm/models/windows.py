@@ -1,0 +1,25 @@
+"""Context windows (tokens) of well-known models, matched by the longest model-name prefix.
+
+Used to keep the root conversation inside the root model's window (see `RLM(compact_at=...)`).
+A client that knows its own window (the embedded model, Anthropic) says so itself; for any other
+model, pass `RLM(root_context_window=...)`.
+"""
+
+from __future__ import annotations
+
+from .pricing import bare_name
+
+KNOWN_WINDOWS: dict[str, int] = {
+    "gpt-5": 400_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4o": 128_000,
+    "o3": 200_000,
+    "o4-mini": 200_000,
+    "claude-": 200_000,
+}
+
+
+def context_window_for(model: str) -> int | None:
+    name = bare_name(model)
+    matches = [key for key in KNOWN_WINDOWS if name.startswith(key)]
+    return KNOWN_WINDOWS[max(matches, key=len)] if matches else None
