@@ -232,6 +232,22 @@ def test_weak_root_model_switches_to_map_reduce():
     assert any(e["type"] == "fallback" for e in events)
 
 
+def test_code_that_always_raises_is_no_progress_and_falls_back():
+    """A model whose code parses but always fails (as small models' does) reaches the fallback
+    instead of spinning to the iteration limit; one working cell in between resets the count."""
+    failing = "```repl\nprint(undefined_name)\n```"
+    sub = ScriptedModel(default=lambda m: "NOTHING RELEVANT" if "beta" not in m[-1]["content"] else "beta is 2",
+                        name="sub", context_window=2_000)
+    context = "alpha is 1\n" * 300 + "beta is 2\n" + "gamma is 3\n" * 300
+    root = ScriptedModel(default=failing)
+    result = make(root, sub, fallback_after=3).completion("What is beta?", context)
+    assert result.used_fallback and result.answer == "beta is 2" and len(root.calls) == 3
+    root = ScriptedModel([failing, failing, "```repl\nprint(len(context))\n```", failing, failing],
+                         default="FINAL(no fallback)")
+    result = make(root, sub, fallback_after=3).completion("What is beta?", context)
+    assert not result.used_fallback and result.answer == "no fallback"
+
+
 # -- contexts and inputs --------------------------------------------------------------------------
 @pytest.mark.parametrize("context, code, expected", [
     (["one", "two", "three"], "FINAL(len(context))", "3"),

@@ -540,7 +540,7 @@ class _Run:
             self.emit("iteration", iteration=self.iterations, reply=reply,
                       code_blocks=len(parsed.code_blocks), final=bool(parsed.final))
 
-            outputs, final, any_ran = await self._run_blocks(env, parsed.code_blocks)
+            outputs, final, any_worked = await self._run_blocks(env, parsed.code_blocks)
             if final is None and parsed.final is not None:
                 final, problem = await self._resolve_final(env, parsed.final)
                 if problem:
@@ -551,7 +551,9 @@ class _Run:
                 reason = "timeout" if budget.exhausted == "time" else "budget"
                 return None, reason, f"the {budget.exhausted} budget ran out during the run"
 
-            idle_turns = 0 if any_ran else idle_turns + 1
+            # A turn whose code all failed (does not parse, raises, times out) is no progress either:
+            # small models write code that never works, and would otherwise spin to the limit.
+            idle_turns = 0 if any_worked else idle_turns + 1
             if self.config.fallback_after and idle_turns >= self.config.fallback_after:
                 return await self._fallback(env, idle_turns)
             if parsed.code_blocks or parsed.final:
@@ -566,12 +568,12 @@ class _Run:
     async def _run_blocks(self, env, blocks: list[str]) -> tuple[list[str], str | None, bool]:
         """Run a reply's code blocks in order; stop at the first that gives a final answer."""
         outputs: list[str] = []
-        any_ran = False
+        any_worked = False
         per_block = max(200, self.config.max_output_chars // max(1, len(blocks)))
         for index, code in enumerate(blocks, start=1):
             cell = await env.execute(code, self.config.cell_timeout_s,
                                      wall_timeout=self.shared.budget.remaining_time())
-            any_ran = any_ran or cell.ran
+            any_worked = any_worked or (cell.ran and cell.error is None)
             self.emit("cell", iteration=self.iterations, index=index, code=code, stdout=cell.stdout,
                       stderr=cell.stderr, error=cell.error, final=cell.final, timed_out=cell.timed_out,
                       restarted=cell.restarted, duration_s=round(cell.duration_s, 4))
@@ -582,7 +584,7 @@ class _Run:
                 return outputs, cell.final, True
             if self.shared.budget.exhausted:
                 break
-        return outputs, None, any_ran
+        return outputs, None, any_worked
 
     async def _resolve_final(self, env, final: FinalAnswer) -> tuple[str | None, str | None]:
         if final.variable is None:
@@ -595,7 +597,7 @@ class _Run:
     async def _fallback(self, env, idle_turns: int) -> tuple[str | None, str, str | None]:
         self.used_fallback = True
         chunk_chars = chunk_chars_for(self.config.sub_client.context_window)
-        self.emit("fallback", reason=f"{idle_turns} replies in a row without runnable code or an answer",
+        self.emit("fallback", reason=f"{idle_turns} replies in a row without working code or an answer",
                   strategy="map_reduce", chunk_chars=chunk_chars)
         code = map_reduce_code(self.query, chunk_chars)
         outputs, final, _ = await self._run_blocks(env, [code])
