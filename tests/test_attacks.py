@@ -400,3 +400,30 @@ def test_a_worker_cannot_kill_or_read_another_runs_worker(mode):
     peek, after = asyncio.run(scenario())
     assert "victim" not in peek.stdout
     assert after.stdout.strip() == "victim's private text" and not after.restarted and after.error is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_worker_runs_no_site_hooks_of_the_host(mode):
+    """The worker starts without site processing (-S): no .pth file of the host's installation
+    runs inside it, yet the packages it needs (the host's resolved import path) still import."""
+    import asyncio
+
+    from recursive_llm.environments.worker import WorkerEnvironment
+
+    async def no_calls(*args):
+        return []
+
+    async def scenario():
+        worker = WorkerEnvironment("text", no_calls, sandbox=mode)
+        await worker.start()
+        try:
+            flags = await worker.execute("import sys\nprint(sys.flags.no_site, 'site' in sys.modules)", 30)
+            packages = await worker.execute("import duckdb, tiktoken", 30)
+            return flags, packages
+        finally:
+            await worker.close()
+
+    flags, packages = asyncio.run(scenario())
+    assert flags.error is None and flags.stdout.split() == ["1", "False"], (flags.stdout, flags.stderr)
+    if MODES[mode].namespaces:  # (without namespaces, a worker uid cannot read a site-packages under /root)
+        assert packages.error is None, packages.stderr

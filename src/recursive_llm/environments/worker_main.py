@@ -1,6 +1,7 @@
 """The worker process: runs model-written code in a REPL and asks the host for every sub-call.
 
-Started by `WorkerEnvironment` as `python -I worker_main.py MANIFEST MAX_CAPTURED_CHARS`. The host talks to it over
+Started by `WorkerEnvironment` as `python -I -S worker_main.py MANIFEST MAX_CAPTURED_CHARS IMPORT_PATH`
+(without -S and IMPORT_PATH when it runs another Python than the host's). The host talks to it over
 the process's original stdin/stdout; fds 0 and 1 are then pointed at /dev/null so that nothing the
 model's code writes (even with os.write) can reach the protocol stream.
 """
@@ -16,6 +17,9 @@ import threading
 from pathlib import Path
 
 if __name__ == "__main__":  # make the package importable from a source checkout or an install
+    # Started with -S, the host passes its resolved import path (argv[3]) instead of site processing.
+    handed = sys.argv[3].split(os.pathsep) if len(sys.argv) > 3 else []
+    sys.path += [path for path in handed if path not in sys.path]
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from recursive_llm.environments.protocol import HEADER, decode_body, encode, read_inputs  # noqa: E402
