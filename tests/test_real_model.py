@@ -133,3 +133,18 @@ def test_rlm_serve_in_front_of_the_real_model(llama_server, tmp_path):
         server.wait(timeout=60)
     assert "Traceback" not in server.stderr.read()
     json.dumps(reply.model_dump())  # the whole reply is plain JSON
+
+
+def test_compaction_keeps_every_prompt_inside_the_window_by_the_servers_count(llama_server):
+    """Told the window is 2,500 tokens, the run compacts in time: every prompt, as the llama.cpp
+    server itself counts it (its tokenizer and chat template, not ours), stays inside it."""
+    window = 2_500
+    rlm = RLM(model=ALIAS, base_url=llama_server, max_iterations=6, max_output_tokens=128, temperature=0,
+              fallback_after=None, cache=False, root_context_window=window)
+    result = rlm.completion("Which animal is named Rex?", "The farm has three cows and an old dog named Rex.\n" * 20)
+    events = read_trajectory(result.trajectory_path)
+    compactions = [e for e in events if e["type"] == "compaction"]
+    calls = [e for e in events if e["type"] == "llm_call"]
+    assert compactions and any(e["purpose"] == "compact" for e in calls)
+    assert all(e["prompt_tokens"] <= window for e in calls), [(e["purpose"], e["prompt_tokens"]) for e in calls]
+    assert result.stopped_reason in STOP_REASONS

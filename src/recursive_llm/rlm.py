@@ -368,6 +368,7 @@ class _Run:
         self.root_client = root_client
         self.iterations = 0
         self.used_fallback = False
+        self._last_sent: tuple[int, int] | None = None  # (messages, prompt tokens the provider counted)
         self.started = time.monotonic()
 
     # -- events ---------------------------------------------------------------------------------
@@ -530,7 +531,9 @@ class _Run:
             self.iterations += 1
             await self._keep_within_window(env, messages)
             try:
-                reply = (await self.shared.scheduler.call(self.root_client, messages, self.site("root"))).text
+                completion = await self.shared.scheduler.call(self.root_client, messages, self.site("root"))
+                reply = completion.text
+                self._last_sent = (len(messages), completion.prompt_tokens)
             except BudgetExceeded as exc:
                 return None, ("timeout" if exc.budget == "time" else "budget"), str(exc)
             except ModelError as exc:
@@ -614,6 +617,15 @@ class _Run:
         return (self.config.root_context_window or getattr(self.root_client, "context_window", None)
                 or context_window_for(self.root_client.name))
 
+    def _tokenizer_ratio(self, counted: list[int]) -> float:
+        """The provider's prompt tokens per token we count (an offline GPT tokenizer), from the last
+        root call: other models' tokenizers and chat templates count more (SmolLM2: about 10%)."""
+        if self._last_sent is None or self._last_sent[1] <= 0:
+            return 1.0
+        sent, reported = self._last_sent
+        ours = sum(counted[:sent])
+        return max(1.0, reported / ours) if ours else 1.0
+
     async def _keep_within_window(self, env, messages: list[Message]) -> None:
         """Compact the conversation when it nears the root model's window.
 
@@ -629,14 +641,16 @@ class _Run:
             return
         from .context.tokens import count_tokens
 
-        before = sum(count_tokens(str(m["content"])) + 4 for m in messages)
+        counted = [count_tokens(str(m["content"])) + 4 for m in messages]
+        ratio = self._tokenizer_ratio(counted)
+        before = int(sum(counted) * ratio)
         if before <= limit:
             return
         turns = messages[2:]
         stored = await env.execute(_history_code(turns), self.config.cell_timeout_s)
         summary_tokens = min(self.config.max_output_tokens or window // 8, window // 8)
         request = _clipped_to(messages[:2], turns + [{"role": "user", "content": prompts.COMPACT_REQUEST}],
-                              window - summary_tokens)
+                              int((window - summary_tokens) / ratio))
         try:
             summary = (await self.shared.scheduler.call(self.root_client, request, self.site("compact"),
                                                         max_output_tokens=summary_tokens)).text
@@ -647,7 +661,7 @@ class _Run:
         messages[2:] = [{"role": "assistant", "content": summary},
                         {"role": "user", "content": prompts.COMPACTED_MESSAGE.format(
                             turns=len(turns), iteration=self.iterations - 1, query=self.query) + kept}]
-        after = sum(count_tokens(str(m["content"])) + 4 for m in messages)
+        after = int(sum(count_tokens(str(m["content"])) + 4 for m in messages) * ratio)
         self.emit("compaction", iteration=self.iterations, turns=len(turns), window=window,
                   tokens_before=before, tokens_after=after, history_kept=stored.error is None)
 
