@@ -409,3 +409,19 @@ def test_compaction_can_be_turned_off_and_needs_a_known_window():
     assert [e for e in events if e["type"] == "compaction"]
     with pytest.raises(ConfigError, match="compact_at"):
         RLM(model=root, compact_at=1.5)
+
+
+def test_a_worker_that_fails_to_start_ends_the_run_with_its_error(monkeypatch):
+    """The worker starts while the first root call is in flight; its failure surfaces at the
+    first cell, as the run's error."""
+    from recursive_llm.environments.worker import WorkerEnvironment
+    from recursive_llm.errors import EnvironmentFailure
+
+    async def broken(self):
+        raise EnvironmentFailure("the worker could not start (test)")
+
+    monkeypatch.setattr(WorkerEnvironment, "start", broken)
+    root = ScriptedModel(["```repl\nprint(1)\n```", "FINAL(never)"])
+    result = RLM(model=root).completion("q", "text")
+    assert result.stopped_reason == "error" and "could not start" in result.error
+    assert len(root.calls) == 1

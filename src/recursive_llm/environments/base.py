@@ -63,8 +63,10 @@ class StartingInBackground:
         return await self.environment.get_variable(name)
 
     async def close(self) -> None:
+        import asyncio
+
         try:
-            await self._started  # a half-started worker is closed like any other
-        except Exception:
+            await self._started
+        except (Exception, asyncio.CancelledError):  # a failed or cancelled start: close what there is
             pass
         await self.environment.close()
