@@ -2,6 +2,7 @@
 
 Run: python benchmarks/core_overhead.py   (results are printed as a markdown table; copy them into
 docs/BENCHMARKS.md with the date and machine). Medians over several repetitions in one run.
+python benchmarks/core_overhead.py --http-pairs 15: ours against the bare openai client, back to back.
 """
 
 from __future__ import annotations
@@ -137,5 +138,19 @@ def main() -> None:
         print("| " + " | ".join(row) + " |")
 
 
+def http_pairs(pairs: int, prompts: int = 1000, concurrency: int = 64) -> None:
+    """Ours and the bare client back to back, `pairs` times: a steadier ratio on a noisy machine."""
+    with server_process(0.1) as base_url:
+        ours, raw = [], []
+        for _ in range(pairs):
+            ours.append(fan_out(base_url, prompts, concurrency))
+            raw.append(asyncio.run(raw_openai(base_url, prompts, concurrency)))
+    print(f"{pairs} pairs, {prompts} prompts at concurrency {concurrency}: ours median {statistics.median(ours):.3f} s, "
+          f"bare client median {statistics.median(raw):.3f} s, ratio {statistics.median(ours) / statistics.median(raw):.3f}")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--http-pairs":
+        http_pairs(int(sys.argv[2]))
+    else:
+        main()
