@@ -354,16 +354,22 @@ def test_model_code_may_only_name_allowed_models():
     assert shared.client_for("root", rlm.sub_client) is rlm.root_client
 
 
-def _compaction_script(window: int, seen: list):
-    """A root model that fills its window with big outputs, summarizes when asked, then checks
-    that the earlier turns are in `history` and answers."""
+def _compaction_script(window: int, seen: list, failed_summaries: int = 0):
+    """A root model that fills its window with big outputs, summarizes when asked (failing the
+    first `failed_summaries` times), then checks that the earlier turns are in `history` and answers."""
     from recursive_llm.context.tokens import count_tokens
+    from recursive_llm.errors import ModelError
+
+    failures = [failed_summaries]
 
     def respond(messages):
         seen.append([dict(m) for m in messages])
         assert sum(count_tokens(str(m["content"])) + 4 for m in messages) <= window, "the prompt outgrew the window"
         last = messages[-1]["content"]
         if "replaced by a summary that you write now" in last:
+            if failures[0]:
+                failures[0] -= 1
+                raise ModelError("the summary request failed (test)", retryable=False)
             return "Summary: `found` holds 42; the big outputs were just noise."
         if "were replaced by your summary above" in last:
             return "```repl\nprint(len(history), history[0]['role'], history[1]['role'], found)\n```"
@@ -390,6 +396,19 @@ def test_the_root_conversation_is_compacted_before_it_outgrows_the_window():
     assert f"{sum(e['turns'] for e in compactions)} assistant user 42" in printed
     calls = [e for e in events if e["type"] == "llm_call" and e.get("purpose") == "compact"]
     assert len(calls) == len(compactions)
+
+
+def test_a_failed_compaction_is_tried_again_and_stores_the_turns_once():
+    seen: list = []
+    events: list = []
+    root = ScriptedModel(default=_compaction_script(5_000, seen, failed_summaries=1), name="root",
+                         context_window=5_000)
+    result = RLM(model=root, on_event=events.append, max_iterations=12).completion("What is found?", "text")
+    assert result.answer == "42"
+    assert [e["type"] for e in events if e["type"].startswith("compaction")][:2] == ["compaction_failed", "compaction"]
+    compactions = [e for e in events if e["type"] == "compaction"]
+    printed = next(m[-1]["content"] for m in seen if "assistant user 42" in m[-1]["content"])
+    assert f"{sum(e['turns'] for e in compactions)} assistant user 42" in printed  # no turn stored twice
 
 
 def test_compaction_can_be_turned_off_and_needs_a_known_window():

@@ -48,17 +48,19 @@ def _history_code(turns: list[Message]) -> str:
             f"_json.loads(_b64.b64decode('{payload}').decode('utf-8'))\ndel _b64, _json, _earlier")
 
 
+def _message_tokens(messages: list[Message]) -> list[int]:
+    """Each message's tokens as we count them offline (a GPT tokenizer), plus its framing."""
+    from .context.tokens import count_tokens
+
+    return [count_tokens(str(m["content"])) + 4 for m in messages]
+
+
 def _clipped_to(head: list[Message], turns: list[Message], tokens: int) -> list[Message]:
     """`head + turns`, with the longest turns cut in the middle until the whole fits in `tokens`
     (one turn's output can outgrow what is left of a small window)."""
-    from .context.tokens import count_tokens
-
-    def size(items: list[Message]) -> int:
-        return sum(count_tokens(str(m["content"])) + 4 for m in items)
-
-    room = tokens - size(head)
+    room = tokens - sum(_message_tokens(head))
     cap = max(len(str(m["content"])) for m in turns)
-    while size(turns) > room and cap > 200:
+    while sum(_message_tokens(turns)) > room and cap > 200:
         cap //= 2
         turns = [{**m, "content": truncate_output(str(m["content"]), cap)} for m in turns]
     return head + turns
@@ -639,15 +641,12 @@ class _Run:
         limit = int(window * self.config.compact_at) - (self.config.max_output_tokens or 0)
         if prompt_token_bound(messages) <= limit:  # a bound on the tokens: below it, no need to count
             return
-        from .context.tokens import count_tokens
-
-        counted = [count_tokens(str(m["content"])) + 4 for m in messages]
+        counted = _message_tokens(messages)
         ratio = self._tokenizer_ratio(counted)
         before = int(sum(counted) * ratio)
         if before <= limit:
             return
         turns = messages[2:]
-        stored = await env.execute(_history_code(turns), self.config.cell_timeout_s)
         summary_tokens = min(self.config.max_output_tokens or window // 8, window // 8)
         request = _clipped_to(messages[:2], turns + [{"role": "user", "content": prompts.COMPACT_REQUEST}],
                               int((window - summary_tokens) / ratio))
@@ -657,11 +656,13 @@ class _Run:
         except (BudgetExceeded, ModelError) as exc:
             self.emit("compaction_failed", error=str(exc))
             return
+        # Only now, so that a failed compaction (tried again next turn) does not store the turns twice.
+        stored = await env.execute(_history_code(turns), self.config.cell_timeout_s)
         kept = "" if stored.error is None else prompts.HISTORY_LOST_NOTE
         messages[2:] = [{"role": "assistant", "content": summary},
                         {"role": "user", "content": prompts.COMPACTED_MESSAGE.format(
                             turns=len(turns), iteration=self.iterations - 1, query=self.query) + kept}]
-        after = int(sum(count_tokens(str(m["content"])) + 4 for m in messages) * ratio)
+        after = int(sum(_message_tokens(messages)) * ratio)
         self.emit("compaction", iteration=self.iterations, turns=len(turns), window=window,
                   tokens_before=before, tokens_after=after, history_kept=stored.error is None)
 
