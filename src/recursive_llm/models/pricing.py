@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterable
 
 from ..errors import ConfigError
 
@@ -75,13 +76,20 @@ def bare_name(model: str) -> str:
     return model
 
 
+def longest_match(model: str, names: Iterable[str]) -> str | None:
+    """The longest of `names` that is `model` (without its provider prefix) or a prefix of it up to
+    a `-` or `@`: "gpt-5" matches "openai/gpt-5-2025-08-07" but not "gpt-50"."""
+    name = bare_name(model)
+    matches = [key for key in names if name == key or name.startswith(key + "-") or name.startswith(key + "@")]
+    return max(matches, key=len) if matches else None
+
+
 def price_for(model: str) -> tuple[float, float] | None:
     if model in _resolved:  # every call asks, twice: answer from memory after the first time
         return _resolved[model]
     _load_user_prices()
-    name = bare_name(model)
-    matches = [key for key in _prices if name == key or name.startswith(key + "-") or name.startswith(key + "@")]
-    price = _prices[max(matches, key=len)] if matches else None
+    key = longest_match(model, _prices)
+    price = _prices[key] if key is not None else None
     _resolved[model] = price
     return price
 

@@ -1,4 +1,4 @@
-"""Context windows (tokens) of well-known models, matched by the longest model-name prefix.
+"""Context windows (tokens) of well-known models, matched like prices (`pricing.longest_match`).
 
 Used to keep the root conversation inside the root model's window (see `RLM(compact_at=...)`).
 A client that knows its own window (the embedded model, Anthropic) says so itself; for any other
@@ -7,7 +7,7 @@ model, pass `RLM(root_context_window=...)`.
 
 from __future__ import annotations
 
-from .pricing import bare_name
+from .pricing import longest_match
 
 KNOWN_WINDOWS: dict[str, int] = {
     "gpt-5": 400_000,
@@ -15,11 +15,10 @@ KNOWN_WINDOWS: dict[str, int] = {
     "gpt-4o": 128_000,
     "o3": 200_000,
     "o4-mini": 200_000,
-    "claude-": 200_000,
+    "claude": 200_000,
 }
 
 
 def context_window_for(model: str) -> int | None:
-    name = bare_name(model)
-    matches = [key for key in KNOWN_WINDOWS if name.startswith(key)]
-    return KNOWN_WINDOWS[max(matches, key=len)] if matches else None
+    key = longest_match(model, KNOWN_WINDOWS)
+    return KNOWN_WINDOWS[key] if key is not None else None
