@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 import time
@@ -59,10 +58,12 @@ class VerbosePrinter:
 
 def _first_code_line(reply: str, limit: int = 60) -> str | None:
     """The first line of the first code block of a reply, shortened: what is running now."""
-    match = re.search(r"```(?:repl|python|py)?[ \t]*\n(.*?)```", reply, re.DOTALL)
-    if not match:
+    from .parsing import find_code_blocks
+
+    blocks = find_code_blocks(reply)
+    if not blocks:
         return None
-    line = next((l.strip() for l in match.group(1).splitlines() if l.strip()), "")
+    line = next((l.strip() for l in blocks[0].splitlines() if l.strip()), "")
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
