@@ -42,10 +42,6 @@ def _identity(client: ModelClient) -> str:
     return f"{type(client).__name__}|{getattr(client, 'base_url', None) or ''}|{client.name}"
 
 
-def _is_retryable(error: BaseException) -> bool:
-    return isinstance(error, ModelError) and error.retryable
-
-
 class Scheduler:
     def __init__(self, budget: Budget, events: EventLog, usage: UsageSummary, *,
                  max_concurrency: int = 32, retry: RetryPolicy = RetryPolicy(),
@@ -108,7 +104,7 @@ class Scheduler:
             try:
                 return await self._attempt(client, messages, site, call_id, attempt, max_output_tokens, key)
             except ModelError as error:
-                if not _is_retryable(error) or attempt > self.retry.max_retries:
+                if not error.retryable or attempt > self.retry.max_retries:
                     raise
                 await asyncio.sleep(self._delay(error, attempt))
                 attempt += 1
