@@ -150,11 +150,16 @@ def oolong(size_tokens: int, seed: int = 0) -> Task:
     return Task("oolong", size_tokens, seed, OOLONG_QUERY, _format(rng, records), str(truth), count_score(truth))
 
 
+def pairs_meeting(counts: Counter[int], least: int) -> list[tuple[int, int]]:
+    """Every pair of users with at least `least` comparison questions each, lower ID first, in order."""
+    good = sorted(user for user, count in counts.items() if count >= least)
+    return [(a, b) for i, a in enumerate(good) for b in good[i + 1:]]
+
+
 def qualifying_pairs(records: list[tuple[int, str]], low: int, high: int, least: int) -> set[tuple[int, int]]:
     counts = Counter(user for user, question in records
                      if low <= user <= high and label_of().get(question) == "comparison")
-    good = sorted(user for user, count in counts.items() if count >= least)
-    return {(a, b) for i, a in enumerate(good) for b in good[i + 1:]}
+    return set(pairs_meeting(counts, least))
 
 
 def oolong_pairs(size_tokens: int, seed: int = 0, least: int = 2) -> Task:

@@ -31,8 +31,8 @@ RECORD_BATCH = 200
 
 
 def is_hotpotqa_prompt(text: str) -> bool:
-    return any(mark in text for mark in (LABEL_REQUEST, OOLONG_MARK, "list every pair of users who each asked",
-                                         "Multi-hop question over the documents:"))
+    return (LABEL_REQUEST in text or OOLONG_MARK in text or data.PAIRS_PATTERN.search(text) is not None
+            or data.MULTIHOP_PATTERN.search(text) is not None)
 
 
 # ---- reading (sub-model and baselines) -------------------------------------------------------
@@ -58,8 +58,7 @@ def read(prompt: str, last_message: str) -> str:
         if notes:
             return "Notes: comparison questions per user so far: " + ", ".join(
                 f"{user}={count}" for user, count in sorted(counts.items())) + "."
-        good = sorted(user for user, count in counts.items() if count >= least)
-        return ", ".join(f"({a}, {b})" for i, a in enumerate(good) for b in good[i + 1:]) or "no pairs"
+        return ", ".join(f"({a}, {b})" for a, b in data.pairs_meeting(counts, least)) or "no pairs"
     if OOLONG_MARK in prompt:
         total = sum(int(n) for n in NOTES_COUNT.findall(prompt)) + sum(_comparisons(prompt).values())
         return f"Notes: {total} comparison questions so far." if notes else str(total)
