@@ -146,7 +146,7 @@ started = time.perf_counter()
 answer = run(query, context)
 """
 CONCURRENCY = {"recursive-llm": 32, "rlms": 32, "dspy": 8}  # DSPy's llm_query_batched: 8 threads, fixed
-PEERS = {"rlms": "rlms", "dspy": "dspy"}  # implementation -> PyPI package
+PEERS = {"rlms": ("rlms", "rlm"), "dspy": ("dspy", "dspy")}  # implementation -> (PyPI package, module)
 
 
 def corpus_seed() -> str:
@@ -169,11 +169,11 @@ def run_driver(python: str, script: str, base_url: str, query: str, size: int) -
 
 
 def ensure_venv(venv: Path) -> str:
-    """A virtual environment with the peers: `rlms`, and `dspy` if it installs (None if not)."""
+    """A virtual environment with the peers that install (one that does not is reported and skipped)."""
     python = str(venv / "bin" / "python")
     if not Path(python).exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    for package in PEERS.values():
+    for package, _ in PEERS.values():
         done = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", package],
                               capture_output=True, text=True)
         if done.returncode != 0:
@@ -183,9 +183,9 @@ def ensure_venv(venv: Path) -> str:
 
 def installed(python: str, implementation: str) -> str | None:
     """The implementation's version in that interpreter, or None."""
-    module = {"rlms": "rlm", "dspy": "dspy"}[implementation]
+    package, module = PEERS[implementation]
     done = subprocess.run([python, "-c", f"import importlib.metadata as m; import {module}; "
-                           f"print(m.version({PEERS[implementation]!r}))"], capture_output=True, text=True)
+                           f"print(m.version({package!r}))"], capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else None
 
 
