@@ -163,11 +163,10 @@ class Store:
             self._pending_calls.append(row)
             if cache_key and completion is not None:
                 self._pending_cache.setdefault(cache_key, completion)
-            if now - self._pending_since < CALL_COMMIT_S and len(self._pending_calls) < 1000:
-                first = len(self._pending_calls) == 1
-            else:
+            if now - self._pending_since >= CALL_COMMIT_S or len(self._pending_calls) >= 1000:
                 self._commit_pending_calls()
                 return
+            first = len(self._pending_calls) == 1
         if first:
             import asyncio
 
