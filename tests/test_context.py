@@ -18,11 +18,36 @@ def test_text():
     assert loaded.metadata["total_chars"] == 11 and loaded.metadata["num_lines"] == 2
 
 
-def test_single_line_string_naming_a_file_loads_it(tmp_path, monkeypatch):
+def test_a_str_is_always_text_never_a_path(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("file content")
     monkeypatch.chdir(tmp_path)
-    assert load_context("notes.txt").value == "file content"
+    with pytest.warns(UserWarning, match=r"pathlib.Path"):
+        assert load_context("notes.txt").value == "notes.txt"
+    with pytest.warns(UserWarning):
+        assert load_context(str(tmp_path)).value == str(tmp_path)  # a directory is not walked either
+    assert load_context(Path("notes.txt")).value == "file content"
     assert load_context("notes.txt is a file name").value == "notes.txt is a file name"
+
+
+def test_symlinks_out_of_a_loaded_directory_are_not_followed(tmp_path):
+    (tmp_path / "secret.env").write_text("OPENAI_API_KEY=sk-secret-value")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "private.txt").write_text("private notes")
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "readme.txt").write_text("public text")
+    (docs / "link").symlink_to(tmp_path / "secret.env")
+    (docs / "sub" / "deeper").symlink_to("../../secret.env")
+    (docs / "dirlink").symlink_to(tmp_path / "elsewhere")
+    (docs / "inside").symlink_to(docs / "readme.txt")  # a link that stays inside is fine
+    (docs / "dangling").symlink_to(tmp_path / "missing")
+    loaded = load_context(docs)
+    texts = {d.path: str(d) for d in loaded.value}
+    assert texts == {"inside": "public text", "readme.txt": "public text"}
+    assert all("secret" not in str(d) and "private" not in str(d) for d in loaded.value)
+    skipped = {s.path: s.reason for s in loaded.skipped}
+    assert set(skipped) == {"link", "sub/deeper", "dirlink", "dangling"}
+    assert all("outside the directory" in reason for reason in skipped.values())
 
 
 def test_model_supplied_strings_are_never_paths(tmp_path):

@@ -59,8 +59,10 @@ def load_context(source: Any, *, include: list[str] | None = None, exclude: list
                  gitignore: bool = True) -> LoadedContext:
     """Load `source` for a run.
 
-    - `str`: text. A single-line string (under 4,096 characters) that names an existing file or
-      directory is loaded as that path instead.
+    - `str`: text, always. A string is never read from disk, even when it happens to name a file:
+      a one-line document, or text that arrived over a network, must not make the host read a
+      path. Pass `pathlib.Path(...)` to load a file or directory (a one-line `str` that names an
+      existing path still loads as text, with a warning that says so).
     - `pathlib.Path` to a file: text, Markdown and source code as text; `.html` as its visible
       text; `.pdf` as its text layer; `.json` parsed; `.jsonl` parsed into records (and queryable
       with `sql`); `.csv`, `.tsv`, `.parquet`, `.sqlite`/`.db` as a table for `sql(...)`.
@@ -75,7 +77,10 @@ def load_context(source: Any, *, include: list[str] | None = None, exclude: list
     options = {"include": include, "exclude": exclude, "encoding": encoding, "max_file_bytes": max_file_bytes,
                "gitignore": gitignore}
     if isinstance(source, str) and _names_existing_path(source):
-        source = Path(source)
+        import warnings
+
+        warnings.warn("the context is a str that names an existing path; it is used as text, not read from "
+                      "disk. Pass pathlib.Path(...) to load the file or directory.", UserWarning, stacklevel=4)
     if isinstance(source, Path):
         return _load_path(source, **options)
     if isinstance(source, (list, tuple)) and source and all(isinstance(item, Path) for item in source):
@@ -261,8 +266,12 @@ def _gitignore_spec(directory: Path):
 
 
 def _walk(root: Path, gitignore: bool = True):
-    """Files under `root` in sorted order, skipping hidden and tool directories, files that a
-    `.gitignore` on the way excludes, and directory cycles."""
+    """`(path, problem)` for the files under `root` in sorted order, skipping hidden and tool
+    directories, files that a `.gitignore` on the way excludes, and directory cycles.
+
+    A symbolic link is followed only when its target lies inside `root`: one that leads out of it
+    (`docs/link -> ../secret.env`) comes back with a problem instead, and is never read."""
+    inside = root.resolve()
     seen: set[tuple[int, int]] = set()
     stack: list[tuple[Path, list]] = [(root, [])]
     while stack:
@@ -281,11 +290,21 @@ def _walk(root: Path, gitignore: bool = True):
             is_dir = entry.is_dir()
             if any(s.match_file(entry.relative_to(base).as_posix() + ("/" if is_dir else "")) for base, s in specs):
                 continue
-            if is_dir:
+            if entry.is_symlink() and not _is_within(entry, inside):
+                yield entry, "a symbolic link to a place outside the directory (not followed)"
+            elif is_dir:
                 subdirs.append((entry, specs))
             elif entry.is_file():
-                yield entry
+                yield entry, None
         stack.extend(reversed(subdirs))
+
+
+def _is_within(link: Path, root: Path) -> bool:
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):  # dangling, a loop, unreadable
+        return False
+    return target == root or root in target.parents
 
 
 def _load_directory(root: Path, *, include, exclude, encoding, max_file_bytes, gitignore=True):
@@ -293,11 +312,14 @@ def _load_directory(root: Path, *, include, exclude, encoding, max_file_bytes, g
     skipped: list[SkippedFile] = []
     tables: list[TableSource] = []
     taken: set[str] = set()
-    for path in _walk(root, gitignore):
+    for path, problem in _walk(root, gitignore):
         relative = path.relative_to(root).as_posix()
         if include and not _matches(relative, include):
             continue
         if exclude and _matches(relative, exclude):
+            continue
+        if problem is not None:
+            skipped.append(SkippedFile(relative, problem))
             continue
         table_format = TABLE_FORMATS.get(path.suffix.lower())
         try:
