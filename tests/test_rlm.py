@@ -444,3 +444,27 @@ def test_a_worker_that_fails_to_start_ends_the_run_with_its_error(monkeypatch):
     result = RLM(model=root).completion("q", "text")
     assert result.stopped_reason == "error" and "could not start" in result.error
     assert len(root.calls) == 1
+
+
+# -- issue 15: token and cost budgets with parallel sub-calls -------------------------------------
+@pytest.mark.parametrize("limit", [{"max_tokens": 400_000}, {"max_cost_usd": 5.0}])
+def test_a_token_or_cost_budget_lets_parallel_sub_calls_run(limit):
+    code = ("parts = [context[i:i + 2000] for i in range(0, len(context), 2000)]\n"
+            "notes = llm_query_batched([f'Find the code word in: {p}' for p in parts])\n"
+            "hits = [n for n in notes if 'none' not in n]\nprint(len(parts), hits)")
+    text = ("filler text. " * 2000)[:26_000]
+    text = text[:13_000] + " the code word is PLOVER " + text[13_000:]
+    sub = ScriptedModel(default=lambda m: "PLOVER" if "PLOVER" in m[-1]["content"] else "none",
+                        name="gpt-5-mini", delay=0.05)
+    root = ScriptedModel([repl(code), "FINAL_VAR(hits)"], name="gpt-5-mini")
+    result = make(root, sub, **limit).completion("What is the code word?", text)
+    assert result.stopped_reason == "final", result.error
+    assert result.answer == "['PLOVER']"
+    assert sub.max_in_flight > 1  # the sub-calls did run in parallel
+    assert len(sub.calls) == 14
+
+
+@pytest.mark.parametrize("option", ["max_llm_calls", "max_tokens", "max_cost_usd", "timeout_s", "max_iterations"])
+def test_rlm_refuses_nan_limits(option):
+    with pytest.raises(ConfigError, match=option):
+        make(ScriptedModel([]), **{option: float("nan")})

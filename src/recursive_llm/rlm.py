@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import prompts
 from .budget import Budget, Limits, prompt_token_bound
+from .config import HOST_BOUNDS
 from .errors import BudgetExceeded, ConfigError, ModelError, RLMError
 from .events import EventLog, Listener
 from .fallback import chunk_chars_for, map_reduce_code
@@ -64,6 +65,49 @@ def _clipped_to(head: list[Message], turns: list[Message], tokens: int) -> list[
         cap //= 2
         turns = [{**m, "content": truncate_output(str(m["content"]), cap)} for m in turns]
     return head + turns
+
+
+def _check_options(**options: Any) -> None:
+    """Every numeric option of RLM(...) is a finite number in its range (NaN passes `x <= 0`)."""
+    from .config import check_number
+
+    for name, (integer, minimum, inclusive) in _NUMERIC_OPTIONS.items():
+        check_number(name, options[name], integer=integer, minimum=minimum, inclusive=inclusive,
+                     allow_none=name in _OPTIONAL_OPTIONS)
+    compact_at = options["compact_at"]
+    if compact_at is not None and not 0.1 <= compact_at < 1:
+        raise ValueError("compact_at must be a fraction of the window between 0.1 and 1 (or None)")
+
+
+# name -> (whole number, minimum, minimum allowed)
+_NUMERIC_OPTIONS: dict[str, tuple[bool, float, bool]] = {
+    "max_output_chars": (True, 200, True), "cell_timeout_s": (False, 0, False), "max_concurrency": (True, 1, True),
+    "max_retries": (True, 0, True), "call_timeout_s": (False, 0, False), "max_output_tokens": (True, 1, True),
+    "temperature": (False, 0, True), "fallback_after": (True, 1, True), "compact_at": (False, 0, False),
+    "root_context_window": (True, 1, True), "ray_fanout_at": (True, 1, True), "worker_memory_mb": (True, 64, True),
+}
+_OPTIONAL_OPTIONS = {"call_timeout_s", "max_output_tokens", "temperature", "fallback_after", "compact_at",
+                     "root_context_window", "ray_fanout_at"}
+
+
+def _mostly_failures(answer: str, failures: set[str]) -> str | None:
+    """The first failed sub-call's error text in `answer`, when the answer is mostly such texts
+    (what is left without them is under a fifth of its letters and digits); else None."""
+    found = [text for text in sorted(failures, key=len, reverse=True) if text and text in answer]
+    if not found:
+        return None
+    rest = answer
+    for text in found:
+        rest = rest.replace(text, "")
+    def alnum(text: str) -> int:
+        return sum(ch.isalnum() for ch in text)
+    rest_alnum = alnum(rest) - 5 * rest.count("Error")  # the "Error: " the REPL puts before each
+    return found[0] if rest_alnum < 0.2 * max(1, alnum(answer)) else None
+
+
+def _failed(error: str) -> dict:
+    """A sub-call's reply that reached model code as an error."""
+    return {"ok": False, "error": error}
 
 
 def new_run_id() -> str:
@@ -119,12 +163,16 @@ class RLM:
         if environment not in ENVIRONMENTS:
             raise ConfigError(f"unknown environment {environment!r}: use 'worker' (isolated process, the "
                               f"default) or 'local' (in-process, trusted input only)")
-        if max_output_chars < 200:
-            raise ConfigError("max_output_chars must be at least 200")
         try:
             self.limits = Limits(max_iterations=max_iterations, max_depth=max_depth,
                                  max_llm_calls=max_llm_calls, max_tokens=max_tokens,
                                  max_cost_usd=max_cost_usd, timeout_s=timeout_s)
+            _check_options(max_output_chars=max_output_chars, cell_timeout_s=cell_timeout_s,
+                           max_concurrency=max_concurrency, max_retries=max_retries, call_timeout_s=call_timeout_s,
+                           max_output_tokens=max_output_tokens, temperature=temperature,
+                           fallback_after=fallback_after, compact_at=compact_at,
+                           root_context_window=root_context_window, ray_fanout_at=ray_fanout_at,
+                           worker_memory_mb=worker_memory_mb)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         self.base_url = base_url
@@ -165,8 +213,6 @@ class RLM:
         # of the window, the earlier turns are summarized by the root model and kept whole in the
         # REPL variable `history`. None turns it off. The window is the client's own, a known
         # model's, or `root_context_window`; with none of those, nothing is compacted.
-        if compact_at is not None and not 0.1 <= compact_at < 1:
-            raise ConfigError("compact_at must be a fraction of the window between 0.1 and 1 (or None)")
         self.compact_at = compact_at
         self.root_context_window = root_context_window
         self.trajectory_dir = Path(trajectory_dir) if trajectory_dir else None
@@ -315,6 +361,17 @@ class _Shared:
     usage: UsageSummary
     scheduler: Scheduler = field(init=False)
     extra_clients: dict[str, ModelClient] = field(default_factory=dict)
+    # The error texts that sub-calls returned to model code: never a run's answer.
+    failures: set[str] = field(default_factory=set)
+    pending_chars: int = 0  # prompt text of the sub-calls being served (HostBounds.max_pending_chars)
+    _child_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
+
+    def child_slots(self, depth: int) -> asyncio.Semaphore:
+        """Child runs (each with its own worker) at one depth run at most `max_concurrency` at once;
+        one pool per depth, so a parent holding a slot never waits for a slot its children need."""
+        if depth not in self._child_slots:
+            self._child_slots[depth] = asyncio.Semaphore(self.config.max_concurrency)
+        return self._child_slots[depth]
 
     def client_for(self, model: str | None, default: ModelClient) -> ModelClient:
         """The client for a model string given in model code (`llm_query(p, model=...)`)."""
@@ -385,8 +442,27 @@ class _Run:
     async def handle_subcall(self, kind: str, prompts_: list[str], model: str | None, context: Any) -> list[dict]:
         if kind == "tool":
             return [await self._tool(model or "", prompts_[0] if prompts_ else "{}")]
+        if len(prompts_) > HOST_BOUNDS.max_batch_prompts:  # the REPL refuses these before sending
+            return [_failed(f"a batch of {len(prompts_):,} prompts is over the limit of "
+                            f"{HOST_BOUNDS.max_batch_prompts:,}; send it in smaller batches")]
+        size = sum(map(len, prompts_)) + (len(context) if isinstance(context, str) else 0)
+        shared = self.shared
+        if size > HOST_BOUNDS.max_call_chars or shared.pending_chars + size > HOST_BOUNDS.max_pending_chars:
+            why = (f"its prompts hold {size:,} characters, over the limit of {HOST_BOUNDS.max_call_chars:,} per call"
+                   if size > HOST_BOUNDS.max_call_chars else
+                   f"the sub-calls already waiting hold {shared.pending_chars:,} characters of prompts")
+            return [_failed(f"sub-call refused: {why}; send less text at once")] * len(prompts_)
+        shared.pending_chars += size
+        try:
+            results = await self._route_subcall(kind, prompts_, model, context)
+        finally:
+            shared.pending_chars -= size
+        shared.failures.update(r["error"] for r in results if not r["ok"])
+        return results
+
+    async def _route_subcall(self, kind: str, prompts_: list[str], model: str | None, context: Any) -> list[dict]:
         if not self.config.sub_calls:
-            return [{"ok": False, "error": "sub-calls are disabled in this run (sub_calls=False)"}] * len(prompts_)
+            return [_failed("sub-calls are disabled in this run (sub_calls=False)")] * len(prompts_)
         child_depth = self.depth + 1
         if kind == "rlm" and child_depth < self.config.limits.max_depth:
             return list(await asyncio.gather(*(self._child_run(p, model, context) for p in prompts_)))
@@ -397,7 +473,7 @@ class _Run:
         try:
             client = self.shared.client_for(model, self.config.sub_client)
         except RLMError as error:
-            return [{"ok": False, "error": str(error)}] * len(prompts_)
+            return [_failed(str(error))] * len(prompts_)
         if self.config.ray_fanout_at and len(prompts_) >= self.config.ray_fanout_at:
             from .ray_fanout import RayModelClient
 
@@ -423,20 +499,23 @@ class _Run:
                 hits = await asyncio.to_thread(semantic_search, [loaded.value for loaded in self.inputs],
                                                str(args["query"]), int(args.get("k", 10)))
                 return {"ok": True, "text": json.dumps(hits)}
-            return {"ok": False, "error": f"unknown helper {name!r}"}
+            return _failed(f"unknown helper {name!r}")
         except RLMError as error:
-            return {"ok": False, "error": str(error)}
+            return _failed(str(error))
         except (ValueError, KeyError, TypeError, OSError, sqlite3.Error) as error:
-            return {"ok": False, "error": f"{name} failed: {type(error).__name__}: {error}"}
+            return _failed(f"{name} failed: {type(error).__name__}: {error}")
 
     async def _llm_call(self, client: ModelClient, prompt: str, depth: int) -> dict:
+        if len(prompt) > HOST_BOUNDS.max_prompt_chars:
+            return _failed(f"sub-call refused: its prompt has {len(prompt):,} characters, over the limit of "
+                           f"{HOST_BOUNDS.max_prompt_chars:,}; split the text and ask about the parts")
         try:
             completion = await self.shared.scheduler.call(
                 client, [{"role": "user", "content": prompt}], self.site("sub", depth))
         except RLMError as error:
-            return {"ok": False, "error": str(error)}
+            return _failed(str(error))
         except Exception as error:  # an unexpected client failure stays in its slot
-            return {"ok": False, "error": f"{type(error).__name__}: {error}"}
+            return _failed(f"{type(error).__name__}: {error}")
         return {"ok": True, "text": completion.text}
 
     async def _child_run(self, prompt: str, model: str | None, context: Any) -> dict:
@@ -446,17 +525,18 @@ class _Run:
             client = self.shared.client_for(model, self.root_client)
             loaded = load_context_value(prompt if context is None else context)
         except RLMError as error:
-            return {"ok": False, "error": str(error)}
+            return _failed(str(error))
         query = prompt
         if context is None and len(prompt) > _MAX_CHILD_QUERY_CHARS:  # the prompt is the child's input
             query = (prompt[:_MAX_CHILD_QUERY_CHARS // 2] + f"\n... [{len(prompt):,} characters in all; "
                      "the whole task and its text are in `context`]")
         child = _Run(self.shared, query=query, inputs=[loaded], depth=self.depth + 1,
                      run_id=new_run_id(), parent_run_id=self.run_id, root_client=client)
-        result = await child.execute()
+        async with self.shared.child_slots(child.depth):  # each child run starts a worker
+            result = await child.execute()
         if result.answer is None:
-            return {"ok": False, "error": f"child run {result.run_id} stopped ({result.stopped_reason}) "
-                                          f"without an answer: {result.error or ''}".rstrip(": ")}
+            return _failed(f"child run {result.run_id} stopped ({result.stopped_reason}) without an answer: "
+                           f"{result.error or ''}".rstrip(": "))
         return {"ok": True, "text": result.answer}
 
     # -- the loop -------------------------------------------------------------------------------
@@ -529,6 +609,7 @@ class _Run:
         limits = self.config.limits
         budget = self.shared.budget
         idle_turns = 0
+        rejected: str | None = None  # why the last answer the model gave was not accepted
         while self.iterations < limits.max_iterations:
             self.iterations += 1
             await self._keep_within_window(env, messages)
@@ -550,6 +631,10 @@ class _Run:
                 final, problem = await self._resolve_final(env, parsed.final)
                 if problem:
                     outputs.append(problem)
+            final, refused = self._accept(final)
+            if refused:
+                outputs.append(refused)
+                rejected = refused
             if final is not None:
                 return final, "final", None
             if budget.exhausted:
@@ -568,7 +653,7 @@ class _Run:
             else:
                 content = prompts.NUDGE_MESSAGE.format(query=self.query)
             messages.append({"role": "user", "content": content})
-        return None, "max_iterations", None
+        return None, "max_iterations", rejected
 
     async def _run_blocks(self, env, blocks: list[str]) -> tuple[list[str], str | None, bool]:
         """Run a reply's code blocks in order; stop at the first that gives a final answer."""
@@ -591,6 +676,22 @@ class _Run:
                 break
         return outputs, None, any_worked
 
+    def _accept(self, answer: str | None) -> tuple[str | None, str | None]:
+        """The one gate every final answer passes: `(answer, None)`, or `(None, why)` for an answer
+        that is too large or is made of the error texts of failed sub-calls (an error is never an
+        answer)."""
+        if answer is None:
+            return None, None
+        if len(answer) > HOST_BOUNDS.max_answer_chars:
+            return None, (f"The answer was not accepted: it has {len(answer):,} characters, over the limit of "
+                          f"{HOST_BOUNDS.max_answer_chars:,}. Answer with less (a summary, or the part asked for).")
+        failure = _mostly_failures(answer, self.shared.failures)
+        if failure is not None:
+            return None, ("The answer was not accepted: it is the error text of a failed sub-call "
+                          f"({truncate_output(failure, 300)}), not an answer. Retry the calls that failed, or "
+                          "answer from the ones that worked.")
+        return answer, None
+
     async def _resolve_final(self, env, final: FinalAnswer) -> tuple[str | None, str | None]:
         if final.variable is None:
             return final.text, None
@@ -606,8 +707,11 @@ class _Run:
                   strategy="map_reduce", chunk_chars=chunk_chars)
         code = map_reduce_code(self.query, chunk_chars)
         outputs, final, _ = await self._run_blocks(env, [code])
+        final, refused = self._accept(final)
         if final is not None:
             return final, "final", None
+        if refused:
+            outputs.append(refused)
         budget = self.shared.budget
         if budget.exhausted:
             return None, "timeout" if budget.exhausted == "time" else "budget", "\n".join(outputs)
@@ -681,8 +785,10 @@ class _Run:
             self.emit("final_ask_failed", error=str(exc))
             return None
         parsed = parse_reply(reply)
+        answer = None
         if parsed.final is not None:
             answer, _ = await self._resolve_final(env, parsed.final)
-            if answer is not None:
-                return answer
-        return reply.strip() or None
+        answer, refused = self._accept(answer if answer is not None else reply.strip() or None)
+        if refused:
+            self.emit("final_ask_failed", error=refused)
+        return answer

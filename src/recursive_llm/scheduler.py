@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .budget import Budget
+from .config import HOST_BOUNDS
 from .errors import BudgetExceeded, ModelError
 from .events import EventLog
 from .models.base import Completion, Message, ModelClient
@@ -35,6 +36,18 @@ class CallSite:
     run_id: str
     depth: int
     purpose: str
+
+
+def for_record(messages: list[Message]) -> list[Message]:
+    """`messages` as the trajectory and the store keep them: a message longer than
+    `HostBounds.max_recorded_chars` keeps its head and a note of its length (a batch of huge prompts
+    must not write gigabytes); the cache key is computed from the messages themselves."""
+    limit = HOST_BOUNDS.max_recorded_chars
+    if all(len(str(m.get("content", ""))) <= limit for m in messages):
+        return messages
+    return [m if len(str(m.get("content", ""))) <= limit else
+            {**m, "content": str(m["content"])[:limit] + f"\n... [{len(str(m['content'])):,} characters in all; "
+                                                         f"the rest is not recorded]"} for m in messages]
 
 
 def _identity(client: ModelClient) -> str:
@@ -92,7 +105,7 @@ class Scheduler:
             if stored is not None:
                 self.usage.record(client.name, site.depth, TokenUsage(cached_calls=1))
                 self.events.emit("llm_call", run_id=site.run_id, depth=site.depth, call_id=call_id,
-                                 purpose=site.purpose, model=client.name, attempt=0, messages=messages,
+                                 purpose=site.purpose, model=client.name, attempt=0, messages=for_record(messages),
                                  response=stored.text, prompt_tokens=stored.prompt_tokens,
                                  completion_tokens=stored.completion_tokens, cost_usd=0.0, latency_s=0.0,
                                  finish_reason=stored.finish_reason, cache_key=key, cached=source)
@@ -115,8 +128,8 @@ class Scheduler:
 
         async with self._semaphore:
             try:
-                reservation = self.budget.reserve(messages, max_output_tokens=max_output_tokens,
-                                                  price=price_for(client.name))
+                reservation = await self.budget.areserve(messages, max_output_tokens=max_output_tokens,
+                                                         price=price_for(client.name))
             except BudgetExceeded as error:
                 self.events.emit("llm_refused", run_id=site.run_id, depth=site.depth, call_id=call_id,
                                  purpose=site.purpose, model=client.name, budget=error.budget,
@@ -148,7 +161,7 @@ class Scheduler:
                                                               completion.completion_tokens, 1, cost))
         self.events.emit("llm_call", run_id=site.run_id, depth=site.depth, call_id=call_id,
                          purpose=site.purpose, model=client.name, attempt=attempt,
-                         messages=messages, response=completion.text,
+                         messages=for_record(messages), response=completion.text,
                          prompt_tokens=completion.prompt_tokens,
                          completion_tokens=completion.completion_tokens, cost_usd=cost,
                          latency_s=round(time.monotonic() - started, 4),

@@ -78,6 +78,17 @@ def as_text(value: Any) -> str:
     return json.dumps(value, indent=1, default=str)
 
 
+def _batch(prompts: Any) -> list[str]:
+    """A batch's prompts as strings; one over the host's limit is refused here, before it is sent."""
+    from ..config import HOST_BOUNDS
+
+    prompts = list(prompts)
+    if len(prompts) > HOST_BOUNDS.max_batch_prompts:
+        raise ValueError(f"a batch of {len(prompts):,} prompts is over the limit of "
+                         f"{HOST_BOUNDS.max_batch_prompts:,}; send it in smaller batches")
+    return [str(p) for p in prompts]
+
+
 def _message_of(reply: dict) -> str:
     return reply.get("text", "") if reply.get("ok") else f"Error: {reply.get('error', 'unknown error')}"
 
@@ -174,7 +185,7 @@ class REPL:
         """Ask many questions concurrently; replies in input order, a failure as an 'Error: ...' slot."""
         if isinstance(prompts, str):
             raise TypeError("llm_query_batched takes a list of prompts; use llm_query for one prompt")
-        prompts = [str(p) for p in prompts]
+        prompts = _batch(prompts)
         if not prompts:
             return []
         return [_message_of(reply) for reply in self._call_host("llm", prompts, model, None)]
@@ -190,7 +201,7 @@ class REPL:
         """Several child RLMs concurrently; replies in input order, a failure as an 'Error: ...' slot."""
         if isinstance(prompts, str):
             raise TypeError("rlm_query_batched takes a list of prompts; use rlm_query for one prompt")
-        prompts = [str(p) for p in prompts]
+        prompts = _batch(prompts)
         if not prompts:
             return []
         return [_message_of(reply) for reply in self._call_host("rlm", prompts, model, None)]

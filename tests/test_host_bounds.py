@@ -1,0 +1,136 @@
+"""What one cell can make the host hold, start or write (issue 15), and that an error is never an answer.
+
+Each test runs a whole run through the real worker process with scripted models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from recursive_llm import RLM
+from recursive_llm.config import HOST_BOUNDS
+from recursive_llm.errors import ModelError
+from recursive_llm.events import read_trajectory
+from recursive_llm.testing import ScriptedModel
+
+
+def repl(code: str) -> str:
+    return f"```repl\n{code}\n```"
+
+
+def bounds(monkeypatch, module: str = "recursive_llm.rlm", **values) -> None:
+    monkeypatch.setattr(f"{module}.HOST_BOUNDS", dataclasses.replace(HOST_BOUNDS, **values))
+
+
+def outputs(root: ScriptedModel) -> str:
+    return "\n".join(call[-1]["content"] for call in root.calls[1:])
+
+
+def test_a_huge_batch_is_refused_in_the_repl_before_it_reaches_the_host():
+    sub = ScriptedModel(default="x")
+    root = ScriptedModel([repl(f"r = llm_query_batched(['x'] * {HOST_BOUNDS.max_batch_prompts + 1})"), "FINAL(done)"])
+    result = RLM(model=root, sub_model=sub).completion("q", "some text")
+    assert result.answer == "done"
+    assert "over the limit of 10,000" in outputs(root) and "smaller batches" in outputs(root)
+    assert sub.calls == []
+
+
+def test_a_batch_sent_around_the_repl_is_refused_by_the_host_with_one_short_reply():
+    code = ("call_host = llm_query_batched.__self__._call_host\n"
+            "replies = call_host('llm', ['x'] * 300_000, None, None)\n"
+            "print(len(replies), replies[0])")
+    sub = ScriptedModel(default="x")
+    root = ScriptedModel([repl(code), "FINAL(done)"])
+    result = RLM(model=root, sub_model=sub).completion("q", "some text")
+    assert result.answer == "done"
+    assert "1 {'ok': False, 'error': 'a batch of 300,000 prompts is over the limit" in outputs(root)
+    assert sub.calls == []
+
+
+def test_an_oversized_prompt_is_refused_and_a_run_cannot_pile_up_prompt_text(monkeypatch):
+    bounds(monkeypatch, max_prompt_chars=1_000, max_call_chars=5_000, max_pending_chars=5_000)
+    code = ("try:\n    llm_query('x' * 2_000)\nexcept Exception as e:\n    print('single:', e)\n"
+            "print('batch:', llm_query_batched(['y' * 900] * 8)[0])\n"
+            "print('fine:', llm_query_batched(['z' * 900] * 3))")
+    sub = ScriptedModel(default="ok")
+    root = ScriptedModel([repl(code), "FINAL(done)"])
+    result = RLM(model=root, sub_model=sub).completion("q", "some text")
+    assert result.answer == "done"
+    seen = outputs(root)
+    assert "single: sub-call refused: its prompt has 2,000 characters, over the limit of 1,000" in seen
+    assert "batch: Error: sub-call refused: its prompts hold 7,200 characters, over the limit of 5,000" in seen
+    assert "fine: ['ok', 'ok', 'ok']" in seen
+    assert len(sub.calls) == 3
+
+
+def test_an_oversized_answer_is_not_accepted_and_the_model_is_told(monkeypatch):
+    bounds(monkeypatch, max_answer_chars=1_000)
+    root = ScriptedModel([repl("big = 'a' * 5_000"), "FINAL_VAR(big)", "FINAL(short)"])
+    result = RLM(model=root).completion("q", "some text")
+    assert result.answer == "short" and result.stopped_reason == "final"
+    assert "it has 5,000 characters, over the limit of 1,000" in outputs(root)
+
+
+def test_huge_prompts_are_recorded_in_part_but_sent_whole(monkeypatch):
+    bounds(monkeypatch, "recursive_llm.scheduler", max_recorded_chars=1_000)
+    sub = ScriptedModel(default="ok")
+    root = ScriptedModel([repl("print(llm_query('p' * 50_000))"), "FINAL(done)"])
+    result = RLM(model=root, sub_model=sub).completion("q", "some text")
+    assert len(sub.calls[0][-1]["content"]) == 50_000
+    calls = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "llm_call" and e["purpose"] == "sub"]
+    recorded = calls[0]["messages"][-1]["content"]
+    assert len(recorded) < 1_100 and "50,000 characters in all" in recorded
+
+
+def test_child_runs_start_at_most_max_concurrency_workers_at_once():
+    active, peak = set(), [0]
+
+    def watch(event: dict) -> None:
+        if event.get("depth") == 1 and event["type"] == "run_start":
+            active.add(event["run_id"])
+            peak[0] = max(peak[0], len(active))
+        elif event.get("depth") == 1 and event["type"] == "run_end":
+            active.discard(event["run_id"])
+
+    def reply(messages) -> str:  # children and the root share the root model; each is told by its query
+        child = "task " in messages[1]["content"]
+        script = ([repl("import time; time.sleep(0.05)"), "FINAL(child)"] if child else
+                  [repl("r = rlm_query_batched([f'task {i}' for i in range(9)])\nprint(r)"), "FINAL(done)"])
+        return script[len(messages) > 2]
+
+    root = ScriptedModel(default=reply)
+    result = RLM(model=root, max_depth=2, max_concurrency=3, on_event=watch).completion("q", "some text")
+    assert result.answer == "done"
+    assert "['child', 'child'" in outputs(root)
+    assert 1 < peak[0] <= 3
+
+
+# -- an error is never an answer ------------------------------------------------------------------
+def failing_sub() -> ScriptedModel:
+    def fail(messages):
+        raise ModelError("openai gpt-5-mini: HTTP 429: too many requests in flight", retryable=True,
+                         status_code=429)
+    return ScriptedModel(default=fail, name="sub")
+
+
+def test_a_failed_sub_calls_error_text_is_never_the_answer():
+    root = ScriptedModel([repl("notes = llm_query_batched(['find it'])\nans = notes[0]\nprint(ans)"),
+                          "FINAL_VAR(ans)", "FINAL_VAR(notes)"],
+                         default="FINAL_VAR(ans)")
+    result = RLM(model=root, sub_model=failing_sub(), max_retries=1, max_iterations=4,
+                 fallback_after=None).completion("q", "some text")
+    assert result.answer is None or "429" not in result.answer
+    assert result.stopped_reason != "final"
+    assert "not accepted: it is the error text of a failed sub-call" in outputs(root)
+    assert "not accepted" in (result.error or "")
+
+
+def test_an_answer_that_only_mentions_a_failure_is_accepted():
+    report = ("Nine of the ten sections were read. The totals are 41, 7 and 12; the revenue grew by "
+              "twelve percent and the main risk is the supplier contract. One section failed: ")
+    root = ScriptedModel([repl("notes = llm_query_batched(['find it'])\nreport = " + repr(report) + " + notes[0]"),
+                          "FINAL_VAR(report)"])
+    result = RLM(model=root, sub_model=failing_sub(), max_retries=0).completion("q", "some text")
+    assert result.stopped_reason == "final" and result.answer.startswith("Nine of the ten")
