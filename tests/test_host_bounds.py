@@ -20,8 +20,10 @@ def repl(code: str) -> str:
     return f"```repl\n{code}\n```"
 
 
-def bounds(monkeypatch, module: str = "recursive_llm.rlm", **values) -> None:
-    monkeypatch.setattr(f"{module}.HOST_BOUNDS", dataclasses.replace(HOST_BOUNDS, **values))
+def bounds(monkeypatch, **values) -> None:
+    smaller = dataclasses.replace(HOST_BOUNDS, **values)
+    for module in ("subcalls", "answers", "scheduler"):  # the host's modules that apply them
+        monkeypatch.setattr(f"recursive_llm.{module}.HOST_BOUNDS", smaller)
 
 
 def outputs(root: ScriptedModel) -> str:
@@ -74,7 +76,7 @@ def test_an_oversized_answer_is_not_accepted_and_the_model_is_told(monkeypatch):
 
 
 def test_huge_prompts_are_recorded_in_part_but_sent_whole(monkeypatch):
-    bounds(monkeypatch, "recursive_llm.scheduler", max_recorded_chars=1_000)
+    bounds(monkeypatch, max_recorded_chars=1_000)
     sub = ScriptedModel(default="ok")
     root = ScriptedModel([repl("print(llm_query('p' * 50_000))"), "FINAL(done)"])
     result = RLM(model=root, sub_model=sub).completion("q", "some text")

@@ -345,11 +345,11 @@ def test_model_code_may_only_name_allowed_models():
     with pytest.raises(ConfigError, match="allowed_models must be"):
         RLM(model=root, allowed_models="gpt-5")
     # an allowed model is resolved like any model string
-    from recursive_llm.rlm import _Shared
+    from recursive_llm.run import RunState
 
     rlm = RLM(model=ScriptedModel(name="root"), sub_model=sub, allowed_models=["gpt-5"])
-    shared = _Shared.__new__(_Shared)
-    shared.config, shared.extra_clients = rlm, {"gpt-5": extra}
+    shared = RunState.__new__(RunState)
+    shared.config, shared.extra_clients = rlm.config, {"gpt-5": extra}
     assert shared.client_for("gpt-5", rlm.sub_client) is extra
     assert shared.client_for("root", rlm.sub_client) is rlm.root_client
 

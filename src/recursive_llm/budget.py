@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .config import check_number
+from .config import Limits
 from .errors import BudgetExceeded
 
 # Chat templates add a few tokens per message; bytes are an upper bound on byte-level BPE tokens.
@@ -26,28 +26,6 @@ _MIN_USEFUL_OUTPUT = 16
 # The output cap of a budgeted call that was given none (max_output_tokens): enough for a long root
 # reply with its reasoning, small enough that a token budget runs many calls in parallel.
 DEFAULT_OUTPUT_RESERVE = 8192
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one top-level run (root and all its children together) may spend."""
-
-    max_iterations: int = 20
-    max_depth: int = 1
-    max_llm_calls: int | None = None
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
-    timeout_s: float | None = None
-
-    def __post_init__(self) -> None:
-        check_number("max_iterations", self.max_iterations, integer=True, minimum=1, inclusive=True,
-                     allow_none=False)
-        check_number("max_depth (1 = sub-calls are plain LLM calls)", self.max_depth, integer=True, minimum=1,
-                     inclusive=True, allow_none=False)
-        for name in ("max_llm_calls", "max_tokens"):
-            check_number(name, getattr(self, name), integer=True)
-        for name in ("max_cost_usd", "timeout_s"):
-            check_number(name, getattr(self, name))
 
 
 def prompt_token_bound(messages: list[dict]) -> int:

@@ -1,15 +1,25 @@
-"""Validating configuration values: the one place where a number from a user, a CLI flag or a
-request body is checked before it becomes a limit.
+"""Configuration as values: frozen objects, each validated once when it is made.
 
-A limit that is NaN or infinite passes every `value <= 0` test and defeats every `min(value,
-ceiling)` (NaN compares false with everything), so each limit goes through `check_number`.
+- `Limits`: what one top-level run may spend (iterations, depth, calls, tokens, cost, time).
+- `CallPolicy`: how every model call is made (concurrency, retries, timeout, output cap, temperature).
+- `LoopPolicy`: how the root loop behaves (output shown, cell time, fallback, compaction, prompts).
+- `WorkerPolicy`: where model code runs (worker process or in-process, sandbox mode, memory).
+- `RunConfig`: all of them with the models; `RLM(...)` builds one, and a run receives it.
+- `HostBounds`: what model code can make the host hold, start or write.
+
+`check_number` is the one place where a number from a user, a CLI flag or a request body is
+checked before it becomes a setting: a limit that is NaN or infinite passes every `value <= 0`
+test and defeats every `min(value, ceiling)` (NaN compares false with everything).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models.base import ModelClient
 
 
 def check_number(name: str, value: Any, *, integer: bool = False, minimum: float = 0.0,
@@ -57,3 +67,120 @@ class HostBounds:
 
 
 HOST_BOUNDS = HostBounds()
+
+
+def _check_all(owner: object, rules: dict[str, tuple[bool, float, bool, bool]]) -> None:
+    """`rules`: field -> (whole number, minimum, minimum allowed, None allowed)."""
+    for name, (integer, minimum, inclusive, optional) in rules.items():
+        check_number(name, getattr(owner, name), integer=integer, minimum=minimum, inclusive=inclusive,
+                     allow_none=optional)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one top-level run (root and all its children together) may spend."""
+
+    max_iterations: int = 20
+    max_depth: int = 1
+    max_llm_calls: int | None = None
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_all(self, {"max_iterations": (True, 1, True, False), "max_depth": (True, 1, True, False),
+                          "max_llm_calls": (True, 0, False, True), "max_tokens": (True, 0, False, True),
+                          "max_cost_usd": (False, 0, False, True), "timeout_s": (False, 0, False, True)})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 4
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """How every model call of a run is made (root replies, sub-calls, child runs' calls)."""
+
+    max_concurrency: int = 32
+    max_retries: int = 4
+    call_timeout_s: float | None = 300.0
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_all(self, {"max_concurrency": (True, 1, True, False), "max_retries": (True, 0, True, False),
+                          "call_timeout_s": (False, 0, False, True), "max_output_tokens": (True, 1, True, True),
+                          "temperature": (False, 0, True, True)})
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(max_retries=self.max_retries)
+
+
+@dataclass(frozen=True)
+class LoopPolicy:
+    """How the root loop behaves."""
+
+    max_output_chars: int = 20_000  # a turn's code output shown to the model
+    cell_timeout_s: float = 120.0  # compute time of one cell
+    fallback_after: int | None = 3  # idle replies before the map-reduce fallback (None: never)
+    compact_at: float | None = 0.85  # fraction of the root window at which earlier turns are compacted
+    root_context_window: int | None = None  # the root model's window, when it is not known
+    system_prompt: str | None = None  # the user's own root system prompt
+    sub_calls: bool = True  # False: llm_query/rlm_query fail in model code (the ablation)
+
+    def __post_init__(self) -> None:
+        _check_all(self, {"max_output_chars": (True, 200, True, False), "cell_timeout_s": (False, 0, False, False),
+                          "fallback_after": (True, 1, True, True), "compact_at": (False, 0, False, True),
+                          "root_context_window": (True, 1, True, True)})
+        if self.compact_at is not None and not 0.1 <= self.compact_at < 1:
+            raise ValueError("compact_at must be a fraction of the window between 0.1 and 1 (or None)")
+
+
+ENVIRONMENTS = ("worker", "local")
+SANDBOX_MODES = ("auto", "namespaces", "process")
+
+
+@dataclass(frozen=True)
+class WorkerPolicy:
+    """Where model code runs: `worker` (an isolated process per run) or `local` (in-process,
+    trusted input only), the worker's sandbox mode, and its address-space limit."""
+
+    environment: str = "worker"
+    sandbox: str = "auto"
+    memory_mb: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.environment not in ENVIRONMENTS:
+            raise ValueError(f"unknown environment {self.environment!r}: use 'worker' (isolated process, the "
+                             f"default) or 'local' (in-process, trusted input only)")
+        if self.sandbox not in SANDBOX_MODES:
+            raise ValueError(f"unknown sandbox {self.sandbox!r}: use 'auto' (strongest available), 'namespaces' "
+                             f"(require them) or 'process' (no namespaces)")
+        check_number("worker_memory_mb", self.memory_mb, integer=True, minimum=64, inclusive=True, allow_none=False)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs to know, made once by `RLM(...)`."""
+
+    root_client: "ModelClient"
+    sub_client: "ModelClient"
+    limits: Limits = field(default_factory=Limits)
+    calls: CallPolicy = field(default_factory=CallPolicy)
+    loop: LoopPolicy = field(default_factory=LoopPolicy)
+    worker: WorkerPolicy = field(default_factory=WorkerPolicy)
+    # Models that model code may name in llm_query(..., model=...) besides the root and sub model
+    # (a prompt injection in the input may try others); "*" allows any.
+    allowed_models: "list[str] | str | None" = None
+    ray_fanout_at: int | None = None  # llm_query_batched calls this wide go through Ray workers
+    base_url: str | None = None  # for clients that model code names (allowed_models)
+    api_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.allowed_models is not None and self.allowed_models != "*" and not isinstance(self.allowed_models, list):
+            raise ValueError("allowed_models must be a list of model strings or '*'")
+        check_number("ray_fanout_at", self.ray_fanout_at, integer=True, minimum=1, inclusive=True)

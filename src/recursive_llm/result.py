@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from .usage import UsageSummary
 
-STOP_REASONS = ("final", "max_iterations", "budget", "timeout", "error")
+
+class StopReason(str, Enum):
+    """Why a run stopped. A `str` enum: `result.stopped_reason == "final"` works as before."""
+
+    FINAL = "final"  # the model answered
+    MAX_ITERATIONS = "max_iterations"
+    BUDGET = "budget"  # calls, tokens or cost ran out
+    TIMEOUT = "timeout"  # the run's wall-time limit
+    ERROR = "error"  # a provider or environment failure, or no usable answer
+
+    @classmethod
+    def for_budget(cls, budget: str) -> "StopReason":
+        """The stop reason for a refused call: `time` is a timeout, every other budget is `budget`."""
+        return cls.TIMEOUT if budget == "time" else cls.BUDGET
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STOP_REASONS = tuple(reason.value for reason in StopReason)
 
 
 @dataclass
 class Result:
     answer: str | None
-    stopped_reason: str  # one of STOP_REASONS
+    stopped_reason: str  # a StopReason (one of STOP_REASONS)
     iterations: int
     usage: UsageSummary = field(default_factory=UsageSummary)
     cost_usd: float = 0.0
@@ -34,7 +54,7 @@ class Result:
     def to_dict(self) -> dict:
         return {
             "answer": self.answer,
-            "stopped_reason": self.stopped_reason,
+            "stopped_reason": str(self.stopped_reason),
             "iterations": self.iterations,
             "usage": self.usage.to_dict(),
             "cost_usd": round(self.cost_usd, 8),

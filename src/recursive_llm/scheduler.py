@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .budget import Budget
-from .config import HOST_BOUNDS
+from .config import HOST_BOUNDS, RetryPolicy
 from .errors import BudgetExceeded, ModelError
 from .events import EventLog
 from .models.base import Completion, Message, ModelClient
@@ -20,13 +20,6 @@ from .usage import TokenUsage, UsageSummary
 
 if TYPE_CHECKING:
     from .store import ReplayBook, Store
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_retries: int = 4
-    base_delay_s: float = 0.5
-    max_delay_s: float = 30.0
 
 
 @dataclass(frozen=True)

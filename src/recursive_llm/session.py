@@ -58,22 +58,23 @@ class Session:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     async def _ask(self, question: str) -> "Result":
-        from .rlm import make_environment
+        from .environments import make_environment
 
         if not isinstance(question, str) or not question.strip():
             raise RLMError("the question is empty")
         if self._environment is None:
-            self._environment = make_environment(self.rlm, self.inputs, _no_handler)
+            self._environment = make_environment(self.rlm.config.worker, self.inputs, _no_handler,
+                                                 max_output_chars=self.rlm.config.loop.max_output_chars)
             await self._environment.start()
         await self._set_history()
         note = None
         if self.history:
             summary = "; ".join(f"{i + 1}. {h['question'][:80]!r}" for i, h in enumerate(self.history[-10:]))
             note = TURN_NOTE.format(number=len(self.history) + 1, summary=summary)
-        result = await self.rlm._run_top(question, self.inputs, environment=self._environment,
-                                         session_id=self.session_id, turn_note=note,
-                                         run_config={"query": question, "session_id": self.session_id,
-                                                     "turn": len(self.history) + 1})
+        result = await self.rlm.run_inputs(question, self.inputs, environment=self._environment,
+                                           session_id=self.session_id, turn_note=note,
+                                           run_config={"query": question, "session_id": self.session_id,
+                                                       "turn": len(self.history) + 1})
         self.history.append({"question": question, "answer": result.answer, "run_id": result.run_id,
                              "stopped_reason": result.stopped_reason})
         return result
@@ -87,7 +88,7 @@ class Session:
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
-        from .rlm import close_clients
+        from .run import close_clients
 
         if self._closed:
             return

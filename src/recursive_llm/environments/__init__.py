@@ -1,0 +1,26 @@
+"""Where model-written code runs: an isolated worker process per run (the default), or in-process.
+
+`make_environment` is the one place that turns a `WorkerPolicy` into an environment.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import WorkerPolicy
+    from .base import Environment, SubCallHandler
+
+
+def make_environment(policy: "WorkerPolicy", inputs: list[Any], handler: "SubCallHandler", *,
+                     max_output_chars: int) -> "Environment":
+    """The environment a run's code executes in (not started yet). A cell's captured output is
+    kept up to 50 times what the model is shown (at least 1M characters), for the trajectory."""
+    options = {"max_captured_chars": max(max_output_chars * 50, 1_000_000)}
+    if policy.environment == "local":
+        from .local import LocalEnvironment
+        return LocalEnvironment(inputs, handler, **options)
+    from .sandbox import Limits as WorkerLimits
+    from .worker import WorkerEnvironment
+    return WorkerEnvironment(inputs, handler, sandbox=policy.sandbox, limits=WorkerLimits(memory_mb=policy.memory_mb),
+                             **options)
