@@ -1,7 +1,7 @@
 """Final answers, decided in one place.
 
-A run's answer comes from one of: `FINAL(text)` in the root model's reply, `FINAL_VAR(name)` in
-the reply (resolved here against the REPL), `FINAL(...)`/`FINAL_VAR(...)` called in code or the
+A run's answer comes from one of: `FINAL(text)` in the root model's reply (in a reply without
+code: see `resolve`), `FINAL_VAR(name)` in the reply (resolved here against the REPL), `FINAL(...)`/`FINAL_VAR(...)` called in code or the
 `answer` dict (set in the REPL: `environments/runtime.py`), the map-reduce fallback, or the last
 request at a limit. Whatever its source, every answer passes `accept` before the run may end
 with it: an answer that is too large, or made of the error texts of failed sub-calls, is refused
@@ -12,13 +12,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import prompts
 from .config import HOST_BOUNDS
 from .parsing import FinalAnswer, truncate_output
 
 
-async def resolve(env: Any, final: FinalAnswer) -> tuple[str | None, str | None]:
-    """A reply's FINAL / FINAL_VAR as text: `(answer, None)` or `(None, what the model is told)`."""
+async def resolve(env: Any, final: FinalAnswer, *, with_code: bool = False) -> tuple[str | None, str | None]:
+    """A reply's FINAL / FINAL_VAR as text: `(answer, None)` or `(None, what the model is told)`.
+
+    `with_code`: the same reply also had code. A `FINAL(text)` there was written before the model
+    saw what its code printed (models invent the output and answer from it), so it is not taken:
+    the model sees the real output and is asked to confirm or correct it. `FINAL_VAR(name)` reads
+    state the code computed, so it stands.
+    """
     if final.variable is None:
+        if with_code:
+            return None, prompts.CONFIRM_FINAL_NOTE.format(answer=truncate_output(final.text or "", 500))
         return final.text, None
     value = await env.get_variable(final.variable)
     if value["ok"]:

@@ -1,7 +1,18 @@
-"""Parse a model reply into code blocks and a final answer.
+"""Parse a model reply into its reasoning, code blocks and a final answer.
 
 Only the model's own reply is parsed here. Text printed by a program or stored in the input never
 reaches this module, so a `FINAL(...)` inside the context cannot end a run.
+
+The rules (README: "How a reply is read"):
+- Reasoning is never parsed: `<think>`, `<thinking>` and `<reasoning>` blocks (an unclosed one runs
+  to the end of the reply; a `</think>` with no opening tag closes reasoning that the chat
+  template opened) are set aside, kept in the trajectory, and neither run nor taken as an answer.
+  Providers' separate reasoning fields never reach this module at all.
+- Code is in fenced blocks labelled `repl`, `python`, `python3`, `py` or `py3` (any case), fenced
+  with three or more backticks or tildes; an unclosed last block counts.
+- `FINAL(answer)` or `FINAL_VAR(name)` must start a line outside code blocks; markdown around it
+  (`**FINAL(42)**`, `` `FINAL(42)` ``, `> FINAL(42)`, `- FINAL(42)`) is allowed. The first one in
+  the reply counts; text after it is ignored.
 """
 
 from __future__ import annotations
@@ -9,14 +20,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# ```repl or ```python (any case), up to the closing fence on its own line.
+_LANGUAGES = r"(?:repl|python3?|py3?)"
 _CODE_BLOCK = re.compile(
-    r"^[ \t]*```[ \t]*(?:repl|python|py)[ \t]*\n(?P<code>.*?)(?:^[ \t]*```[ \t]*$|\Z)",
+    rf"^[ \t]*(?P<fence>`{{3,}}|~{{3,}})[ \t]*{_LANGUAGES}\b[^\n`]*\n(?P<code>.*?)(?:^[ \t]*(?P=fence)[ \t]*$|\Z)",
     re.DOTALL | re.MULTILINE | re.IGNORECASE,
 )
-_ANY_FENCE = re.compile(r"^[ \t]*```[^\n]*\n.*?(?:^[ \t]*```[ \t]*$|\Z)", re.DOTALL | re.MULTILINE)
-_FINAL_VAR = re.compile(r"^[ \t]*FINAL_VAR\(\s*[\"']?(?P<name>[A-Za-z_][A-Za-z0-9_]*)[\"']?\s*\)", re.MULTILINE)
-_FINAL = re.compile(r"^[ \t]*FINAL\((?P<body>.*)", re.MULTILINE | re.DOTALL)
+_ANY_FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*(?P=fence)[ \t]*$|\Z)",
+                        re.DOTALL | re.MULTILINE)
+_REASONING = re.compile(r"<(?P<tag>think|thinking|reasoning)\b[^>]*>(?P<text>.*?)(?:</(?P=tag)\s*>|\Z)",
+                        re.DOTALL | re.IGNORECASE)
+_ORPHAN_CLOSE = re.compile(r"</(?:think|thinking|reasoning)\s*>", re.IGNORECASE)
+# Markdown a model may put before FINAL on its line: emphasis, inline code, a quote, a list bullet.
+_DECORATION = r"[ \t]*(?:[*_`>#]+[ \t]*|[-+][ \t]+)*"
+_FINAL_MARK = re.compile(rf"^{_DECORATION}(?P<kind>FINAL_VAR|FINAL)\(", re.MULTILINE)
+_VARIABLE = re.compile(r"\s*[\"'`]?(?P<name>[A-Za-z_][A-Za-z0-9_]*)[\"'`]?\s*\)")
 
 
 @dataclass(frozen=True)
@@ -31,10 +48,25 @@ class FinalAnswer:
 class ParsedReply:
     code_blocks: list[str]
     final: FinalAnswer | None
+    reasoning: str | None = None  # the reasoning blocks' text, set aside
+    visible: str = ""  # the reply without its reasoning: what goes back into the conversation
+
+
+def split_reasoning(reply: str) -> tuple[str, str | None]:
+    """`(the reply without reasoning, the reasoning text or None)`."""
+    parts: list[str] = []
+    orphan = _ORPHAN_CLOSE.search(reply)
+    if orphan is not None and not _REASONING.search(reply[:orphan.start()]):
+        parts.append(reply[:orphan.start()])  # the template opened <think>; the reply only closes it
+        reply = reply[orphan.end():]
+    parts += [match.group("text") for match in _REASONING.finditer(reply)]
+    visible = _REASONING.sub("", reply)
+    reasoning = "\n\n".join(part.strip() for part in parts if part.strip())
+    return visible, reasoning or None
 
 
 def find_code_blocks(reply: str) -> list[str]:
-    """The ```repl / ```python blocks of a reply, in order (an unclosed last block counts)."""
+    """The code blocks of a reply, in order (an unclosed last block counts)."""
     return [m.group("code").rstrip() for m in _CODE_BLOCK.finditer(reply) if m.group("code").strip()]
 
 
@@ -66,26 +98,31 @@ def _balanced_body(text: str) -> str:
 
 def _unquote(body: str) -> str:
     body = body.strip()
-    for quote in ('"""', "'''", '"', "'"):
+    for quote in ('"""', "'''", '"', "'", "`"):
         if len(body) >= 2 * len(quote) and body.startswith(quote) and body.endswith(quote):
             return body[len(quote):-len(quote)].strip()
     return body
 
 
 def find_final(reply: str) -> FinalAnswer | None:
-    """A `FINAL_VAR(name)` or `FINAL(answer)` that starts a line outside code blocks."""
+    """The first `FINAL_VAR(name)` or `FINAL(answer)` that starts a line outside code blocks."""
     prose = _strip_fences(reply)
-    match = _FINAL_VAR.search(prose)
-    if match:
-        return FinalAnswer(variable=match.group("name"))
-    match = _FINAL.search(prose)
-    if match:
-        return FinalAnswer(text=_unquote(_balanced_body(match.group("body"))))
+    for match in _FINAL_MARK.finditer(prose):
+        rest = prose[match.end():]
+        if match.group("kind") == "FINAL_VAR":
+            variable = _VARIABLE.match(rest)
+            if variable:
+                return FinalAnswer(variable=variable.group("name"))
+            continue  # FINAL_VAR(<not a name>): not an answer
+        return FinalAnswer(text=_unquote(_balanced_body(rest)))
     return None
 
 
 def parse_reply(reply: str) -> ParsedReply:
-    return ParsedReply(code_blocks=find_code_blocks(reply), final=find_final(reply))
+    """Reasoning set aside first: nothing in it is code or an answer."""
+    visible, reasoning = split_reasoning(reply)
+    return ParsedReply(code_blocks=find_code_blocks(visible), final=find_final(visible), reasoning=reasoning,
+                       visible=visible)
 
 
 def truncate_output(text: str, limit: int) -> str:

@@ -64,6 +64,11 @@ Output of your code (iteration {iteration} of at most {max_iterations}):
 Continue: write more code, or give FINAL(...) / FINAL_VAR(name) when you have the answer to the \
 query: {query}"""
 
+CONFIRM_FINAL_NOTE = """\
+Your reply gave FINAL({answer}) together with code, before you had seen what the code prints, so \
+it was not taken as the answer. Check the real output above: if it confirms your answer, reply \
+with FINAL(...) again (without code); if not, correct it."""
+
 NUDGE_MESSAGE = """\
 Your reply had no ```repl code block and no final answer. Write Python in a ```repl block to \
 explore `context`, or give your answer as FINAL(answer) or FINAL_VAR(variable_name) on its own \

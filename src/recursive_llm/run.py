@@ -230,13 +230,15 @@ class Run:
             reply = completion.text
             self.compactor.note_sent(len(messages), completion.prompt_tokens)
             parsed = parse_reply(reply)
-            messages.append({"role": "assistant", "content": reply})
-            self.emit("iteration", iteration=self.iterations, reply=reply,
+            # The conversation keeps the reply without its reasoning; the trajectory keeps both.
+            messages.append({"role": "assistant", "content": parsed.visible})
+            reasoning = "\n\n".join(r for r in (completion.reasoning, parsed.reasoning) if r) or None
+            self.emit("iteration", iteration=self.iterations, reply=reply, reasoning=reasoning,
                       code_blocks=len(parsed.code_blocks), final=bool(parsed.final))
 
             outputs, final, any_worked = await self._run_blocks(env, parsed.code_blocks)
             if final is None and parsed.final is not None:
-                final, problem = await answers.resolve(env, parsed.final)
+                final, problem = await answers.resolve(env, parsed.final, with_code=bool(parsed.code_blocks))
                 if problem:
                     outputs.append(problem)
             final, refused = answers.accept(final, self.state.failures)

@@ -158,7 +158,7 @@ class Scheduler:
                          prompt_tokens=completion.prompt_tokens,
                          completion_tokens=completion.completion_tokens, cost_usd=cost,
                          latency_s=round(time.monotonic() - started, 4),
-                         finish_reason=completion.finish_reason, cache_key=key)
+                         finish_reason=completion.finish_reason, cache_key=key, reasoning=completion.reasoning)
         return completion
 
     async def _complete(self, client: ModelClient, messages: list[Message], max_output_tokens: int | None,

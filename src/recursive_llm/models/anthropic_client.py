@@ -69,10 +69,12 @@ class AnthropicClient:
         if not isinstance(blocks, list):
             raise ModelError(f"anthropic {self.model}: malformed response (no content)", retryable=True)
         text = "".join(getattr(block, "text", "") for block in blocks if getattr(block, "type", "") == "text")
+        thinking = "\n\n".join(getattr(block, "thinking", "") for block in blocks
+                                if getattr(block, "type", "") == "thinking" and getattr(block, "thinking", ""))
         usage = getattr(response, "usage", None)
         return Completion(text=text, model=self.name, prompt_tokens=getattr(usage, "input_tokens", 0) or 0,
                           completion_tokens=getattr(usage, "output_tokens", 0) or 0,
-                          finish_reason=getattr(response, "stop_reason", None))
+                          finish_reason=getattr(response, "stop_reason", None), reasoning=thinking or None)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

@@ -20,6 +20,9 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
+    # What the provider returned as reasoning apart from the text (OpenAI-compatible servers'
+    # `reasoning_content` / `reasoning`, Anthropic's thinking blocks): recorded, never parsed.
+    reasoning: str | None = None
 
 
 @runtime_checkable

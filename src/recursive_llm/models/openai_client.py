@@ -54,10 +54,14 @@ class OpenAIClient:
         if not choices or not isinstance(getattr(choices[0].message, "content", None), str):
             raise ModelError(f"{self.provider} {self.model}: malformed response (no message text)", retryable=True)
         usage = getattr(response, "usage", None)
-        return Completion(text=choices[0].message.content, model=self.name,
+        message = choices[0].message
+        reasoning = next((value for value in (getattr(message, "reasoning_content", None),
+                                              getattr(message, "reasoning", None)) if isinstance(value, str) and value),
+                         None)
+        return Completion(text=message.content, model=self.name,
                           prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                           completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                          finish_reason=choices[0].finish_reason)
+                          finish_reason=choices[0].finish_reason, reasoning=reasoning)
 
     async def aclose(self) -> None:
         """Close the HTTP client; the next call opens a new one (possibly on another event loop)."""

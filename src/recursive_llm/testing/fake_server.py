@@ -57,14 +57,19 @@ class FakeLLMServer:
                  faults: list[str] | None = None, fault_rate: float = 0.0,
                  fault_kinds: tuple[str, ...] = ("429", "500", "503", "garbage", "drop"), seed: int = 0,
                  retry_after: str = "0", hang_seconds: float = 30.0, port: int = 0,
-                 tokens_per_second: float | None = None, max_concurrency: int | None = None) -> None:
+                 tokens_per_second: float | None = None, max_concurrency: int | None = None,
+                 reasoning: Responder | None = None) -> None:
         """`latency`: seconds per request, or a function drawing them (a distribution);
+        `reasoning`: a second responder whose text is sent as the reply's separate reasoning, the
+        way reasoning models' servers do (OpenAI-compatible: `reasoning_content`; Anthropic: a
+        `thinking` block before the text);
         `tokens_per_second`: generation speed, adding completion tokens / speed to each reply;
         `max_concurrency`: requests beyond it get 429 with `retry_after`, like a provider's limit."""
         for fault in [*(faults or []), *fault_kinds]:
             if fault not in FAULT_KINDS:
                 raise ValueError(f"unknown fault {fault!r}; choose from {FAULT_KINDS}")
         self.responder = responder
+        self.reasoning = reasoning
         self.latency = latency
         self.tokens_per_second = tokens_per_second
         self.max_concurrency = max_concurrency
@@ -235,10 +240,13 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("stream"):
             self._stream_chat(text, model, prompt_tokens, completion_tokens)
             return
+        message = {"role": "assistant", "content": text}
+        if self.fake.reasoning is not None:
+            message["reasoning_content"] = self.fake.reasoning(messages, model)
         self._send_json(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         })
@@ -269,9 +277,12 @@ class _Handler(BaseHTTPRequestHandler):
             messages.insert(0, {"role": "system", "content": body["system"]})
         model = body.get("model", "fake-model")
         text = self.fake.responder(messages, model)
+        blocks = [{"type": "text", "text": text}]
+        if self.fake.reasoning is not None:
+            blocks.insert(0, {"type": "thinking", "thinking": self.fake.reasoning(messages, model), "signature": "sig"})
         self._send_json(200, {
             "id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "content": blocks, "stop_reason": "end_turn", "stop_sequence": None,
             "usage": {"input_tokens": sum(_tokens(str(m.get("content", ""))) for m in messages),
                       "output_tokens": _tokens(text)},
         })
