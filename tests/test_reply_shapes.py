@@ -161,3 +161,7 @@ def test_reasoning_fields_of_both_sdks_are_recorded_and_never_parsed(tmp_path):
             assert "FINAL(from the reasoning)" in iteration["reasoning"], model
             cells = [e for e in events if e["type"] == "cell"]
             assert [c["code"] for c in cells] == ["x = 41 + 1"], model
+
+
+def test_a_fenced_body_inside_final_is_unwrapped():
+    assert find_final('FINAL(```json\n{"a": 1}\n```)') == FinalAnswer(text='{"a": 1}')

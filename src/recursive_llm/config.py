@@ -131,9 +131,11 @@ class LoopPolicy:
     root_context_window: int | None = None  # the root model's window, when it is not known
     system_prompt: str | None = None  # the user's own root system prompt
     sub_calls: bool = True  # False: llm_query/rlm_query fail in model code (the ablation)
+    schema_retries: int = 2  # with a schema: answers that do not validate, retried this many times
 
     def __post_init__(self) -> None:
         _check_all(self, {"max_output_chars": (True, 200, True, False), "cell_timeout_s": (False, 0, False, False),
+                          "schema_retries": (True, 0, True, False),
                           "fallback_after": (True, 1, True, True), "compact_at": (False, 0, False, True),
                           "root_context_window": (True, 1, True, True)})
         if self.compact_at is not None and not 0.1 <= self.compact_at < 1:

@@ -96,8 +96,14 @@ def _balanced_body(text: str) -> str:
     return text[:last] if last >= 0 else text
 
 
+_FENCED_BODY = re.compile(r"^(`{3,}|~{3,})[\w+-]*[ \t]*\n(?P<inner>.*?)\n?[ \t]*\1$", re.DOTALL)
+
+
 def _unquote(body: str) -> str:
     body = body.strip()
+    fenced = _FENCED_BODY.match(body)  # FINAL(```json\n{...}\n```)
+    if fenced:
+        return fenced.group("inner").strip()
     for quote in ('"""', "'''", '"', "'", "`"):
         if len(body) >= 2 * len(quote) and body.startswith(quote) and body.endswith(quote):
             return body[len(quote):-len(quote)].strip()

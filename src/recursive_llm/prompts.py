@@ -69,6 +69,15 @@ Your reply gave FINAL({answer}) together with code, before you had seen what the
 it was not taken as the answer. Check the real output above: if it confirms your answer, reply \
 with FINAL(...) again (without code); if not, correct it."""
 
+SCHEMA_NOTE = """\
+The answer must be JSON that matches this JSON schema (give it with FINAL(...) or, better, \
+build it as a dict in code and give FINAL_VAR(name)):
+{schema}"""
+
+SCHEMA_RETRY_NOTE = """\
+The answer was not accepted: it does not match the required JSON schema ({errors}). Fix it and \
+answer again."""
+
 NUDGE_MESSAGE = """\
 Your reply had no ```repl code block and no final answer. Write Python in a ```repl block to \
 explore `context`, or give your answer as FINAL(answer) or FINAL_VAR(variable_name) on its own \

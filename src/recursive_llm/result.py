@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from .usage import UsageSummary
 
@@ -43,6 +44,7 @@ class Result:
     error: str | None = None
     used_fallback: bool = False  # the built-in map-reduce program produced the answer
     depth: int = 0
+    parsed: Any = None  # with completion(..., schema=...): the validated answer (a model instance or data)
 
     def __str__(self) -> str:
         return self.answer or ""
@@ -63,4 +65,10 @@ class Result:
             "duration_s": round(self.duration_s, 3),
             "error": self.error,
             "used_fallback": self.used_fallback,
+            "parsed": _plain(self.parsed),
         }
+
+
+def _plain(value: Any) -> Any:
+    """A parsed answer as JSON-able data (a pydantic model becomes its dict)."""
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value

@@ -20,6 +20,7 @@ from .scheduler import Scheduler
 from .usage import UsageSummary
 
 if TYPE_CHECKING:
+    from .answers import AnswerSchema
     from .context.loader import LoadedContext
     from .session import Session
 
@@ -61,6 +62,7 @@ class RLM:
         max_output_tokens: int | None = None,
         temperature: float | None = None,
         fallback_after: int | None = 3,
+        schema_retries: int = 2,
         compact_at: float | None = 0.85,
         root_context_window: int | None = None,
         trajectory_dir: str | Path | None = None,
@@ -79,7 +81,7 @@ class RLM:
             loop = LoopPolicy(max_output_chars=max_output_chars, cell_timeout_s=cell_timeout_s,
                               fallback_after=fallback_after, compact_at=compact_at,
                               root_context_window=root_context_window, system_prompt=system_prompt,
-                              sub_calls=sub_calls)
+                              sub_calls=sub_calls, schema_retries=schema_retries)
             worker = WorkerPolicy(environment=environment, sandbox=sandbox, memory_mb=worker_memory_mb)
         except ValueError as error:
             raise ConfigError(str(error)) from None
@@ -122,13 +124,16 @@ class RLM:
         return self.sub_client.name
 
     def completion(self, query: str, context: Any = None, *, contexts: list[Any] | None = None,
-                   **load_options: Any) -> Result:
+                   schema: Any = None, **load_options: Any) -> Result:
         """Run to a final answer (or a limit). `context` may be text, data, a Path, a directory or a
         table file; `contexts=[...]` gives several inputs (`context_0`, `context_1`, ... in the REPL).
 
+        `schema`: a pydantic model class or a JSON schema; the answer must be JSON that validates
+        (the model is told the errors and tries again, `schema_retries` times), and
+        `result.parsed` holds the validated object.
         `load_options` (include, exclude, encoding, max_file_bytes, gitignore) go to `load_context`.
         """
-        coroutine = self.acompletion(query, context, contexts=contexts, **load_options)
+        coroutine = self.acompletion(query, context, contexts=contexts, schema=schema, **load_options)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -150,23 +155,28 @@ class RLM:
         return box["result"]
 
     async def acompletion(self, query: str, context: Any = None, *, contexts: list[Any] | None = None,
-                          resume_from: str | None = None, run_config: dict[str, Any] | None = None,
-                          **load_options: Any) -> Result:
+                          schema: Any = None, resume_from: str | None = None,
+                          run_config: dict[str, Any] | None = None, **load_options: Any) -> Result:
         """See `completion`. `resume_from`: a run id whose recorded calls are replayed (in order, for
         free) before live calls continue; `run_config`: what `rlm ask --resume` needs to redo the run."""
+        from .answers import AnswerSchema
         from .context.loader import load_inputs
 
         if not isinstance(query, str) or not query.strip():
             raise RLMError("the query is empty: pass the question to answer as `query`")
+        answer_schema = AnswerSchema(schema) if schema is not None else None
         sources = ([] if context is None else [context]) + list(contexts or [])
         inputs = load_inputs(sources or [""], **load_options)
-        return await self.run_inputs(query, inputs, resume_from=resume_from, run_config=run_config)
+        return await self.run_inputs(query, inputs, resume_from=resume_from, run_config=run_config,
+                                     schema=answer_schema)
 
     async def run_inputs(self, query: str, inputs: list[LoadedContext], *, resume_from: str | None = None,
                          run_config: dict[str, Any] | None = None, environment: Any = None,
-                         session_id: str | None = None, turn_note: str | None = None) -> Result:
+                         session_id: str | None = None, turn_note: str | None = None,
+                         schema: AnswerSchema | None = None) -> Result:
         """One top-level run over loaded inputs. A session passes its long-lived, started
-        `environment` (kept open afterwards), its id and a note for the root prompt."""
+        `environment` (kept open afterwards), its id and a note for the root prompt; `schema`
+        types the answer."""
         run_id = new_run_id()
         trajectory_path = (self.trajectory_dir or _default_trajectory_dir()) / f"{run_id}.jsonl"
         listeners = [self.on_event] if self.on_event else []
@@ -188,7 +198,7 @@ class RLM:
         state = self._new_state(events, store, replay)
         try:
             run = Run(state, query=query, inputs=inputs, depth=0, run_id=run_id, parent_run_id=None,
-                      root_client=self.root_client, environment=environment, turn_note=turn_note)
+                      root_client=self.root_client, environment=environment, turn_note=turn_note, schema=schema)
             if environment is not None:
                 environment.rebind(run.handle_subcall)  # this turn's sub-calls go to this turn's run
             result = await run.execute()

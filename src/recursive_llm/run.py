@@ -101,7 +101,7 @@ class Run:
 
     def __init__(self, state: RunState, *, query: str, inputs: list[LoadedContext], depth: int, run_id: str,
                  parent_run_id: str | None, root_client: ModelClient, environment: Any = None,
-                 turn_note: str | None = None) -> None:
+                 turn_note: str | None = None, schema: answers.AnswerSchema | None = None) -> None:
         self.state = state
         self.config = state.config
         self.environment = environment  # given by a session: already started, and left open
@@ -119,6 +119,7 @@ class Run:
                                  start_child=self._start_child)
         self.compactor = Compactor(root_client, state.scheduler, self.config.loop, self.config.calls,
                                    self.site, self.emit)
+        self.gate = answers.Gate(state.failures, schema, self.config.loop.schema_retries)
 
     # -- events and call sites ------------------------------------------------------------------
     def emit(self, event_type: str, **fields: Any) -> None:
@@ -162,6 +163,8 @@ class Run:
         if not self.config.loop.sub_calls:
             system += "\n\n" + prompts.NO_SUB_CALLS_NOTE
         user = prompts.FIRST_USER_MESSAGE.format(query=self.query, metadata=described)
+        if self.gate.schema is not None:
+            user += "\n\n" + self.gate.schema.prompt_note()
         if self.turn_note:
             user += "\n\n" + self.turn_note
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
@@ -199,7 +202,8 @@ class Run:
         state = self.state
         result = Result(answer=answer, stopped_reason=stopped, iterations=self.iterations, usage=state.usage,
                         cost_usd=state.budget.cost_usd, run_id=self.run_id, duration_s=time.monotonic() - self.started,
-                        error=error, used_fallback=self.used_fallback, depth=self.depth)
+                        error=error, used_fallback=self.used_fallback, depth=self.depth,
+                        parsed=self.gate.parsed if answer is not None else None)
         self.emit("run_end", stopped_reason=stopped.value, answer=answer, error=error,
                   iterations=self.iterations, used_fallback=self.used_fallback,
                   duration_s=round(result.duration_s, 3), budget=state.budget.snapshot(),
@@ -241,12 +245,14 @@ class Run:
                 final, problem = await answers.resolve(env, parsed.final, with_code=bool(parsed.code_blocks))
                 if problem:
                     outputs.append(problem)
-            final, refused = answers.accept(final, self.state.failures)
+            final, refused = self.gate.accept(final)
             if refused:
                 outputs.append(refused)
                 rejected = refused
             if final is not None:
                 return final, StopReason.FINAL, None
+            if self.gate.gave_up:
+                return None, StopReason.ERROR, self.gate.gave_up
             if (stop := self._budget_stop()) is not None:
                 return stop
 
@@ -288,7 +294,7 @@ class Run:
         self.emit("fallback", reason=f"{idle_turns} replies in a row without working code or an answer",
                   strategy="map_reduce", chunk_chars=chunk_chars)
         outputs, final, _ = await self._run_blocks(env, [map_reduce_code(self.query, chunk_chars)])
-        final, refused = answers.accept(final, self.state.failures)
+        final, refused = self.gate.accept(final)
         if final is not None:
             return final, StopReason.FINAL, None
         if refused:
@@ -315,8 +321,7 @@ class Run:
         answer = None
         if parsed.final is not None:
             answer, _ = await answers.resolve(env, parsed.final)
-        answer, refused = answers.accept(answer if answer is not None else reply.strip() or None,
-                                         self.state.failures)
+        answer, refused = self.gate.accept(answer if answer is not None else reply.strip() or None)
         if refused:
             self.emit("final_ask_failed", error=refused)
         return answer
