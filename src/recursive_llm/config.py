@@ -132,12 +132,18 @@ class LoopPolicy:
     system_prompt: str | None = None  # the user's own root system prompt
     sub_calls: bool = True  # False: llm_query/rlm_query fail in model code (the ablation)
     schema_retries: int = 2  # with a schema: answers that do not validate, retried this many times
+    # "default", or "reference": the prompts of the reference implementation (rlms), which models
+    # trained as RLMs expect (prompts.py)
+    prompt_style: str = "default"
 
     def __post_init__(self) -> None:
         _check_all(self, {"max_output_chars": (True, 200, True, False), "cell_timeout_s": (False, 0, False, False),
                           "schema_retries": (True, 0, True, False),
                           "fallback_after": (True, 1, True, True), "compact_at": (False, 0, False, True),
                           "root_context_window": (True, 1, True, True)})
+        if self.prompt_style not in ("default", "reference"):
+            raise ValueError(f"unknown prompt_style {self.prompt_style!r}: use 'default' or 'reference' (the "
+                             f"reference implementation's prompts, for models trained as RLMs)")
         if self.compact_at is not None and not 0.1 <= self.compact_at < 1:
             raise ValueError("compact_at must be a fraction of the window between 0.1 and 1 (or None)")
 

@@ -63,6 +63,7 @@ class RLM:
         temperature: float | None = None,
         fallback_after: int | None = 3,
         schema_retries: int = 2,
+        prompt_style: str = "default",
         compact_at: float | None = 0.85,
         root_context_window: int | None = None,
         trajectory_dir: str | Path | None = None,
@@ -81,7 +82,8 @@ class RLM:
             loop = LoopPolicy(max_output_chars=max_output_chars, cell_timeout_s=cell_timeout_s,
                               fallback_after=fallback_after, compact_at=compact_at,
                               root_context_window=root_context_window, system_prompt=system_prompt,
-                              sub_calls=sub_calls, schema_retries=schema_retries)
+                              sub_calls=sub_calls, schema_retries=schema_retries,
+                              prompt_style=prompt_style)
             worker = WorkerPolicy(environment=environment, sandbox=sandbox, memory_mb=worker_memory_mb)
         except ValueError as error:
             raise ConfigError(str(error)) from None

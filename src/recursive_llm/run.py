@@ -120,6 +120,7 @@ class Run:
         self.compactor = Compactor(root_client, state.scheduler, self.config.loop, self.config.calls,
                                    self.site, self.emit)
         self.gate = answers.Gate(state.failures, schema, self.config.loop.schema_retries)
+        self.style = prompts.STYLES[self.config.loop.prompt_style]
 
     # -- events and call sites ------------------------------------------------------------------
     def emit(self, event_type: str, **fields: Any) -> None:
@@ -158,11 +159,14 @@ class Run:
                             f"context_0")
             described = "\n\n".join(format_metadata(m, f"context_{i}") for i, m in enumerate(metadata))
         tables = any(loaded.tables for loaded in self.inputs)
-        system = prompts.system_prompt(context_type, recursion=recursion, override=self.config.loop.system_prompt,
-                                       tables=tables)
-        if not self.config.loop.sub_calls:
+        loop = self.config.loop
+        system = prompts.system_prompt(context_type, recursion=recursion, override=loop.system_prompt,
+                                       tables=tables, style=loop.prompt_style)
+        if not loop.sub_calls:
             system += "\n\n" + prompts.NO_SUB_CALLS_NOTE
-        user = prompts.FIRST_USER_MESSAGE.format(query=self.query, metadata=described)
+        user = self.style.first_user_message(query=self.query, metadata=described, context_type=context_type,
+                                             total_chars=sum(int(m.get("total_chars") or 0) for m in metadata),
+                                             max_iterations=self.config.limits.max_iterations)
         if self.gate.schema is not None:
             user += "\n\n" + self.gate.schema.prompt_note()
         if self.turn_note:
@@ -261,9 +265,9 @@ class Run:
             idle_turns = 0 if any_worked else idle_turns + 1
             if self.config.loop.fallback_after and idle_turns >= self.config.loop.fallback_after:
                 return await self._fallback(env, idle_turns)
-            template = prompts.CONTINUE_MESSAGE if parsed.code_blocks or parsed.final else prompts.NUDGE_MESSAGE
-            content = template.format(iteration=self.iterations, max_iterations=limits.max_iterations,
-                                      outputs="\n\n".join(outputs), query=self.query)
+            content = self.style.turn_message(outputs=outputs, iteration=self.iterations, query=self.query,
+                                              max_iterations=limits.max_iterations,
+                                              had_code=bool(parsed.code_blocks or parsed.final))
             messages.append({"role": "user", "content": content})
         return None, StopReason.MAX_ITERATIONS, rejected
 
@@ -311,7 +315,7 @@ class Run:
         reason = (f"the limit of {self.config.limits.max_iterations} iterations is reached"
                   if stopped == StopReason.MAX_ITERATIONS else f"the {budget.exhausted} budget is used up")
         await self.compactor.keep_within_window(env, messages, iteration=self.iterations, query=self.query)
-        messages.append({"role": "user", "content": prompts.FINAL_ASK_MESSAGE.format(reason=reason, query=self.query)})
+        messages.append({"role": "user", "content": self.style.final_ask.format(reason=reason, query=self.query)})
         try:
             reply = (await self.state.scheduler.call(self.root_client, messages, self.site("final"))).text
         except (BudgetExceeded, ModelError) as exc:
