@@ -42,7 +42,11 @@ def test_anthropic_text_usage_and_system():
         client = AnthropicClient("claude-x", base_url=server.base_url.removesuffix("/v1"), api_key=SECRET)
         completion = complete(client)
         body = server.requests[0]
-    assert body["system"] == "be brief" and body["messages"] == [{"role": "user", "content": "hello there"}]
+    # A conversation with a system prompt (the root loop's) is marked for the prompt cache.
+    mark = {"type": "ephemeral"}
+    assert body["system"] == [{"type": "text", "text": "be brief", "cache_control": mark}]
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hello there",
+                                                               "cache_control": mark}]}]
     assert body["max_tokens"] == 4096
     assert completion.text == "be brief|2" and completion.prompt_tokens > 0
 

@@ -117,12 +117,12 @@ class Scheduler:
 
     async def _attempt(self, client: ModelClient, messages: list[Message], site: CallSite,
                        call_id: str, attempt: int, max_output_tokens: int | None, key: str | None) -> Completion:
-        from .models.pricing import cost_usd, price_for
+        from .models.pricing import cost_usd, worst_case_price
 
         async with self._semaphore:
             try:
                 reservation = await self.budget.areserve(messages, max_output_tokens=max_output_tokens,
-                                                         price=price_for(client.name))
+                                                         price=worst_case_price(client.name))
             except BudgetExceeded as error:
                 self.events.emit("llm_refused", run_id=site.run_id, depth=site.depth, call_id=call_id,
                                  purpose=site.purpose, model=client.name, budget=error.budget,
@@ -147,18 +147,22 @@ class Scheduler:
                 raise
             finally:
                 self.in_flight -= 1
-        cost = cost_usd(client.name, completion.prompt_tokens, completion.completion_tokens)
+        cost = cost_usd(client.name, completion.prompt_tokens, completion.completion_tokens,
+                        cached_tokens=completion.cached_prompt_tokens, cache_write_tokens=completion.cache_write_tokens)
         tokens = completion.prompt_tokens + completion.completion_tokens
         self.budget.settle(reservation, tokens=tokens, cost_usd=cost)
-        self.usage.record(client.name, site.depth, TokenUsage(completion.prompt_tokens,
-                                                              completion.completion_tokens, 1, cost))
+        self.usage.record(client.name, site.depth, TokenUsage(
+            completion.prompt_tokens, completion.completion_tokens, 1, cost,
+            cached_prompt_tokens=completion.cached_prompt_tokens, cache_write_tokens=completion.cache_write_tokens))
         self.events.emit("llm_call", run_id=site.run_id, depth=site.depth, call_id=call_id,
                          purpose=site.purpose, model=client.name, attempt=attempt,
                          messages=for_record(messages), response=completion.text,
                          prompt_tokens=completion.prompt_tokens,
                          completion_tokens=completion.completion_tokens, cost_usd=cost,
                          latency_s=round(time.monotonic() - started, 4),
-                         finish_reason=completion.finish_reason, cache_key=key, reasoning=completion.reasoning)
+                         finish_reason=completion.finish_reason, cache_key=key, reasoning=completion.reasoning,
+                         cached_prompt_tokens=completion.cached_prompt_tokens,
+                         cache_write_tokens=completion.cache_write_tokens)
         return completion
 
     async def _complete(self, client: ModelClient, messages: list[Message], max_output_tokens: int | None,

@@ -14,6 +14,9 @@ class TokenUsage:
     calls: int = 0
     cost_usd: float = 0.0
     cached_calls: int = 0  # answered from the store (cache or resume): no tokens paid, not in `calls`
+    # Of `prompt_tokens`: read from the provider's prompt cache, and written to it (Anthropic).
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -25,6 +28,8 @@ class TokenUsage:
         self.calls += other.calls
         self.cost_usd += other.cost_usd
         self.cached_calls += other.cached_calls
+        self.cached_prompt_tokens += other.cached_prompt_tokens
+        self.cache_write_tokens += other.cache_write_tokens
 
     def to_dict(self) -> dict:
         return {
@@ -34,6 +39,8 @@ class TokenUsage:
             "calls": self.calls,
             "cost_usd": round(self.cost_usd, 8),
             "cached_calls": self.cached_calls,
+            "cached_prompt_tokens": self.cached_prompt_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
         }
 
 

@@ -25,10 +25,30 @@ def to_anthropic(messages: list[Message]) -> tuple[str | None, list[dict]]:
     return system, merged
 
 
+_EPHEMERAL = {"type": "ephemeral"}
+
+
+def with_cache_marks(system: str | None, turns: list[dict]) -> tuple[Any, list[dict]]:
+    """Mark the stable prefix of a root conversation for Anthropic's prompt cache: the system
+    prompt, and the conversation up to its last message (which the next turn starts with).
+
+    Only conversations with a system prompt (the root loop's) are marked: a one-off sub-call
+    would pay the cache write (1.25x) and never read it back.
+    """
+    if not system:
+        return system, turns
+    marked = [dict(turn) for turn in turns]
+    if marked:
+        last = marked[-1]
+        last["content"] = [{"type": "text", "text": last["content"], "cache_control": _EPHEMERAL}]
+    return [{"type": "text", "text": system, "cache_control": _EPHEMERAL}], marked
+
+
 class AnthropicClient:
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 context_window: int | None = 200_000, name: str | None = None) -> None:
+                 context_window: int | None = 200_000, name: str | None = None, prompt_cache: bool = True) -> None:
         self.model = model
+        self.prompt_cache = prompt_cache  # mark root conversations for Anthropic's prompt cache
         self.name = name or model
         self.base_url = base_url
         self.context_window = context_window
@@ -52,6 +72,8 @@ class AnthropicClient:
     async def complete(self, messages: list[Message], *, max_tokens: int | None = None,
                        temperature: float | None = None, timeout: float | None = None) -> Completion:
         system, turns = to_anthropic(messages)
+        if self.prompt_cache:
+            system, turns = with_cache_marks(system, turns)
         options: dict[str, Any] = {"max_tokens": max_tokens or DEFAULT_MAX_TOKENS}
         if system:
             options["system"] = system
@@ -72,9 +94,14 @@ class AnthropicClient:
         thinking = "\n\n".join(getattr(block, "thinking", "") for block in blocks
                                 if getattr(block, "type", "") == "thinking" and getattr(block, "thinking", ""))
         usage = getattr(response, "usage", None)
-        return Completion(text=text, model=self.name, prompt_tokens=getattr(usage, "input_tokens", 0) or 0,
+        read = getattr(usage, "cache_read_input_tokens", 0) or 0
+        written = getattr(usage, "cache_creation_input_tokens", 0) or 0
+        # Anthropic's input_tokens leaves out the cached ones; ours counts every input token.
+        return Completion(text=text, model=self.name,
+                          prompt_tokens=(getattr(usage, "input_tokens", 0) or 0) + read + written,
                           completion_tokens=getattr(usage, "output_tokens", 0) or 0,
-                          finish_reason=getattr(response, "stop_reason", None), reasoning=thinking or None)
+                          finish_reason=getattr(response, "stop_reason", None), reasoning=thinking or None,
+                          cached_prompt_tokens=read, cache_write_tokens=written)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

@@ -23,6 +23,10 @@ class Completion:
     # What the provider returned as reasoning apart from the text (OpenAI-compatible servers'
     # `reasoning_content` / `reasoning`, Anthropic's thinking blocks): recorded, never parsed.
     reasoning: str | None = None
+    # Of `prompt_tokens` (every input token): read from the provider's prompt cache, and written to
+    # it (Anthropic's cache_creation_input_tokens).
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @runtime_checkable

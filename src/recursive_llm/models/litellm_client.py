@@ -46,9 +46,11 @@ class LiteLLMClient:
             raise ModelError(f"litellm {self.model}: malformed response", retryable=True) from None
         if not isinstance(text, str):
             raise ModelError(f"litellm {self.model}: malformed response (no message text)", retryable=True)
+        details = getattr(usage, "prompt_tokens_details", None)
         return Completion(text=text, model=self.name, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                           completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                          finish_reason=getattr(choice, "finish_reason", None))
+                          finish_reason=getattr(choice, "finish_reason", None),
+                          cached_prompt_tokens=getattr(details, "cached_tokens", 0) or 0)
 
     async def aclose(self) -> None:
         return None

@@ -58,10 +58,12 @@ class OpenAIClient:
         reasoning = next((value for value in (getattr(message, "reasoning_content", None),
                                               getattr(message, "reasoning", None)) if isinstance(value, str) and value),
                          None)
+        details = getattr(usage, "prompt_tokens_details", None)
         return Completion(text=message.content, model=self.name,
                           prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
                           completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                          finish_reason=choices[0].finish_reason, reasoning=reasoning)
+                          finish_reason=choices[0].finish_reason, reasoning=reasoning,
+                          cached_prompt_tokens=getattr(details, "cached_tokens", 0) or 0)
 
     async def aclose(self) -> None:
         """Close the HTTP client; the next call opens a new one (possibly on another event loop)."""

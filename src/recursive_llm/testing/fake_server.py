@@ -39,6 +39,81 @@ def _tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
+def _block_text(content: Any) -> str:
+    """A message's text: a string, or the text of its content blocks."""
+    if isinstance(content, list):
+        return "".join(str(block.get("text", "")) for block in content if isinstance(block, dict))
+    return str(content)
+
+
+class PromptCache:
+    """The providers' prompt caches, as far as usage shows them (our model of them, not theirs):
+
+    - OpenAI caches automatically: a request whose leading messages equal an earlier request's
+      has those messages' tokens cached, in whole 128-token steps, once the prompt has 1,024 tokens.
+    - Anthropic caches what the request marks: each `cache_control` block ends a prefix that is
+      written. The longest prefix an earlier request wrote that ends at a mark, or up to 20 blocks
+      before the last one, is read; the rest up to the last mark is written. Prompts under 1,024
+      tokens are not cached. `input_tokens` is what is left.
+
+    Token counts are the server's (about four characters per token, per message).
+    """
+
+    MIN_TOKENS, STEP, LOOKBACK = 1024, 128, 20
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._openai: list[list[str]] = []  # earlier requests, as their messages' keys
+        self._written: set[str] = set()  # Anthropic prefixes in the cache
+        self.cached_tokens = 0  # everything this server reported as read from its cache
+        self.written_tokens = 0
+
+    @staticmethod
+    def _key(message: dict) -> str:
+        return json.dumps([message.get("role"), _block_text(message.get("content", ""))])
+
+    def openai(self, messages: list[dict]) -> int:
+        keys = [self._key(m) for m in messages]
+        tokens = [_tokens(str(m.get("content", ""))) for m in messages]
+        with self._lock:
+            shared = max((_common_prefix(keys, earlier) for earlier in self._openai), default=0)
+            self._openai = [*self._openai[-63:], keys]
+            if sum(tokens) < self.MIN_TOKENS:
+                return 0
+            cached = sum(tokens[:shared]) // self.STEP * self.STEP
+            self.cached_tokens += cached
+            return cached
+
+    def anthropic(self, messages: list[dict]) -> tuple[int, int]:
+        """(tokens read from the cache, tokens written to it) for one request."""
+        tokens = [_tokens(_block_text(m.get("content", ""))) for m in messages]
+        marks = [i for i, m in enumerate(messages) if isinstance(m.get("content"), list)
+                 and any(isinstance(b, dict) and b.get("cache_control") for b in m["content"])]
+        if not marks or sum(tokens) < self.MIN_TOKENS:
+            return 0, 0
+        # A mark also finds an earlier prefix ending up to 20 blocks before it (Anthropic's lookback).
+        candidates = sorted({*marks, *range(max(0, marks[-1] - self.LOOKBACK), marks[-1] + 1)})
+        keys = [self._key(m) for m in messages]
+        prefixes = {i: "\x00".join(keys[:i + 1]) for i in candidates}
+        with self._lock:
+            hit = max((i for i in candidates if prefixes[i] in self._written), default=None)
+            read = sum(tokens[:hit + 1]) if hit is not None else 0
+            written = sum(tokens[:marks[-1] + 1]) - read
+            self._written.update(prefixes[i] for i in marks)
+            self.cached_tokens += read
+            self.written_tokens += written
+            return read, written
+
+
+def _common_prefix(a: list[str], b: list[str]) -> int:
+    count = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -58,8 +133,9 @@ class FakeLLMServer:
                  fault_kinds: tuple[str, ...] = ("429", "500", "503", "garbage", "drop"), seed: int = 0,
                  retry_after: str = "0", hang_seconds: float = 30.0, port: int = 0,
                  tokens_per_second: float | None = None, max_concurrency: int | None = None,
-                 reasoning: Responder | None = None) -> None:
+                 reasoning: Responder | None = None, prompt_cache: bool = False) -> None:
         """`latency`: seconds per request, or a function drawing them (a distribution);
+        `prompt_cache`: the providers' prompt caches (see `PromptCache`), reported in usage;
         `reasoning`: a second responder whose text is sent as the reply's separate reasoning, the
         way reasoning models' servers do (OpenAI-compatible: `reasoning_content`; Anthropic: a
         `thinking` block before the text);
@@ -70,6 +146,7 @@ class FakeLLMServer:
                 raise ValueError(f"unknown fault {fault!r}; choose from {FAULT_KINDS}")
         self.responder = responder
         self.reasoning = reasoning
+        self.prompt_cache = PromptCache() if prompt_cache else None
         self.latency = latency
         self.tokens_per_second = tokens_per_second
         self.max_concurrency = max_concurrency
@@ -234,6 +311,8 @@ class _Handler(BaseHTTPRequestHandler):
         messages, model = body.get("messages", []), body.get("model", "fake-model")
         text = self.fake.responder(messages, model)
         prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in messages)
+        cache = self.fake.prompt_cache
+        cached = cache.openai(messages) if cache is not None else 0
         completion_tokens = _tokens(text)
         if self.fake.tokens_per_second:
             time.sleep(completion_tokens / self.fake.tokens_per_second)
@@ -248,7 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
             "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+                      "total_tokens": prompt_tokens + completion_tokens,
+                      **({"prompt_tokens_details": {"cached_tokens": cached}} if cache is not None else {})},
         })
 
     def _stream_chat(self, text: str, model: str, prompt_tokens: int, completion_tokens: int) -> None:
@@ -276,15 +356,19 @@ class _Handler(BaseHTTPRequestHandler):
         if body.get("system"):
             messages.insert(0, {"role": "system", "content": body["system"]})
         model = body.get("model", "fake-model")
-        text = self.fake.responder(messages, model)
+        # The responder sees plain text, whether the request sent strings or content blocks.
+        text = self.fake.responder([{**m, "content": _block_text(m.get("content", ""))} for m in messages], model)
+        total = sum(_tokens(_block_text(m.get("content", ""))) for m in messages)
+        read, written = (self.fake.prompt_cache.anthropic(messages) if self.fake.prompt_cache is not None
+                         else (0, 0))
         blocks = [{"type": "text", "text": text}]
         if self.fake.reasoning is not None:
             blocks.insert(0, {"type": "thinking", "thinking": self.fake.reasoning(messages, model), "signature": "sig"})
         self._send_json(200, {
             "id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant", "model": model,
             "content": blocks, "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": sum(_tokens(str(m.get("content", ""))) for m in messages),
-                      "output_tokens": _tokens(text)},
+            "usage": {"input_tokens": total - read - written, "output_tokens": _tokens(text),
+                      "cache_read_input_tokens": read, "cache_creation_input_tokens": written},
         })
 
 
