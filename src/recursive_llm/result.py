@@ -23,6 +23,9 @@ class Result:
     error: str | None = None
     used_fallback: bool = False  # the built-in map-reduce program produced the answer
     depth: int = 0
+    # What could not be recorded (the run store or the trajectory: corrupt, read-only, a full disk).
+    # The answer is still here; the problem was also said once on stderr.
+    store_error: str | None = None
 
     def __str__(self) -> str:
         return self.answer or ""
@@ -43,4 +46,5 @@ class Result:
             "duration_s": round(self.duration_s, 3),
             "error": self.error,
             "used_fallback": self.used_fallback,
+            "store_error": self.store_error,
         }

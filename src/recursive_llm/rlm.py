@@ -264,6 +264,7 @@ class RLM:
             # a session keeps its configured clients (bound to its loop) for the next question
             await shared.close_clients(configured=environment is None)
         result.trajectory_path = trajectory_path
+        result.store_error = "; ".join(filter(None, [getattr(store, "error", None), events.error])) or None
         return result
 
     def session(self, context: Any = None, *, contexts: list[Any] | None = None, **load_options: Any) -> "Session":
