@@ -172,6 +172,7 @@ def test_killed_run_resumes_without_repeating_calls(tmp_path):
         while len(server.requests) < 1 + 6 + 1 + 1 + 1 and time.time() < deadline:  # the 3rd root call arrived
             time.sleep(0.05)
         time.sleep(0.3)
+        assert Store().list_runs()[0]["status"] == "running"  # its process is alive: not taken for interrupted
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         before_kill = len(server.requests)
