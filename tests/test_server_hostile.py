@@ -277,3 +277,28 @@ def test_idle_and_slow_connections_are_closed(backend, tree):
     finally:
         stderr = server.stop()
     assert "Traceback" not in stderr
+
+
+# -- a run whose client went away is not left `running` --------------------------------------------
+def test_a_stream_the_client_drops_leaves_an_interrupted_run(tree):
+    from recursive_llm.store import Store
+
+    root, _ = tree
+    slow = ["```repl\nnotes = [llm_query('a'), llm_query('b'), llm_query('c')]\n```", "FINAL(done)"]
+    with FakeLLMServer(responder=root_then_sub(slow), latency=0.5) as backend:
+        server = Served(backend_url=backend.base_url, root=root, env={"RLM_SERVE_TOKEN": TOKEN})
+        try:
+            with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=60,
+                              headers={"Authorization": f"Bearer {TOKEN}"},
+                              json={"model": "rlm", "stream": True, "messages": [QUESTION], "context": "text"}) as sent:
+                for line in sent.iter_lines():
+                    if '"run_start"' in line:
+                        break  # the run is under way: hang up
+            deadline = time.time() + 30
+            while time.time() < deadline and [r["status"] for r in Store().list_runs()] != ["interrupted"]:
+                time.sleep(0.1)
+            runs = Store().list_runs()
+        finally:
+            server.stop()
+    assert [r["status"] for r in runs] == ["interrupted"]
+    assert "disconnected" in Store().run_tree(runs[0]["run_id"])["runs"][0]["error"]

@@ -486,6 +486,14 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event):
     limits: ServeLimits = args["limits"]
     # the call cache is per client: one client's cached calls never answer (and so reveal) another's
     store = Store(cache_namespace=args.get("client") or "serve:loopback")
+    started: dict[str, str] = {}
+
+    def listen(event: dict[str, Any]) -> None:
+        if event["type"] == "run_start" and event.get("parent_run_id") is None:
+            started["run_id"] = event["run_id"]
+        if on_event is not None:
+            on_event(event)
+
     try:
         rlm = RLM(model=args["model"], sub_model=config.sub_model, base_url=config.base_url,
                   max_depth=limits.max_depth, max_iterations=limits.max_iterations,
@@ -493,8 +501,12 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event):
                   max_cost_usd=limits.max_cost_usd, timeout_s=limits.timeout_s,
                   sandbox=config.sandbox, temperature=args["temperature"], max_retries=config.max_retries,
                   max_output_tokens=args["max_output_tokens"],
-                  call_timeout_s=config.call_timeout_s, on_event=on_event, store=store)
+                  call_timeout_s=config.call_timeout_s, on_event=listen, store=store)
         return await rlm.acompletion(args["query"], args["context"])
+    except asyncio.CancelledError:  # the client went away (or shutdown ran out of grace): it will not end
+        if "run_id" in started:
+            store.interrupt(started["run_id"], "the client disconnected before the run finished; it was stopped")
+        raise
     except ContextError as error:
         raise RequestError(400, f"bad context: {error}") from None
     except ConfigError as error:

@@ -271,6 +271,11 @@ class Store:
             self._db.close()
             self._db = None
 
+    def interrupt(self, root_id: str, reason: str) -> None:
+        """Mark a run tree that will not end by itself (its task was cancelled) `interrupted`."""
+        self._write("UPDATE runs SET status = 'interrupted', error = coalesce(error, ?), ended_at = ? "
+                    "WHERE root_id = ? AND status = 'running'", (reason, time.time(), root_id))
+
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
         """The connection, for one reader at a time, with every completed call in it. Raises
