@@ -587,6 +587,11 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
             yield f"data: {json.dumps(error_body(redact(error.message), error.kind, error.code))}\n\n"
             yield "data: [DONE]\n\n"
             return
+        except Exception as error:  # a bug of ours: the client still gets a JSON error, redacted
+            message = redact(f"internal error: {type(error).__name__}: {error}"[:500])
+            yield f"data: {json.dumps(error_body(message, 'server_error', 'internal_error'))}\n\n"
+            yield "data: [DONE]\n\n"
+            return
         answer = result.answer
         for start in range(0, len(answer), 200):
             yield _chunk(completion_id, model, {"content": answer[start:start + 200]})
