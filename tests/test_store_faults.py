@@ -131,3 +131,26 @@ def test_a_full_disk_under_rlm_home_never_loses_the_answer(small_disk, doc):
     listed = rlm_cli("logs", "--json", home=home)  # what was recorded before is still readable
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout.splitlines()[-1])["run_id"] == json.loads(first.stdout)["run_id"]
+
+
+def test_a_read_only_rlm_home_never_loses_the_answer(small_disk, doc):
+    home = small_disk / "home"
+    with FakeLLMServer(responder=root_then_sub(BATCH_TURNS)) as server:
+        first = ask(server, doc, home)
+        assert first.returncode == 0, first.stderr
+        remounted = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True, text=True)
+        if remounted.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {remounted.stderr.strip()}")
+        done = ask(server, doc, home)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["answer"].startswith("sub:combine:")
+    assert "read-only" in result["store_error"].lower() or "readonly" in result["store_error"].lower()
+    assert "writable" in result["store_error"], result["store_error"]
+    assert "Traceback" not in done.stderr
+    listed = rlm_cli("logs", "--json", home=home)
+    assert "Traceback" not in listed.stderr
+    if listed.returncode != 0:  # SQLite could not open the WAL database read-only: it says which and how
+        assert str(home / "rlm.db") in listed.stderr and "RLM_HOME" in listed.stderr
+    else:
+        assert json.loads(listed.stdout.splitlines()[0])["run_id"] == json.loads(first.stdout)["run_id"]

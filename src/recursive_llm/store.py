@@ -110,6 +110,9 @@ def _fix_for(error: BaseException, path: Path) -> str:
         return "upgrade recursive-llm (pip install -U recursive-llm), or set RLM_HOME to another directory"
     if isinstance(error, OSError) and error.errno == errno.ENOSPC or "full" in text:
         return f"free some space under {path.parent}, or set RLM_HOME to a directory on another disk"
+    if _read_only(path):
+        return (f"{path.parent} is on a read-only file system or not writable: make it writable, or set "
+                f"RLM_HOME to a writable directory")
     if "readonly" in text or "read-only" in text or isinstance(error, PermissionError) or \
             isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"make {path} and its directory writable, or set RLM_HOME to a writable directory"
@@ -117,6 +120,13 @@ def _fix_for(error: BaseException, path: Path) -> str:
         return (f"move it aside (mv {path} {path}.broken; a new one is created on the next run), "
                 f"or set RLM_HOME to another directory")
     return f"check {path}, or set RLM_HOME to another directory"
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY) or not os.access(path.parent, os.W_OK)
+    except OSError:
+        return False
 
 
 def _process_started(pid: int) -> str | None:
