@@ -108,7 +108,7 @@ def _fix_for(error: BaseException, path: Path) -> str:
     text = str(error).lower()
     if "newer recursive-llm" in text:
         return "upgrade recursive-llm (pip install -U recursive-llm), or set RLM_HOME to another directory"
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "full" in text:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "disk is full" in text:
         return f"free some space under {path.parent}, or set RLM_HOME to a directory on another disk"
     if _read_only(path):
         return (f"{path.parent} is on a read-only file system or not writable: make it writable, or set "
