@@ -61,3 +61,69 @@ def test_mcp_tools_over_stdio(tmp_path):
     assert escape.is_error and "outside this server's root" in escape.content[0].text
     assert str(Path.home()) not in escape.content[0].text
     assert unknown.is_error and "unknown context_id" in unknown.content[0].text
+
+
+def _mcp_session(root: Path, base_url: str, calls):
+    """Run `calls(session)` against `rlm mcp --root root` through the SDK's stdio client."""
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    async def scenario():
+        params = StdioServerParameters(
+            command=sys.executable, args=["-m", "recursive_llm", "mcp", "--model", "m", "--base-url", base_url,
+                                          "--root", str(root)],
+            env={"PYTHONPATH": os.environ["PYTHONPATH"], "RLM_HOME": os.environ["RLM_HOME"]})
+        async with stdio_client(params) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await calls(session)
+
+    return asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+@pytest.fixture
+def rooted(tmp_path):
+    root = tmp_path / "root"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "report.txt").write_text("Revenue grew in every quarter.\n")
+    secret = tmp_path / "secret.env"
+    secret.write_text("OPENAI_API_KEY=sk-live-MCPSECRET-123456\n")
+    secret.chmod(0o600)
+    return root, secret
+
+
+def test_mcp_refuses_symlinks_out_of_the_root_and_bad_names(rooted):
+    root, secret = rooted
+    (root / "link.env").symlink_to(secret)
+    (root / "up").symlink_to(root.parent, target_is_directory=True)
+
+    async def calls(session):
+        results = {}
+        for name in ("link.env", "up/secret.env", "docs/report.txt\x00", "x" * 5000, str(secret)):
+            results[name] = await session.call_tool("load_context", {"paths": [name]})
+        results["text"] = tool_result(await session.call_tool("load_context", {"text": str(secret)}))
+        return results
+
+    with FakeLLMServer(responder=root_then_sub(TURNS)) as server:
+        results = _mcp_session(root, server.base_url, calls)
+    for name in ("link.env", "up/secret.env", str(secret)):
+        assert results[name].is_error and "outside this server's root" in results[name].content[0].text, name
+    assert "symlink" in results["link.env"].content[0].text
+    assert results["docs/report.txt\x00"].is_error and "NUL" in results["docs/report.txt\x00"].content[0].text
+    assert results["x" * 5000].is_error and "too long" in results["x" * 5000].content[0].text
+    # text is text: a path given as `text` is not read
+    assert f"str of {len(str(secret))} characters" in results["text"]["description"]
+    assert "MCPSECRET" not in json.dumps(results["text"])
+
+
+def test_mcp_directory_with_a_symlink_out_of_it_does_not_load_the_target(rooted):
+    root, secret = rooted
+    (root / "docs" / "link").symlink_to(secret)
+
+    async def calls(session):
+        return tool_result(await session.call_tool("load_context", {"paths": ["docs"]}))
+
+    with FakeLLMServer(responder=root_then_sub(TURNS)) as server:
+        loaded = _mcp_session(root, server.base_url, calls)
+    assert "MCPSECRET" not in json.dumps(loaded)
+    assert "1 item" in loaded["description"] or "documents" in loaded["description"]

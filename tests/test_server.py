@@ -73,7 +73,7 @@ def served(backend, tmp_path):
     root.mkdir()
     (root / "report.txt").write_text("The quarterly report says revenue grew.\n" * 10)
     (tmp_path / "secret.txt").write_text("outside the root")
-    server = Served("--token", TOKEN, backend_url=backend.base_url, root=root)
+    server = Served(backend_url=backend.base_url, root=root, env={"RLM_SERVE_TOKEN": TOKEN})
     yield server
     server.stop()
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.store import SCHEMA_VERSION, Store
+from recursive_llm.store import SCHEMA_VERSION, Store, StoreError
 from recursive_llm.testing import FakeLLMServer, ScriptedModel
 from scripted_root import root_then_sub
 
@@ -57,8 +57,10 @@ def test_a_newer_schema_is_refused_with_the_fix(tmp_path):
     path = tmp_path / "future.db"
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="newer recursive-llm"):
-        Store(path)
+    store = Store(path)  # a run with this store still runs (unrecorded) and says why
+    assert "newer recursive-llm" in store.error and "pip install -U recursive-llm" in store.error
+    with pytest.raises(StoreError, match="newer recursive-llm"):
+        store.list_runs()
 
 
 def test_many_threads_and_processes_record_at_once(tmp_path):
@@ -170,12 +172,19 @@ def test_killed_run_resumes_without_repeating_calls(tmp_path):
         while len(server.requests) < 1 + 6 + 1 + 1 + 1 and time.time() < deadline:  # the 3rd root call arrived
             time.sleep(0.05)
         time.sleep(0.3)
+        assert Store().list_runs()[0]["status"] == "running"  # its process is alive: not taken for interrupted
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         before_kill = len(server.requests)
         assert before_kill == 10
+        # the killed process left its run `running`; the next reader finds its process gone
+        with sqlite3.connect(Store().path) as db:
+            assert db.execute("SELECT status FROM runs").fetchall() == [("interrupted",)]
         run = Store().list_runs()[0]
-        assert run["status"] == "running" and run["calls"] == 9  # what it did is kept
+        assert run["status"] == "interrupted" and run["calls"] == 9  # what it did is kept
+        listed = rlm_cli("logs", "--status", "interrupted", "--json")
+        assert [json.loads(line)["run_id"] for line in listed.stdout.splitlines()] == [run["run_id"]]
+        assert "--resume" in Store().run_tree(run["run_id"])["runs"][0]["error"]
         gate.unlink()
         resumed = rlm_cli("ask", "--resume", run["run_id"][:12], "--json")
         assert resumed.returncode == 0, resumed.stderr

@@ -298,11 +298,13 @@ def _handle_errors(function):
 
 @main.group(invoke_without_command=True)
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--status", default=None, help="final, max_iterations, budget, timeout, error or running.")
+@click.option("--status", default=None,
+              help="final, max_iterations, budget, timeout, error, running or interrupted.")
 @click.option("--model", default=None, help="Only runs with this root model.")
 @click.option("--query", "-q", "query", default=None, help="Only runs whose question contains this text.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run, on stdout.")
 @click.pass_context
+@_handle_errors
 def logs(ctx: click.Context, limit: int, status: str | None, model: str | None, query: str | None,
          as_json: bool) -> None:
     """List recorded runs, newest first (`rlm logs show RUN_ID` for one run)."""
@@ -394,8 +396,15 @@ def export(run_ids: tuple[str, ...], fmt: str, output, all_depths: bool) -> None
               help="Another root model clients may ask for as rlm/<model> (repeatable).")
 @click.option("--sub-model", default=None, help="Model for sub-calls (default: the root model).")
 @click.option("--base-url", default=None, help="OpenAI-compatible server for the models.")
-@click.option("--token", envvar="RLM_SERVE_TOKEN", default=None,
-              help="Bearer token clients must send (env RLM_SERVE_TOKEN). Required off loopback.")
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="File with the bearer token(s) clients must send, one per line (one per client: each "
+                   "gets its own call cache). Or set RLM_SERVE_TOKEN. Required off loopback.")
+@click.option("--token", default=None, hidden=True,
+              help="Deprecated: argv is readable by every process (/proc/PID/cmdline); use RLM_SERVE_TOKEN "
+                   "or --token-file.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=30, show_default=True,
+              help="Seconds a connection may send nothing (no request headers, or a stalled body) before it "
+                   "is closed.")
 @click.option("--allowed-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory whose files requests may name in context.files (nothing outside it).")
 @click.option("--max-concurrent", type=click.IntRange(min=1), default=8, show_default=True,
@@ -410,22 +419,42 @@ def export(run_ids: tuple[str, ...], fmt: str, output, all_depths: bool) -> None
 @click.option("--sandbox", type=click.Choice(["auto", "namespaces", "process"]), default="auto", show_default=True)
 @click.option("--shutdown-grace", type=click.FloatRange(min=0), default=30, show_default=True,
               help="Seconds running requests get to finish on SIGTERM/SIGINT.")
-def serve(host, port, model, extra_models, sub_model, base_url, token, allowed_root, max_concurrent, max_body_mb,
-          max_iterations, max_depth, max_llm_calls, max_tokens, max_cost, timeout, sandbox, shutdown_grace) -> None:
-    """Serve RLMs over an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models)."""
+def serve(host, port, model, extra_models, sub_model, base_url, token_file, token, idle_timeout, allowed_root,
+          max_concurrent, max_body_mb, max_iterations, max_depth, max_llm_calls, max_tokens, max_cost, timeout, sandbox,
+          shutdown_grace) -> None:
+    """Serve RLMs over an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models).
+
+    The token comes from RLM_SERVE_TOKEN or --token-file, never from the command line: argv is
+    readable by every process on the machine."""
+    import os
+
     from .errors import RLMError
 
     try:
-        from .server import ServeConfig, serve as run_server
+        from .server import ServeConfig, ServeLimits, read_token_file, serve as run_server
     except ImportError:  # pragma: no cover
         _err("Error: rlm serve needs the server extra: pip install 'recursive-llm[server]'")
         sys.exit(EXIT_CONFIG)
-    config = ServeConfig(model=model, sub_model=sub_model, base_url=base_url, host=host, port=port, token=token,
-                         allowed_root=allowed_root, max_concurrent=max_concurrent,
-                         max_body_bytes=int(max_body_mb * 1_000_000), sandbox=sandbox, extra_models=list(extra_models),
-                         shutdown_grace_s=shutdown_grace,
-                         limits={"max_iterations": max_iterations, "max_depth": max_depth, "max_llm_calls": max_llm_calls,
-                                 "max_tokens": max_tokens, "max_cost_usd": max_cost, "timeout_s": timeout})
+    try:
+        tokens = [token] if token else []
+        if token:
+            _err("Warning: --token puts the token in the process list (/proc/PID/cmdline), where other users and "
+                 "model code in a weak sandbox can read it; use RLM_SERVE_TOKEN or --token-file instead")
+        # read once and dropped from the environment, so that no process the server starts inherits it
+        env_token = os.environ.pop("RLM_SERVE_TOKEN", "").strip()
+        tokens += [env_token] if env_token else []
+        tokens += read_token_file(token_file) if token_file else []
+        config = ServeConfig(model=model, sub_model=sub_model, base_url=base_url, host=host, port=port, tokens=tokens,
+                             allowed_root=allowed_root, max_concurrent=max_concurrent,
+                             max_body_bytes=int(max_body_mb * 1_000_000), sandbox=sandbox,
+                             extra_models=list(extra_models), shutdown_grace_s=shutdown_grace,
+                             idle_timeout_s=idle_timeout,
+                             limits=ServeLimits(max_iterations=max_iterations, max_depth=max_depth,
+                                                max_llm_calls=max_llm_calls, max_tokens=max_tokens,
+                                                max_cost_usd=max_cost, timeout_s=timeout))
+    except RLMError as error:
+        _err(f"Error: {error}")
+        sys.exit(error.exit_code)
     try:
         if model is not None:
             from .models.resolver import resolve_model
@@ -434,7 +463,7 @@ def serve(host, port, model, extra_models, sub_model, base_url, token, allowed_r
         config.check()
         _err(f"rlm serve: http://{host}:{port}/v1 (models: rlm, " + ", ".join(
             f"rlm/{m}" for m in ([model] if model else []) + list(extra_models)) + ")"
-             + ("" if token else "; no token: loopback only"))
+             + ("" if config.tokens else "; no token: loopback only"))
         run_server(config)
     except RLMError as error:
         _err(f"Error: {error}")

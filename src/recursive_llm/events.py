@@ -1,11 +1,15 @@
 """Run events: appended to the run's JSONL trajectory as they happen, and passed to listeners.
 
 The trajectory file is flushed after every event, so a crash loses nothing that happened before it.
+Recording never stops a run: when the file cannot be written (a full disk, a read-only data
+directory) or a listener fails, the problem is reported once on stderr and kept in `problems`
+(the run's result carries it as `store_error`), and the run goes on.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 Listener = Callable[[dict[str, Any]], None]
+
+
+def report_problem(message: str) -> None:
+    """One line on stderr (never stdout, which may be a protocol channel or the answer)."""
+    try:
+        sys.stderr.write(f"rlm: warning: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class EventLog:
@@ -23,28 +36,61 @@ class EventLog:
         self._listeners = list(listeners or [])
         self._lock = threading.Lock()
         self._file = None
+        self.problems: list[str] = []  # what could not be recorded, one entry per cause
+        self._failed_listeners: set[int] = set()
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")
+            from .paths import open_private, private_dir
+
+            try:
+                private_dir(path.parent)
+                self._file = open_private(path, "a")
+            except OSError as error:
+                self._problem(f"the trajectory {path} cannot be written ({error}); the run goes on without it")
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(self.problems) if self.problems else None
+
+    def _problem(self, message: str) -> None:
+        self.problems.append(message)
+        report_problem(message)
 
     def emit(self, event_type: str, **fields: Any) -> dict[str, Any]:
         event = {"ts": round(time.time(), 6), "type": event_type, **fields}
         line = json.dumps(event, ensure_ascii=False, default=str)
         with self._lock:
             if self._file is not None:
-                self._file.write(line + "\n")
-                self._file.flush()
+                try:
+                    self._file.write(line + "\n")
+                    self._file.flush()
+                except (OSError, ValueError) as error:  # ENOSPC, EFBIG, EIO: stop writing, keep running
+                    self._drop_file()
+                    self._problem(f"the trajectory {self.path} could not be written ({error}); the rest of "
+                                  f"this run is not in it")
         for listener in self._listeners:
             try:
                 listener(event)
-            except Exception:  # a broken progress display must never break a run
-                pass
+            except Exception as error:  # never breaks the run; said once per listener, not hidden
+                if id(listener) not in self._failed_listeners:
+                    self._failed_listeners.add(id(listener))
+                    name = getattr(listener, "__qualname__", type(listener).__name__)
+                    self._problem(f"an event listener ({name}) failed: {type(error).__name__}: {error}")
         return event
+
+    def _drop_file(self) -> None:
+        try:
+            self._file.close()
+        except (OSError, ValueError):
+            pass
+        self._file = None
 
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                self._file.close()
+                try:
+                    self._file.close()
+                except (OSError, ValueError) as error:
+                    self._problem(f"the trajectory {self.path} could not be written ({error})")
                 self._file = None
 
 

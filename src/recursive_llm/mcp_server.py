@@ -49,11 +49,24 @@ def create_server(config: MCPConfig):
     root = config.root.resolve()
 
     def under_root(name: str) -> Path:
-        candidate = (root / name).resolve()
-        if candidate != root and root not in candidate.parents:
-            raise ContextError(f"{name!r} is outside this server's root ({root.name}/); only files under it can be read")
-        if not candidate.exists():
-            raise ContextError(f"{name!r} does not exist under this server's root")
+        """`name` as a real path under the root: symlinks (the entry's own too) and `..` resolved
+        first, so a link that leads out of the root is refused like any other path outside it."""
+        shown = repr(name if len(name) <= 80 else name[:80] + "...")
+        if not isinstance(name, str) or "\x00" in name:
+            raise ContextError(f"{shown} is not a usable path (it contains a NUL byte)")
+        if len(name) > 4096 or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in name.split("/")):
+            raise ContextError(f"{shown} is too long a path (at most 4,096 characters, 255 bytes per part)")
+        try:
+            candidate = (root / name).resolve()
+            if Path(name).is_absolute() or (candidate != root and root not in candidate.parents):
+                link = " (a symlink that leads out of it)" if (root / name).is_symlink() else ""
+                raise ContextError(f"{shown} is outside this server's root ({root.name}/){link}; only files "
+                                   f"under it can be read")
+            if not candidate.exists():
+                raise ContextError(f"{shown} does not exist under this server's root")
+        except (OSError, ValueError, UnicodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+            raise ContextError(f"{shown} cannot be used: {reason}") from None
         return candidate
 
     @server.tool(name="load_context",

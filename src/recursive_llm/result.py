@@ -18,6 +18,7 @@ class StopReason(str, Enum):
     BUDGET = "budget"  # calls, tokens or cost ran out
     TIMEOUT = "timeout"  # the run's wall-time limit
     ERROR = "error"  # a provider or environment failure, or no usable answer
+    INTERRUPTED = "interrupted"  # cancelled (Ctrl-C, a client gone): only in the record, never a Result
 
     @classmethod
     def for_budget(cls, budget: str) -> "StopReason":
@@ -45,6 +46,9 @@ class Result:
     used_fallback: bool = False  # the built-in map-reduce program produced the answer
     depth: int = 0
     parsed: Any = None  # with completion(..., schema=...): the validated answer (a model instance or data)
+    # What could not be recorded (the run store or the trajectory: corrupt, read-only, a full disk).
+    # The answer is still here; the problem was also said once on stderr.
+    store_error: str | None = None
 
     def __str__(self) -> str:
         return self.answer or ""
@@ -66,6 +70,7 @@ class Result:
             "error": self.error,
             "used_fallback": self.used_fallback,
             "parsed": _plain(self.parsed),
+            "store_error": self.store_error,
         }
 
 

@@ -209,6 +209,7 @@ class RLM:
             # a session keeps its configured clients (bound to its loop) for the next question
             await state.close_clients(configured=environment is None)
         result.trajectory_path = trajectory_path
+        result.store_error = "; ".join(filter(None, [getattr(store, "error", None), events.error])) or None
         return result
 
     def _new_state(self, events: EventLog, store, replay) -> RunState:

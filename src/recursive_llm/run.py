@@ -197,6 +197,9 @@ class Run:
             stopped, error = StopReason.for_budget(exc.budget), str(exc)
         except RLMError as exc:
             stopped, error = StopReason.ERROR, str(exc)
+        except asyncio.CancelledError:  # Ctrl-C, a client that went away: recorded as interrupted
+            self._finish(None, StopReason.INTERRUPTED, "the run was interrupted before it finished")
+            raise
         finally:
             if self.environment is None:
                 await env.close()

@@ -91,7 +91,8 @@ class Scheduler:
         if self.store is not None:
             from .store import cache_key
 
-            key = cache_key(_identity(client), messages, max_output_tokens, self.temperature)
+            key = cache_key(_identity(client), messages, max_output_tokens, self.temperature,
+                            getattr(self.store, "cache_namespace", None))
             stored, source = (self.replay.take(key), "replay") if self.replay is not None else (None, None)
             if stored is None and self.use_cache:
                 stored, source = self.store.cached_completion(key), "cache"

@@ -6,28 +6,100 @@ root) or else the earlier messages. `model` names the configuration: `rlm` (the 
 root model) or `rlm/<model>`. `GET /v1/models` lists them. `stream: true` sends progress chunks
 and then the answer as `chat.completion.chunk` server-sent events.
 
-Safety: a bearer token (required to bind anything but loopback), a request-body limit, budgets a
-client can lower but never raise, a limit on concurrent runs (429 past it), error messages with
-no keys or server paths, and a graceful shutdown that lets running requests finish.
+Safety: a bearer token (required to bind anything but loopback; from the environment or a file,
+never only argv), a request-body limit, budgets a client can lower but never raise (`ServeLimits.
+clamp`), a limit on concurrent runs (429 past it), error messages with no keys or server paths,
+timeouts for idle and slow connections, a call cache per client, and a graceful shutdown that lets
+running requests finish. Text that arrives over the network is text: only `context.files` names
+files, and only under the allowed root. Every malformed request gets a 400 with the reason.
 """
 
 
 import asyncio
+import hashlib
 import hmac
 import ipaddress
 import json
+import math
 import os
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import BudgetExceeded, ConfigError, ContextError, RLMError
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-CLIENT_LIMITS = ("max_iterations", "max_depth", "max_llm_calls", "max_tokens", "max_cost_usd", "timeout_s")
+MAX_JSON_DEPTH = 64  # deeper request bodies are refused (400) before anything walks them
+MAX_NAME_CHARS = 4096  # a context.files entry (PATH_MAX); each part at most 255 (NAME_MAX)
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """The server's ceilings for one run. `clamp(request)` gives a request's limits: each value it
+    asks for must be a finite positive number (whole for counts) and can lower a ceiling, never
+    raise it. Anything else is refused with a RequestError (400) naming the field."""
+
+    max_iterations: int = 20
+    max_depth: int = 1
+    max_llm_calls: int | None = 500
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    timeout_s: float | None = 600.0
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value is None and item.name not in ("max_iterations", "max_depth"):
+                continue
+            try:
+                object.__setattr__(self, item.name, _limit_value(item.name, value, f"the {item.name} ceiling"))
+            except RequestError as error:
+                raise ConfigError(error.message) from None
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(item.name for item in fields(cls))
+
+    def clamp(self, requested: Any) -> "ServeLimits":
+        if requested is None:
+            return self
+        if not isinstance(requested, dict):
+            raise RequestError(400, "rlm must be an object of limits, e.g. {\"max_iterations\": 5}")
+        changes = {}
+        for name, value in requested.items():
+            if name not in self.names():
+                raise RequestError(400, f"unknown rlm option {str(name)[:64]!r}; allowed: {', '.join(self.names())}")
+            value = _limit_value(name, value, f"rlm.{name}")
+            ceiling = getattr(self, name)
+            changes[name] = value if ceiling is None else min(value, ceiling)  # lower, never raise
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.names()}
+
+
+_WHOLE_LIMITS = ("max_iterations", "max_depth", "max_llm_calls", "max_tokens")
+
+
+def _limit_value(name: str, value: Any, label: str) -> int | float:
+    """A finite positive number (a whole one for counts), or RequestError(400) naming `label`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(400, f"{label} must be a positive number, not {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(400, f"{label} must be a finite positive number, not {value}")
+    if value <= 0:
+        raise RequestError(400, f"{label} must be a positive number, not {value}")
+    if name in _WHOLE_LIMITS:
+        if isinstance(value, float) and not value.is_integer():
+            raise RequestError(400, f"{label} must be a whole number, not {value}")
+        return int(value)
+    return float(value)
+
+
+CLIENT_LIMITS = ServeLimits.names()
 
 
 @dataclass
@@ -37,28 +109,65 @@ class ServeConfig:
     base_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    token: str | None = None
+    token: str | None = None  # one client token; `tokens` holds more (one per client, for the cache)
+    tokens: list[str] = field(default_factory=list)
     allowed_root: Path | None = None
     max_concurrent: int = 8
     max_body_bytes: int = 10_000_000
     sandbox: str = "auto"
     # The most a request may use; a request can ask for less (its "rlm" field), never more.
-    limits: dict[str, Any] = field(default_factory=lambda: {
-        "max_iterations": 20, "max_depth": 1, "max_llm_calls": 500, "max_tokens": None, "max_cost_usd": None,
-        "timeout_s": 600.0})
+    limits: ServeLimits = field(default_factory=ServeLimits)
     extra_models: list[str] = field(default_factory=list)
     max_retries: int = 4
     call_timeout_s: float | None = 300.0
     shutdown_grace_s: float = 30.0
+    # A connection that sends nothing (or not a whole request's headers) for this long is closed;
+    # a body that stops arriving for this long gets 408; an idle keep-alive connection is closed.
+    idle_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limits, dict):
+            self.limits = ServeLimits(**self.limits)
+        self.tokens = list(dict.fromkeys(([self.token] if self.token else []) + [t for t in self.tokens if t]))
+        self.token = self.tokens[0] if self.tokens else None
 
     def check(self) -> None:
-        if self.token is None and not is_loopback(self.host):
-            raise ConfigError(f"refusing to serve on {self.host} without a token: set RLM_SERVE_TOKEN or --token "
-                              f"(anyone who can reach the port could spend your API budget)")
+        if not self.tokens and not is_loopback(self.host):
+            raise ConfigError(f"refusing to serve on {self.host} without a token: set RLM_SERVE_TOKEN or "
+                              f"--token-file (anyone who can reach the port could spend your API budget)")
+        if any(len(t) < 8 or any(c.isspace() for c in t) for t in self.tokens):
+            raise ConfigError("a serve token must be at least 8 characters, with no spaces")
         if self.allowed_root is not None and not self.allowed_root.is_dir():
             raise ConfigError(f"--allowed-root {self.allowed_root} is not a directory")
         if self.max_concurrent < 1:
             raise ConfigError("--max-concurrent must be at least 1")
+        if not (isinstance(self.idle_timeout_s, (int, float)) and math.isfinite(self.idle_timeout_s)
+                and self.idle_timeout_s > 0):
+            raise ConfigError("--idle-timeout must be a positive number of seconds")
+
+    def client_of(self, authorization: str) -> str | None:
+        """The cache namespace of the client whose token this header carries, or None when it
+        carries none of them. Every token is compared, in constant time."""
+        if not self.tokens:
+            return "serve:loopback"  # no tokens: every client is one client (loopback only)
+        given = authorization.encode("utf-8", "surrogateescape")
+        match = None
+        for token in self.tokens:
+            if hmac.compare_digest(given, f"Bearer {token}".encode()):
+                match = token
+        return None if match is None else "serve:" + hashlib.sha256(match.encode()).hexdigest()[:32]
+
+
+def read_token_file(path: Path) -> list[str]:
+    """Tokens from a file, one per line (blank lines and `#` comments ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read the token file {path}: {error}") from None
+    tokens = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if not tokens:
+        raise ConfigError(f"the token file {path} holds no token (one per line)")
+    return tokens
 
 
 def is_loopback(host: str) -> bool:
@@ -89,8 +198,7 @@ class Redactor:
     def __init__(self, config: ServeConfig) -> None:
         secrets_ = [value for name, value in os.environ.items()
                     if value and len(value) >= 8 and re.search(r"KEY|TOKEN|SECRET|PASSWORD", name)]
-        if config.token:
-            secrets_.append(config.token)
+        secrets_ += config.tokens
         paths = [str(Path.home()), str(Path.cwd())]
         if config.allowed_root:
             paths.append(str(config.allowed_root.resolve()))
@@ -111,7 +219,7 @@ class Redactor:
 # -- requests ---------------------------------------------------------------------------------------
 def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
     """Validate a chat-completions body and turn it into the arguments of one RLM run."""
-    from pydantic import BaseModel, ConfigDict, ValidationError
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
     class Message(BaseModel):
         model_config = ConfigDict(extra="allow")
@@ -123,8 +231,8 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
         model: str
         messages: list[Message]
         stream: bool = False
-        temperature: float | None = None
-        max_tokens: int | None = None
+        temperature: float | None = Field(default=None, ge=0, le=2)
+        max_tokens: int | None = Field(default=None, gt=0)
         stream_options: dict[str, Any] | None = None
         context: Any = None
         rlm: dict[str, Any] | None = None
@@ -134,7 +242,7 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise RequestError(400, f"invalid request: {where}: {first['msg']}") from None
+        raise RequestError(400, f"invalid request: {where[:200]}: {first['msg']}") from None
     root_model = resolve_model_name(request.model, config)
     texts = [(m.role, _text(m.content)) for m in request.messages]
     users = [i for i, (role, _) in enumerate(texts) if role == "user"]
@@ -146,19 +254,15 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
     if request.context is not None:
         context = load_request_context(request.context, config)
     else:
+        from .context.loader import load_context_value
+
         earlier = [text for i, (role, text) in enumerate(texts) if i != last and role in ("user", "assistant", "tool")
                    and text.strip()]
         if not earlier:
             raise RequestError(400, "no context: send it in the `context` field, or as earlier messages")
-        context = earlier[0] if len(earlier) == 1 else earlier
-    limits = dict(config.limits)
-    for name, value in (request.rlm or {}).items():
-        if name not in CLIENT_LIMITS:
-            raise RequestError(400, f"unknown rlm option {name!r}; allowed: {', '.join(CLIENT_LIMITS)}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise RequestError(400, f"rlm.{name} must be a positive number")
-        ceiling = config.limits.get(name)
-        limits[name] = value if ceiling is None else min(value, ceiling)  # lower, never raise
+        # text that arrives over the network is text: never read as a path on the server
+        context = load_context_value(earlier[0] if len(earlier) == 1 else earlier)
+    limits = config.limits.clamp(request.rlm)
     return {"model": root_model, "query": query, "context": context, "limits": limits, "stream": request.stream,
             "temperature": request.temperature, "max_output_tokens": request.max_tokens,
             "include_usage": bool((request.stream_options or {}).get("include_usage")), "requested": request.model}
@@ -192,6 +296,8 @@ def allowed_models(config: ServeConfig) -> list[str]:
 
 def load_request_context(value: Any, config: ServeConfig) -> Any:
     """The `context` field: text or data as is; `{"files": [...]}` only under the allowed root."""
+    from .context.loader import load_context_value
+
     if isinstance(value, dict) and set(value) == {"files"}:
         if config.allowed_root is None:
             raise RequestError(400, "file references are disabled on this server (it has no --allowed-root)")
@@ -199,20 +305,89 @@ def load_request_context(value: Any, config: ServeConfig) -> Any:
         if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
             raise RequestError(400, "context.files must be a non-empty list of paths relative to the allowed root")
         root = config.allowed_root.resolve()
-        paths = []
-        for name in files:
-            candidate = (root / name).resolve()
-            if Path(name).is_absolute() or (candidate != root and root not in candidate.parents):
-                raise RequestError(400, f"context file {name!r} is outside the allowed root")
-            if not candidate.exists():
-                raise RequestError(400, f"context file {name!r} does not exist under the allowed root")
-            paths.append(candidate)
+        paths = [allowed_file(name, root) for name in files]
         return paths[0] if len(paths) == 1 else paths
-    if isinstance(value, str):
-        from .context.loader import load_context_value
+    # text is text, and data is data: never read as a path on the server
+    return load_context_value(value)
 
-        return load_context_value(value)  # text is text: never read as a path on the server
-    return value
+
+def allowed_file(name: str, root: Path) -> Path:
+    """`name` as a real path under `root` (symlinks and `..` resolved first), or RequestError(400)."""
+    shown = repr(name if len(name) <= 80 else name[:80] + "...")
+    if "\x00" in name:
+        raise RequestError(400, f"context file {shown} contains a NUL byte")
+    if len(name) > MAX_NAME_CHARS or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in name.split("/")):
+        raise RequestError(400, f"context file {shown} is too long a name ({len(name):,} characters; at most "
+                                f"{MAX_NAME_CHARS:,}, and 255 bytes per part)")
+    if Path(name).is_absolute():
+        raise RequestError(400, f"context file {shown} is outside the allowed root (give it relative to the root)")
+    try:
+        candidate = (root / name).resolve()  # follows every symlink on the way, the entry's own too
+        if candidate != root and root not in candidate.parents:
+            raise RequestError(400, f"context file {shown} is outside the allowed root"
+                                    + (" (it is a symlink that leads out of it)" if _is_symlink(root / name) else ""))
+        if not candidate.exists():
+            raise RequestError(400, f"context file {shown} does not exist under the allowed root")
+    except (OSError, ValueError, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        raise RequestError(400, f"context file {shown} cannot be used: {reason}") from None
+    return candidate
+
+
+def _is_symlink(path: Path) -> bool:
+    try:
+        return path.is_symlink()
+    except (OSError, ValueError):
+        return False
+
+
+def check_body(body: Any) -> None:
+    """Refuse bodies nested deeper than MAX_JSON_DEPTH or holding strings that are not Unicode
+    (lone surrogates from `\\ud800` escapes): 400 with the reason, before anything else reads them."""
+    stack = [(body, 1, "body")]
+    while stack:
+        value, depth, where = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise RequestError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    _check_text(key, where)
+                if isinstance(item, (dict, list, str)):
+                    stack.append((item, depth + 1, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]"))
+        elif isinstance(value, str):
+            _check_text(value, where)
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise RequestError(400, f"{where[:120]} is not valid Unicode text (a lone surrogate "
+                                f"{text[error.start]!r} at character {error.start})") from None
+
+
+def _parse_json(raw: bytes) -> Any:
+    def constant(name: str):
+        raise ValueError(f"{name} is not a JSON number (numbers must be finite)")
+
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text[:40]} is too large a number")
+        return value
+
+    try:
+        return json.loads(raw or b"null", parse_constant=constant, parse_float=finite)
+    except RecursionError:
+        raise RequestError(400, f"the request body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except json.JSONDecodeError as error:
+        raise RequestError(400, f"the request body is not valid JSON: {error.msg} at character {error.pos}") from None
+    except UnicodeDecodeError:
+        raise RequestError(400, "the request body is not valid JSON: it is not UTF-8") from None
+    except ValueError as error:
+        raise RequestError(400, f"the request body is not valid JSON: {error}") from None
 
 
 # -- the app ----------------------------------------------------------------------------------------
@@ -230,13 +405,19 @@ def create_app(config: ServeConfig):
         return JSONResponse(error_body(redact(error.message), error.kind, error.code), status_code=error.status,
                             headers=error.headers)
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, error: Exception):  # a bug of ours: still JSON, still redacted
+        return JSONResponse(error_body(redact(f"internal error: {type(error).__name__}: {error}"[:500]),
+                                       "server_error", "internal_error"), status_code=500)
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if config.token is not None and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
+        if request.url.path != "/health":
+            client = config.client_of(request.headers.get("authorization", ""))
+            if client is None:
                 return JSONResponse(error_body("missing or wrong bearer token (Authorization: Bearer ...)",
                                                "authentication_error", "invalid_api_key"), status_code=401)
+            request.state.client = client
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
             return JSONResponse(error_body(f"request body over the {config.max_body_bytes:,}-byte limit; put large "
@@ -257,8 +438,9 @@ def create_app(config: ServeConfig):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _read_body(request, config.max_body_bytes)
+        body = await _read_body(request, config.max_body_bytes, config.idle_timeout_s)
         args = parse_request(body, config)
+        args["client"] = request.state.client
         if state["active"] >= config.max_concurrent:
             raise RequestError(429, f"the server is running {config.max_concurrent} requests, its limit; retry shortly",
                                "rate_limit_error", "too_many_requests", headers={"Retry-After": "1"})
@@ -276,34 +458,55 @@ def create_app(config: ServeConfig):
     return app
 
 
-async def _read_body(request, limit: int) -> dict[str, Any]:
+async def _read_body(request, limit: int, idle_timeout_s: float) -> dict[str, Any]:
     received = bytearray()
-    async for chunk in request.stream():
+    chunks = request.stream().__aiter__()
+    while True:
+        try:  # a client that stops sending its body holds a connection: not longer than the idle timeout
+            chunk = await asyncio.wait_for(chunks.__anext__(), idle_timeout_s)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"the request body stopped arriving for {idle_timeout_s:g} s",
+                               code="request_timeout", headers={"Connection": "close"}) from None
         received += chunk
         if len(received) > limit:
             raise RequestError(413, f"request body over the {limit:,}-byte limit", code="body_too_large")
-    try:
-        body = json.loads(received or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RequestError(400, "the request body is not valid JSON") from None
+    body = _parse_json(bytes(received))
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
+    check_body(body)
     return body
 
 
 async def _run(config: ServeConfig, args: dict[str, Any], on_event):
     from .rlm import RLM
+    from .store import Store
 
-    limits = args["limits"]
+    limits: ServeLimits = args["limits"]
+    # the call cache is per client: one client's cached calls never answer (and so reveal) another's
+    store = Store(cache_namespace=args.get("client") or "serve:loopback")
+    started: dict[str, str] = {}
+
+    def listen(event: dict[str, Any]) -> None:
+        if event["type"] == "run_start" and event.get("parent_run_id") is None:
+            started["run_id"] = event["run_id"]
+        if on_event is not None:
+            on_event(event)
+
     try:
         rlm = RLM(model=args["model"], sub_model=config.sub_model, base_url=config.base_url,
-                  max_depth=int(limits["max_depth"]), max_iterations=int(limits["max_iterations"]),
-                  max_llm_calls=limits.get("max_llm_calls"), max_tokens=limits.get("max_tokens"),
-                  max_cost_usd=limits.get("max_cost_usd"), timeout_s=limits.get("timeout_s"),
+                  max_depth=limits.max_depth, max_iterations=limits.max_iterations,
+                  max_llm_calls=limits.max_llm_calls, max_tokens=limits.max_tokens,
+                  max_cost_usd=limits.max_cost_usd, timeout_s=limits.timeout_s,
                   sandbox=config.sandbox, temperature=args["temperature"], max_retries=config.max_retries,
                   max_output_tokens=args["max_output_tokens"],
-                  call_timeout_s=config.call_timeout_s, on_event=on_event)
+                  call_timeout_s=config.call_timeout_s, on_event=listen, store=store)
         return await rlm.acompletion(args["query"], args["context"])
+    except asyncio.CancelledError:  # the client went away (or shutdown ran out of grace): it will not end
+        if "run_id" in started:
+            store.interrupt(started["run_id"], "the client disconnected before the run finished; it was stopped")
+        raise
     except ContextError as error:
         raise RequestError(400, f"bad context: {error}") from None
     except ConfigError as error:
@@ -312,6 +515,8 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event):
         raise RequestError(429, f"budget exceeded: {error}", "rate_limit_error") from None
     except RLMError as error:
         raise RequestError(502, f"the run failed: {error}", "server_error") from None
+    finally:
+        store.close()
 
 
 def _finish_reason(result) -> str:
@@ -327,7 +532,8 @@ def _usage(result) -> dict[str, int]:
 def _rlm_info(result, redact) -> dict[str, Any]:
     return {"run_id": result.run_id, "stopped_reason": result.stopped_reason, "iterations": result.iterations,
             "cost_usd": round(result.cost_usd, 8), "cached_calls": result.usage.total.cached_calls,
-            "error": redact(result.error) if result.error else None}
+            "error": redact(result.error) if result.error else None,
+            "store_error": redact(result.store_error) if getattr(result, "store_error", None) else None}
 
 
 def _completion_body(result, args, completion_id: str, redact) -> dict[str, Any]:
@@ -381,6 +587,11 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
             yield f"data: {json.dumps(error_body(redact(error.message), error.kind, error.code))}\n\n"
             yield "data: [DONE]\n\n"
             return
+        except Exception as error:  # a bug of ours: the client still gets a JSON error, redacted
+            message = redact(f"internal error: {type(error).__name__}: {error}"[:500])
+            yield f"data: {json.dumps(error_body(message, 'server_error', 'internal_error'))}\n\n"
+            yield "data: [DONE]\n\n"
+            return
         answer = result.answer
         for start in range(0, len(answer), 200):
             yield _chunk(completion_id, model, {"content": answer[start:start + 200]})
@@ -411,5 +622,69 @@ def serve(config: ServeConfig) -> None:
     import uvicorn
 
     app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
-                timeout_graceful_shutdown=config.shutdown_grace_s)
+    server = uvicorn.Server(uvicorn_config(app, config))
+    server.run()
+
+
+def uvicorn_config(app, config: ServeConfig):
+    """uvicorn's settings for `app`: h11 with the idle timeouts (`IdleTimeoutH11`), TCP_NODELAY."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", http=idle_timeout_h11(
+        config.idle_timeout_s), timeout_keep_alive=max(1, math.ceil(min(config.idle_timeout_s, 5))),
+        timeout_graceful_shutdown=config.shutdown_grace_s)
+
+
+def idle_timeout_h11(idle_timeout_s: float):
+    """uvicorn's h11 protocol, plus a timer it lacks: a connection that has not sent a whole request's
+    headers within `idle_timeout_s` of connecting (or of its last response) is closed. uvicorn's own
+    keep-alive timer only starts after a first response, so a silent connection, or one that sends
+    headers a byte at a time, would otherwise stay open for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class IdleTimeoutH11(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                import socket
+
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(idle_timeout_s, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.cycle is None or self.cycle.response_complete:  # still waiting for a request's headers
+                if not self.transport.is_closing():
+                    self.transport.close()
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not None and self.cycle is not before:
+                self._disarm()  # a request's headers are in; the body has its own timeout
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # until the next request's headers (keep-alive has its own, shorter timer)
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return IdleTimeoutH11

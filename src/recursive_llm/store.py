@@ -10,13 +10,28 @@ mode plus a busy timeout serialize the writers. The schema is versioned with `PR
 
 The same table of calls is the call cache: a call's `cache_key` hashes the model's identity, the
 messages and the parameters, so an identical call can be answered from here instead of paying
-for it again, and `rlm ask --resume` replays a crashed run's calls in order.
+for it again, and `rlm ask --resume` replays a crashed run's calls in order. A `cache_namespace`
+(the server uses one per client token) keeps one client's cached calls from answering, and so
+revealing, another's.
+
+The store is a sink that reports its failures, never one that breaks a run: when the database
+cannot be opened or written (corrupt, read-only, a full disk), the run goes on, the problem is
+said once on stderr and kept in `Store.error` (the run's result carries it as `store_error`).
+Reading (`rlm logs`, `rlm view`) raises `StoreError`, which names the file and the fix.
+
+A run row records the host and process that runs it; a run still `running` whose process is gone
+(killed, or the machine restarted) is marked `interrupted` the next time the store is opened or read.
+
+`$RLM_HOME` is 0700 and the database (with its -wal and -shm files) 0600: it holds every prompt.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -26,9 +41,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import RLMError
+from .events import report_problem
 from .models.base import Completion, Message
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CALL_COMMIT_S = 0.02  # completed calls wait at most this long for their (group) commit
 _INSERT_CALL = ("INSERT INTO calls (call_id, run_id, root_id, depth, purpose, model, attempt, status, messages, "
                 "response, prompt_tokens, completion_tokens, cost_usd, latency_s, started_at, ended_at, "
@@ -72,7 +89,79 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE runs ADD COLUMN session_id TEXT;
     CREATE INDEX runs_session ON runs(session_id);
     """,
+    3: """
+    ALTER TABLE runs ADD COLUMN host TEXT;
+    ALTER TABLE runs ADD COLUMN pid INTEGER;
+    ALTER TABLE runs ADD COLUMN pid_started TEXT;
+    CREATE INDEX runs_status ON runs(status);
+    """,
 }
+
+
+class StoreError(RLMError):
+    """The run store cannot be read: the message names the file and how to fix it."""
+
+    exit_code = 7
+
+
+def _fix_for(error: BaseException, path: Path) -> str:
+    text = str(error).lower()
+    if "newer recursive-llm" in text:
+        return "upgrade recursive-llm (pip install -U recursive-llm), or set RLM_HOME to another directory"
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "disk is full" in text:
+        return f"free some space under {path.parent}, or set RLM_HOME to a directory on another disk"
+    if _read_only(path):
+        return (f"{path.parent} is on a read-only file system or not writable: make it writable, or set "
+                f"RLM_HOME to a writable directory")
+    if "readonly" in text or "read-only" in text or isinstance(error, PermissionError) or \
+            isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"make {path} and its directory writable, or set RLM_HOME to a writable directory"
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return (f"move it aside (mv {path} {path}.broken; a new one is created on the next run), "
+                f"or set RLM_HOME to another directory")
+    return f"check {path}, or set RLM_HOME to another directory"
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY) or not os.access(path.parent, os.W_OK)
+    except OSError:
+        return False
+
+
+def _process_started(pid: int) -> str | None:
+    """The start time of a process (from /proc), so that a reused pid is not taken for the run's."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    if started is not None and os.path.isdir("/proc/self"):
+        return _process_started(pid) == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_HOST = socket.gethostname()
+
+
+def _private_file(path: Path) -> None:
+    from .paths import PRIVATE_FILE_MODE
+
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    if info.st_uid == os.geteuid() and info.st_mode & 0o777 & ~PRIVATE_FILE_MODE:
+        os.chmod(path, PRIVATE_FILE_MODE)
 
 
 def default_path() -> Path:
@@ -82,26 +171,68 @@ def default_path() -> Path:
 
 
 def cache_key(identity: str, messages: list[Message], max_output_tokens: int | None,
-              temperature: float | None) -> str:
-    payload = json.dumps({"model": identity, "messages": messages, "max_tokens": max_output_tokens,
-                          "temperature": temperature}, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+              temperature: float | None, namespace: str | None = None) -> str:
+    fields = {"model": identity, "messages": messages, "max_tokens": max_output_tokens, "temperature": temperature}
+    if namespace is not None:  # absent by default, so that the keys recorded before namespaces still match
+        fields["namespace"] = namespace
+    payload = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Store:
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, cache_namespace: str | None = None) -> None:
         self.path = Path(path) if path else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.cache_namespace = cache_namespace
+        self.error: str | None = None  # the first problem that stopped recording, as said on stderr
+        self._cause: BaseException | None = None
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db: sqlite3.Connection | None = None
         self._pending_calls: list[tuple] = []  # call rows waiting for their group commit, in order
         self._pending_cache: dict[str, Completion] = {}  # so that the cache sees them at once
         self._pending_since = 0.0
-        self._migrate()
+        try:
+            self._open()
+            self._migrate()
+        except (sqlite3.Error, OSError) as error:
+            self._failed(error, "opened")
+            if self._db is not None:
+                try:
+                    self._db.close()
+                except sqlite3.Error:
+                    pass
+                self._db = None
+            return
+        try:
+            self.mark_interrupted()
+        except sqlite3.Error:  # e.g. read-only: reading still works, and writing says what is wrong
+            pass
+
+    def _open(self) -> None:
+        from .paths import private_dir
+
+        private_dir(self.path.parent)
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        # 0600 before anything is written to it (SQLite gives the -wal and -shm files the database's
+        # mode). chmod, never an open() and close() of our own: closing any descriptor of the file
+        # drops the POSIX locks of every SQLite connection to it in this process.
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            _private_file(path)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+
+    def _failed(self, error: BaseException, doing: str) -> None:
+        """Stop recording; say it once (stderr and `self.error`), with the file and the fix."""
+        if self.error is None:
+            self._cause = error
+            self.error = (f"the run store {self.path} could not be {doing} ({type(error).__name__}: {error}); "
+                          f"runs go on but are not recorded. Fix: {_fix_for(error, self.path)}")
+            report_problem(self.error)
+
+    @property
+    def ok(self) -> bool:
+        return self._db is not None and self.error is None
 
     def _migrate(self) -> None:
         with self._lock:
@@ -109,8 +240,9 @@ class Store:
             try:
                 version = self._db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
-                    raise RuntimeError(f"{self.path} was written by a newer recursive-llm (schema {version}); "
-                                       f"upgrade recursive-llm or set RLM_HOME to another directory")
+                    raise sqlite3.DatabaseError(
+                        f"{self.path} was written by a newer recursive-llm (schema {version}); "
+                        f"upgrade recursive-llm or set RLM_HOME to another directory")
                 for step in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS[step].split(";"):
                         if statement.strip():
@@ -121,41 +253,97 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def mark_interrupted(self) -> int:
+        """Runs left `running` by a process that is gone become `interrupted`; returns how many."""
+        if self._db is None:
+            return 0
+        with self._lock:
+            rows = self._db.execute("SELECT run_id, host, pid, pid_started FROM runs WHERE status = 'running'"
+                                    ).fetchall()
+            dead = [row["run_id"] for row in rows if row["pid"] is not None and
+                    (row["host"] != _HOST or not _alive(row["pid"], row["pid_started"]))]
+            for run_id in dead:
+                self._db.execute(
+                    "UPDATE runs SET status = 'interrupted', error = coalesce(error, ?), ended_at = coalesce("
+                    "(SELECT max(ended_at) FROM calls WHERE run_id = ?), started_at) WHERE run_id = ? AND "
+                    "status = 'running'", ("the process running it ended before it finished (killed, or the "
+                                           "machine stopped); `rlm ask --resume RUN_ID` continues it", run_id, run_id))
+        return len(dead)
+
     def close(self) -> None:
         with self._lock:
-            self._commit_pending_calls()
+            if self._db is None:
+                return
+            try:
+                self._commit_pending_calls()
+            except (sqlite3.Error, OSError) as error:
+                self._failed(error, "written")
             self._db.close()
+            self._db = None
+
+    def interrupt(self, root_id: str, reason: str) -> None:
+        """Mark a run tree that will not end by itself (its task was cancelled) `interrupted`."""
+        self._write("UPDATE runs SET status = 'interrupted', error = coalesce(error, ?), ended_at = ? "
+                    "WHERE root_id = ? AND status = 'running'", (reason, time.time(), root_id))
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
-        """The connection, for one reader or writer at a time, with every completed call in it."""
-        with self._lock:
-            self._commit_pending_calls()
-            yield self._db
+        """The connection, for one reader at a time, with every completed call in it. Raises
+        StoreError (naming the file and the fix) when the store cannot be read."""
+        self._require_open()
+        try:
+            with self._lock:
+                try:
+                    self._commit_pending_calls()
+                except (sqlite3.Error, OSError) as error:  # the calls are lost, the reading may still work
+                    self._failed(error, "written")
+                yield self._db
+        except (sqlite3.Error, OSError) as error:
+            raise StoreError(f"the run store {self.path} cannot be read ({type(error).__name__}: {error}). "
+                             f"Fix: {_fix_for(error, self.path)}") from None
 
     def _commit_pending_calls(self) -> None:  # the caller holds the lock
         if not self._pending_calls:
             return
         rows, self._pending_calls = self._pending_calls, []
         self._pending_cache.clear()
+        if not self.ok:
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(_INSERT_CALL, rows)
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
             raise
 
     def flush(self) -> None:
-        """Commit the calls that are waiting for their group commit."""
-        with self._locked():
-            pass
+        """Commit the calls that are waiting for their group commit (a failure is reported, not raised)."""
+        if self._db is None:
+            return
+        with self._lock:
+            try:
+                self._commit_pending_calls()
+            except (sqlite3.Error, OSError) as error:
+                self._failed(error, "written")
 
     def _write(self, sql: str, params: tuple) -> None:
-        with self._locked() as db:
-            db.execute(sql, params)
+        """One recording write; a failure stops recording and is reported, never raised into the run."""
+        if not self.ok:
+            return
+        with self._lock:
+            try:
+                self._commit_pending_calls()
+                self._db.execute(sql, params)
+            except (sqlite3.Error, OSError) as error:
+                self._failed(error, "written")
 
     def _queue_call(self, row: tuple, cache_key: str | None, completion: Completion | None) -> None:
+        if not self.ok:
+            return
         with self._lock:
             now = time.monotonic()
             if not self._pending_calls:
@@ -164,7 +352,10 @@ class Store:
             if cache_key and completion is not None:
                 self._pending_cache.setdefault(cache_key, completion)
             if now - self._pending_since >= CALL_COMMIT_S or len(self._pending_calls) >= 1000:
-                self._commit_pending_calls()
+                try:
+                    self._commit_pending_calls()
+                except (sqlite3.Error, OSError) as error:
+                    self._failed(error, "written")
                 return
             first = len(self._pending_calls) == 1
         if first:
@@ -185,13 +376,14 @@ class Store:
                 top = event.get("parent_run_id") is None
                 self._write(
                     "INSERT INTO runs (run_id, root_id, parent_run_id, depth, query, model, sub_model, environment, "
-                    "status, started_at, metadata, limits, config, resumed_from, trajectory_path, session_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                    "status, started_at, metadata, limits, config, resumed_from, trajectory_path, session_id, "
+                    "host, pid, pid_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (event["run_id"], root_id, event.get("parent_run_id"), event["depth"], event.get("query"),
                      event.get("model"), event.get("sub_model"), event.get("environment"), event["ts"],
                      _json(event.get("metadata")), _json(event.get("limits")),
                      _json(config) if top else None, resumed_from if top else None,
-                     str(trajectory_path) if top and trajectory_path else None, session_id))
+                     str(trajectory_path) if top and trajectory_path else None, session_id,
+                     _HOST, os.getpid(), _process_started(os.getpid())))
             elif kind == "iteration":
                 self._write("INSERT INTO iterations (run_id, iteration, reply, code_blocks, final, ts) "
                             "VALUES (?, ?, ?, ?, ?, ?)", (event["run_id"], event["iteration"], event.get("reply"),
@@ -231,12 +423,18 @@ class Store:
 
     # -- the call cache -------------------------------------------------------------------------
     def cached_completion(self, key: str) -> Completion | None:
+        if not self.ok:
+            return None
         with self._lock:
             if key in self._pending_cache:
                 return self._pending_cache[key]
-            row = self._db.execute(
-                "SELECT model, response, prompt_tokens, completion_tokens, finish_reason FROM calls "
-                "WHERE cache_key = ? AND status = 'ok' AND cached IS NULL ORDER BY id LIMIT 1", (key,)).fetchone()
+            try:
+                row = self._db.execute(
+                    "SELECT model, response, prompt_tokens, completion_tokens, finish_reason FROM calls "
+                    "WHERE cache_key = ? AND status = 'ok' AND cached IS NULL ORDER BY id LIMIT 1", (key,)).fetchone()
+            except sqlite3.Error as error:  # no cache, then: the call is made
+                self._failed(error, "read")
+                return None
         return _completion(row) if row else None
 
     def replay_book(self, root_id: str) -> "ReplayBook":
@@ -270,6 +468,7 @@ class Store:
         if since:
             clauses.append("started_at >= ?")
             params.append(since)
+        self._mark_interrupted_for_reading()
         with self._locked():
             rows = self._db.execute(
                 f"SELECT r.*, (SELECT count(*) FROM calls c WHERE c.root_id = r.run_id AND c.status = 'ok') AS all_calls, "
@@ -293,6 +492,7 @@ class Store:
 
     def run_tree(self, root_id: str) -> dict[str, Any]:
         """Everything about one top-level run and its children, as plain data (for show, view, export)."""
+        self._mark_interrupted_for_reading()
         with self._locked():
             runs = [dict(r) for r in self._db.execute("SELECT * FROM runs WHERE root_id = ? ORDER BY started_at",
                                                        (root_id,))]
@@ -314,6 +514,7 @@ class Store:
         return {"root_id": root_id, "runs": runs, "iterations": iterations, "cells": cells, "calls": calls}
 
     def run_config(self, run_id: str) -> dict[str, Any]:
+        self._mark_interrupted_for_reading()
         with self._locked():
             row = self._db.execute("SELECT config, status, parent_run_id FROM runs WHERE run_id = ?",
                                    (run_id,)).fetchone()
@@ -322,6 +523,21 @@ class Store:
         if row["parent_run_id"] is not None:
             raise KeyError(f"{run_id} is a child run; resume its top-level run")
         return {"config": json.loads(row["config"]) if row["config"] else None, "status": row["status"]}
+
+
+    def _require_open(self) -> None:
+        if self._db is None:
+            if self._cause is None:
+                raise StoreError(f"the run store {self.path} is closed")
+            raise StoreError(f"the run store {self.path} cannot be read ({type(self._cause).__name__}: "
+                             f"{self._cause}). Fix: {_fix_for(self._cause, self.path)}")
+
+    def _mark_interrupted_for_reading(self) -> None:
+        self._require_open()
+        try:
+            self.mark_interrupted()
+        except sqlite3.Error:  # a read-only store can still be read; the reading says what is wrong if not
+            pass
 
 
 class ReplayBook:

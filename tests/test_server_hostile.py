@@ -1,0 +1,302 @@
+"""`rlm serve` against hostile requests (issue 15): a real server process on 127.0.0.1, the official
+openai client or raw httpx / sockets, a fake model server behind it. Every test here failed before
+its fix: file reads through earlier messages, NaN limits, malformed bodies, symlinks out of the
+root, the token in argv, one cache for every client, idle connections held for ever."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from recursive_llm.testing import FakeLLMServer
+from scripted_root import root_then_sub
+from test_server import TOKEN, TURNS, Served
+
+SECRET = "sk-live-SECRETVALUE-0123456789"
+QUESTION = {"role": "user", "content": "What does the context say?"}
+
+
+@pytest.fixture
+def backend():
+    with FakeLLMServer(responder=root_then_sub(TURNS)) as server:
+        yield server
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """An allowed root with a report, a secret file (0600) and a .env next to it, outside the root."""
+    root = tmp_path / "allowed"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "report.txt").write_text("The quarterly report says revenue grew.\n")
+    secret = tmp_path / "secret.env"
+    secret.write_text(f"OPENAI_API_KEY={SECRET}\n")
+    secret.chmod(0o600)
+    return root, secret
+
+
+@pytest.fixture
+def served(backend, tree):
+    server = Served(backend_url=backend.base_url, root=tree[0], env={"RLM_SERVE_TOKEN": TOKEN})
+    yield server
+    server.stop()
+
+
+def sent_to_model(backend) -> str:
+    return json.dumps(backend.requests, ensure_ascii=False)
+
+
+def post(served, body: bytes | dict, token: str = TOKEN) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(served.url + "/v1/chat/completions", content=content, timeout=60,
+                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+
+
+# -- 1. text over the network is text ---------------------------------------------------------------
+def test_an_earlier_message_naming_a_file_is_text_never_read(served, backend, tree):
+    root, secret = tree
+    client = served.client()
+    for name in (str(secret), "/etc/shadow", str(secret.parent), str(root / "docs" / "report.txt")):
+        reply = client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": name}, QUESTION])
+        assert reply.choices[0].message.content == "the answer is 42"
+        assert reply.model_extra["rlm"]["error"] is None
+    seen = sent_to_model(backend)
+    assert SECRET not in seen and "root:" not in seen and "revenue grew" not in seen
+    # the model saw the path as a string of its own length, not a file's contents
+    assert f"str of {len(str(secret))} characters" in seen
+    # and whether a path exists is not told apart: a missing one answers the same
+    missing = client.chat.completions.create(model="rlm", messages=[
+        {"role": "user", "content": str(secret.parent / "nope.env")}, QUESTION])
+    assert missing.choices[0].message.content == "the answer is 42"
+
+
+def test_several_earlier_messages_naming_files_are_text(served, backend, tree):
+    _, secret = tree
+    reply = served.client().chat.completions.create(model="rlm", messages=[
+        {"role": "user", "content": str(secret)}, {"role": "assistant", "content": "/etc/passwd"}, QUESTION])
+    assert reply.choices[0].message.content == "the answer is 42"
+    seen = sent_to_model(backend)
+    assert SECRET not in seen
+    assert "root:x:0:0" not in seen
+    assert "list[str] of 2 items" in seen
+
+
+# -- 2. NaN and other non-limits -------------------------------------------------------------------
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+@pytest.mark.parametrize("name", ["max_llm_calls", "timeout_s", "max_iterations", "max_cost_usd", "max_tokens",
+                                  "max_depth"])
+def test_non_finite_limits_are_refused_before_any_call(served, backend, literal, name):
+    raw = ('{"model": "rlm", "messages": [{"role": "user", "content": "q"}], "context": "text", '
+           f'"rlm": {{"{name}": {literal}}}}}').encode()
+    refused = post(served, raw)
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["error"]["message"]
+    assert "finite" in message or "too large" in message
+    assert backend.requests == []
+
+
+@pytest.mark.parametrize("value", [True, "5", 0, -1, [3], {"n": 1}, None, 2.5])
+def test_limits_that_are_not_positive_numbers_are_refused_naming_the_field(served, backend, value):
+    refused = post(served, {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "context": "text",
+                            "rlm": {"max_iterations": value}})
+    assert refused.status_code == 400 and "rlm.max_iterations" in refused.json()["error"]["message"]
+    assert backend.requests == []
+
+
+def test_serve_limits_clamp_a_request_and_refuse_nan():
+    from recursive_llm.server import RequestError, ServeLimits
+
+    ceilings = ServeLimits(max_iterations=5, max_llm_calls=5, timeout_s=3.0)
+    clamped = ceilings.clamp({"max_llm_calls": 10**9, "timeout_s": 1.5, "max_cost_usd": 0.25})
+    assert (clamped.max_llm_calls, clamped.timeout_s, clamped.max_cost_usd, clamped.max_iterations) == (5, 1.5, 0.25, 5)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(RequestError, match="rlm.max_llm_calls must be a finite"):
+            ceilings.clamp({"max_llm_calls": bad})
+    with pytest.raises(Exception, match="finite"):
+        ServeLimits(timeout_s=float("nan"))
+
+
+def test_temperature_and_max_tokens_out_of_range_are_400(served, backend):
+    for extra in ({"temperature": -1}, {"temperature": 9}, {"max_tokens": 0}, {"max_tokens": -5}):
+        refused = post(served, {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "context": "t",
+                                **extra})
+        assert refused.status_code == 400, (extra, refused.text)
+    assert backend.requests == []
+
+
+# -- malformed requests: 400 with the reason, never a bare 500 --------------------------------------
+def test_malformed_requests_get_400_with_the_reason(served, backend):
+    ask = {"model": "rlm", "messages": [{"role": "user", "content": "q"}]}
+    cases = {
+        "NUL byte": {**ask, "context": {"files": ["docs/report.txt\x00.png"]}},
+        "too long a name": {**ask, "context": {"files": ["a" * 5000]}},
+        "255 bytes per part": {**ask, "context": {"files": ["docs/" + "b" * 300]}},
+    }
+    for reason, body in cases.items():
+        refused = post(served, body)
+        assert refused.status_code == 400 and reason in refused.json()["error"]["message"], (reason, refused.text)
+    deep = b'{"model": "rlm", "messages": [{"role": "user", "content": "q"}], "context": ' + \
+        b"[" * 100_000 + b"]" * 100_000 + b"}"
+    modest = b'{"model": "rlm", "messages": [{"role": "user", "content": "q"}], "context": ' + \
+        b"[" * 200 + b'"x"' + b"]" * 200 + b"}"
+    surrogate = b'{"model": "rlm", "messages": [{"role": "user", "content": "q \\ud800 r"}], "context": "t"}'
+    surrogate_key = b'{"model": "rlm", "messages": [{"role": "user", "content": "q"}], "context": {"\\udfff": 1}}'
+    for raw, reason in ((deep, "nested"), (modest, "nested"), (surrogate, "lone surrogate"),
+                        (surrogate_key, "lone surrogate"), (b'{"model": "rlm", "messages": [', "not valid JSON"),
+                        (b"\xff\xfe", "not valid JSON"), (b"[1, 2]", "must be a JSON object"),
+                        (b'{"model": "rlm", "messages": "hello"}', "invalid request")):
+        refused = post(served, raw)
+        assert refused.status_code == 400, (reason, refused.status_code, refused.text[:300])
+        assert reason in refused.json()["error"]["message"], (reason, refused.text[:300])
+    assert backend.requests == []
+    assert "Traceback" not in served.stop()
+
+
+# -- symlinks out of the allowed root ---------------------------------------------------------------
+def test_a_context_file_that_is_a_symlink_out_of_the_root_is_refused(served, backend, tree):
+    root, secret = tree
+    (root / "link.env").symlink_to(secret)
+    (root / "up").symlink_to(root.parent, target_is_directory=True)
+    (root / "docs" / "inside").symlink_to(root / "docs" / "report.txt")  # a link within the root is fine
+    client = served.client()
+    for name in ("link.env", "up/secret.env", "docs/../link.env"):
+        with pytest.raises(openai.BadRequestError, match="outside the allowed root") as refused:
+            client.chat.completions.create(model="rlm", messages=[QUESTION], extra_body={"context": {"files": [name]}})
+        assert str(root) not in refused.value.body["message"]
+    reply = client.chat.completions.create(model="rlm", messages=[QUESTION],
+                                           extra_body={"context": {"files": ["docs/inside"]}})
+    assert reply.choices[0].message.content == "the answer is 42"
+    assert SECRET not in sent_to_model(backend)
+
+
+def test_a_symlink_deeper_inside_an_allowed_directory_is_not_followed_out(served, backend, tree):
+    root, secret = tree
+    (root / "docs" / "link").symlink_to(secret)  # docs/link -> ../../secret.env
+    (root / "docs" / "outside").symlink_to(secret.parent, target_is_directory=True)
+    reply = served.client().chat.completions.create(model="rlm", messages=[QUESTION],
+                                                    extra_body={"context": {"files": ["docs"]}})
+    assert reply.choices[0].message.content == "the answer is 42"
+    seen = sent_to_model(backend)
+    assert "revenue grew" in seen or "documents" in seen
+    assert SECRET not in seen
+
+
+# -- the token: never only in argv ------------------------------------------------------------------
+def test_the_token_comes_from_the_environment_or_a_file_never_argv(backend, tree, tmp_path):
+    root, _ = tree
+    by_env = Served(backend_url=backend.base_url, root=root, env={"RLM_SERVE_TOKEN": TOKEN})
+    try:
+        cmdline = Path(f"/proc/{by_env.process.pid}/cmdline").read_bytes()
+        assert TOKEN.encode() not in cmdline
+        assert by_env.client().models.list().data
+        with pytest.raises(openai.AuthenticationError):
+            by_env.client(token="wrong-token-value").models.list()
+    finally:
+        by_env.stop()
+    token_file = tmp_path / "tokens"
+    token_file.write_text("# one token per client\nclient-one-token-abc\nclient-two-token-def\n")
+    by_file = Served("--token-file", str(token_file), backend_url=backend.base_url, root=root,
+                     env={"RLM_SERVE_TOKEN": ""})
+    try:
+        assert b"client-one" not in Path(f"/proc/{by_file.process.pid}/cmdline").read_bytes()
+        assert by_file.client(token="client-one-token-abc").models.list().data
+        assert by_file.client(token="client-two-token-def").models.list().data
+        with pytest.raises(openai.AuthenticationError):
+            by_file.client(token="client-three").models.list()
+    finally:
+        by_file.stop()
+    by_argv = Served("--token", TOKEN, backend_url=backend.base_url, root=root, env={"RLM_SERVE_TOKEN": ""})
+    assert "process list" in by_argv.stop()  # still works, but says why it should not be used
+
+
+def test_the_call_cache_is_per_client(backend, tree, tmp_path):
+    root, _ = tree
+    token_file = tmp_path / "tokens"
+    token_file.write_text("alice-token-0001\nbob-token-00002\n")
+    server = Served("--token-file", str(token_file), backend_url=backend.base_url, root=root,
+                    env={"RLM_SERVE_TOKEN": ""})
+    request = dict(model="rlm", temperature=0, messages=[{"role": "user", "content": "Who signed the contract?"}],
+                   extra_body={"context": "The contract was signed by Alice and Bob on 3 May."})
+    try:
+        alice = server.client(token="alice-token-0001").chat.completions.create(**request)
+        bob = server.client(token="bob-token-00002").chat.completions.create(**request)
+        alice_again = server.client(token="alice-token-0001").chat.completions.create(**request)
+    finally:
+        server.stop()
+    assert alice.model_extra["rlm"]["cached_calls"] == 0
+    assert bob.model_extra["rlm"]["cached_calls"] == 0  # nothing learned about what alice asked
+    assert alice_again.model_extra["rlm"]["cached_calls"] == 4  # her own cache still works
+    assert bob.choices[0].message.content == "the answer is 42"
+
+
+# -- idle and slow connections are closed -----------------------------------------------------------
+def _closed_by_server(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the test's own limit: 30 s)."""
+    sock.settimeout(30)
+    received = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return received
+        received += chunk
+
+
+def test_idle_and_slow_connections_are_closed(backend, tree):
+    root, _ = tree
+    server = Served("--idle-timeout", "1", backend_url=backend.base_url, root=root, env={"RLM_SERVE_TOKEN": TOKEN})
+    try:
+        def connect() -> socket.socket:
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+
+        with connect() as silent:  # connects and says nothing
+            assert _closed_by_server(silent) == b""
+        with connect() as slow_headers:  # a request line and one header, then nothing (slowloris)
+            slow_headers.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            assert _closed_by_server(slow_headers) == b""
+        with connect() as slow_body:  # whole headers, then a tenth of the body it announced
+            slow_body.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                              + TOKEN.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                              + b'{"model": ')
+            answer = _closed_by_server(slow_body)
+            assert answer.startswith(b"HTTP/1.1 408") and b"stopped arriving" in answer
+        with connect() as kept_alive:  # one whole request, then idle on the kept-alive connection
+            kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _closed_by_server(kept_alive).startswith(b"HTTP/1.1 200")
+        # and the server still serves
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+    finally:
+        stderr = server.stop()
+    assert "Traceback" not in stderr
+
+
+# -- a run whose client went away is not left `running` --------------------------------------------
+def test_a_stream_the_client_drops_leaves_an_interrupted_run(tree):
+    from recursive_llm.store import Store
+
+    root, _ = tree
+    slow = ["```repl\nnotes = [llm_query('a'), llm_query('b'), llm_query('c')]\n```", "FINAL(done)"]
+    with FakeLLMServer(responder=root_then_sub(slow), latency=0.5) as backend:
+        server = Served(backend_url=backend.base_url, root=root, env={"RLM_SERVE_TOKEN": TOKEN})
+        try:
+            with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=60,
+                              headers={"Authorization": f"Bearer {TOKEN}"},
+                              json={"model": "rlm", "stream": True, "messages": [QUESTION], "context": "text"}) as sent:
+                for line in sent.iter_lines():
+                    if '"run_start"' in line:
+                        break  # the run is under way: hang up
+            deadline = time.time() + 30
+            while time.time() < deadline and [r["status"] for r in Store().list_runs()] != ["interrupted"]:
+                time.sleep(0.1)
+            runs = Store().list_runs()
+        finally:
+            server.stop()
+    assert [r["status"] for r in runs] == ["interrupted"]
+    assert "disconnected" in Store().run_tree(runs[0]["run_id"])["runs"][0]["error"]
