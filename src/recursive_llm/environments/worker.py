@@ -129,7 +129,17 @@ class WorkerEnvironment:
         if self.isolation.drop_uid:
             self._uid = allocate_worker_uid()
             self._hand_over_to_worker_uid()
+        else:
+            self._owner_only_files()
         await self._spawn()
+
+    def _owner_only_files(self) -> None:
+        assert self._dir is not None
+        for directory, _, files in os.walk(self._dir / "input"):
+            for name in files:
+                path = os.path.join(directory, name)
+                if os.stat(path).st_nlink == 1:  # ours, not a link to a user's (world-readable) file
+                    os.chmod(path, 0o600)
 
     def _hand_over_to_worker_uid(self) -> None:
         """The worker's own uid must read the input: it gets ownership of the input (read-only
