@@ -546,3 +546,45 @@ def test_the_worker_runs_no_site_hooks_of_the_host(mode):
     # to read a site-packages under a 0700 directory (/root).
     if MODES[mode].namespaces or not MODES[mode].drop_uid:
         assert packages.error is None, packages.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_worker_cannot_read_another_runs_input(mode):
+    """A server runs many runs at once: one run's model code must not read another's input copy
+    (before: /tmp/rlm-worker-*/input/ was 0755 with 0644 files, readable by every worker)."""
+    import asyncio
+    import tempfile
+
+    from recursive_llm.environments.worker import WorkerEnvironment
+
+    plan = MODES[mode]
+    if not (plan.namespaces or plan.landlock or plan.drop_uid):
+        pytest.skip(f"needs namespaces, Landlock or per-worker uids, unavailable in sandbox={mode!r} here")
+
+    async def no_calls(*args):
+        return []
+
+    async def scenario():
+        victim = WorkerEnvironment("victim-input-7f3a", no_calls, sandbox=mode)
+        attacker = WorkerEnvironment("attacker", no_calls, sandbox=mode)
+        await victim.start()
+        await attacker.start()
+        try:
+            return await attacker.execute(textwrap.dedent(f"""
+                import os
+                for name in os.listdir({tempfile.gettempdir()!r}) if os.path.exists({tempfile.gettempdir()!r}) else []:
+                    for leaf in ('input/context_0.txt', 'input/inputs.json'):
+                        try:
+                            print(open(os.path.join({tempfile.gettempdir()!r}, name, leaf)).read())
+                        except OSError as e:
+                            print('blocked', type(e).__name__)
+                try:
+                    print(open({str(victim._context_file.parent / 'context_0.txt')!r}).read())
+                except OSError as e:
+                    print('blocked', type(e).__name__)"""), 10)
+        finally:
+            await attacker.close()
+            await victim.close()
+
+    peek = asyncio.run(scenario())
+    assert "victim-input" not in peek.stdout + peek.stderr
