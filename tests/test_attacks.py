@@ -422,7 +422,7 @@ ATTACKS = [
         except OSError as e:
             print('blocked', e)
         print('found', len(found))""", lambda o: TOKEN not in o.out and ("found 0" in o.out or "blocked" in o.out),
-           needs="separation"),
+           needs="files"),  # /proc/<pid>/cmdline is world-readable: a uid of its own does not help
     Attack("abstract_unix_socket", """
         import socket
         try:

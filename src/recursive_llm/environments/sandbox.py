@@ -298,6 +298,27 @@ def plan_isolation(mode: str = "auto") -> IsolationPlan:
     return plan
 
 
+def what_it_stops(plan: IsolationPlan) -> list[tuple[str, bool]]:
+    """What a worker under `plan` is kept from doing, as `rlm doctor` and docs/SECURITY.md say it
+    (tests/test_attacks.py holds the attack behind each line, with the same conditions)."""
+    files = plan.namespaces or bool(plan.landlock)
+    return [
+        ("read the host's API keys: its environment is built from scratch", True),
+        ("read files outside Python, this package, system libraries and its input (other runs' inputs, the "
+         "run store and trajectories, 0644 files with keys, /proc/<pid>/cmdline such as `rlm serve --token`)", files),
+        ("write outside its private directory", files or plan.drop_uid),
+        ("reach the network: TCP to the host's 127.0.0.1 or anywhere, UDP, DNS, abstract unix sockets",
+         plan.namespaces or bool(plan.landlock and plan.seccomp)),
+        ("signal, ptrace or read the memory/environment of the host or of another run's worker",
+         plan.namespaces or bool(plan.landlock) or plan.drop_uid),
+        ("leave a process running after the run (double fork)", plan.namespaces or not plan.processes),
+        ("fork-bomb the machine", (plan.namespaces and plan.drop_uid) or not plan.processes),
+        ("change file modes or owners, mount, unshare, use keyrings, bpf, io_uring, SysV IPC", plan.seccomp),
+        ("exhaust memory, CPU, disk, open files or the host's memory with output", True),
+        ("break the host with forged channel frames: validated, the worker is replaced", True),
+    ]
+
+
 def confinement_policy(plan: IsolationPlan, *, input_dir: str, work_dir: str) -> str:
     """What the worker applies to itself before model code (JSON for its command line)."""
     read = [*_read_roots(), input_dir] if plan.landlock else []

@@ -147,7 +147,12 @@ class Guard:
             for name in [n for n in cls.__dict__ if n not in snapshot]:
                 delattr(cls, name)
         for function, code, defaults, kwdefaults in self._functions:
-            function.__code__, function.__defaults__, function.__kwdefaults__ = code, defaults, kwdefaults
+            if function.__code__ is not code:
+                function.__code__ = code
+            if function.__defaults__ is not defaults:
+                function.__defaults__ = defaults
+            if function.__kwdefaults__ is not kwdefaults:
+                function.__kwdefaults__ = kwdefaults
         for module, snapshot in self._modules:
             namespace = vars(module)
             for name, value in snapshot.items():
