@@ -26,8 +26,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
+
 import struct
+import sys
 
 # -- Landlock ---------------------------------------------------------------------------------
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446  # the same on every arch
@@ -57,7 +58,7 @@ def _libc():
 
 def landlock_abi() -> int:
     """The Landlock ABI version this kernel offers to this process (0: none)."""
-    if platform.system() != "Linux":
+    if not sys.platform.startswith("linux"):
         return 0
     try:
         version = _libc().syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
@@ -151,7 +152,7 @@ def drop_capabilities() -> None:
     libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     header = ctypes.create_string_buffer(struct.pack("=Ii", 0x20080522, 0), 8)  # _LINUX_CAPABILITY_VERSION_3
     data = ctypes.create_string_buffer(24)  # two zeroed {effective, permitted, inheritable}
-    _check(libc.syscall(126 if platform.machine() == "x86_64" else 91, header, data), "capset")
+    _check(libc.syscall(126 if os.uname().machine == "x86_64" else 91, header, data), "capset")
     _set_no_new_privs(libc)
 
 
@@ -222,8 +223,8 @@ def _program(no_new_processes: bool) -> list[tuple[int, int, int, int]]:
 
 
 def apply_seccomp(*, no_new_processes: bool) -> None:
-    if platform.machine() != "x86_64":
-        raise ConfinementError(errno.ENOSYS, f"the seccomp filter is written for x86_64, not {platform.machine()}")
+    if os.uname().machine != "x86_64":
+        raise ConfinementError(errno.ENOSYS, f"the seccomp filter is written for x86_64, not {os.uname().machine}")
     libc = _libc()
     program = _program(no_new_processes)
     filters = b"".join(struct.pack("=HBBI", code, jt, jf, k) for code, jt, jf, k in program)
