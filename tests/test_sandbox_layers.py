@@ -200,3 +200,48 @@ def test_a_session_question_cannot_forge_the_next_questions_sub_call_answers(how
         second = chat.ask("second")
     cells = [e for e in read_trajectory(second.trajectory_path) if e["type"] == "cell"]
     assert cells[0]["stdout"].strip() == "sub answer", cells[0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_confined_worker_still_imports_lazily_and_runs_sql_and_token_counts(mode, tmp_path):
+    """Landlock allows what the REPL needs after the worker confined itself: the standard library
+    imported on first use, site-packages (DuckDB reads /proc/self/cgroup and cgroup limits), the
+    tokenizer's data."""
+    from recursive_llm.context.loader import load_inputs
+
+    table = tmp_path / "sales.csv"
+    table.write_text("region,amount\nnorth,10\nsouth,20\nnorth,5\n")
+    os.chmod(tmp_path, 0o755)
+
+    async def scenario():
+        env = WorkerEnvironment(load_inputs([str(table)]), no_calls, sandbox=mode)
+        await env.start()
+        try:
+            return await env.execute(
+                "import decimal, sqlite3, xml.dom.minidom, email.parser, zipfile, csv\n"
+                "print(sql(\"SELECT sum(amount) FROM sales WHERE region = 'north'\")[0][0])\n"
+                "print(count_tokens('hello world'))", 60)
+        finally:
+            await env.close()
+
+    cell = run(scenario())
+    assert cell.error is None, cell.stderr
+    assert cell.stdout.split() == ["15", "2"]
+
+
+def test_rlm_doctor_says_what_each_mode_stops():
+    from click.testing import CliRunner
+
+    from recursive_llm.cli import main
+
+    done = CliRunner().invoke(main, ["doctor"])
+    assert done.exit_code == 0, done.output
+    for mode in ("auto", "process"):
+        assert f"isolation mode: {mode}" in done.output
+    plan = sandbox.plan_isolation("process")
+    network = "model code trying to reach the network"
+    expected = "stops" if plan.landlock and plan.seccomp else "does NOT stop"
+    process_part = done.output.split("isolation mode: process")[1]
+    assert f"  {expected}: {network}" in process_part
+    weak = sandbox.IsolationPlan(mode="process", namespaces=False, drop_uid=False)
+    assert [stopped for what, stopped in sandbox.what_it_stops(weak) if "read files" in what] == [False]

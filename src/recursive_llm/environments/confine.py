@@ -44,7 +44,13 @@ SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
 
 # The system directories code may read and execute from; single files it may read.
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/alternatives")
-SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/dev/urandom", "/dev/random", "/dev/zero")
+# Read-only, no execute: cgroup limits (DuckDB sizes its memory and threads from them).
+INFO_DIRS = ("/sys/fs/cgroup",)
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/dev/urandom", "/dev/random", "/dev/zero",
+                "/proc/meminfo", "/proc/cpuinfo", "/proc/stat")
+# The worker's own /proc/<pid> (resolved when the rule is made, so not its children's, nor anyone
+# else's): DuckDB reads /proc/self/cgroup for its memory limit.
+OWN_PROC = "/proc/self"
 READ_WRITE_FILES = ("/dev/null",)
 
 
@@ -104,8 +110,11 @@ def apply_landlock(*, read: list[str], write: list[str], abi: int | None = None)
                 _allow(libc, ruleset, path, rights)
         for path in SYSTEM_DIRS:
             _allow(libc, ruleset, path, read_rights)
+        for path in INFO_DIRS:
+            _allow(libc, ruleset, path, (FS_READ_FILE | FS_READ_DIR) & handled_fs)
         for path in SYSTEM_FILES:
             _allow(libc, ruleset, path, FS_READ_FILE)
+        _allow(libc, ruleset, OWN_PROC, (FS_READ_FILE | FS_READ_DIR) & handled_fs)
         for path in READ_WRITE_FILES:
             _allow(libc, ruleset, path, FS_READ_FILE | FS_WRITE_FILE | (FS_TRUNCATE & handled_fs))
         _set_no_new_privs(libc)
