@@ -148,7 +148,7 @@ def _package_root() -> str:
 
 # Run as the worker would run: this Python, its standard library and this package must import.
 _PROBE_CODE = ("import os, sys, json; sys.path.insert(0, sys.argv[1]); "
-               "import recursive_llm.environments.protocol, recursive_llm.environments.runtime; print(os.getuid())")
+               "import recursive_llm.environments.protocol; print(os.getuid())")
 
 
 @functools.lru_cache(maxsize=None)
@@ -203,7 +203,7 @@ policy = {"drop_caps": True, "landlock": abi if abi >= 6 else 0, "seccomp": True
           "read": sys.argv[2:], "write": [work]}
 try:
     active = confine.confine(policy)
-    import json, decimal, sqlite3  # lazily imported modules still load
+    import colorsys  # a module imported after confinement still loads
     os.listdir(sys.argv[1])
     try:
         os.fork()
@@ -257,8 +257,14 @@ def plan_isolation(mode: str = "auto") -> IsolationPlan:
     plan = IsolationPlan(mode=mode, namespaces=False, drop_uid=False,
                          layers=["separate process with a scrubbed environment (no API keys)",
                                  "resource limits: memory, file size, open files, CPU time"])
+    import threading
+
+    probed: list = []  # the two probes start a process each: run them side by side
+    confinement_probe = threading.Thread(target=lambda: probed.append(_confinement()), daemon=True)
+    confinement_probe.start()
     works, reason = (False, "disabled (sandbox='process')") if mode == "process" else _namespaces_work(root)
-    landlock, seccomp, why_not = _confinement()
+    confinement_probe.join()
+    landlock, seccomp, why_not = probed[0]
     if works:
         plan.namespaces = True
         plan.layers.append("namespaces (bubblewrap): no network, own PID/IPC/UTS, read-only system view, "
