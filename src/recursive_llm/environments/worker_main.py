@@ -70,7 +70,12 @@ class HostChannel:
             if body is None:
                 self.commands.put(None)
                 return
-            message = decode_body(body)
+            try:
+                message = decode_body(body)
+            except Exception as error:  # a broken channel: end the worker (the host replaces it)
+                sys.stderr.write(f"worker: unreadable frame from the host: {error}\n")
+                self.commands.put(None)
+                return
             if message["op"] == "reply":
                 with self._pending_lock:
                     waiter = self._pending.pop(message["id"], None)
@@ -178,7 +183,10 @@ def main() -> None:
     channel = HostChannel(reader, writer)
     contexts, tables = read_inputs(Path(sys.argv[1]))
     try:
-        confine(json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
+        policy = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+        if policy.get("landlock"):  # this interpreter's own installation (it may not be the host's)
+            policy["read"] = [*policy.get("read", []), sys.prefix, sys.base_prefix, os.path.dirname(os.__file__)]
+        confine(policy)
     except (ConfinementError, OSError, ValueError) as error:
         sys.stderr.write(f"worker: could not confine itself, refusing to run model code: {error}\n")
         sys.exit(3)
