@@ -109,6 +109,9 @@ def user_python(unprivileged_user):
     requirements = _requirements()
     key = hashlib.sha256("\n".join([system, *requirements]).encode()).hexdigest()[:12]
     venv = Path(f"/var/tmp/rlm-ci-venv-{key}")
+    for stale in Path("/var/tmp").glob("rlm-ci-venv-*"):  # built for other requirements
+        if stale != venv:
+            shutil.rmtree(stale, ignore_errors=True)
     python = venv / "bin" / "python"
     user = unprivileged_user
     env = {"PATH": "/usr/bin:/bin", "HOME": str(venv), "LANG": "C.UTF-8"}
