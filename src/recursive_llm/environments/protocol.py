@@ -35,20 +35,74 @@ class ProtocolError(Exception):
     """The other side sent something that is not a valid frame or message."""
 
 
+MAX_DEPTH = 64  # nesting of lists and objects in a message
+MAX_INT_DIGITS = 19  # ids and counts fit in 64 bits; a 5,000-digit number is an attack
+
+
+def _clean(value: Any) -> Any:
+    """Strings with lone surrogates (which UTF-8 cannot carry) with those shown as escapes."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    body = json.dumps(message, ensure_ascii=False, default=str).encode("utf-8")
+    text = json.dumps(message, ensure_ascii=False, default=str)
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:  # print('\ud800') in a cell must not kill the worker
+        body = json.dumps(_clean(message), ensure_ascii=False, default=str).encode("utf-8")
     if len(body) > MAX_FRAME_BYTES:
         raise ProtocolError(f"message of {len(body):,} bytes exceeds the {MAX_FRAME_BYTES:,}-byte limit")
     return HEADER.pack(len(body)) + body
 
 
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ProtocolError(f"a number of {len(text):,} digits")
+    return int(text)
+
+
+_SURROGATE = None
+
+
+def _check_tree(message: Any) -> None:
+    """Depth at most MAX_DEPTH; no lone surrogate in any string (JSON escapes can carry them)."""
+    global _SURROGATE
+    if _SURROGATE is None:
+        import re
+
+        _SURROGATE = re.compile("[\ud800-\udfff]")
+    stack = [(message, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise ProtocolError("a string with a lone surrogate")
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise ProtocolError(f"nested deeper than {MAX_DEPTH} levels")
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
+    """One frame's message. Anything malformed (not UTF-8 JSON, numbers of thousands of digits,
+    nesting deep enough to exhaust the parser's recursion, lone surrogates) is a ProtocolError:
+    the caller treats the sender as broken, never as a bug of its own."""
     try:
-        message = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProtocolError(f"frame is not UTF-8 JSON: {error}") from None
+        message = json.loads(body.decode("utf-8"), parse_int=_bounded_int)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError, MemoryError) as error:  # UnicodeDecodeError, JSONDecodeError too
+        raise ProtocolError(f"frame is not valid UTF-8 JSON: {type(error).__name__}: {str(error)[:200]}") from None
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
         raise ProtocolError("frame is not a message object with an 'op'")
+    _check_tree(message)
     return message
 
 

@@ -13,9 +13,9 @@ import builtins
 import io
 import json
 import sys
+import threading
 import traceback
 from collections.abc import Callable
-from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
 from ..context.document import split_at_lines
@@ -61,6 +61,28 @@ class CappedBuffer(io.TextIOBase):
         if self.dropped:
             value += f"\n... [{self.dropped:,} more characters of output were discarded]"
         return value
+
+
+class CellStream(io.TextIOBase):
+    """sys.stdout / sys.stderr while a cell runs: the cell's own threads write into its buffer;
+    threads that were already running when the cell began (a daemon thread of an earlier cell)
+    write where they would between cells (the worker's /dev/null), never into this cell's output."""
+
+    def __init__(self, buffer: CappedBuffer, outside: Any, foreign: set[int]) -> None:
+        self._buffer = buffer
+        self._outside = outside
+        self._foreign = foreign
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() in self._foreign:
+            return self._outside.write(text) if self._outside is not None else len(text)
+        return self._buffer.write(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def as_text(value: Any) -> str:
@@ -262,7 +284,10 @@ class REPL:
         if name not in self.namespace or name in self._contract:
             defined = ", ".join(sorted(self.show_vars())) or "none"
             return {"ok": False, "error": f"no variable named {name!r} in the REPL (defined: {defined})"}
-        return {"ok": True, "text": str(self.namespace[name])}
+        try:
+            return {"ok": True, "text": str(self.namespace[name])}
+        except BaseException as error:  # a __str__ of the model's that raises (or exits) must not end the REPL
+            return {"ok": False, "error": f"str({name}) failed: {type(error).__name__}: {error}"}
 
     def _restore_contract(self) -> list[str]:
         changed = [name for name, fn in self._contract.items() if self.namespace.get(name) is not fn]
@@ -275,7 +300,11 @@ class REPL:
         stdout = CappedBuffer(self.max_captured_chars)
         stderr = CappedBuffer(self.max_captured_chars)
         error = None
-        with redirect_stdout(stdout), redirect_stderr(stderr):
+        foreign = set(sys._current_frames()) - {threading.get_ident()}
+        saved = sys.stdout, sys.stderr
+        sys.stdout = CellStream(stdout, saved[0], foreign)
+        sys.stderr = CellStream(stderr, saved[1], foreign)
+        try:
             try:
                 tree = ast.parse(code, filename=_CELL_FILENAME, mode="exec")
                 last_expr = None
@@ -296,6 +325,8 @@ class REPL:
                 stderr.write("Traceback (most recent call last):\n")
                 stderr.write("".join(traceback.format_list(user_frames)))
                 stderr.write("".join(traceback.format_exception_only(type(exc), exc)))
+        finally:
+            sys.stdout, sys.stderr = saved
         changed = self._restore_contract()
         if changed:
             stderr.write(f"\nNote: {', '.join(changed)} cannot be replaced; the originals were restored.\n")

@@ -3,10 +3,21 @@
 1. A scrubbed environment (no API keys or host variables) and a private working directory.
 2. Resource limits (setrlimit, inherited by everything the worker starts): address space, file
    size, processes, open files, and a CPU-time ceiling; the worker also lowers its CPU limit per cell.
-3. Linux namespaces through bubblewrap, when the machine allows them: no network (a private
+3. Kernel confinement the worker applies to itself before any model code (`confine.py`): no
+   capabilities, Landlock (reads only of what Python needs and the input, writes only in its
+   private directory, no TCP, signals / ptrace / abstract sockets scoped to itself) and a seccomp
+   filter (no sockets, no ptrace, no namespaces or mounts, no metadata changes, ...). Without
+   namespaces the filter also refuses new processes. Unprivileged: works in any container.
+4. Linux namespaces through bubblewrap, when the machine allows them: no network (a private
    loopback), its own PID/IPC/UTS namespaces, a read-only view of only what Python needs (the
    Python install, this package, the input), a size-limited private tmpfs as the only writable
-   place, and, when started as root, an unprivileged uid (65534) with no capabilities.
+   place, and, when started as root, a uid of its own with no capabilities.
+
+Without namespaces the worker keeps the host's uid (as root: with every capability dropped):
+another uid could not start a Python installed under a 0700 directory (`/root`, `mktemp -d`),
+and Landlock's scoping separates workers from the host and from each other as a uid would. Only
+where Landlock lacks scoping (ABI < 6) does a root host fall back to a uid of the worker's own,
+when that uid can run this Python and import this package.
 
 `plan_isolation()` finds out once per process what is available; `rlm doctor` prints it.
 """
@@ -14,7 +25,7 @@
 from __future__ import annotations
 
 import functools
-import itertools
+import json
 import os
 import resource
 import shutil
@@ -29,7 +40,8 @@ NOBODY = 65534  # the user the probes run as
 # When the host is root, each worker runs as a uid of its own, above any real user's: workers of
 # concurrent runs cannot signal or trace each other, and the process limit counts per worker.
 WORKER_UID_BASE = 1_000_000_000
-_worker_uid_counter = itertools.count()
+WORKER_UID_SLOTS = 256
+_live_uids: set[int] = set()
 _SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/alternatives")
 SANDBOX_TMP = "/tmp"  # the worker's private, size-limited, writable directory inside the sandbox
 
@@ -52,6 +64,9 @@ class IsolationPlan:
     mode: str
     namespaces: bool
     drop_uid: bool
+    landlock: int = 0  # the Landlock ABI the worker confines itself with (0: none)
+    seccomp: bool = False
+    processes: bool = True  # may model code start processes (False: fork/clone refused by seccomp)
     layers: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
@@ -104,13 +119,36 @@ def bwrap_command(*, context_dir: str, private_mb: int, drop_uid: bool) -> list[
 
 
 def allocate_worker_uid() -> int:
-    """A uid no other live worker on this machine has: unique per host process and worker slot."""
-    return WORKER_UID_BASE + os.getpid() * 256 + next(_worker_uid_counter) % 256
+    """A uid no other live worker on this machine has: unique per host process and live slot.
+
+    Slots are reused only after `release_worker_uid`; with every slot of this process taken, a new
+    worker is refused rather than given a uid that a live worker already has."""
+    base = WORKER_UID_BASE + os.getpid() * WORKER_UID_SLOTS
+    for slot in range(WORKER_UID_SLOTS):
+        if base + slot not in _live_uids:
+            _live_uids.add(base + slot)
+            return base + slot
+    from ..errors import EnvironmentFailure
+
+    raise EnvironmentFailure(f"{WORKER_UID_SLOTS} workers of this process are alive; close some first")
+
+
+def release_worker_uid(uid: int | None) -> None:
+    _live_uids.discard(uid)
 
 
 def setpriv_command(uid: int = NOBODY) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
             "--bounding-set=-all", "--no-new-privs"]
+
+
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+# Run as the worker would run: this Python, its standard library and this package must import.
+_PROBE_CODE = ("import os, sys, json; sys.path.insert(0, sys.argv[1]); "
+               "import recursive_llm.environments.protocol; print(os.getuid())")
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,7 +167,7 @@ def _namespaces_work(drop_uid: bool) -> tuple[bool, str]:
             command += ["--", *setpriv_command()]
         else:
             command += ["--"]
-        command += [sys.executable, "-I", "-c", "import os; print(os.getuid())"]
+        command += [sys.executable, "-I", "-S", "-c", _PROBE_CODE, _package_root()]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired) as error:
@@ -143,15 +181,70 @@ def _namespaces_work(drop_uid: bool) -> tuple[bool, str]:
 @functools.lru_cache(maxsize=None)
 def _uid_drop_works() -> bool:
     """Without namespaces, a root host can still run the worker as uid 65534 through setpriv, if
-    that uid can run this Python (an interpreter under a private home directory may not be)."""
+    that uid can run this Python and import this package (under a 0700 directory it cannot: a
+    Python under /root even starts, on the system's standard library, and fails later)."""
     if shutil.which("setpriv") is None:
         return False
     try:
-        done = subprocess.run([*setpriv_command(), sys.executable, "-I", "-c", "import os; print(os.getuid())"],
+        done = subprocess.run([*setpriv_command(), sys.executable, "-I", "-S", "-c", _PROBE_CODE, _package_root()],
                               cwd="/", capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0 and done.stdout.strip() == str(NOBODY)
+
+
+_CONFINE_PROBE = """
+import os, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+from recursive_llm.environments import confine
+abi = confine.landlock_abi()
+work = tempfile.mkdtemp()
+policy = {"drop_caps": True, "landlock": abi if abi >= 6 else 0, "seccomp": True, "processes": False,
+          "read": sys.argv[2:], "write": [work]}
+try:
+    active = confine.confine(policy)
+    import colorsys  # a module imported after confinement still loads
+    os.listdir(sys.argv[1])
+    try:
+        os.fork()
+        active.append("fork-allowed")
+    except OSError:
+        pass
+except Exception as error:
+    print(abi, "failed", error)
+else:
+    print(abi, " ".join(active))
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _confinement() -> tuple[int, bool, str]:
+    """(Landlock ABI usable with scoping or 0, seccomp usable, why not) from one real attempt."""
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", _CONFINE_PROBE, _package_root(), *_read_roots()],
+                              cwd="/", capture_output=True, text=True, timeout=20, env=sandbox_env())
+    except (OSError, subprocess.SubprocessError) as error:
+        return 0, False, f"the probe did not run ({error})"
+    words = done.stdout.split()
+    if done.returncode != 0 or len(words) < 2:
+        return 0, False, (done.stderr.strip().splitlines() or ["the probe failed"])[-1]
+    if words[1] == "failed":
+        return 0, False, " ".join(words[2:])
+    abi = int(words[0])
+    landlock = abi if any(w.startswith("landlock") for w in words[1:]) else 0
+    seccomp = "seccomp" in words and "fork-allowed" not in words
+    why = "" if landlock else (f"Landlock ABI {abi} lacks signal and abstract-socket scoping (needs 6, Linux 6.12)"
+                               if abi else "Landlock is not available in this kernel")
+    return landlock, seccomp, why
+
+
+def _read_roots() -> list[str]:
+    """What the worker may read (and execute) besides the system directories and its input: the
+    Python installation, this package, and the site directories of the host's import path."""
+    roots = set(_python_roots())
+    roots.update(p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p)
+                 and os.path.basename(p.rstrip("/")) in ("site-packages", "dist-packages"))
+    return sorted(roots)
 
 
 def plan_isolation(mode: str = "auto") -> IsolationPlan:
@@ -159,12 +252,19 @@ def plan_isolation(mode: str = "auto") -> IsolationPlan:
         from ..errors import ConfigError
 
         raise ConfigError(f"unknown sandbox mode {mode!r}: use 'auto' (strongest available), 'namespaces' "
-                          f"(require bubblewrap namespaces) or 'process' (resource limits only)")
+                          f"(require bubblewrap namespaces) or 'process' (no namespaces)")
     root = os.geteuid() == 0
     plan = IsolationPlan(mode=mode, namespaces=False, drop_uid=False,
                          layers=["separate process with a scrubbed environment (no API keys)",
-                                 "resource limits: memory, file size, processes, open files, CPU time"])
+                                 "resource limits: memory, file size, open files, CPU time"])
+    import threading
+
+    probed: list = []  # the two probes start a process each: run them side by side
+    confinement_probe = threading.Thread(target=lambda: probed.append(_confinement()), daemon=True)
+    confinement_probe.start()
     works, reason = (False, "disabled (sandbox='process')") if mode == "process" else _namespaces_work(root)
+    confinement_probe.join()
+    landlock, seccomp, why_not = probed[0]
     if works:
         plan.namespaces = True
         plan.layers.append("namespaces (bubblewrap): no network, own PID/IPC/UTS, read-only system view, "
@@ -174,19 +274,62 @@ def plan_isolation(mode: str = "auto") -> IsolationPlan:
 
         raise ConfigError(f"sandbox='namespaces' was required but {reason}")
     else:
-        plan.missing.append(f"namespaces: {reason}; model code can reach the network and read the host's "
-                            f"world-readable files")
-    if root and (works or _uid_drop_works()):
-        plan.drop_uid = True
-        plan.layers.append(f"a uid of its own per worker (from {WORKER_UID_BASE:,}) with no capabilities, at most "
-                           f"{Limits().max_processes} processes (the host runs as root)")
-    elif root:
-        plan.missing.append("an unprivileged uid: it cannot run this Python here (is it under a private home "
-                            "directory?), so the worker keeps the host's uid and could signal the host or read its files")
+        plan.missing.append(f"namespaces: {reason}" + ("" if landlock and seccomp else
+                            "; model code can reach the network and read the host's world-readable files"))
+    plan.layers.append("no capabilities, no_new_privs")
+    if landlock:
+        plan.landlock = landlock
+        plan.layers.append(f"Landlock ABI {landlock}: reads only Python, this package, system libraries and the "
+                           f"input; writes only its private directory; no TCP; signals, ptrace (/proc/<pid>) and "
+                           f"abstract unix sockets scoped to the worker")
     else:
+        plan.missing.append(f"Landlock: {why_not}")
+    if seccomp:
+        plan.seccomp = True
+        plan.processes = works  # without a PID namespace, a process started by a cell could outlive the run
+        plan.layers.append("seccomp: no sockets, ptrace, namespaces, mounts, keyrings, bpf, SysV IPC, file-mode "
+                           "changes" + ("" if works else ", no new processes (fork/clone)"))
+    else:
+        plan.missing.append("seccomp: the filter could not be installed here (x86_64 Linux only)")
+    if root and (works or (not (landlock and seccomp) and _uid_drop_works())):
+        plan.drop_uid = True
+        plan.layers.append(f"a uid of its own per worker (from {WORKER_UID_BASE:,}), at most "
+                           f"{Limits().max_processes} processes (the host runs as root)")
+    elif not works and not (landlock and seccomp):
+        plan.missing.append("separation from the host's uid: without namespaces and Landlock scoping the worker "
+                            "keeps the host's uid and could signal the host or read its files")
+    elif works and not root:
         plan.missing.append("process-count limit: only applied when the host runs as root (workers get uids of "
-                            "their own)")
+                            "their own); a fork bomb is bounded by memory and the cell's time limit")
     return plan
+
+
+def what_it_stops(plan: IsolationPlan) -> list[tuple[str, bool]]:
+    """What a worker under `plan` is kept from doing, as `rlm doctor` and docs/SECURITY.md say it
+    (tests/test_attacks.py holds the attack behind each line, with the same conditions)."""
+    files = plan.namespaces or bool(plan.landlock)
+    return [
+        ("read the host's API keys: its environment is built from scratch", True),
+        ("read files outside Python, this package, system libraries and its input (other runs' inputs, the "
+         "run store and trajectories, 0644 files with keys, /proc/<pid>/cmdline such as `rlm serve --token`)", files),
+        ("write outside its private directory", files or plan.drop_uid),
+        ("reach the network: TCP to the host's 127.0.0.1 or anywhere, UDP, DNS, abstract unix sockets",
+         plan.namespaces or bool(plan.landlock and plan.seccomp)),
+        ("signal, ptrace or read the memory/environment of the host or of another run's worker",
+         plan.namespaces or bool(plan.landlock) or plan.drop_uid),
+        ("leave a process running after the run (double fork)", plan.namespaces or not plan.processes),
+        ("fork-bomb the machine", (plan.namespaces and plan.drop_uid) or not plan.processes),
+        ("change file modes or owners, mount, unshare, use keyrings, bpf, io_uring, SysV IPC", plan.seccomp),
+        ("exhaust memory, CPU, disk, open files or the host's memory with output", True),
+        ("break the host with forged channel frames: validated, the worker is replaced", True),
+    ]
+
+
+def confinement_policy(plan: IsolationPlan, *, input_dir: str, work_dir: str) -> str:
+    """What the worker applies to itself before model code (JSON for its command line)."""
+    read = [*_read_roots(), input_dir] if plan.landlock else []
+    return json.dumps({"drop_caps": True, "landlock": plan.landlock, "seccomp": plan.seccomp,
+                       "processes": plan.processes, "read": read, "write": [work_dir] if plan.landlock else []})
 
 
 def worker_argv(plan: IsolationPlan, python_argv: list[str], *, context_dir: str, limits: Limits,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,10 +21,44 @@ from typing import Any
 from ..errors import EnvironmentFailure
 from .base import CellResult, SubCallHandler
 from .protocol import HEADER, MAX_FRAME_BYTES, ProtocolError, decode_body, encode, validate_worker_message, write_inputs
-from .sandbox import IsolationPlan, Limits, allocate_worker_uid, limits_preexec, plan_isolation, sandbox_env, worker_argv
+from .sandbox import (SANDBOX_TMP, IsolationPlan, Limits, allocate_worker_uid, confinement_policy, limits_preexec, plan_isolation,
+                      release_worker_uid, sandbox_env, worker_argv)
 
 _WORKER_SCRIPT = Path(__file__).with_name("worker_main.py")
 _warned: set[str] = set()
+STDERR_TAIL_BYTES = 64 * 1024  # the host keeps this much of the worker's stderr (for start failures)
+_DIR_PREFIX = "rlm-worker-"
+_swept = False
+
+
+def sweep_stale_dirs(directory: str | None = None) -> list[str]:
+    """Remove worker directories that a dead host process left behind (kill -9, a lost stream).
+
+    A directory is `rlm-worker-<host pid>-<random>`; it is removed only when it belongs to this
+    user (lstat, not followed) and no process with that pid exists."""
+    removed = []
+    directory = directory or tempfile.gettempdir()
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in entries:
+        match = re.fullmatch(re.escape(_DIR_PREFIX) + r"(\d+)-\w+", name)
+        if not match or int(match.group(1)) == os.getpid():
+            continue
+        path = os.path.join(directory, name)
+        try:
+            info = os.lstat(path)
+            if info.st_uid != os.geteuid() or not os.path.isdir(path) or os.path.islink(path):
+                continue
+            os.kill(int(match.group(1)), 0)
+            continue  # the host is alive
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except OSError:  # PermissionError: a live process of another user
+            continue
+    return removed
 
 
 def worker_env(private_dir: Path) -> dict[str, str]:
@@ -69,37 +104,67 @@ class WorkerEnvironment:
         self.restarts = 0
         self.isolation: IsolationPlan = plan_isolation(sandbox)
         self._limits = limits
-        self._uid = allocate_worker_uid() if self.isolation.drop_uid else None
+        self._uid: int | None = None  # the worker's own uid, from start() to close(), when the plan drops root
+        self._stderr_tail_buffer = bytearray()
+        self._stderr_task: asyncio.Task | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        global _swept
         _warn_once(self.isolation)
-        # <dir> (host only: the worker's log) / input (read-only for the worker) / work (its cwd
-        # when there are no namespaces; with namespaces it gets a private tmpfs instead).
-        self._dir = Path(tempfile.mkdtemp(prefix="rlm-worker-"))
-        (self._dir / "input").mkdir()
-        (self._dir / "work").mkdir()
+        if not _swept:
+            _swept = True
+            await asyncio.to_thread(sweep_stale_dirs)
+        # <dir> (0700, the host's) / input (read-only for the worker) / work (its cwd when there
+        # are no namespaces; with namespaces it gets a private tmpfs instead). Every one 0700: no
+        # other user, and no other run's worker, may read the input.
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
+        (self._dir / "input").mkdir(mode=0o700)
+        (self._dir / "work").mkdir(mode=0o700)
         from ..context.loader import as_inputs
 
         inputs = as_inputs(self._context)
         self._context_file = await asyncio.to_thread(write_inputs, inputs, self._dir / "input")
         self._context = None  # the files are the worker's copy; do not keep a second one here
-        if self.isolation.drop_uid:  # the worker's own uid must be able to read the input
-            os.chmod(self._dir, 0o711)
-            for directory, _, files in os.walk(self._dir / "input"):
-                os.chmod(directory, 0o755)
-                for name in files:
-                    path = os.path.join(directory, name)
-                    if os.stat(path).st_nlink == 1:  # ours; a hard link to a user's file keeps its mode
-                        os.chmod(path, 0o644)
-            if not self.isolation.namespaces:  # its working directory is the host's work/ dir
-                os.chown(self._dir / "work", self._uid, self._uid)
+        if self.isolation.drop_uid:
+            self._uid = allocate_worker_uid()
+            self._hand_over_to_worker_uid()
+        else:
+            self._owner_only_files()
         await self._spawn()
+
+    def _owner_only_files(self) -> None:
+        assert self._dir is not None
+        for directory, _, files in os.walk(self._dir / "input"):
+            for name in files:
+                path = os.path.join(directory, name)
+                if os.stat(path).st_nlink == 1:  # ours, not a link to a user's (world-readable) file
+                    os.chmod(path, 0o600)
+
+    def _hand_over_to_worker_uid(self) -> None:
+        """The worker's own uid must read the input: it gets ownership of the input (read-only
+        modes) instead of anyone getting wider permissions. A hard link to a user's file keeps its
+        owner and mode (only world-readable files are linked)."""
+        assert self._dir is not None and self._uid is not None
+        for directory, _, files in os.walk(self._dir / "input"):
+            os.chown(directory, self._uid, self._uid)
+            os.chmod(directory, 0o500)
+            for name in files:
+                path = os.path.join(directory, name)
+                if os.stat(path).st_nlink == 1:  # ours
+                    os.chown(path, self._uid, self._uid)
+                    os.chmod(path, 0o400)
+        if not self.isolation.namespaces:  # it reaches input/ and work/ through the host's dir
+            os.chown(self._dir, -1, self._uid)
+            os.chmod(self._dir, 0o710)
+            os.chown(self._dir / "work", self._uid, self._uid)
 
     async def _spawn(self) -> None:
         assert self._dir is not None and self._context_file is not None
+        work = SANDBOX_TMP if self.isolation.namespaces else str(self._dir / "work")
+        policy = confinement_policy(self.isolation, input_dir=str(self._dir / "input"), work_dir=work)
         python_argv = [self._python, "-I", str(_WORKER_SCRIPT), str(self._context_file),
-                       str(self._max_captured_chars)]
+                       str(self._max_captured_chars), policy]
         if self._python == sys.executable:
             # -S: no site processing in the worker; the host's resolved import path is handed over
             # instead, so no .pth hook of the host's installation runs in there (on this machine
@@ -108,11 +173,14 @@ class WorkerEnvironment:
             python_argv.append(os.pathsep.join(p for p in sys.path if p and os.path.isabs(p)))
         argv = worker_argv(self.isolation, python_argv, context_dir=str(self._dir / "input"), limits=self._limits,
                            uid=self._uid)
-        with open(self._dir / "worker-stderr.log", "ab") as log:
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-                cwd=self._dir / "work", env=worker_env(self._dir / "work"), start_new_session=True,
-                preexec_fn=limits_preexec(self._limits, nproc=self.isolation.drop_uid))
+        # stderr is a pipe the host drains, keeping only its tail: a worker writing to fd 2 for
+        # ever costs neither disk nor host memory.
+        self._proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd=self._dir / "work", env=worker_env(self._dir / "work"), start_new_session=True,
+            preexec_fn=limits_preexec(self._limits, nproc=self.isolation.drop_uid))
+        self._stderr_tail_buffer = bytearray()
+        self._stderr_task = asyncio.create_task(self._drain_stderr(self._proc.stderr))
         self._inbox = asyncio.Queue()
         self._calls_in_flight = 0
         self._waiting_total = 0.0
@@ -120,6 +188,9 @@ class WorkerEnvironment:
         try:
             ready = await asyncio.wait_for(self._read_message(), self._startup_timeout_s)
         except (asyncio.TimeoutError, ProtocolError, EOFError) as error:
+            if self._stderr_task is not None:
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(self._stderr_task), 2.0)
             log = self._stderr_tail()
             await self._kill()
             raise EnvironmentFailure(f"the worker process did not start ({type(error).__name__}: {error}). "
@@ -130,15 +201,20 @@ class WorkerEnvironment:
         self.pid = self._proc.pid
         self._reader = asyncio.create_task(self._read_forever(self._inbox))
 
+    async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(65536):
+            self._stderr_tail_buffer += chunk
+            if len(self._stderr_tail_buffer) > STDERR_TAIL_BYTES:
+                del self._stderr_tail_buffer[:-STDERR_TAIL_BYTES]
+
     def _stderr_tail(self) -> str:
-        log = self._dir / "worker-stderr.log" if self._dir else None
-        return log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+        return bytes(self._stderr_tail_buffer).decode("utf-8", "replace")[-2000:]
 
     async def _kill(self) -> None:
-        for task in [*self._call_tasks, *([self._reader] if self._reader else [])]:
+        for task in [*self._call_tasks, *(t for t in (self._reader, self._stderr_task) if t)]:
             task.cancel()
         self._call_tasks.clear()
-        self._reader = None
+        self._reader = self._stderr_task = None
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -165,6 +241,8 @@ class WorkerEnvironment:
                 await self._send({"op": "shutdown"})
                 await asyncio.wait_for(self._proc.wait(), 2.0)
         await self._kill()
+        release_worker_uid(self._uid)
+        self._uid = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
@@ -276,7 +354,8 @@ class WorkerEnvironment:
             await self._restart()
             return CellResult(error="TimeoutError: the cell ran past its time limit and was stopped",
                               timed_out=True, restarted=True, duration_s=time.monotonic() - started)
-        except (EOFError, ProtocolError, ConnectionError) as error:
+        except (EOFError, ProtocolError, ConnectionError, ValueError, RecursionError) as error:
+            # (ValueError, RecursionError: whatever a forged frame makes fail is the worker's fault)
             code_ = None
             if self._proc is not None and isinstance(error, (EOFError, ConnectionError)):
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -294,7 +373,7 @@ class WorkerEnvironment:
         self._next_id += 1
         try:
             reply = await self._request({"op": "get_var", "id": self._next_id, "name": name}, "var", 30.0)
-        except (asyncio.TimeoutError, EOFError, ProtocolError, ConnectionError) as error:
+        except (asyncio.TimeoutError, EOFError, ProtocolError, ConnectionError, ValueError, RecursionError) as error:
             await self._restart()
             return {"ok": False, "error": f"could not read {name!r} from the worker ({type(error).__name__})"}
         return {"ok": reply["ok"], "text": reply.get("text", ""), "error": reply.get("error", "")}

@@ -1,13 +1,19 @@
 """The worker process: runs model-written code in a REPL and asks the host for every sub-call.
 
-Started by `WorkerEnvironment` as `python -I -S worker_main.py MANIFEST MAX_CAPTURED_CHARS IMPORT_PATH`
-(without -S and IMPORT_PATH when it runs another Python than the host's). The host talks to it over
-the process's original stdin/stdout; fds 0 and 1 are then pointed at /dev/null so that nothing the
-model's code writes (even with os.write) can reach the protocol stream.
+Started by `WorkerEnvironment` as
+`python -I -S worker_main.py MANIFEST MAX_CAPTURED_CHARS POLICY IMPORT_PATH` (without -S and
+IMPORT_PATH when it runs another Python than the host's). The host talks to it over the process's
+original stdin/stdout; fds 0 and 1 are then pointed at /dev/null so that nothing the model's code
+writes (even with os.write) can reach the protocol stream.
+
+Before any model code, while it has a single thread, the worker confines itself as POLICY (JSON,
+from sandbox.confinement_policy) asks: capabilities, Landlock, seccomp (see confine.py). If a layer
+the host asked for cannot be applied, it exits instead of running unconfined.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import resource
@@ -18,10 +24,12 @@ from pathlib import Path
 
 if __name__ == "__main__":  # make the package importable from a source checkout or an install
     # Started with -S, the host passes its resolved import path (argv[3]) instead of site processing.
-    handed = sys.argv[3].split(os.pathsep) if len(sys.argv) > 3 else []
+    handed = sys.argv[4].split(os.pathsep) if len(sys.argv) > 4 else []
     sys.path += [path for path in handed if path not in sys.path]
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from recursive_llm.environments import protocol, runtime  # noqa: E402
+from recursive_llm.environments.confine import ConfinementError, confine  # noqa: E402
 from recursive_llm.environments.protocol import HEADER, decode_body, encode, read_inputs  # noqa: E402
 from recursive_llm.environments.runtime import REPL  # noqa: E402
 
@@ -62,7 +70,12 @@ class HostChannel:
             if body is None:
                 self.commands.put(None)
                 return
-            message = decode_body(body)
+            try:
+                message = decode_body(body)
+            except Exception as error:  # a broken channel: end the worker (the host replaces it)
+                sys.stderr.write(f"worker: unreadable frame from the host: {error}\n")
+                self.commands.put(None)
+                return
             if message["op"] == "reply":
                 with self._pending_lock:
                     waiter = self._pending.pop(message["id"], None)
@@ -105,6 +118,58 @@ def limit_cell_cpu(seconds: float | None) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
+class Guard:
+    """Puts back, before every cell, what model code could rebind to forge later sub-call answers.
+
+    In a session, a cell of one question could replace `llm_query`'s machinery (the REPL's
+    `_call_host`, a method of REPL or HostChannel, a function's `__code__`, `json.loads` that
+    parses the host's replies, ...) so that every later question got answers the host never sent.
+    This restores the classes, functions, module globals and instance attributes on that path from
+    references taken before any model code ran. It cannot be complete: code in the same process
+    can reach any object (gc, ctypes). What holds regardless is on the host's side: every frame is
+    validated, budgets, keys and models live only there."""
+
+    def __init__(self, repl: REPL, channel: "HostChannel") -> None:
+        import json
+        import types
+
+        classes = (REPL, HostChannel, runtime.CappedBuffer, threading.Event, queue.Queue)
+        self._classes = [(cls, dict(cls.__dict__)) for cls in classes]
+        self._functions = [(f, f.__code__, f.__defaults__, f.__kwdefaults__) for _, snapshot in self._classes
+                           for f in snapshot.values() if isinstance(f, types.FunctionType)]
+        modules = (runtime, protocol, sys.modules[__name__], json)
+        self._functions += [(f, f.__code__, f.__defaults__, f.__kwdefaults__) for m in modules
+                            for f in vars(m).values() if isinstance(f, types.FunctionType)]
+        self._modules = [(m, dict(vars(m))) for m in modules]
+        self._instances = [(repl, {k: v for k, v in vars(repl).items() if k in ("_call_host", "_contract", "_helpers")}),
+                           (channel, {k: v for k, v in vars(channel).items() if k != "_next_id"})]
+
+    def restore(self) -> None:
+        for cls, snapshot in self._classes:
+            for name, value in snapshot.items():
+                if name not in ("__dict__", "__weakref__", "__doc__") and cls.__dict__.get(name) is not value:
+                    setattr(cls, name, value)
+            for name in [n for n in cls.__dict__ if n not in snapshot]:
+                delattr(cls, name)
+        for function, code, defaults, kwdefaults in self._functions:
+            if function.__code__ is not code:
+                function.__code__ = code
+            if function.__defaults__ is not defaults:
+                function.__defaults__ = defaults
+            if function.__kwdefaults__ is not kwdefaults:
+                function.__kwdefaults__ = kwdefaults
+        for module, snapshot in self._modules:
+            namespace = vars(module)
+            for name, value in snapshot.items():
+                if namespace.get(name) is not value:
+                    namespace[name] = value
+        for instance, snapshot in self._instances:
+            attributes = vars(instance)
+            for name in [n for n in attributes if n not in snapshot and hasattr(type(instance), n)]:
+                del attributes[name]  # an instance attribute shadowing a method
+            attributes.update(snapshot)
+
+
 def main() -> None:
     reader = os.fdopen(os.dup(0), "rb", buffering=0)
     writer = os.fdopen(os.dup(1), "wb", buffering=0)
@@ -117,14 +182,24 @@ def main() -> None:
     signal.signal(signal.SIGXCPU, _on_sigxcpu)
     channel = HostChannel(reader, writer)
     contexts, tables = read_inputs(Path(sys.argv[1]))
+    try:
+        policy = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+        if policy.get("landlock"):  # this interpreter's own installation (it may not be the host's)
+            policy["read"] = [*policy.get("read", []), sys.prefix, sys.base_prefix, os.path.dirname(os.__file__)]
+        confine(policy)
+    except (ConfinementError, OSError, ValueError) as error:
+        sys.stderr.write(f"worker: could not confine itself, refusing to run model code: {error}\n")
+        sys.exit(3)
     repl = REPL(contexts[0], channel.call_host, more_contexts=contexts[1:], tables=tables,
                 max_captured_chars=int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000)
+    guard = Guard(repl, channel)
     threading.Thread(target=channel.read_forever, name="host-reader", daemon=True).start()
     channel.send({"op": "ready", "pid": os.getpid()})
     while True:
         command = channel.commands.get()
         if command is None or command["op"] == "shutdown":
             return
+        guard.restore()
         if command["op"] == "exec":
             limit_cell_cpu(command.get("cpu_seconds"))
             channel.send({"op": "result", "id": command["id"], **repl.execute(command["code"])})

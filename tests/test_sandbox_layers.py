@@ -1,0 +1,247 @@
+"""The worker's own layers, one at a time: uids, private directories, leftovers of dead hosts, the
+stderr cap, output of background threads, and a session's sub-call machinery (issue 15)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from recursive_llm import RLM
+from recursive_llm.environments import sandbox, worker
+from recursive_llm.environments.local import LocalEnvironment
+from recursive_llm.environments.worker import WorkerEnvironment
+from recursive_llm.errors import EnvironmentFailure
+from recursive_llm.events import read_trajectory
+from recursive_llm.testing import ScriptedModel
+
+MODES = ("auto", "process")
+
+
+async def no_calls(*args):
+    return []
+
+
+async def echo(kind, prompts, model, context):
+    return [{"ok": True, "text": "sub answer"} for _ in prompts]
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_worker_uids_never_collide_among_live_workers():
+    """A counter modulo 256 gave the 257th worker of a process the uid of the first, still alive."""
+    uids: list[int] = []
+    try:
+        with pytest.raises(EnvironmentFailure, match="alive"):
+            for _ in range(300):
+                uids.append(sandbox.allocate_worker_uid())
+        assert len(uids) == sandbox.WORKER_UID_SLOTS and len(set(uids)) == len(uids)
+        sandbox.release_worker_uid(uids[7])
+        again = sandbox.allocate_worker_uid()
+        assert again == uids[7] and again not in uids[:7] + uids[8:]
+    finally:
+        for uid in uids:
+            sandbox.release_worker_uid(uid)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_worker_directories_are_private(mode):
+    """No other user (and no other run's worker) may read a run's input: every directory 0700 or
+    tighter, our copies of the input unreadable to others."""
+    async def scenario():
+        env = WorkerEnvironment("private input text", no_calls, sandbox=mode)
+        await env.start()
+        try:
+            modes = {}
+            for directory, _, files in os.walk(env._dir):
+                modes[directory] = stat.S_IMODE(os.stat(directory).st_mode)
+                for name in files:
+                    modes[os.path.join(directory, name)] = stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode)
+            cell = await env.execute("print(context)", 10)
+            return modes, cell
+        finally:
+            await env.close()
+
+    modes, cell = run(scenario())
+    assert cell.stdout.strip() == "private input text", cell.stderr
+    assert modes and all(mode & 0o007 == 0 for mode in modes.values()), modes
+    assert all(mode & 0o070 == 0 for path, mode in modes.items() if "input" in path), modes
+
+
+def _dead_pid() -> int:
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
+
+
+def test_stale_worker_dirs_of_dead_hosts_are_swept(tmp_path):
+    dead = tmp_path / f"rlm-worker-{_dead_pid()}-abc123"
+    alive = tmp_path / f"rlm-worker-{os.getppid()}-def456"
+    unknown = tmp_path / "rlm-worker-oldstyle"
+    for directory in (dead, alive, unknown):
+        (directory / "input").mkdir(parents=True)
+        (directory / "input" / "context_0.txt").write_text("a copy of someone's input")
+    removed = worker.sweep_stale_dirs(str(tmp_path))
+    assert removed == [str(dead)] and not dead.exists()
+    assert alive.exists() and unknown.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a directory of another owner")
+def test_the_sweep_leaves_other_users_dirs_alone(tmp_path):
+    theirs = tmp_path / f"rlm-worker-{_dead_pid()}-abc123"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    assert worker.sweep_stale_dirs(str(tmp_path)) == [] and theirs.exists()
+
+
+def test_the_first_worker_start_sweeps_the_temp_dir(monkeypatch):
+    stale = Path(tempfile.gettempdir()) / f"rlm-worker-{_dead_pid()}-sweepme"
+    (stale / "input").mkdir(parents=True)
+    monkeypatch.setattr(worker, "_swept", False)
+
+    async def scenario():
+        env = WorkerEnvironment("x", no_calls, sandbox="process")
+        await env.start()
+        await env.close()
+
+    run(scenario())
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_worker_stderr_costs_no_disk_and_bounded_memory(mode):
+    """Model code writing to fd 2 for ever: the host keeps a bounded tail, nothing on disk."""
+    async def scenario():
+        env = WorkerEnvironment("x", no_calls, sandbox=mode)
+        await env.start()
+        try:
+            cell = await env.execute("import os\nfor _ in range(32):\n    os.write(2, b'e' * 2**20)\nprint('done')", 60)
+            on_disk = sum(p.stat().st_size for p in env._dir.rglob("*") if p.is_file() and "input" not in p.parts)
+            return cell, on_disk, len(env._stderr_tail_buffer)
+        finally:
+            await env.close()
+
+    cell, on_disk, kept = run(scenario())
+    assert cell.stdout.strip() == "done", cell.stderr
+    assert on_disk < 2**20 and kept <= worker.STDERR_TAIL_BYTES
+
+
+def test_a_worker_that_cannot_start_shows_its_stderr():
+    async def scenario():
+        env = WorkerEnvironment("x", no_calls, sandbox="process", python="/bin/sh")  # not a Python
+        with pytest.raises(EnvironmentFailure, match="Worker log") as caught:
+            await env.start()
+        await env.close()
+        return str(caught.value)
+
+    assert "worker_main.py" in run(scenario())  # sh's complaint about the script, from the tail
+
+
+THREAD_CELL = """
+import threading, time
+def chatter():
+    while not globals().get('stop_chatter'):
+        print('LEAK from an earlier cell')
+        time.sleep(0.001)
+threading.Thread(target=chatter, daemon=True).start()
+time.sleep(0.05)
+"""
+LATER_CELL = "import time, threading\nt = threading.Thread(target=lambda: print('own thread'))\nt.start(); t.join()\ntime.sleep(0.3)\nprint('clean')"
+
+
+@pytest.mark.parametrize("kind", [*MODES, "local"])
+def test_a_daemon_thread_of_one_cell_does_not_print_into_later_cells(kind):
+    async def scenario():
+        env = LocalEnvironment("x", no_calls) if kind == "local" else WorkerEnvironment("x", no_calls, sandbox=kind)
+        await env.start()
+        try:
+            first = await env.execute(THREAD_CELL, 10)
+            second = await env.execute(LATER_CELL, 10)
+            await env.execute("stop_chatter = True", 10)
+            return first, second
+        finally:
+            await env.close()
+
+    first, second = run(scenario())
+    assert "LEAK" in first.stdout  # its own cell sees it
+    assert second.stdout.split("\n") == ["own thread", "clean", ""], second.stdout[:300]
+
+
+TAMPERING = {
+    "instance_attribute": "llm_query.__self__._call_host = lambda *a: [{'ok': True, 'text': 'forged'}]",
+    "function_code": "llm_query.__func__.__code__ = (lambda self, prompt, model=None: 'forged').__code__",
+    "class_method": ("ch = llm_query.__self__._call_host.__self__\n"
+                     "type(ch).call_host = lambda self, *a: [{'ok': True, 'text': 'forged'}]\n"
+                     "llm_query.__self__._call_host = ch.call_host"),
+    "json_loads": ("import json\n_loads = json.loads\n"
+                   "def forged(s, **k):\n"
+                   "    m = _loads(s, **k)\n"
+                   "    if isinstance(m, dict) and m.get('op') == 'reply':\n"
+                   "        m['results'] = [{'ok': True, 'text': 'forged'}]\n"
+                   "    return m\n"
+                   "json.loads = forged"),
+}
+
+
+@pytest.mark.parametrize("how", TAMPERING)
+def test_a_session_question_cannot_forge_the_next_questions_sub_call_answers(how):
+    root = ScriptedModel([f"```repl\n{TAMPERING[how]}\nprint(llm_query('mine'))\n```", "FINAL(tampered)",
+                          "```repl\nprint(llm_query('theirs'))\n```", "FINAL(done)"], name="root")
+    sub = ScriptedModel(default="sub answer", name="sub")
+    with RLM(model=root, sub_model=sub).session("text") as chat:
+        chat.ask("first")
+        second = chat.ask("second")
+    cells = [e for e in read_trajectory(second.trajectory_path) if e["type"] == "cell"]
+    assert cells[0]["stdout"].strip() == "sub answer", cells[0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_confined_worker_still_imports_lazily_and_runs_sql_and_token_counts(mode, tmp_path):
+    """Landlock allows what the REPL needs after the worker confined itself: the standard library
+    imported on first use, site-packages (DuckDB reads /proc/self/cgroup and cgroup limits), the
+    tokenizer's data."""
+    from recursive_llm.context.loader import load_inputs
+
+    table = tmp_path / "sales.csv"
+    table.write_text("region,amount\nnorth,10\nsouth,20\nnorth,5\n")
+    os.chmod(tmp_path, 0o755)
+
+    async def scenario():
+        env = WorkerEnvironment(load_inputs([str(table)]), no_calls, sandbox=mode)
+        await env.start()
+        try:
+            return await env.execute(
+                "import decimal, sqlite3, xml.dom.minidom, email.parser, zipfile, csv\n"
+                "print(sql(\"SELECT sum(amount) FROM sales WHERE region = 'north'\")[0][0])\n"
+                "print(count_tokens('hello world'))", 60)
+        finally:
+            await env.close()
+
+    cell = run(scenario())
+    assert cell.error is None, cell.stderr
+    assert cell.stdout.split() == ["15", "2"]
+
+
+def test_rlm_doctor_says_what_each_mode_stops():
+    from click.testing import CliRunner
+
+    from recursive_llm.cli import main
+
+    done = CliRunner().invoke(main, ["doctor"])
+    assert done.exit_code == 0, done.output
+    for mode in ("auto", "process"):
+        assert f"isolation mode: {mode}" in done.output
+    plan = sandbox.plan_isolation("process")
+    network = "model code trying to reach the network"
+    expected = "stops" if plan.landlock and plan.seccomp else "does NOT stop"
+    process_part = done.output.split("isolation mode: process")[1]
+    assert f"  {expected}: {network}" in process_part
+    weak = sandbox.IsolationPlan(mode="process", namespaces=False, drop_uid=False)
+    assert [stopped for what, stopped in sandbox.what_it_stops(weak) if "read files" in what] == [False]
