@@ -136,3 +136,13 @@ def test_an_answer_that_only_mentions_a_failure_is_accepted():
                           "FINAL_VAR(report)"])
     result = RLM(model=root, sub_model=failing_sub(), max_retries=0).completion("q", "some text")
     assert result.stopped_reason == "final" and result.answer.startswith("Nine of the ten")
+
+
+@pytest.mark.parametrize("how", ["FINAL_VAR(big)", "```repl\nFINAL(big)\n```", "```repl\nFINAL_VAR('big')\n```",
+                                 "```repl\nanswer['content'] = big; answer['ready'] = True\n```"])
+def test_a_huge_answer_never_reaches_the_host(how):
+    big = HOST_BOUNDS.max_answer_chars + 10
+    root = ScriptedModel([repl(f"big = 'a' * {big}"), how, "FINAL(short)"])
+    result = RLM(model=root).completion("q", "some text")
+    assert result.answer == "short"
+    assert f"{big:,} characters, over the limit of {HOST_BOUNDS.max_answer_chars:,}" in outputs(root)

@@ -214,7 +214,7 @@ def test_a_confined_worker_still_imports_lazily_and_runs_sql_and_token_counts(mo
     os.chmod(tmp_path, 0o755)
 
     async def scenario():
-        env = WorkerEnvironment(load_inputs([str(table)]), no_calls, sandbox=mode)
+        env = WorkerEnvironment(load_inputs([table]), no_calls, sandbox=mode)
         await env.start()
         try:
             return await env.execute(

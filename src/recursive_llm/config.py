@@ -187,6 +187,7 @@ class RunConfig:
     ray_fanout_at: int | None = None  # llm_query_batched calls this wide go through Ray workers
     base_url: str | None = None  # for clients that model code names (allowed_models)
     api_key: str | None = field(default=None, repr=False)
+    tools: dict = field(default_factory=dict)  # the user's tools by name (tools.Tool), run in the host
 
     def __post_init__(self) -> None:
         if self.allowed_models is not None and self.allowed_models != "*" and not isinstance(self.allowed_models, list):

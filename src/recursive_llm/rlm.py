@@ -70,8 +70,10 @@ class RLM:
         on_event: Listener | None = None,
         store: Any = True,
         cache: bool | None = None,
+        tools: list | None = None,
     ) -> None:
         from .models.resolver import resolve_model
+        from .tools import tools_of
 
         try:
             limits = Limits(max_iterations=max_iterations, max_depth=max_depth, max_llm_calls=max_llm_calls,
@@ -94,7 +96,8 @@ class RLM:
         try:
             self.config = RunConfig(root_client=root_client, sub_client=sub_client, limits=limits, calls=calls,
                                     loop=loop, worker=worker, allowed_models=allowed_models,
-                                    ray_fanout_at=ray_fanout_at, base_url=base_url, api_key=api_key)
+                                    ray_fanout_at=ray_fanout_at, base_url=base_url, api_key=api_key,
+                                    tools=tools_of(tools))
         except ValueError as error:
             raise ConfigError(str(error)) from None
         self.verbose = verbose

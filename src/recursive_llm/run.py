@@ -116,7 +116,7 @@ class Run:
         self.used_fallback = False
         self.started = time.monotonic()
         self.subcalls = SubCalls(state, depth=depth, inputs=inputs, root_client=root_client, site=self.site,
-                                 start_child=self._start_child)
+                                 start_child=self._start_child, emit=self.emit)
         self.compactor = Compactor(root_client, state.scheduler, self.config.loop, self.config.calls,
                                    self.site, self.emit)
         self.gate = answers.Gate(state.failures, schema, self.config.loop.schema_retries)
@@ -164,6 +164,10 @@ class Run:
                                        tables=tables, style=loop.prompt_style)
         if not loop.sub_calls:
             system += "\n\n" + prompts.NO_SUB_CALLS_NOTE
+        if self.config.tools:
+            from .tools import prompt_section
+
+            system += "\n\n" + prompt_section(self.config.tools)
         user = self.style.first_user_message(query=self.query, metadata=described, context_type=context_type,
                                              total_chars=sum(int(m.get("total_chars") or 0) for m in metadata),
                                              max_iterations=self.config.limits.max_iterations)
@@ -190,6 +194,7 @@ class Run:
             env = StartingInBackground(env)
         try:
             messages = self._first_messages()
+            await self._install_tools(env)
             answer, stopped, error = await self._loop(env, messages)
             if stopped in (StopReason.MAX_ITERATIONS, StopReason.BUDGET):
                 answer = await self._ask_for_final(env, messages, stopped)
@@ -204,6 +209,16 @@ class Run:
             if self.environment is None:
                 await env.close()
         return self._finish(answer, stopped, error)
+
+    async def _install_tools(self, env) -> None:
+        """Define the stubs of the user's tools in the REPL (a session's REPL gets them each turn)."""
+        if not self.config.tools:
+            return
+        from .tools import stub_code
+
+        cell = await env.execute(stub_code(self.config.tools), self.config.loop.cell_timeout_s)
+        if cell.error:
+            raise RLMError(f"could not define the tools in the REPL: {cell.error}")
 
     def _finish(self, answer: str | None, stopped: StopReason, error: str | None) -> Result:
         state = self.state

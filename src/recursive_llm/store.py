@@ -409,6 +409,13 @@ class Store:
                     text=event.get("response") or "", model=event.get("model") or "",
                     prompt_tokens=event.get("prompt_tokens") or 0, completion_tokens=event.get("completion_tokens")
                     or 0, finish_reason=event.get("finish_reason")) if fresh else None)
+            elif kind == "tool_call":  # a user tool: a call row of its own (no tokens, no cost, never cached)
+                latency = event.get("duration_s") or 0.0
+                row = (event.get("call_id"), event["run_id"], root_id, event.get("depth"), "tool",
+                       f"tool:{event.get('name')}", 1, "ok" if event.get("error") is None else "error",
+                       _json([{"role": "tool", "content": event.get("arguments")}]), event.get("result"), 0, 0, 0.0,
+                       latency, event["ts"] - latency, event["ts"], None, event.get("error"), None, None)
+                self._queue_call(row, None, None)
             elif kind == "run_end":
                 usage = event.get("usage") or {}
                 total = usage.get("total") or {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +43,10 @@ class SubCalls:
     """The host side of one run's REPL requests."""
 
     def __init__(self, state: "RunState", *, depth: int, inputs: list["LoadedContext"], root_client: ModelClient,
-                 site: Callable[[str, int], CallSite], start_child: ChildStarter) -> None:
+                 site: Callable[[str, int], CallSite], start_child: ChildStarter,
+                 emit: Callable[..., None] = lambda *a, **k: None) -> None:
         self.state = state
+        self.emit = emit
         self.config = state.config
         self.depth = depth
         self.inputs = inputs
@@ -127,7 +130,9 @@ class SubCalls:
         return {"ok": True, "text": result.answer}
 
     async def _tool(self, name: str, arguments: str) -> dict:
-        """Helpers the host serves to model code: search over the run's inputs."""
+        """Helpers the host serves to model code: search over the run's inputs, and the user's tools."""
+        if name.startswith("user:"):
+            return await self._user_tool(name[5:], arguments)
         try:
             args = json.loads(arguments)
             if name == "search":
@@ -150,3 +155,18 @@ class SubCalls:
             return failed(str(error))
         except (ValueError, KeyError, TypeError, OSError, sqlite3.Error) as error:
             return failed(f"{name} failed: {type(error).__name__}: {error}")
+
+    async def _user_tool(self, name: str, arguments: str) -> dict:
+        from .tools import ToolFailure, record
+
+        tool = self.config.tools.get(name)
+        if tool is None:
+            return failed(f"there is no tool named {name!r}")
+        started = time.monotonic()
+        try:
+            result = await tool.call(arguments, self.state.budget.cap_timeout(self.config.calls.call_timeout_s))
+        except ToolFailure as error:
+            record(self.state, self.emit, name, arguments, started, None, str(error))
+            return failed(str(error))
+        record(self.state, self.emit, name, arguments, started, result, None)
+        return {"ok": True, "text": result}

@@ -45,11 +45,30 @@ class TokenUsage:
 
 
 @dataclass
+class ToolUsage:
+    """Calls of one user tool (they cost no tokens)."""
+
+    calls: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"calls": self.calls, "errors": self.errors, "seconds": round(self.seconds, 4)}
+
+
+@dataclass
 class UsageSummary:
-    """Usage of a whole run, broken down per model and per depth."""
+    """Usage of a whole run, broken down per model and per depth; user tools' calls per tool."""
 
     by_model: dict[str, TokenUsage] = field(default_factory=dict)
     by_depth: dict[int, TokenUsage] = field(default_factory=dict)
+    tools: dict[str, ToolUsage] = field(default_factory=dict)
+
+    def record_tool(self, name: str, seconds: float, *, failed: bool) -> None:
+        usage = self.tools.setdefault(name, ToolUsage())
+        usage.calls += 1
+        usage.errors += int(failed)
+        usage.seconds += seconds
 
     def record(self, model: str, depth: int, usage: TokenUsage) -> None:
         self.by_model.setdefault(model, TokenUsage()).add(usage)
@@ -67,4 +86,5 @@ class UsageSummary:
             "total": self.total.to_dict(),
             "by_model": {name: u.to_dict() for name, u in sorted(self.by_model.items())},
             "by_depth": {str(d): u.to_dict() for d, u in sorted(self.by_depth.items())},
+            "tools": {name: u.to_dict() for name, u in sorted(self.tools.items())},
         }

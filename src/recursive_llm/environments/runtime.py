@@ -33,6 +33,10 @@ class SubCallError(RuntimeError):
     """Raised inside model code when a single `llm_query` / `rlm_query` fails."""
 
 
+class ToolError(RuntimeError):
+    """Raised inside model code when a user tool (RLM(tools=[...])) fails in the host."""
+
+
 class CappedBuffer(io.TextIOBase):
     """A text sink that keeps at most `limit` characters and counts the rest."""
 
@@ -111,6 +115,17 @@ def _batch(prompts: Any) -> list[str]:
     return [str(p) for p in prompts]
 
 
+def _bounded_answer(text: str) -> str:
+    """A final answer, refused here (in the cell) when it is over the host's limit: the host never
+    receives it whole (`HostBounds.max_answer_chars`)."""
+    from ..config import HOST_BOUNDS
+
+    if len(text) > HOST_BOUNDS.max_answer_chars:
+        raise ValueError(f"the answer has {len(text):,} characters, over the limit of "
+                         f"{HOST_BOUNDS.max_answer_chars:,}; answer with less (a summary, or the part asked for)")
+    return text
+
+
 def _message_of(reply: dict) -> str:
     return reply.get("text", "") if reply.get("ok") else f"Error: {reply.get('error', 'unknown error')}"
 
@@ -140,6 +155,8 @@ class REPL:
                          "search": self.search, "semantic_search": self.semantic_search, "sql": self.sql}
         self.namespace.update(self._helpers)
         self.namespace["_map_reduce"] = self.map_reduce
+        self.namespace["_user_tool"] = self.user_tool  # what the stubs of the user's tools call
+        self.namespace["ToolError"] = ToolError
         self.namespace.update(extra or {})
         self.namespace["answer"] = {"content": "", "ready": False}
         self.set_contexts([context, *more_contexts])
@@ -179,6 +196,17 @@ class REPL:
         reply = self._call_host("tool", [json.dumps(arguments)], name, None)[0]
         if not reply.get("ok"):
             raise SubCallError(reply.get("error", f"{name} failed"))
+        return json.loads(reply["text"])
+
+    def user_tool(self, name: str, args: tuple, kwargs: dict) -> Any:
+        """Call the user's tool `name` in the host; arguments and result travel as JSON."""
+        try:
+            arguments = json.dumps({"args": list(args), "kwargs": dict(kwargs)})
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name}: its arguments must be JSON values (str, numbers, lists, dicts): {error}") from None
+        reply = self._call_host("tool", [arguments], f"user:{name}", None)[0]
+        if not reply.get("ok"):
+            raise ToolError(reply.get("error", f"{name} failed"))
         return json.loads(reply["text"])
 
     def search(self, query: str, k: int = 10) -> list:
@@ -236,7 +264,7 @@ class REPL:
 
     def final(self, answer: Any) -> None:
         """End the run with `answer` once this cell finishes."""
-        self._final = str(answer)
+        self._final = _bounded_answer(str(answer))
 
     def final_var(self, name: Any) -> None:
         """End the run with the value of the REPL variable `name` once this cell finishes.
@@ -245,12 +273,12 @@ class REPL:
         name of a variable is taken as the answer itself.
         """
         if isinstance(name, str) and name.isidentifier() and name in self.namespace:
-            self._final = str(self.namespace[name])
+            self._final = _bounded_answer(str(self.namespace[name]))
         elif isinstance(name, str) and name.isidentifier() and len(name) < 64:
             defined = ", ".join(sorted(self.show_vars())) or "none"
             raise NameError(f"FINAL_VAR: no variable named {name!r} (defined: {defined})")
         else:
-            self._final = str(name)
+            self._final = _bounded_answer(str(name))
 
     # -- the weak-model fallback (see recursive_llm.fallback) ------------------------------------
     def map_reduce(self, query: str, chunk_chars: int) -> str:
@@ -285,7 +313,7 @@ class REPL:
             defined = ", ".join(sorted(self.show_vars())) or "none"
             return {"ok": False, "error": f"no variable named {name!r} in the REPL (defined: {defined})"}
         try:
-            return {"ok": True, "text": str(self.namespace[name])}
+            return {"ok": True, "text": _bounded_answer(str(self.namespace[name]))}
         except BaseException as error:  # a __str__ of the model's that raises (or exits) must not end the REPL
             return {"ok": False, "error": f"str({name}) failed: {type(error).__name__}: {error}"}
 
@@ -333,6 +361,10 @@ class REPL:
         final = self._final
         answer = self.namespace.get("answer")
         if final is None and isinstance(answer, dict) and answer.get("ready"):
-            final = str(answer.get("content", ""))
             answer["ready"] = False  # reported once; a later turn (a session) starts unanswered
+            try:
+                final = _bounded_answer(str(answer.get("content", "")))
+            except ValueError as exc:
+                error = error or f"ValueError: {exc}"
+                stderr.write(f"\nValueError: {exc}\n")
         return {"stdout": stdout.getvalue(), "stderr": stderr.getvalue(), "error": error, "final": final}

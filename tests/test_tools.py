@@ -1,0 +1,92 @@
+"""User tools (issue 14, item 2): functions of the user's that model code calls from the REPL; they
+run in the host, through the real worker process."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from recursive_llm import RLM
+from recursive_llm.errors import ConfigError
+from recursive_llm.events import read_trajectory
+from recursive_llm.testing import ScriptedModel
+
+KEY = "sk-tool-test-0123456789abcdef"
+
+
+def repl(code: str) -> str:
+    return f"```repl\n{code}\n```"
+
+
+def lookup_price(sku: str, currency: str = "EUR") -> dict:
+    """The price of one product, from the shop's API (needs the API key)."""
+    assert os.environ.get("OPENAI_API_KEY") == KEY  # the host has the key
+    return {"sku": sku, "price": 12.5 if sku == "A-1" else 3.0, "currency": currency}
+
+
+async def stock_level(sku: str) -> int:
+    """Units in stock (an async function works too)."""
+    return {"A-1": 7}.get(sku, 0)
+
+
+def broken(x: int) -> int:
+    """Always fails."""
+    raise LookupError(f"no record {x}")
+
+
+def test_a_tool_is_called_from_the_worker_and_runs_in_the_host(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    code = ("import os\nprint('key in worker:', 'OPENAI_API_KEY' in os.environ)\n"
+            "p = lookup_price('A-1', currency='USD')\nn = stock_level('A-1')\nprint(p, n)\n"
+            "try:\n    broken(3)\nexcept ToolError as e:\n    print('tool error:', e)\n"
+            "try:\n    lookup_price()\nexcept ToolError as e:\n    print('bad call:', e)")
+    root = ScriptedModel([repl(code), "FINAL(done)"])
+    result = RLM(model=root, tools=[lookup_price, stock_level, broken]).completion("q", "text")
+    assert result.answer == "done"
+    system = root.calls[0][0]["content"]
+    assert "`lookup_price(sku: str, currency: str = 'EUR') -> dict`" in system
+    assert "The price of one product" in system and "`stock_level(sku: str) -> int`" in system
+    shown = root.calls[1][-1]["content"]
+    assert "key in worker: False" in shown
+    assert "{'sku': 'A-1', 'price': 12.5, 'currency': 'USD'} 7" in shown
+    assert "tool error: broken raised LookupError: no record 3" in shown
+    assert "bad call: lookup_price(sku: str, currency: str = 'EUR') -> dict: missing a required argument" in shown
+    tools = result.usage.to_dict()["tools"]
+    assert tools["lookup_price"]["calls"] == 2 and tools["lookup_price"]["errors"] == 1
+    assert tools["broken"] == {**tools["broken"], "calls": 1, "errors": 1}
+    events = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "tool_call"]
+    assert [e["name"] for e in events] == ["lookup_price", "stock_level", "broken", "lookup_price"]
+    from recursive_llm.store import Store
+
+    calls = [c for c in Store().run_tree(result.run_id)["calls"] if c["purpose"] == "tool"]
+    assert [(c["model"], c["status"]) for c in calls] == [("tool:lookup_price", "ok"), ("tool:stock_level", "ok"),
+                                                          ("tool:broken", "error"), ("tool:lookup_price", "error")]
+    assert calls[0]["response"] == '{"sku": "A-1", "price": 12.5, "currency": "USD"}'
+
+
+def test_tools_are_bounded_by_the_runs_time_limit():
+    import time
+
+    def slow() -> str:
+        """Takes long."""
+        time.sleep(5)
+        return "late"
+
+    root = ScriptedModel([repl("try:\n    slow()\nexcept ToolError as e:\n    print(e)"), "FINAL(done)"])
+    result = RLM(model=root, tools=[slow], call_timeout_s=0.5).completion("q", "text")
+    assert result.answer == "done" and "slow did not return within 0.5 s" in root.calls[1][-1]["content"]
+
+
+@pytest.mark.parametrize("bad", [lambda: 1, "not a function"])
+def test_tools_that_cannot_be_named_in_the_repl_are_refused(bad):
+    with pytest.raises(ConfigError):
+        RLM(model=ScriptedModel([]), tools=[bad])
+
+
+def test_a_tool_may_not_shadow_the_repl():
+    def llm_query(prompt):
+        return "forged"
+
+    with pytest.raises(ConfigError, match="REPL's own names"):
+        RLM(model=ScriptedModel([]), tools=[llm_query])
