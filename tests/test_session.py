@@ -19,7 +19,8 @@ from scripted_root import root_then_sub
 
 def test_session_keeps_variables_and_history():
     root = ScriptedModel(["```repl\nwords = context.split()\nprint(len(words))\n```", "FINAL(3 words)",
-                          "```repl\nprint(len(words), history)\n```", "FINAL(still here)"], name="root")
+                          "```repl\nprint(len(words), [(h['question'], h['answer']) for h in session_history])\n"
+                          "print(previous_answers[1])\n```", "FINAL(still here)"], name="root")
     with RLM(model=root).session("alpha beta gamma") as chat:
         first = chat.ask("How many words?")
         second = chat.ask("Do you remember?")
@@ -27,7 +28,7 @@ def test_session_keeps_variables_and_history():
         assert [h["answer"] for h in chat.history] == ["3 words", "still here"]
     assert first.answer == "3 words" and second.answer == "still here"
     shown = root.calls[3][-1]["content"]  # the output of the second turn's cell
-    assert "3 [{'question': 'How many words?', 'answer': '3 words'}]" in shown
+    assert "3 [('How many words?', '3 words')]\n3 words" in shown
     assert "question 2 of a session" in root.calls[2][1]["content"]
     runs = Store().list_runs(session_id=session_id)
     assert [r["query"] for r in runs] == ["Do you remember?", "How many words?"]
@@ -76,3 +77,14 @@ def test_rlm_chat_answers_each_line(tmp_path):
     assert [r["answer"] for r in results] == ["3", "3"]
     sessions = {r["session_id"] for r in Store().list_runs()}
     assert len(sessions) == 1 and None not in sessions
+
+
+def test_a_session_does_not_overwrite_compactions_history():
+    """Compaction keeps a question's earlier turns in `history`; the session's own record is
+    `session_history`, so neither overwrites the other (issue 14, item 5)."""
+    root = ScriptedModel(["```repl\nhistory = [{'role': 'assistant', 'content': 'compacted turn'}]\n```",
+                          "FINAL(one)", "```repl\nprint(history[0]['content'], previous_answers)\n```", "FINAL(two)"])
+    with RLM(model=root).session("some text") as chat:
+        chat.ask("first?")
+        chat.ask("second?")
+    assert "compacted turn {1: 'one'}" in root.calls[3][-1]["content"]

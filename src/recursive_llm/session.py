@@ -2,7 +2,9 @@
 
 Each question is a run of its own (recorded with the session's id), but all of them execute in
 the same environment, so what the model computed for one question (an index, a list of findings)
-is still there for the next. `history` in the REPL lists the earlier questions and answers.
+is still there for the next. In the REPL, `session_history` lists the earlier questions with their
+answers and run ids, and `previous_answers[n]` is the answer to question n (from 1). (`history` is
+compaction's: the earlier turns of the current question's conversation.)
 
 A session owns an event loop on a thread of its own, because the worker process is tied to the
 loop it was started on; `ask` works from any thread, `aask` from any event loop.
@@ -24,7 +26,8 @@ if TYPE_CHECKING:
     from .rlm import RLM
 
 TURN_NOTE = ("This is question {number} of a session. The REPL still holds every variable you defined "
-             "for earlier questions; `history` lists them with their answers: {summary}")
+             "for earlier questions; `session_history` lists them with their answers, and "
+             "`previous_answers[n]` is the answer to question n: {summary}")
 
 
 class Session:
@@ -80,9 +83,13 @@ class Session:
         return result
 
     async def _set_history(self) -> None:
-        """Put `history` into the REPL (a restart of the worker also restores it here)."""
-        encoded = json.dumps([{"question": h["question"], "answer": h["answer"]} for h in self.history])
-        cell = await self._environment.execute(f"history = __import__('json').loads({encoded!r})", 30)
+        """Put `session_history` and `previous_answers` into the REPL (a restarted worker gets them
+        back here). Compaction's `history` is another variable, and is left alone."""
+        encoded = json.dumps([{"question": h["question"], "answer": h["answer"], "run_id": h["run_id"]}
+                              for h in self.history])
+        code = (f"session_history = __import__('json').loads({encoded!r})\n"
+                "previous_answers = {n: turn['answer'] for n, turn in enumerate(session_history, start=1)}")
+        cell = await self._environment.execute(code, 30)
         if cell.error:
             raise RLMError(f"could not set up the session's REPL: {cell.error}")
 

@@ -282,9 +282,10 @@ class Store:
             self._db = None
 
     def interrupt(self, root_id: str, reason: str) -> None:
-        """Mark a run tree that will not end by itself (its task was cancelled) `interrupted`."""
-        self._write("UPDATE runs SET status = 'interrupted', error = coalesce(error, ?), ended_at = ? "
-                    "WHERE root_id = ? AND status = 'running'", (reason, time.time(), root_id))
+        """Mark a run tree that will not end by itself (its task was cancelled) `interrupted`, with
+        the caller's reason (a cancelled run records itself as interrupted, without knowing why)."""
+        self._write("UPDATE runs SET status = 'interrupted', error = ?, ended_at = coalesce(ended_at, ?) "
+                    "WHERE root_id = ? AND status IN ('running', 'interrupted')", (reason, time.time(), root_id))
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:

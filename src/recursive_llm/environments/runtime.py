@@ -258,7 +258,7 @@ class REPL:
 
     def show_vars(self) -> dict[str, str]:
         """The variables the code has defined so far, with their types."""
-        hidden = set(self._contract) | set(self._helpers) | {"__name__", "__builtins__", "answer"}
+        hidden = set(self._contract) | set(self._helpers) | {"__name__", "__builtins__", "answer", "ToolError"}
         return {name: type(value).__name__ for name, value in self.namespace.items()
                 if name not in hidden and not name.startswith("_") and not isinstance(value, type(sys))}
 
