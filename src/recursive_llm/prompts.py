@@ -237,3 +237,23 @@ STYLES = {
     "reference": PromptStyle("reference", REFERENCE_SYSTEM_PROMPT, REFERENCE_FIRST_USER_MESSAGE,
                              REFERENCE_CONTINUE_MESSAGE, REFERENCE_NUDGE_MESSAGE, REFERENCE_FINAL_ASK_MESSAGE),
 }
+
+
+def first_messages(metadata: list[dict], *, query: str, style: PromptStyle, recursion: bool, tables: bool,
+                   override: str | None, max_iterations: int, system_notes: list[str] = (),
+                   user_notes: list[str] = ()) -> list[dict]:
+    """The system prompt and the first user message of a run: the query and the inputs' metadata
+    (never the inputs), with `system_notes` and `user_notes` appended."""
+    from .context.loader import format_metadata
+
+    if len(metadata) == 1:
+        context_type, described = str(metadata[0].get("type", "unknown")), format_metadata(metadata[0])
+    else:
+        context_type = f"{len(metadata)} inputs: context_0 to context_{len(metadata) - 1}; `context` is context_0"
+        described = "\n\n".join(format_metadata(m, f"context_{i}") for i, m in enumerate(metadata))
+    system = system_prompt(context_type, recursion=recursion, override=override, tables=tables, style=style.name)
+    user = style.first_user_message(query=query, metadata=described, context_type=context_type,
+                                    total_chars=sum(int(m.get("total_chars") or 0) for m in metadata),
+                                    max_iterations=max_iterations)
+    return [{"role": "system", "content": "\n\n".join([system, *system_notes])},
+            {"role": "user", "content": "\n\n".join([user, *user_notes])}]

@@ -34,43 +34,25 @@ class RLM:
     """
 
     def __init__(
-        self,
-        model: str | ModelClient | None = None,
-        sub_model: str | ModelClient | None = None,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        max_depth: int = 1,
-        max_iterations: int = 20,
-        max_llm_calls: int | None = None,
-        max_tokens: int | None = None,
-        max_cost_usd: float | None = None,
-        timeout_s: float | None = None,
-        environment: str = "worker",
-        sandbox: str = "auto",
-        worker_memory_mb: int = 8192,
-        allowed_models: list[str] | str | None = None,
-        sub_calls: bool = True,
-        ray_fanout_at: int | None = None,
-        system_prompt: str | None = None,
-        verbose: bool = False,
-        max_output_chars: int = 20_000,
-        cell_timeout_s: float = 120.0,
-        max_concurrency: int = 32,
-        max_retries: int = 4,
-        call_timeout_s: float | None = 300.0,
-        max_output_tokens: int | None = None,
-        temperature: float | None = None,
-        fallback_after: int | None = 3,
-        schema_retries: int = 2,
-        prompt_style: str = "default",
-        compact_at: float | None = 0.85,
-        root_context_window: int | None = None,
-        trajectory_dir: str | Path | None = None,
-        on_event: Listener | None = None,
-        store: Any = True,
-        cache: bool | None = None,
-        tools: list | None = None,
+        self, model: str | ModelClient | None = None, sub_model: str | ModelClient | None = None, *,
+        base_url: str | None = None, api_key: str | None = None,
+        # what a run may spend (config.Limits)
+        max_depth: int = 1, max_iterations: int = 20, max_llm_calls: int | None = None,
+        max_tokens: int | None = None, max_cost_usd: float | None = None, timeout_s: float | None = None,
+        # where model code runs (config.WorkerPolicy)
+        environment: str = "worker", sandbox: str = "auto", worker_memory_mb: int = 8192,
+        # how every model call is made (config.CallPolicy)
+        max_concurrency: int = 32, max_retries: int = 4, call_timeout_s: float | None = 300.0,
+        max_output_tokens: int | None = None, temperature: float | None = None,
+        # how the root loop behaves (config.LoopPolicy)
+        max_output_chars: int = 20_000, cell_timeout_s: float = 120.0, fallback_after: int | None = 3,
+        schema_retries: int = 2, compact_at: float | None = 0.85, root_context_window: int | None = None,
+        system_prompt: str | None = None, prompt_style: str = "default", sub_calls: bool = True,
+        # what model code may use (config.RunConfig)
+        allowed_models: list[str] | str | None = None, ray_fanout_at: int | None = None, tools: list | None = None,
+        # recording and watching
+        verbose: bool = False, trajectory_dir: str | Path | None = None, on_event: Listener | None = None,
+        store: Any = True, cache: bool | None = None,
     ) -> None:
         from .models.resolver import resolve_model
         from .tools import tools_of

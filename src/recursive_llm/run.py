@@ -148,34 +148,20 @@ class Run:
                                 max_output_chars=self.config.loop.max_output_chars)
 
     def _first_messages(self) -> list[Message]:
-        from .context.loader import format_metadata
-
-        metadata = [loaded.metadata for loaded in self.inputs]
-        recursion = self.depth + 1 < self.config.limits.max_depth
-        if len(metadata) == 1:
-            context_type, described = str(metadata[0].get("type", "unknown")), format_metadata(metadata[0])
-        else:
-            context_type = (f"{len(metadata)} inputs: context_0 to context_{len(metadata) - 1}; `context` is "
-                            f"context_0")
-            described = "\n\n".join(format_metadata(m, f"context_{i}") for i, m in enumerate(metadata))
-        tables = any(loaded.tables for loaded in self.inputs)
         loop = self.config.loop
-        system = prompts.system_prompt(context_type, recursion=recursion, override=loop.system_prompt,
-                                       tables=tables, style=loop.prompt_style)
-        if not loop.sub_calls:
-            system += "\n\n" + prompts.NO_SUB_CALLS_NOTE
+        system_notes = [prompts.NO_SUB_CALLS_NOTE] if not loop.sub_calls else []
         if self.config.tools:
             from .tools import prompt_section
 
-            system += "\n\n" + prompt_section(self.config.tools)
-        user = self.style.first_user_message(query=self.query, metadata=described, context_type=context_type,
-                                             total_chars=sum(int(m.get("total_chars") or 0) for m in metadata),
-                                             max_iterations=self.config.limits.max_iterations)
-        if self.gate.schema is not None:
-            user += "\n\n" + self.gate.schema.prompt_note()
+            system_notes.append(prompt_section(self.config.tools))
+        user_notes = [self.gate.schema.prompt_note()] if self.gate.schema is not None else []
         if self.turn_note:
-            user += "\n\n" + self.turn_note
-        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            user_notes.append(self.turn_note)
+        return prompts.first_messages(
+            [loaded.metadata for loaded in self.inputs], query=self.query, style=self.style,
+            recursion=self.depth + 1 < self.config.limits.max_depth, tables=any(i.tables for i in self.inputs),
+            override=loop.system_prompt, max_iterations=self.config.limits.max_iterations,
+            system_notes=system_notes, user_notes=user_notes)
 
     async def execute(self) -> Result:
         env = self.environment or self._make_environment()
