@@ -1,4 +1,22 @@
-"""Errors raised by recursive_llm. Each message names the problem and how to fix it."""
+"""Errors raised by recursive_llm. Each message names the problem and how to fix it.
+
+The tree (every class carries the exit code `rlm` uses for it; the CLI maps them in one place):
+
+    RLMError (1)                  anything this package raises on purpose
+    ├── ConfigError (4)           bad configuration: unknown model, missing key, invalid option or limit
+    ├── ContextError (3)          the input cannot be loaded: missing path, empty, binary, undecodable
+    ├── ModelError (6)            a provider call failed after its retries (status_code, retryable)
+    ├── BudgetExceeded (5)        a call refused: calls, tokens, cost or time (`.budget` says which)
+    │   └── budget.RoomLater      internal: the call fits once calls in flight settle (it waits)
+    ├── EnvironmentFailure (1)    the REPL environment broke beyond recovery (a worker that cannot start)
+    └── StoreError (7)            the run store cannot be read: corrupt, newer schema, unreadable
+
+Errors that never leave the package's boundary as exceptions: a worker that breaks the protocol
+(`environments.protocol.ProtocolError`) is killed and replaced, and the cell says `WorkerCrash`;
+a failed sub-call or tool reaches model code as `SubCallError` / `ToolError` inside the REPL (or an
+"Error: ..." slot in a batch); a run that ends at a limit or without an answer is a `Result` with
+`stopped_reason` and `error`, not an exception; a store write that fails is `Result.store_error`.
+"""
 
 from __future__ import annotations
 
@@ -48,3 +66,9 @@ class EnvironmentFailure(RLMError):
     """The REPL environment (worker process) broke in a way the run cannot recover from."""
 
     exit_code = 1
+
+
+class StoreError(RLMError):
+    """The run store cannot be read: the message names the file and how to fix it."""
+
+    exit_code = 7

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import RLMError
+from .errors import RLMError, StoreError  # StoreError: importable here too
 from .events import report_problem
 from .models.base import Completion, Message
 
@@ -96,12 +96,6 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX runs_status ON runs(status);
     """,
 }
-
-
-class StoreError(RLMError):
-    """The run store cannot be read: the message names the file and how to fix it."""
-
-    exit_code = 7
 
 
 def _fix_for(error: BaseException, path: Path) -> str:
