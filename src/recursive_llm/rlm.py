@@ -56,7 +56,7 @@ class RLM:
         verbose: bool = False,
         max_output_chars: int = 20_000,
         cell_timeout_s: float = 120.0,
-        max_concurrency: int = 32,
+        max_concurrency: int = 256,
         max_retries: int = 4,
         call_timeout_s: float | None = 300.0,
         max_output_tokens: int | None = None,

@@ -12,6 +12,8 @@ from .errors import from_openai_error
 class OpenAIClient:
     """Chat completions through the official `openai` client, one attempt per call."""
 
+    remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
+
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  context_window: int | None = None, name: str | None = None, provider: str = "openai") -> None:
         self.model = model
