@@ -204,3 +204,23 @@ def current() -> WorkerPool | None:
         return None
     pool = _pools.get(id(loop))
     return pool if pool is not None and pool._loop is loop and not pool._closed else None
+
+
+def serve_with_pool(app, *, size: int, sandbox: str = "auto") -> None:
+    """`rlm serve`'s hook: a pool of `size` (at most 32) pre-started workers on the server's event
+    loop from startup to shutdown. Runs with other worker settings start their own workers."""
+    import os
+
+    holder: list[WorkerPool] = []
+    if os.environ.get("RLM_WORKER_POOL", "1") == "0":  # off (benchmarks compare both)
+        return
+
+    async def start() -> None:
+        holder.append(install(min(size, 32), sandbox=sandbox))
+
+    async def stop() -> None:
+        for pool in holder:
+            await pool.close()
+
+    app.router.on_startup.append(start)
+    app.router.on_shutdown.append(stop)
