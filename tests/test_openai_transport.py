@@ -36,10 +36,11 @@ def outcome(transport: str, **server_options):
             return error, server.requests
 
 
-def test_the_default_transport_is_httpx_and_the_sdk_one_stays_available(monkeypatch):
-    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "httpx"
-    monkeypatch.setenv("RLM_OPENAI_TRANSPORT", "sdk")
+def test_the_default_transport_is_the_sdk_and_httpx_is_available(monkeypatch):
+    monkeypatch.delenv("RLM_OPENAI_TRANSPORT", raising=False)
     assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "sdk"
+    monkeypatch.setenv("RLM_OPENAI_TRANSPORT", "httpx")
+    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "httpx"
     with pytest.raises(ValueError, match="unknown transport"):
         OpenAIClient("m", transport="carrier-pigeon")
 
@@ -95,7 +96,7 @@ def test_a_call_over_httpx_does_not_import_the_sdk():
             "from recursive_llm.models.openai_client import OpenAIClient\n"
             "from recursive_llm.testing import FakeLLMServer\n"
             "with FakeLLMServer() as server:\n"
-            "    client = OpenAIClient('m', base_url=server.base_url)\n"
+            "    client = OpenAIClient('m', base_url=server.base_url, transport='httpx')\n"
             "    async def go():\n"
             "        try:\n"
             "            return await client.complete([{'role': 'user', 'content': 'hi'}])\n"

@@ -17,15 +17,18 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _prefetched = False
 
 
-def _prefetch_httpx() -> None:
-    """Import httpx and build the TLS context in a thread, once per process: the first call then
-    finds them ready (about 0.2 s, overlapped with loading the input and starting the worker)."""
+def _prefetch(transport: str) -> None:
+    """Import the transport (the `openai` SDK: 0.6 to 1 s) and build the TLS context in a thread,
+    once per process, so that the first call overlaps it with loading the input and starting the worker."""
     global _prefetched
     if _prefetched:
         return
     _prefetched = True
 
     def load() -> None:
+        if transport == "sdk":
+            import openai  # noqa: F401
+
         from .tls import shared_ssl_context
 
         shared_ssl_context()
@@ -37,9 +40,11 @@ class OpenAIClient:
     """Chat completions over the OpenAI-compatible HTTP API, one attempt per call.
 
     Two transports with the same semantics (one attempt, errors mapped by `models/errors.py` to the
-    same `ModelError`s, the same messages): `httpx` (the default) posts the JSON itself, without the
-    official SDK's import (0.6 to 1 s on the first call of a process) and per-request cost;
-    `sdk` (`transport="sdk"` or RLM_OPENAI_TRANSPORT=sdk) goes through the official `openai` client.
+    same `ModelError`s, the same messages): `sdk` (the default) goes through the official `openai`
+    client (imported in a background thread when the client is made); `httpx` (`transport="httpx"` or
+    RLM_OPENAI_TRANSPORT=httpx) posts the JSON itself, without the SDK's import (a one-question
+    process took 1.1 s instead of 2.7 s) but, with the installed httpx, far slower at a wide fan-out
+    (benchmarks/speed_limits.py fanout: 4.3x the bare SDK at 64 wide), so it is not the default.
     """
 
     remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
@@ -55,13 +60,12 @@ class OpenAIClient:
         self._api_key = api_key
         self._client: Any = None
         if transport is None:
-            transport = os.environ.get("RLM_OPENAI_TRANSPORT", "httpx")
+            transport = os.environ.get("RLM_OPENAI_TRANSPORT", "sdk")
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}: use 'httpx' (the default: a plain HTTP client, "
                              f"no SDK import on the first call) or 'sdk' (the official openai client)")
         self.transport = transport
-        if transport == "httpx":
-            _prefetch_httpx()
+        _prefetch(transport)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIClient(model={self.model!r}, base_url={self.base_url!r})"
