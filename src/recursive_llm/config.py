@@ -104,7 +104,9 @@ class RetryPolicy:
 class CallPolicy:
     """How every model call of a run is made (root replies, sub-calls, child runs' calls)."""
 
-    max_concurrency: int = 32
+    # The ceiling: calls to a provider go as wide as its endpoint takes (scheduler.EndpointLimit).
+    max_concurrency: int = 256
+    max_child_runs: int = 32  # child runs (each with its own worker) at one depth at once
     max_retries: int = 4
     call_timeout_s: float | None = 300.0
     max_output_tokens: int | None = None
@@ -112,6 +114,7 @@ class CallPolicy:
 
     def __post_init__(self) -> None:
         _check_all(self, {"max_concurrency": (True, 1, True, False), "max_retries": (True, 0, True, False),
+                          "max_child_runs": (True, 1, True, False),
                           "call_timeout_s": (False, 0, False, True), "max_output_tokens": (True, 1, True, True),
                           "temperature": (False, 0, True, True)})
 

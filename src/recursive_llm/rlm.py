@@ -42,7 +42,7 @@ class RLM:
         # where model code runs (config.WorkerPolicy)
         environment: str = "worker", sandbox: str = "auto", worker_memory_mb: int = 8192,
         # how every model call is made (config.CallPolicy)
-        max_concurrency: int = 32, max_retries: int = 4, call_timeout_s: float | None = 300.0,
+        max_concurrency: int = 256, max_retries: int = 4, call_timeout_s: float | None = 300.0,
         max_output_tokens: int | None = None, temperature: float | None = None,
         # how the root loop behaves (config.LoopPolicy)
         max_output_chars: int = 20_000, cell_timeout_s: float = 120.0, fallback_after: int | None = 3,

@@ -55,10 +55,12 @@ class RunState:
     _child_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
 
     def child_slots(self, depth: int) -> asyncio.Semaphore:
-        """Child runs (each with its own worker) at one depth run at most `max_concurrency` at once;
+        """Child runs (each with its own worker) at one depth run at most `max_child_runs` (and
+        `max_concurrency`) at once;
         one pool per depth, so a parent holding a slot never waits for a slot its children need."""
         if depth not in self._child_slots:
-            self._child_slots[depth] = asyncio.Semaphore(self.config.calls.max_concurrency)
+            self._child_slots[depth] = asyncio.Semaphore(min(self.config.calls.max_concurrency,
+                                                                     self.config.calls.max_child_runs))
         return self._child_slots[depth]
 
     def client_for(self, model: str | None, default: ModelClient) -> ModelClient:

@@ -6,8 +6,12 @@ Every call of a run (root replies, sub-calls, child runs' calls) goes through `S
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import random
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,6 +52,152 @@ def _identity(client: ModelClient) -> str:
     return f"{type(client).__name__}|{getattr(client, 'base_url', None) or ''}|{client.name}"
 
 
+# -- adaptive concurrency per endpoint ---------------------------------------------------------
+# Providers differ by orders of magnitude in how many requests they take at once (a local vLLM:
+# hundreds; a low-tier key or a small Ollama box: a handful), so a fixed width is wrong for both.
+# Each endpoint gets one limit for the whole process (every run, every event loop, every `rlm serve`
+# request shares it), found the way TCP finds a path's capacity: start at START_LIMIT, grow by one
+# per success while there is no overload (slow start: doubling per round trip), then by one per
+# round trip; halve on a 429/503/529 (at most once per round trip) and pause new starts for the
+# provider's Retry-After. A run's `max_concurrency` stays its own ceiling on top.
+START_LIMIT = 16
+OVERLOAD_STATUS = frozenset({429, 503, 529})
+# No growth while the recent latency is above this many times the best seen (plus 0.1 s): a provider
+# that queues requests is full even when it does not refuse them.
+_LATENCY_HOLD = 3.0
+
+
+class EndpointLimit:
+    """The learned concurrency of one endpoint, shared by every run of the process.
+
+    Thread-safe: runs of `RLM.completion` each have their own event loop; a waiter is woken on its
+    own loop (`call_soon_threadsafe`)."""
+
+    def __init__(self, key: str, *, start: int = START_LIMIT, ceiling: int = 4096) -> None:
+        self.key = key
+        self.limit = float(max(1, min(start, ceiling)))
+        self.ceiling = ceiling
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.slow_start = True
+        self.successes = 0
+        self.overloads = 0
+        self._lock = threading.Lock()
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
+        self._paused_until = 0.0
+        self._last_cut = float("-inf")  # calls started before the last cut do not cut again
+        self._latency: float | None = None  # moving average of successful calls' latency
+        self._best_latency: float | None = None
+
+    def __repr__(self) -> str:
+        return f"EndpointLimit({self.key!r}, limit={self.limit:.1f}, in_flight={self.in_flight})"
+
+    async def acquire(self) -> float:
+        """Wait for a slot; returns the time the call starts (for `release`)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                pause = self._paused_until - time.monotonic()
+                if pause <= 0:
+                    if not self._waiters and self.in_flight < int(self.limit):
+                        return self._take()
+                    future = loop.create_future()
+                    self._waiters.append((loop, future))
+            if pause > 0:
+                await asyncio.sleep(pause)
+                continue
+            try:
+                return await future  # the slot was handed over by `_wake`
+            except asyncio.CancelledError:
+                with self._lock:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove((loop, future))
+                if future.done() and not future.cancelled():
+                    self.release(future.result(), None)  # handed over just as we were cancelled
+                raise
+
+    def _take(self) -> float:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        return time.monotonic()
+
+    def _wake(self) -> None:
+        with self._lock:
+            if self._paused_until > time.monotonic():
+                return
+            while self._waiters and self.in_flight < int(self.limit):
+                loop, future = self._waiters.popleft()
+                started = self._take()
+                try:
+                    loop.call_soon_threadsafe(self._hand_over, future, started)
+                except RuntimeError:  # that loop is closed: give the slot back
+                    self.in_flight -= 1
+
+    def _hand_over(self, future: asyncio.Future, started: float) -> None:
+        if future.done():  # cancelled meanwhile
+            self.release(started, None)
+        else:
+            future.set_result(started)
+
+    def release(self, started: float, error: BaseException | None | bool, *, latency: float | None = None) -> None:
+        """End a call that started at `started`: `error` None for a success, the exception for a
+        failure (an overload status makes the limit smaller), False for no signal (cancelled)."""
+        now = time.monotonic()
+        resume_in = 0.0
+        with self._lock:
+            busy = self.in_flight >= int(self.limit) or bool(self._waiters)
+            self.in_flight -= 1
+            if error is None:
+                self.successes += 1
+                self._grow(now - started if latency is None else latency, busy)
+            elif isinstance(error, ModelError) and error.status_code in OVERLOAD_STATUS:
+                self.overloads += 1
+                if started > self._last_cut:  # one cut per round trip: the calls sent together
+                    self._last_cut = now
+                    self.limit = max(1.0, self.limit / 2)
+                    self.slow_start = False
+                if error.retry_after:
+                    self._paused_until = max(self._paused_until, now + min(error.retry_after, 60.0))
+                    resume_in = self._paused_until - now
+        if resume_in > 0:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_later(resume_in, self._wake)
+        self._wake()
+
+    def _grow(self, latency: float, busy: bool) -> None:
+        self._latency = latency if self._latency is None else 0.9 * self._latency + 0.1 * latency
+        self._best_latency = self._latency if self._best_latency is None else min(self._best_latency, self._latency)
+        if not busy or self._latency > _LATENCY_HOLD * self._best_latency + 0.1:
+            return  # the limit is not what holds calls back, or the provider is slowing down
+        self.limit = min(float(self.ceiling), self.limit + (1.0 if self.slow_start else 1.0 / self.limit))
+
+
+_limits: dict[str, EndpointLimit] = {}
+_limits_lock = threading.Lock()
+
+
+def endpoint_key(client: ModelClient) -> str | None:
+    """One endpoint: the client's kind, base URL, model and (hashed) key; None for a model that
+    does not call a provider (in-process models: their width is the run's `max_concurrency`)."""
+    if not getattr(client, "remote", False):
+        return None
+    key = getattr(client, "_api_key", None) or ""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12] if key else ""
+    return f"{_identity(client)}|{digest}"
+
+
+def endpoint_limit(client: ModelClient) -> EndpointLimit | None:
+    """The process-wide limit of `client`'s endpoint (made on first use)."""
+    key = endpoint_key(client)
+    if key is None:
+        return None
+    with _limits_lock:
+        limit = _limits.get(key)
+        if limit is None:
+            limit = _limits[key] = EndpointLimit(key)
+        return limit
+
+
 class Scheduler:
     def __init__(self, budget: Budget, events: EventLog, usage: UsageSummary, *,
                  max_concurrency: int = 32, retry: RetryPolicy = RetryPolicy(),
@@ -66,6 +216,8 @@ class Scheduler:
         self.store = store
         self.use_cache = use_cache and store is not None
         self.replay = replay
+        # The run's ceiling; calls to a provider also take a slot of its endpoint's adaptive limit
+        # (`EndpointLimit`), shared by every run of the process.
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self.in_flight = 0
         self._call_counter = 0
@@ -129,15 +281,22 @@ class Scheduler:
                                  purpose=site.purpose, model=client.name, budget=error.budget,
                                  error=str(error))
                 raise
+            endpoint = endpoint_limit(client)
+            try:
+                started = await endpoint.acquire() if endpoint is not None else time.monotonic()
+            except BaseException:
+                self.budget.settle(reservation, tokens=0, cost_usd=0.0)
+                raise
             timeout = self.budget.cap_timeout(self.call_timeout_s)
             self.in_flight += 1
             self.events.emit("llm_start", run_id=site.run_id, depth=site.depth, call_id=call_id,
                              purpose=site.purpose, model=client.name, attempt=attempt,
                              in_flight=self.in_flight)
-            started = time.monotonic()
             try:
                 completion = await self._complete(client, messages, reservation.max_output_tokens, timeout)
             except BaseException as error:
+                if endpoint is not None:
+                    endpoint.release(started, error if isinstance(error, Exception) else False)
                 self.budget.settle(reservation, tokens=0, cost_usd=0.0)
                 model_error = error if isinstance(error, ModelError) else None
                 self.events.emit("llm_error", run_id=site.run_id, depth=site.depth, call_id=call_id,
@@ -148,6 +307,8 @@ class Scheduler:
                 raise
             finally:
                 self.in_flight -= 1
+            if endpoint is not None:
+                endpoint.release(started, None)
         cost = cost_usd(client.name, completion.prompt_tokens, completion.completion_tokens,
                         cached_tokens=completion.cached_prompt_tokens, cache_write_tokens=completion.cache_write_tokens)
         tokens = completion.prompt_tokens + completion.completion_tokens

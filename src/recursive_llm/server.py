@@ -398,6 +398,8 @@ def create_app(config: ServeConfig):
     config.check()
     redact = Redactor(config)
     app = FastAPI(title="recursive-llm", version=_version(), docs_url=None, redoc_url=None)
+    from .environments.pool import serve_with_pool  # pre-started workers, one per request (issue 17)
+    serve_with_pool(app, size=config.max_concurrent, sandbox=config.sandbox)
     state = {"active": 0, "started": time.time()}
 
     @app.exception_handler(RequestError)

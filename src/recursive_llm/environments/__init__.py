@@ -20,7 +20,11 @@ def make_environment(policy: "WorkerPolicy", inputs: list[Any], handler: "SubCal
     if policy.environment == "local":
         from .local import LocalEnvironment
         return LocalEnvironment(inputs, handler, **options)
+    from .pool import PooledWorker, current
     from .sandbox import Limits as WorkerLimits
     from .worker import WorkerEnvironment
-    return WorkerEnvironment(inputs, handler, sandbox=policy.sandbox, limits=WorkerLimits(memory_mb=policy.memory_mb),
-                             **options)
+    limits = WorkerLimits(memory_mb=policy.memory_mb)
+    pool = current()  # pre-started workers (`rlm serve`): one is taken when the run starts
+    if pool is not None and pool.matches(policy.sandbox, limits, options["max_captured_chars"]):
+        return PooledWorker(pool, inputs, handler, sandbox=policy.sandbox, limits=limits, **options)
+    return WorkerEnvironment(inputs, handler, sandbox=policy.sandbox, limits=limits, **options)

@@ -110,6 +110,27 @@ class WorkerEnvironment:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        await self._make_dirs()
+        await self._write_inputs()
+        await self._spawn()
+
+    async def prestart(self) -> None:
+        """Start the worker before its input exists (environments/pool.py): it imports everything,
+        sends `waiting` and runs nothing until `load` hands it one request's input."""
+        await self._make_dirs()
+        await self._spawn(waiting=True)
+
+    async def load(self, context: Any, handler: SubCallHandler) -> None:
+        """Give a pre-started worker its one request: the input is written into its own input
+        directory, and the worker reads it and confines itself before it says `ready`."""
+        if self._proc is None or self._reader is not None or self._context_file is not None:
+            raise EnvironmentFailure("load() needs a pre-started worker that has not been loaded")
+        self._context, self._handler = context, handler
+        await self._write_inputs()
+        await self._send({"op": "load", "manifest": str(self._context_file)})
+        await self._await_ready("ready")
+
+    async def _make_dirs(self) -> None:
         global _swept
         _warn_once(self.isolation)
         if not _swept:
@@ -121,17 +142,21 @@ class WorkerEnvironment:
         self._dir = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
         (self._dir / "input").mkdir(mode=0o700)
         (self._dir / "work").mkdir(mode=0o700)
+        if self.isolation.drop_uid:
+            self._uid = allocate_worker_uid()
+            self._hand_over_to_worker_uid()
+
+    async def _write_inputs(self) -> None:
+        assert self._dir is not None
         from ..context.loader import as_inputs
 
         inputs = as_inputs(self._context)
         self._context_file = await asyncio.to_thread(write_inputs, inputs, self._dir / "input")
         self._context = None  # the files are the worker's copy; do not keep a second one here
         if self.isolation.drop_uid:
-            self._uid = allocate_worker_uid()
             self._hand_over_to_worker_uid()
         else:
             self._owner_only_files()
-        await self._spawn()
 
     def _owner_only_files(self) -> None:
         assert self._dir is not None
@@ -159,11 +184,11 @@ class WorkerEnvironment:
             os.chmod(self._dir, 0o710)
             os.chown(self._dir / "work", self._uid, self._uid)
 
-    async def _spawn(self) -> None:
-        assert self._dir is not None and self._context_file is not None
+    async def _spawn(self, waiting: bool = False) -> None:
+        assert self._dir is not None and (waiting or self._context_file is not None)
         work = SANDBOX_TMP if self.isolation.namespaces else str(self._dir / "work")
         policy = confinement_policy(self.isolation, input_dir=str(self._dir / "input"), work_dir=work)
-        python_argv = [self._python, "-I", str(_WORKER_SCRIPT), str(self._context_file),
+        python_argv = [self._python, "-I", str(_WORKER_SCRIPT), "-" if waiting else str(self._context_file),
                        str(self._max_captured_chars), policy]
         if self._python == sys.executable:
             # -S: no site processing in the worker; the host's resolved import path is handed over
@@ -185,6 +210,11 @@ class WorkerEnvironment:
         self._calls_in_flight = 0
         self._waiting_total = 0.0
         self._waiting_since = 0.0
+        await self._await_ready("waiting" if waiting else "ready")
+
+    async def _await_ready(self, op: str) -> None:
+        """Wait for the worker's `op` (`waiting`, then `ready`); start reading its messages after `ready`."""
+        assert self._proc is not None
         try:
             ready = await asyncio.wait_for(self._read_message(), self._startup_timeout_s)
         except (asyncio.TimeoutError, ProtocolError, EOFError) as error:
@@ -195,11 +225,12 @@ class WorkerEnvironment:
             await self._kill()
             raise EnvironmentFailure(f"the worker process did not start ({type(error).__name__}: {error}). "
                                      f"Worker log:\n{log}") from None
-        if ready.get("op") != "ready":
+        if ready.get("op") != op:
             await self._kill()
-            raise EnvironmentFailure(f"the worker sent {ready.get('op')!r} instead of 'ready'")
+            raise EnvironmentFailure(f"the worker sent {ready.get('op')!r} instead of {op!r}")
         self.pid = self._proc.pid
-        self._reader = asyncio.create_task(self._read_forever(self._inbox))
+        if op == "ready":
+            self._reader = asyncio.create_task(self._read_forever(self._inbox))
 
     async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(65536):
@@ -236,16 +267,21 @@ class WorkerEnvironment:
         await self._spawn()
 
     async def close(self) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await self._send({"op": "shutdown"})
-                await asyncio.wait_for(self._proc.wait(), 2.0)
-        await self._kill()
-        release_worker_uid(self._uid)
-        self._uid = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        try:
+            if self._proc is not None and self._proc.returncode is None:
+                with contextlib.suppress(Exception):
+                    await self._send({"op": "shutdown"})
+                    await asyncio.wait_for(self._proc.wait(), 2.0)
+            await self._kill()
+        finally:  # even when the close is cancelled (a loop shutting down): the uid and the directory go
+            if self._proc is not None and self._proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, 9)
+            release_worker_uid(self._uid)
+            self._uid = None
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
 
     # -- protocol -------------------------------------------------------------------------------
     async def _send(self, message: dict) -> None:

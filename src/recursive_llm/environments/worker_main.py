@@ -2,7 +2,8 @@
 
 Started by `WorkerEnvironment` as
 `python -I -S worker_main.py MANIFEST MAX_CAPTURED_CHARS POLICY IMPORT_PATH` (without -S and
-IMPORT_PATH when it runs another Python than the host's). The host talks to it over the process's
+IMPORT_PATH when it runs another Python than the host's). MANIFEST `-`: a pre-started worker that
+sends `waiting` and reads its manifest from the host's first frame (`load`). The host talks to it over the process's
 original stdin/stdout; fds 0 and 1 are then pointed at /dev/null so that nothing the model's code
 writes (even with os.write) can reach the protocol stream.
 
@@ -61,6 +62,12 @@ class HostChannel:
             chunks.append(chunk)
             remaining -= len(chunk)
         return b"".join(chunks)
+
+    def read_one(self) -> dict | None:
+        """One frame, read on the calling thread (before the reader thread exists)."""
+        header = self._read_exact(HEADER.size)
+        body = self._read_exact(HEADER.unpack(header)[0]) if header else None
+        return decode_body(body) if body is not None else None
 
     def read_forever(self) -> None:
         """Reader thread: replies wake their caller, everything else is a command for the main loop."""
@@ -181,7 +188,17 @@ def main() -> None:
 
     signal.signal(signal.SIGXCPU, _on_sigxcpu)
     channel = HostChannel(reader, writer)
-    contexts, tables = read_inputs(Path(sys.argv[1]))
+    manifest = sys.argv[1]
+    if manifest == "-":
+        # Pre-started (environments/pool.py): this process has run nothing of any request yet. It
+        # waits, on its only thread, for the one request it will serve; then it reads that input and
+        # confines itself exactly as a worker started for the request does.
+        channel.send({"op": "waiting", "pid": os.getpid()})
+        command = channel.read_one()
+        if command is None or command.get("op") != "load" or not isinstance(command.get("manifest"), str):
+            return
+        manifest = command["manifest"]
+    contexts, tables = read_inputs(Path(manifest))
     try:
         policy = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
         if policy.get("landlock"):  # this interpreter's own installation (it may not be the host's)

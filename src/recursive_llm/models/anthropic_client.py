@@ -45,6 +45,8 @@ def with_cache_marks(system: str | None, turns: list[dict]) -> tuple[Any, list[d
 
 
 class AnthropicClient:
+    remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
+
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  context_window: int | None = 200_000, name: str | None = None, prompt_cache: bool = True) -> None:
         self.model = model

@@ -11,6 +11,8 @@ from .errors import from_openai_error
 
 
 class LiteLLMClient:
+    remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
+
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  context_window: int | None = None) -> None:
         # Without this, LiteLLM fetches its price list from the network at import time.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 from typing import Any
 
 from ..errors import ModelError
@@ -9,11 +12,46 @@ from .base import Completion, Message
 from .errors import from_openai_error
 
 
+TRANSPORTS = ("httpx", "sdk")
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_prefetched = False
+
+
+def _prefetch(transport: str) -> None:
+    """Import the transport (the `openai` SDK: 0.6 to 1 s) and build the TLS context in a thread,
+    once per process, so that the first call overlaps it with loading the input and starting the worker."""
+    global _prefetched
+    if _prefetched:
+        return
+    _prefetched = True
+
+    def load() -> None:
+        if transport == "sdk":
+            import openai  # noqa: F401
+
+        from .tls import shared_ssl_context
+
+        shared_ssl_context()
+
+    threading.Thread(target=load, name="rlm-httpx-prefetch", daemon=True).start()
+
+
 class OpenAIClient:
-    """Chat completions through the official `openai` client, one attempt per call."""
+    """Chat completions over the OpenAI-compatible HTTP API, one attempt per call.
+
+    Two transports with the same semantics (one attempt, errors mapped by `models/errors.py` to the
+    same `ModelError`s, the same messages): `sdk` (the default) goes through the official `openai`
+    client (imported in a background thread when the client is made); `httpx` (`transport="httpx"` or
+    RLM_OPENAI_TRANSPORT=httpx) posts the JSON itself, without the SDK's import (a one-question
+    process took 1.1 s instead of 2.7 s) but, with the installed httpx, far slower at a wide fan-out
+    (benchmarks/speed_limits.py fanout: 4.3x the bare SDK at 64 wide), so it is not the default.
+    """
+
+    remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 context_window: int | None = None, name: str | None = None, provider: str = "openai") -> None:
+                 context_window: int | None = None, name: str | None = None, provider: str = "openai",
+                 transport: str | None = None) -> None:
         self.model = model
         self.name = name or model
         self.base_url = base_url
@@ -21,6 +59,13 @@ class OpenAIClient:
         self.provider = provider
         self._api_key = api_key
         self._client: Any = None
+        if transport is None:
+            transport = os.environ.get("RLM_OPENAI_TRANSPORT", "sdk")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}: use 'httpx' (the default: a plain HTTP client, "
+                             f"no SDK import on the first call) or 'sdk' (the official openai client)")
+        self.transport = transport
+        _prefetch(transport)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIClient(model={self.model!r}, base_url={self.base_url!r})"
@@ -36,8 +81,88 @@ class OpenAIClient:
                                                   verify=shared_ssl_context()))
         return self._client
 
+    def _http(self):
+        if self._client is None:
+            import httpx
+
+            from .tls import shared_ssl_context
+
+            headers = {"Authorization": f"Bearer {self._api_key or 'not-needed'}",
+                       "Content-Type": "application/json", "Accept": "application/json",
+                       "User-Agent": "recursive-llm"}
+            for variable, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
+                if os.environ.get(variable):
+                    headers[header] = os.environ[variable]
+            # The official client's defaults: 600 s (5 s to connect), up to 1,000 connections.
+            self._client = httpx.AsyncClient(
+                base_url=(self.base_url or DEFAULT_BASE_URL).rstrip("/") + "/", headers=headers,
+                verify=shared_ssl_context(), timeout=httpx.Timeout(600.0, connect=5.0),
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100), follow_redirects=True)
+        return self._client
+
+    async def _post(self, body: dict, timeout: float | None) -> dict:
+        """One POST of chat/completions; every failure as the `ModelError` the SDK path gives."""
+        import httpx
+
+        from .errors import from_status
+
+        label = f"{self.provider} {self.model}"
+        try:
+            response = await self._http().post(
+                "chat/completions", content=json.dumps(body).encode(),
+                **({"timeout": httpx.Timeout(timeout, connect=min(timeout, 5.0))} if timeout is not None else {}))
+        except httpx.TimeoutException:
+            raise ModelError(f"{label}: the request timed out", retryable=True) from None
+        except httpx.TransportError as error:
+            raise ModelError(f"{label}: connection failed ({error or type(error).__name__})", retryable=True) from None
+        if response.status_code >= 400:
+            detail = f"Error code: {response.status_code}"  # the SDK's message for a status error
+            try:
+                data = json.loads(response.text.strip())
+                error = data.get("error", data) if isinstance(data, dict) else None
+                message = error.get("message") if isinstance(error, dict) else None
+                if isinstance(message, str) and message:
+                    detail += f" - {message}"
+            except ValueError:
+                pass
+            raise from_status(self.provider, self.model, response.status_code, detail, response.headers,
+                              "OPENAI_API_KEY")
+        try:
+            data = json.loads(response.content)
+        except ValueError as error:
+            raise ModelError(f"{label}: malformed response ({error})", retryable=True) from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{label}: malformed response (not a JSON object)", retryable=True)
+        return data
+
+    def _parse(self, data: dict) -> Completion:
+        choices = data.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        message = first.get("message") if isinstance(first.get("message"), dict) else {}
+        if not isinstance(message.get("content"), str):
+            raise ModelError(f"{self.provider} {self.model}: malformed response (no message text)", retryable=True)
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
+        reasoning = next((value for value in (message.get("reasoning_content"), message.get("reasoning"))
+                          if isinstance(value, str) and value), None)
+
+        def count(value: Any) -> int:
+            return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        finish = first.get("finish_reason")
+        return Completion(text=message["content"], model=self.name, prompt_tokens=count(usage.get("prompt_tokens")),
+                          completion_tokens=count(usage.get("completion_tokens")),
+                          finish_reason=finish if isinstance(finish, str) else None, reasoning=reasoning,
+                          cached_prompt_tokens=count(details.get("cached_tokens")))
+
     async def complete(self, messages: list[Message], *, max_tokens: int | None = None,
                        temperature: float | None = None, timeout: float | None = None) -> Completion:
+        if self.transport == "httpx":
+            body: dict[str, Any] = {"model": self.model, "messages": messages}
+            if max_tokens is not None:
+                body["max_tokens" if self.base_url else "max_completion_tokens"] = max_tokens
+            if temperature is not None:
+                body["temperature"] = temperature
+            return self._parse(await self._post(body, timeout))
         options: dict[str, Any] = {}
         if max_tokens is not None:
             # api.openai.com's newer models only accept max_completion_tokens; other servers expect max_tokens.
@@ -69,4 +194,4 @@ class OpenAIClient:
         """Close the HTTP client; the next call opens a new one (possibly on another event loop)."""
         client, self._client = self._client, None
         if client is not None:
-            await client.close()
+            await (client.aclose() if self.transport == "httpx" else client.close())

@@ -1,0 +1,225 @@
+"""Issue 17: how close to the critical path of its model calls a run gets. Side by side in one run.
+
+Run: python benchmarks/speed_limits.py [fanout|capped|serve|cold] ...   (all four by default)
+
+- fanout: N sub-calls at 100 ms over HTTP (the fake server in its own process) at a fixed width:
+  the bare `openai.AsyncOpenAI`, ours with the httpx transport (default), ours with the SDK transport.
+- capped: the fake server answers 429 beyond 8 in flight; 400 sub-calls with the adaptive width:
+  requests refused in the first 100 sub-calls and in the rest, and whether every sub-call succeeded.
+- serve: `rlm serve --max-concurrent C` in front of a 100 ms model, 100 small requests C at a time
+  (2 root calls and one cell each: ideal 0.20 s), with and without pre-started workers.
+- cold: a whole one-question process (`python -c`, imports included) with each transport.
+Medians of REPEATS; compare ratios within one run (the machine is noisy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = str(ROOT / "src")
+sys.path.insert(0, SRC)
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
+
+from core_overhead import server_process  # noqa: E402
+from recursive_llm import RLM  # noqa: E402
+from recursive_llm.events import read_trajectory  # noqa: E402
+from recursive_llm.testing import FakeLLMServer, ScriptedModel  # noqa: E402
+
+REPEATS = int(os.environ.get("REPEATS", "3"))
+LATENCY = 0.1
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+async def bare_sdk(base_url: str, prompts: int, width: int) -> float:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+    semaphore = asyncio.Semaphore(width)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            await client.chat.completions.create(model="bench", messages=[{"role": "user", "content": str(i)}])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(prompts)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return elapsed
+
+
+def ours(base_url: str, prompts: int, width: int, transport: str) -> float:
+    os.environ["RLM_OPENAI_TRANSPORT"] = transport
+    code = (f"import time\nt0 = time.perf_counter()\nr = llm_query_batched([str(i) for i in range({prompts})])\n"
+            f"assert len(r) == {prompts} and not any(x.startswith('Error') for x in r), r[:3]\n"
+            f"print(time.perf_counter() - t0)")
+    root = ScriptedModel([f"```repl\n{code}\n```", "FINAL(done)"])
+    result = RLM(model=root, sub_model="bench", base_url=base_url, max_concurrency=width).completion("q", "text")
+    cell = next(e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell")
+    return float(cell["stdout"].strip())
+
+
+def fanout(prompts: int = 1000, width: int = 64) -> None:
+    ideal = -(-prompts // width) * LATENCY
+    times: dict[str, list[float]] = {"bare openai SDK": [], "ours, httpx transport": [], "ours, SDK transport": []}
+    with server_process(LATENCY) as url:
+        ours(url, width * 2, width, "httpx")  # warm-up: imports, and the endpoint's width grows to `width`
+        ours(url, width * 2, width, "sdk")
+        for _ in range(REPEATS):  # interleaved, so noise hits all three alike
+            times["bare openai SDK"].append(asyncio.run(bare_sdk(url, prompts, width)))
+            times["ours, httpx transport"].append(ours(url, prompts, width, "httpx"))
+            times["ours, SDK transport"].append(ours(url, prompts, width, "sdk"))
+    os.environ.pop("RLM_OPENAI_TRANSPORT", None)
+    bare = statistics.median(times["bare openai SDK"])
+    print(f"\n| {prompts} sub-calls at 100 ms, width {width} (median of {REPEATS}) | seconds | / ideal "
+          f"({ideal:.2f} s) | / bare SDK |\n| --- | --- | --- | --- |")
+    for label, values in times.items():
+        median = statistics.median(values)
+        print(f"| {label} | {median:.3f} | {median / ideal:.2f} | {median / bare:.2f} |")
+
+
+def capped(cap: int = 8, first: int = 100, rest: int = 300) -> None:
+    code = lambda n: (f"r = llm_query_batched([str(i) for i in range({n})])\n"  # noqa: E731
+                      f"print(sum(x.startswith('Error') for x in r))")
+    with FakeLLMServer(latency=LATENCY, max_concurrency=cap, retry_after="0") as server:
+        rows = []
+        for n in (first, rest):
+            before_requests, before_rejected = server.request_count, server.rejected
+            root = ScriptedModel([f"```repl\n{code(n)}\n```", "FINAL(done)"])
+            started = time.perf_counter()
+            result = RLM(model=root, sub_model="capped", base_url=server.base_url).completion("q", "text")
+            wall = time.perf_counter() - started
+            cell = next(e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell")
+            requests, rejected = server.request_count - before_requests, server.rejected - before_rejected
+            rows.append((n, requests, rejected, cell["stdout"].strip(), wall, -(-n // cap) * LATENCY))
+    print(f"\n| server: 429 beyond {cap} in flight, Retry-After 0 | requests sent | refused (429) | failed sub-calls "
+          f"| wall | ideal at width {cap} |\n| --- | --- | --- | --- | --- | --- |")
+    for label, (n, requests, rejected, failed, wall, ideal) in zip(("first run (finds the limit)", "next run"), rows):
+        print(f"| {label}: {n} sub-calls | {requests} | {rejected} ({rejected / requests:.1%}) | {failed} "
+              f"| {wall:.2f} s | {ideal:.2f} s |")
+
+
+def start_serve(backend_url: str, concurrent: int, pool: bool) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "RLM_HOME": tempfile.mkdtemp(prefix="rlm-serve-bench-"), "PYTHONPATH": SRC,
+           "RLM_WORKER_POOL": "1" if pool else "0"}
+    process = subprocess.Popen([sys.executable, "-m", "recursive_llm", "serve", "--port", str(port), "--model", "m",
+                                "--base-url", backend_url, "--max-concurrent", str(concurrent)],
+                               stderr=subprocess.DEVNULL, env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("rlm serve did not start")
+
+
+async def serve_burst(url: str, requests: int, concurrent: int) -> tuple[float, list[float], int]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
+    gate = asyncio.Semaphore(concurrent)
+
+    async def one(i: int) -> float | None:
+        async with gate:
+            started = time.perf_counter()
+            try:
+                await client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": f"q{i}"}],
+                                                     extra_body={"context": f"document {i} " * 50})
+            except openai.APIError:
+                return None
+            return time.perf_counter() - started
+
+    started = time.perf_counter()
+    latencies = await asyncio.gather(*(one(i) for i in range(requests)))
+    wall = time.perf_counter() - started
+    await client.close()
+    ok = [x for x in latencies if x is not None]
+    return wall, ok, requests - len(ok)
+
+
+def rss_tree_mb(pid: int) -> float:
+    """Resident memory of `pid` and all its descendants (MB)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/status") as status:
+                total += next(int(l.split()[1]) for l in status if l.startswith("VmRSS:"))
+            with open(f"/proc/{current}/task/{current}/children") as children:
+                todo += [int(c) for c in children.read().split()]
+        except (OSError, StopIteration):
+            pass
+    return total / 1024
+
+
+def serve(requests: int = 100, widths: tuple[int, ...] = (25, 50)) -> None:
+    from scripted_root import root_then_sub
+
+    turns = ["```repl\nprint(len(context))\n```", "FINAL(done)"]
+    print(f"\n| rlm serve, {requests} requests (2 root calls + 1 cell each, 100 ms model: ideal 0.20 s) | "
+          f"requests/s | p50 | p99 | failed | RSS of serve + workers, idle |\n| --- | --- | --- | --- | --- | --- |")
+    for concurrent in widths:
+        for pool in (False, True):
+            with FakeLLMServer(responder=root_then_sub(turns), latency=LATENCY) as backend:
+                process, url = start_serve(backend.base_url, concurrent, pool)
+                try:
+                    asyncio.run(serve_burst(url, concurrent, concurrent))  # warm-up: imports, the first workers
+                    time.sleep(1.0)  # the pool refills
+                    idle_rss = rss_tree_mb(process.pid)
+                    wall, latencies, failed = asyncio.run(serve_burst(url, requests, concurrent))
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(timeout=60)
+            label = f"{concurrent} at a time, " + ("pre-started workers" if pool else "a worker started per request")
+            print(f"| {label} | {requests / wall:.1f} | {statistics.median(latencies):.2f} s "
+                  f"| {percentile(latencies, 0.99):.2f} s | {failed} | {idle_rss:.0f} MB |")
+
+
+def cold() -> None:
+    code = ("import time, sys\nt0 = time.perf_counter()\nfrom recursive_llm import RLM\n"
+            "r = RLM(model='m', base_url=sys.argv[1]).completion('q', 'x' * 1000)\n"
+            "assert r.answer == 'done', r\nprint(time.perf_counter() - t0)")
+    from scripted_root import root_then_sub
+
+    turns = ["```repl\nprint(len(context))\n```", "FINAL(done)"]
+    times: dict[str, list[float]] = {"httpx": [], "sdk": []}
+    with FakeLLMServer(responder=root_then_sub(turns), latency=LATENCY) as backend:
+        for _ in range(REPEATS):
+            for transport in times:
+                env = {**os.environ, "PYTHONPATH": SRC, "RLM_OPENAI_TRANSPORT": transport}
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-c", code, backend.base_url], env=env, check=True,
+                               capture_output=True)
+                times[transport].append(time.perf_counter() - started)
+    print(f"\n| one-question process (2 root calls at 100 ms, one cell; median of {REPEATS}) | wall, whole process |"
+          f"\n| --- | --- |")
+    for transport, values in times.items():
+        print(f"| {transport} transport | {statistics.median(values):.2f} s |")
+
+
+if __name__ == "__main__":
+    chosen = sys.argv[1:] or ["fanout", "capped", "serve", "cold"]
+    for name in chosen:
+        {"fanout": fanout, "capped": capped, "serve": serve, "cold": cold}[name]()

@@ -1,0 +1,141 @@
+"""Adaptive concurrency per endpoint (scheduler.EndpointLimit): the fan-out width follows the
+provider. Against the test server through the real openai client; no assertion on time."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from recursive_llm import RLM
+from recursive_llm.budget import Budget
+from recursive_llm.config import Limits, RetryPolicy
+from recursive_llm.errors import ModelError
+from recursive_llm.events import EventLog
+from recursive_llm.models.openai_client import OpenAIClient
+from recursive_llm.scheduler import START_LIMIT, CallSite, EndpointLimit, Scheduler, endpoint_limit
+from recursive_llm.testing import FakeLLMServer, ScriptedModel
+from recursive_llm.usage import UsageSummary
+from scripted_root import root_then_sub
+
+SITE = CallSite("run", 1, "sub")
+
+
+def scheduler(ceiling: int, retries: int = 8) -> Scheduler:
+    return Scheduler(Budget(Limits()), EventLog(None), UsageSummary(), max_concurrency=ceiling,
+                     retry=RetryPolicy(max_retries=retries, base_delay_s=0.05, max_delay_s=0.2))
+
+
+async def fan_out(client: OpenAIClient, count: int, ceiling: int) -> list:
+    sched = scheduler(ceiling)
+    try:
+        return await asyncio.gather(*(sched.call(client, [{"role": "user", "content": f"p{i}"}], SITE)
+                                      for i in range(count)), return_exceptions=True)
+    finally:
+        await client.aclose()
+
+
+def test_without_a_cap_the_width_grows_to_the_ceiling():
+    with FakeLLMServer(latency=0.1) as server:
+        client = OpenAIClient("m", base_url=server.base_url, api_key="uncapped")
+        results = asyncio.run(fan_out(client, 300, ceiling=64))
+        limit = endpoint_limit(client)
+    assert all(not isinstance(r, BaseException) for r in results)
+    assert limit.max_in_flight == 64  # started at START_LIMIT, reached the run's ceiling
+    assert server.max_in_flight > START_LIMIT * 2  # (the client's CPU on 2 cores bounds what the server sees)
+    assert limit.overloads == 0 and limit.in_flight == 0
+
+
+def test_with_a_cap_of_8_few_requests_are_refused_after_warm_up():
+    with FakeLLMServer(latency=0.05, max_concurrency=8) as server:
+        client = OpenAIClient("m", base_url=server.base_url, api_key="capped")
+        first = asyncio.run(fan_out(client, 100, ceiling=256))  # the first run finds the limit
+        warm_requests, warm_rejected = server.request_count, server.rejected
+        second = asyncio.run(fan_out(client, 300, ceiling=256))  # a later run starts from it
+        requests, rejected = server.request_count - warm_requests, server.rejected - warm_rejected
+        limit = endpoint_limit(client)
+    assert all(not isinstance(r, BaseException) for r in [*first, *second])
+    assert warm_rejected > 0  # the start (16) was above the cap: the limit had to come down
+    assert rejected / requests <= 0.05, (rejected, requests)
+    assert server.max_in_flight <= 9 + 8  # never far above the cap (refused requests are counted in flight)
+    assert 1 <= limit.limit <= 12 and limit.in_flight == 0
+
+
+def test_runs_on_different_event_loops_share_one_limit():
+    with FakeLLMServer(latency=0.05, max_concurrency=8) as server:
+        clients = [OpenAIClient("m", base_url=server.base_url, api_key="shared") for _ in range(3)]
+        assert endpoint_limit(clients[0]) is endpoint_limit(clients[1])
+        assert endpoint_limit(OpenAIClient("m", base_url=server.base_url, api_key="other")) is not \
+            endpoint_limit(clients[0])
+        asyncio.run(fan_out(clients[0], 60, ceiling=256))  # warm-up
+        before_requests, before_rejected = server.request_count, server.rejected
+        outcomes: list = []
+        threads = [threading.Thread(target=lambda c=c: outcomes.extend(asyncio.run(fan_out(c, 150, ceiling=256))))
+                   for c in clients[1:]]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        requests = server.request_count - before_requests
+        rejected = server.rejected - before_rejected
+    assert len(outcomes) == 300 and all(not isinstance(r, BaseException) for r in outcomes)
+    assert rejected / requests <= 0.08, (rejected, requests)
+    assert endpoint_limit(clients[0]).in_flight == 0
+
+
+def test_an_overload_halves_the_limit_and_retry_after_pauses_new_starts():
+    async def scenario():
+        limit = EndpointLimit("unit", start=10)
+        started = [await limit.acquire() for _ in range(4)]
+        limit.release(started[0], ModelError("429", retryable=True, retry_after=30.0, status_code=429))
+        assert limit.limit == 5 and not limit.slow_start
+        # calls sent before the cut do not cut again (one cut per round trip)
+        limit.release(started[1], ModelError("429", retryable=True, status_code=429))
+        assert limit.limit == 5
+        waiting = asyncio.ensure_future(limit.acquire())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # paused for the provider's Retry-After, though slots are free
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        limit.release(started[2], ModelError("500", retryable=True, status_code=500))  # not an overload
+        assert limit.limit == 5
+        limit.release(started[3], False)
+        assert limit.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_waiter_does_not_keep_a_slot():
+    async def scenario():
+        limit = EndpointLimit("unit-cancel", start=1)
+        first = await limit.acquire()
+        waiter = asyncio.ensure_future(limit.acquire())
+        await asyncio.sleep(0)
+        limit.release(first, None)  # hands the slot to the waiter ...
+        waiter.cancel()  # ... which is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await asyncio.sleep(0)
+        assert limit.in_flight == 0
+        again = await asyncio.wait_for(limit.acquire(), 5)
+        limit.release(again, None)
+        assert limit.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_in_process_models_are_bounded_only_by_max_concurrency():
+    sub = ScriptedModel(default=lambda m: "x", name="sub")
+    assert endpoint_limit(sub) is None
+
+
+def test_the_call_budget_still_holds_at_a_wide_fan_out():
+    code = "r = llm_query_batched([f'#{i}' for i in range(60)])\nprint(sum(x.startswith('sub:') for x in r))"
+    turns = ["```repl\n" + code + "\n```", "FINAL(done)"]
+    with FakeLLMServer(responder=root_then_sub(turns), latency=0.02) as server:
+        result = RLM(model="m", base_url=server.base_url, api_key="budgeted", max_llm_calls=20,
+                     max_concurrency=256).completion("q", "text")
+        assert server.request_count <= 20
+    assert result.usage.total.calls <= 20 and result.stopped_reason.value == "budget"
