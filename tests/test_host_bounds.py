@@ -146,3 +146,26 @@ def test_a_huge_answer_never_reaches_the_host(how):
     result = RLM(model=root).completion("q", "some text")
     assert result.answer == "short"
     assert f"{big:,} characters, over the limit of {HOST_BOUNDS.max_answer_chars:,}" in outputs(root)
+
+
+def test_oversized_prompts_are_refused_in_the_repl_before_anything_is_sent():
+    limit = HOST_BOUNDS.max_prompt_chars
+    code = (f"for call in (lambda: llm_query('x' * {limit + 1}), lambda: rlm_query('x' * {limit + 1}),\n"
+            f"             lambda: llm_query_batched(['y' * 1_000_000] * 65)):\n"
+            "    try:\n        call()\n    except ValueError as e:\n        print('refused:', e)")
+    sub = ScriptedModel(default="x")
+    root = ScriptedModel([repl(code), "FINAL(done)"])
+    result = RLM(model=root, sub_model=sub).completion("q", "some text")
+    seen = outputs(root)
+    assert seen.count(f"refused: the prompt has {limit + 1:,} characters, over the limit of {limit:,}") == 2
+    assert "refused: the prompts hold 65,000,000 characters, over the limit of 64,000,000 per call" in seen
+    assert sub.calls == [] and result.answer == "done"
+
+
+def test_replies_too_large_for_one_frame_come_back_as_errors(monkeypatch):
+    monkeypatch.setattr("recursive_llm.environments.protocol.MAX_FRAME_BYTES", 200_000)
+    sub = ScriptedModel(default="r" * 50_000)
+    root = ScriptedModel([repl("r = llm_query_batched(['a'] * 8)\nprint(r[0][:60])"), "FINAL(done)"])
+    result = RLM(model=root, sub_model=sub).completion("q", "some text")
+    assert result.answer == "done"
+    assert "Error: the replies to this call are too large to send" in outputs(root)

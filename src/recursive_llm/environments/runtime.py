@@ -104,15 +104,26 @@ def as_text(value: Any) -> str:
     return json.dumps(value, indent=1, default=str)
 
 
-def _batch(prompts: Any) -> list[str]:
-    """A batch's prompts as strings; one over the host's limit is refused here, before it is sent."""
+def _batch(prompts: Any, context: Any = None) -> list[str]:
+    """A call's prompts as strings. What is over the host's limits (HostBounds) is refused here,
+    before anything is sent: the host would refuse it too, after holding it."""
     from ..config import HOST_BOUNDS
 
     prompts = list(prompts)
     if len(prompts) > HOST_BOUNDS.max_batch_prompts:
         raise ValueError(f"a batch of {len(prompts):,} prompts is over the limit of "
                          f"{HOST_BOUNDS.max_batch_prompts:,}; send it in smaller batches")
-    return [str(p) for p in prompts]
+    prompts = [str(p) for p in prompts]
+    for number, prompt in enumerate(prompts, start=1):
+        if len(prompt) > HOST_BOUNDS.max_prompt_chars:
+            which = f"prompt {number} has" if len(prompts) > 1 else "the prompt has"
+            raise ValueError(f"{which} {len(prompt):,} characters, over the limit of {HOST_BOUNDS.max_prompt_chars:,} "
+                             f"per sub-call; split the text and ask about the parts")
+    size = sum(map(len, prompts)) + (len(context) if isinstance(context, str) else 0)
+    if size > HOST_BOUNDS.max_call_chars:
+        raise ValueError(f"the prompts hold {size:,} characters, over the limit of {HOST_BOUNDS.max_call_chars:,} "
+                         f"per call; send less text at once")
+    return prompts
 
 
 def _bounded_answer(text: str) -> str:
@@ -226,7 +237,7 @@ class REPL:
     # -- the contract ---------------------------------------------------------------------------
     def llm_query(self, prompt: str, model: str | None = None) -> str:
         """Ask a sub-model one question; returns its reply text."""
-        reply = self._call_host("llm", [str(prompt)], model, None)[0]
+        reply = self._call_host("llm", _batch([prompt]), model, None)[0]
         if not reply.get("ok"):
             raise SubCallError(reply.get("error", "sub-call failed"))
         return reply["text"]
@@ -242,7 +253,7 @@ class REPL:
 
     def rlm_query(self, prompt: str, model: str | None = None, context: Any = None) -> str:
         """Hand a sub-task to a child RLM with its own REPL (`context` defaults to the prompt)."""
-        reply = self._call_host("rlm", [str(prompt)], model, context)[0]
+        reply = self._call_host("rlm", _batch([prompt], context), model, context)[0]
         if not reply.get("ok"):
             raise SubCallError(reply.get("error", "child run failed"))
         return reply["text"]

@@ -329,7 +329,12 @@ class WorkerEnvironment:
             if self._calls_in_flight == 0:
                 self._waiting_total += time.monotonic() - self._waiting_since
         with contextlib.suppress(ConnectionError, AttributeError, AssertionError):
-            await self._send({"op": "reply", "id": message["id"], "results": results})
+            try:
+                await self._send({"op": "reply", "id": message["id"], "results": results})
+            except ProtocolError as error:  # the replies do not fit in one frame: say so in every slot
+                failed = {"ok": False, "error": f"the replies to this call are too large to send ({error}); "
+                                                f"ask for shorter answers or send smaller batches"}
+                await self._send({"op": "reply", "id": message["id"], "results": [failed] * len(results)})
 
     def _waited_on_calls(self) -> float:
         ongoing = time.monotonic() - self._waiting_since if self._calls_in_flight else 0.0
