@@ -1,4 +1,4 @@
-"""The two transports of OpenAIClient (plain httpx, the default; the official `openai` SDK) give the
+"""The two transports of OpenAIClient (the official `openai` SDK, the default; plain httpx) give the
 same completions and the same `ModelError`s for the same server behaviour."""
 
 from __future__ import annotations
@@ -13,17 +13,7 @@ from recursive_llm.errors import ModelError
 from recursive_llm.models.openai_client import OpenAIClient
 from recursive_llm.testing import FakeLLMServer
 
-MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
-SECRET = "sk-secret-value-123"
-
-
-def complete(client, **options):
-    async def go():
-        try:
-            return await client.complete(MESSAGES, **options)
-        finally:
-            await client.aclose()
-    return asyncio.run(go())
+from test_models import MESSAGES, SECRET, complete  # the same request and helper as the SDK tests
 
 
 def outcome(transport: str, **server_options):
