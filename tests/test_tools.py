@@ -90,3 +90,17 @@ def test_a_tool_may_not_shadow_the_repl():
 
     with pytest.raises(ConfigError, match="REPL's own names"):
         RLM(model=ScriptedModel([]), tools=[llm_query])
+
+
+def test_import_tool_from_a_module_or_a_file(tmp_path, monkeypatch):
+    from recursive_llm.tools import import_tool
+
+    (tmp_path / "shop_tools.py").write_text("def price(sku: str) -> float:\n    '''A price.'''\n    return 1.5\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_tool("shop_tools:price")("x") == 1.5
+    assert import_tool(str(tmp_path / "shop_tools.py") + ":price")("x") == 1.5
+    for bad, message in (("shop_tools", "module:function"), ("no_such_module:f", "cannot import"),
+                         ("shop_tools:missing", "has no 'missing'")):
+        with pytest.raises(ConfigError, match=message):
+            import_tool(bad)

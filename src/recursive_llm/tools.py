@@ -122,3 +122,35 @@ def record(state: Any, emit: Callable[..., None], name: str, arguments: str, sta
     state.usage.record_tool(name, duration, failed=error is not None)
     emit("tool_call", call_id=f"tool-{secrets.token_hex(6)}", name=name, arguments=arguments, result=result,
          error=error, duration_s=round(duration, 4))
+
+
+def import_tool(spec: str) -> Callable[..., Any]:
+    """`module:function` (or `path/to/file.py:function`) as the function, for `rlm ask --tool`."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from .errors import ConfigError
+
+    module_name, _, attribute = spec.rpartition(":")
+    if not module_name or not attribute.isidentifier():
+        raise ConfigError(f"--tool {spec!r}: give it as module:function or path/to/file.py:function")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+            if loader_spec is None or loader_spec.loader is None or not path.is_file():
+                raise ImportError(f"no file {path}")
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path:
+                sys.path.insert(0, "")  # modules of the current directory, as `python -m` finds them
+            module = importlib.import_module(module_name)
+    except Exception as error:
+        raise ConfigError(f"--tool {spec!r}: cannot import {module_name} ({type(error).__name__}: {error})") from None
+    function = getattr(module, attribute, None)
+    if function is None:
+        raise ConfigError(f"--tool {spec!r}: {module_name} has no {attribute!r}")
+    return function
