@@ -1,11 +1,12 @@
 """What model code asks the host for: sub-model calls, child runs, and the search helpers.
 
 Every request from the REPL (`llm_query`, `llm_query_batched`, `rlm_query`, `rlm_query_batched`,
-`search`, `semantic_search`) arrives at `SubCalls.handle`, is bounded (`config.HostBounds`), and
-is routed: to the scheduler (plain calls, through Ray for very wide batches), to a child run
-(while depth < max_depth), or to the run's search index. Each prompt gets one reply dict,
-`{"ok": True, "text": ...}` or `{"ok": False, "error": ...}`; the error texts are remembered so
-that none can become the run's answer.
+`search`, `semantic_search`, the user's tools) arrives at `SubCalls.handle` as a wire message and
+becomes a `SubCall` (or a `ToolCall`); it is bounded (`config.HostBounds`) and routed: to the
+scheduler (plain calls, through Ray for very wide batches), to a child run (while depth <
+max_depth), to the run's search index, or to a tool. Each prompt gets one `Reply` (text, or the
+error model code sees); the error texts are remembered so that none can become the run's answer.
+On the wire a reply is `{"ok": True, "text": ...}` or `{"ok": False, "error": ...}`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .config import HOST_BOUNDS
@@ -34,9 +36,47 @@ MAX_CHILD_QUERY_CHARS = 4_000
 ChildStarter = Callable[[str, "LoadedContext", ModelClient], Awaitable["Result"]]
 
 
-def failed(error: str) -> dict:
-    """A sub-call's reply that reaches model code as an error."""
-    return {"ok": False, "error": error}
+@dataclass(frozen=True)
+class SubCall:
+    """What model code asked for: `kind` "llm" (plain calls) or "rlm" (child runs), one per prompt."""
+
+    kind: str
+    prompts: list[str]
+    model: str | None = None
+    context: Any = None  # rlm_query(prompt, context=...): the child's input
+
+    @property
+    def size(self) -> int:
+        """Characters the host holds for it (HostBounds.max_call_chars)."""
+        return sum(map(len, self.prompts)) + (len(self.context) if isinstance(self.context, str) else 0)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A helper the host serves (`search`, `semantic_search`) or a user tool ("user:<name>")."""
+
+    name: str
+    arguments: str  # JSON
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One prompt's outcome: `text`, or the `error` model code sees."""
+
+    text: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_wire(self) -> dict:
+        return {"ok": True, "text": self.text or ""} if self.ok else {"ok": False, "error": self.error}
+
+
+def failed(error: str) -> Reply:
+    """A reply that reaches model code as an error."""
+    return Reply(error=error)
 
 
 class SubCalls:
@@ -56,39 +96,45 @@ class SubCalls:
         self._search_index: Any = None
 
     async def handle(self, kind: str, prompts: list[str], model: str | None, context: Any) -> list[dict]:
-        """One request from the REPL: one reply per prompt (a tool call: one reply)."""
+        """One request from the REPL, as the environment passes it: one reply per prompt (a tool
+        call: one reply), in the wire's dict form."""
         if kind == "tool":
-            return [await self._tool(model or "", prompts[0] if prompts else "{}")]
-        if len(prompts) > HOST_BOUNDS.max_batch_prompts:  # the REPL refuses these before sending
-            return [failed(f"a batch of {len(prompts):,} prompts is over the limit of "
+            call = ToolCall(model or "", prompts[0] if prompts else "{}")
+            return [(await self._tool(call)).to_wire()]
+        return [reply.to_wire() for reply in await self.answer(SubCall(kind, list(prompts), model, context))]
+
+    async def answer(self, call: SubCall) -> list[Reply]:
+        """A sub-call, bounded and routed; the failures are remembered (never an answer)."""
+        if len(call.prompts) > HOST_BOUNDS.max_batch_prompts:  # the REPL refuses these before sending
+            return [failed(f"a batch of {len(call.prompts):,} prompts is over the limit of "
                            f"{HOST_BOUNDS.max_batch_prompts:,}; send it in smaller batches")]
-        size = sum(map(len, prompts)) + (len(context) if isinstance(context, str) else 0)
-        state = self.state
+        size, state = call.size, self.state
         if size > HOST_BOUNDS.max_call_chars or state.pending_chars + size > HOST_BOUNDS.max_pending_chars:
             why = (f"its prompts hold {size:,} characters, over the limit of {HOST_BOUNDS.max_call_chars:,} per call"
                    if size > HOST_BOUNDS.max_call_chars else
                    f"the sub-calls already waiting hold {state.pending_chars:,} characters of prompts")
-            return [failed(f"sub-call refused: {why}; send less text at once")] * len(prompts)
+            return [failed(f"sub-call refused: {why}; send less text at once")] * len(call.prompts)
         state.pending_chars += size
         try:
-            results = await self._route(kind, prompts, model, context)
+            replies = await self._route(call)
         finally:
             state.pending_chars -= size
-        state.failures.update(r["error"] for r in results if not r["ok"])
-        return results
+        state.failures.update(r.error for r in replies if not r.ok)
+        return replies
 
-    async def _route(self, kind: str, prompts: list[str], model: str | None, context: Any) -> list[dict]:
+    async def _route(self, call: SubCall) -> list[Reply]:
         if not self.config.loop.sub_calls:
-            return [failed("sub-calls are disabled in this run (sub_calls=False)")] * len(prompts)
+            return [failed("sub-calls are disabled in this run (sub_calls=False)")] * len(call.prompts)
         child_depth = self.depth + 1
-        if kind == "rlm" and child_depth < self.config.limits.max_depth:
-            return list(await asyncio.gather(*(self._child_run(p, model, context) for p in prompts)))
-        if context is not None:  # rlm_query(prompt, context=...) at max depth: the sub-model needs both
+        if call.kind == "rlm" and child_depth < self.config.limits.max_depth:
+            return list(await asyncio.gather(*(self._child_run(p, call.model, call.context) for p in call.prompts)))
+        prompts = call.prompts
+        if call.context is not None:  # rlm_query(prompt, context=...) at max depth: the sub-model needs both
             from .environments.runtime import as_text
 
-            prompts = [f"{p}\n\n<context>\n{as_text(context)}\n</context>" for p in prompts]
+            prompts = [f"{p}\n\n<context>\n{as_text(call.context)}\n</context>" for p in prompts]
         try:
-            client = self.state.client_for(model, self.config.sub_client)
+            client = self.state.client_for(call.model, self.config.sub_client)
         except RLMError as error:
             return [failed(str(error))] * len(prompts)
         if self.config.ray_fanout_at and len(prompts) >= self.config.ray_fanout_at:
@@ -97,7 +143,7 @@ class SubCalls:
             client = RayModelClient(client, client.name, self.config.base_url)
         return list(await asyncio.gather(*(self._llm_call(client, p, child_depth) for p in prompts)))
 
-    async def _llm_call(self, client: ModelClient, prompt: str, depth: int) -> dict:
+    async def _llm_call(self, client: ModelClient, prompt: str, depth: int) -> Reply:
         if len(prompt) > HOST_BOUNDS.max_prompt_chars:
             return failed(f"sub-call refused: its prompt has {len(prompt):,} characters, over the limit of "
                           f"{HOST_BOUNDS.max_prompt_chars:,}; split the text and ask about the parts")
@@ -108,9 +154,9 @@ class SubCalls:
             return failed(str(error))
         except Exception as error:  # an unexpected client failure stays in its slot
             return failed(f"{type(error).__name__}: {error}")
-        return {"ok": True, "text": completion.text}
+        return Reply(text=completion.text)
 
-    async def _child_run(self, prompt: str, model: str | None, context: Any) -> dict:
+    async def _child_run(self, prompt: str, model: str | None, context: Any) -> Reply:
         from .context.loader import load_context_value
 
         try:
@@ -127,14 +173,15 @@ class SubCalls:
         if result.answer is None:
             return failed(f"child run {result.run_id} stopped ({result.stopped_reason}) without an answer: "
                           f"{result.error or ''}".rstrip(": "))
-        return {"ok": True, "text": result.answer}
+        return Reply(text=result.answer)
 
-    async def _tool(self, name: str, arguments: str) -> dict:
+    async def _tool(self, call: ToolCall) -> Reply:
         """Helpers the host serves to model code: search over the run's inputs, and the user's tools."""
+        name = call.name
         if name.startswith("user:"):
-            return await self._user_tool(name[5:], arguments)
+            return await self._user_tool(name[5:], call.arguments)
         try:
-            args = json.loads(arguments)
+            args = json.loads(call.arguments)
             if name == "search":
                 if self._search_index is None:
                     from .context.index import SearchIndex
@@ -143,20 +190,20 @@ class SubCalls:
                     values = [loaded.value for loaded in self.inputs]
                     self._search_index = await asyncio.to_thread(SearchIndex.for_inputs, values, indexes_dir())
                 hits = await asyncio.to_thread(self._search_index.search, str(args["query"]), int(args.get("k", 10)))
-                return {"ok": True, "text": json.dumps(hits)}
+                return Reply(text=json.dumps(hits))
             if name == "semantic_search":
                 from .context.semantic import semantic_search
 
                 hits = await asyncio.to_thread(semantic_search, [loaded.value for loaded in self.inputs],
                                                str(args["query"]), int(args.get("k", 10)))
-                return {"ok": True, "text": json.dumps(hits)}
+                return Reply(text=json.dumps(hits))
             return failed(f"unknown helper {name!r}")
         except RLMError as error:
             return failed(str(error))
         except (ValueError, KeyError, TypeError, OSError, sqlite3.Error) as error:
             return failed(f"{name} failed: {type(error).__name__}: {error}")
 
-    async def _user_tool(self, name: str, arguments: str) -> dict:
+    async def _user_tool(self, name: str, arguments: str) -> Reply:
         from .tools import ToolFailure, record
 
         tool = self.config.tools.get(name)
@@ -169,4 +216,4 @@ class SubCalls:
             record(self.state, self.emit, name, arguments, started, None, str(error))
             return failed(str(error))
         record(self.state, self.emit, name, arguments, started, result, None)
-        return {"ok": True, "text": result}
+        return Reply(text=result)
