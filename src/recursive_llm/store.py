@@ -173,7 +173,90 @@ def cache_key(identity: str, messages: list[Message], max_output_tokens: int | N
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class Store:
+class RunQueries:
+    """Reading runs back (`rlm logs`, `logs show`, the viewer, export, `--resume`). A part of
+    `Store`, apart from recording; every read first marks runs whose process is gone as interrupted."""
+
+    path: Path
+    _db: sqlite3.Connection
+
+    def list_runs(self, *, limit: int = 20, status: str | None = None, model: str | None = None,
+                  query: str | None = None, since: float | None = None,
+                  session_id: str | None = None) -> list[dict[str, Any]]:
+        clauses, params = ["parent_run_id IS NULL"], []
+        if session_id:
+            clauses.append("session_id = ?")
+            params.append(session_id)
+        if status:
+            clauses.append("status = ?")
+            params.append(status)
+        if model:
+            clauses.append("model = ?")
+            params.append(model)
+        if query:
+            clauses.append("query LIKE ?")
+            params.append(f"%{query}%")
+        if since:
+            clauses.append("started_at >= ?")
+            params.append(since)
+        self._mark_interrupted_for_reading()
+        with self._locked():
+            rows = self._db.execute(
+                f"SELECT r.*, (SELECT count(*) FROM calls c WHERE c.root_id = r.run_id AND c.status = 'ok') AS all_calls, "
+                f"(SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM calls c WHERE c.root_id = r.run_id "
+                f"AND c.status = 'ok' AND c.cached IS NULL) AS all_tokens, "
+                f"(SELECT coalesce(sum(cost_usd), 0) FROM calls c WHERE c.root_id = r.run_id AND c.status = 'ok') "
+                f"AS all_cost FROM runs r WHERE {' AND '.join(clauses)} ORDER BY started_at DESC LIMIT ?",
+                (*params, limit)).fetchall()
+        return [_run_summary(row) for row in rows]
+
+    def find_run(self, run_id: str) -> str:
+        """The full id of a run from a prefix; raises KeyError with the reason."""
+        with self._locked():
+            rows = self._db.execute("SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY run_id LIMIT 3",
+                                    (run_id.replace("%", "") + "%",)).fetchall()
+        if not rows:
+            raise KeyError(f"no run {run_id!r} in {self.path} (`rlm logs` lists the runs)")
+        if len(rows) > 1 and rows[0]["run_id"] != run_id:
+            raise KeyError(f"{run_id!r} matches several runs ({', '.join(r['run_id'] for r in rows)}...); give more of it")
+        return rows[0]["run_id"]
+
+    def run_tree(self, root_id: str) -> dict[str, Any]:
+        """Everything about one top-level run and its children, as plain data (for show, view, export)."""
+        self._mark_interrupted_for_reading()
+        with self._locked():
+            runs = [dict(r) for r in self._db.execute("SELECT * FROM runs WHERE root_id = ? ORDER BY started_at",
+                                                       (root_id,))]
+            iterations = [dict(r) for r in self._db.execute(
+                "SELECT i.* FROM iterations i JOIN runs r ON r.run_id = i.run_id WHERE r.root_id = ? ORDER BY i.id",
+                (root_id,))]
+            cells = [dict(r) for r in self._db.execute(
+                "SELECT c.* FROM cells c JOIN runs r ON r.run_id = c.run_id WHERE r.root_id = ? ORDER BY c.id",
+                (root_id,))]
+            calls = [dict(r) for r in self._db.execute("SELECT * FROM calls WHERE root_id = ? ORDER BY id", (root_id,))]
+        if not runs:
+            raise KeyError(f"no run {root_id!r} in {self.path}")
+        for collection in (runs,):
+            for run in collection:
+                for field in ("metadata", "limits", "usage", "config"):
+                    run[field] = json.loads(run[field]) if run.get(field) else None
+        for call in calls:
+            call["messages"] = json.loads(call["messages"]) if call.get("messages") else None
+        return {"root_id": root_id, "runs": runs, "iterations": iterations, "cells": cells, "calls": calls}
+
+    def run_config(self, run_id: str) -> dict[str, Any]:
+        self._mark_interrupted_for_reading()
+        with self._locked():
+            row = self._db.execute("SELECT config, status, parent_run_id FROM runs WHERE run_id = ?",
+                                   (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no run {run_id!r}")
+        if row["parent_run_id"] is not None:
+            raise KeyError(f"{run_id} is a child run; resume its top-level run")
+        return {"config": json.loads(row["config"]) if row["config"] else None, "status": row["status"]}
+
+
+class Store(RunQueries):
     def __init__(self, path: str | Path | None = None, *, cache_namespace: str | None = None) -> None:
         self.path = Path(path) if path else default_path()
         self.cache_namespace = cache_namespace
@@ -363,65 +446,10 @@ class Store:
 
     # -- recording ------------------------------------------------------------------------------
     def recorder(self, root_id: str, *, config: dict[str, Any] | None = None, resumed_from: str | None = None,
-                 trajectory_path: Path | None = None, session_id: str | None = None):
+                 trajectory_path: Path | None = None, session_id: str | None = None) -> "Recorder":
         """An event listener that writes one top-level run (and its children) into the store."""
-        def record(event: dict[str, Any]) -> None:
-            kind = event["type"]
-            if kind == "run_start":
-                top = event.get("parent_run_id") is None
-                self._write(
-                    "INSERT INTO runs (run_id, root_id, parent_run_id, depth, query, model, sub_model, environment, "
-                    "status, started_at, metadata, limits, config, resumed_from, trajectory_path, session_id, "
-                    "host, pid, pid_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (event["run_id"], root_id, event.get("parent_run_id"), event["depth"], event.get("query"),
-                     event.get("model"), event.get("sub_model"), event.get("environment"), event["ts"],
-                     _json(event.get("metadata")), _json(event.get("limits")),
-                     _json(config) if top else None, resumed_from if top else None,
-                     str(trajectory_path) if top and trajectory_path else None, session_id,
-                     _HOST, os.getpid(), _process_started(os.getpid())))
-            elif kind == "iteration":
-                self._write("INSERT INTO iterations (run_id, iteration, reply, code_blocks, final, ts) "
-                            "VALUES (?, ?, ?, ?, ?, ?)", (event["run_id"], event["iteration"], event.get("reply"),
-                                                          event.get("code_blocks"), int(bool(event.get("final"))),
-                                                          event["ts"]))
-            elif kind == "cell":
-                self._write("INSERT INTO cells (run_id, iteration, idx, code, stdout, stderr, error, final, "
-                            "timed_out, restarted, duration_s, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            (event["run_id"], event.get("iteration"), event.get("index"), event.get("code"),
-                             event.get("stdout"), event.get("stderr"), event.get("error"), event.get("final"),
-                             int(bool(event.get("timed_out"))), int(bool(event.get("restarted"))),
-                             event.get("duration_s"), event["ts"]))
-            elif kind in ("llm_call", "llm_error", "llm_refused"):
-                status = {"llm_call": "ok", "llm_error": "error", "llm_refused": "refused"}[kind]
-                latency = event.get("latency_s") or 0.0
-                row = (event.get("call_id"), event["run_id"], root_id, event.get("depth"), event.get("purpose"),
-                       event.get("model"), event.get("attempt"), status, _json(event.get("messages")),
-                       event.get("response"), event.get("prompt_tokens"), event.get("completion_tokens"),
-                       event.get("cost_usd"), latency, event["ts"] - latency, event["ts"],
-                       event.get("finish_reason"), event.get("error"), event.get("cache_key"), event.get("cached"))
-                fresh = status == "ok" and event.get("cached") is None
-                self._queue_call(row, event.get("cache_key"), Completion(
-                    text=event.get("response") or "", model=event.get("model") or "",
-                    prompt_tokens=event.get("prompt_tokens") or 0, completion_tokens=event.get("completion_tokens")
-                    or 0, finish_reason=event.get("finish_reason")) if fresh else None)
-            elif kind == "tool_call":  # a user tool: a call row of its own (no tokens, no cost, never cached)
-                latency = event.get("duration_s") or 0.0
-                row = (event.get("call_id"), event["run_id"], root_id, event.get("depth"), "tool",
-                       f"tool:{event.get('name')}", 1, "ok" if event.get("error") is None else "error",
-                       _json([{"role": "tool", "content": event.get("arguments")}]), event.get("result"), 0, 0, 0.0,
-                       latency, event["ts"] - latency, event["ts"], None, event.get("error"), None, None)
-                self._queue_call(row, None, None)
-            elif kind == "run_end":
-                usage = event.get("usage") or {}
-                total = usage.get("total") or {}
-                self._write(
-                    "UPDATE runs SET status = ?, answer = ?, error = ?, iterations = ?, used_fallback = ?, "
-                    "ended_at = ?, duration_s = ?, usage = ?, calls = ?, tokens = ?, cost_usd = ? WHERE run_id = ?",
-                    (event.get("stopped_reason"), event.get("answer"), event.get("error"), event.get("iterations"),
-                     int(bool(event.get("used_fallback"))), event["ts"], event.get("duration_s"), _json(usage),
-                     total.get("calls", 0), total.get("total_tokens", 0), total.get("cost_usd", 0.0),
-                     event["run_id"]))
-        return record
+        return Recorder(self, root_id, config=config, resumed_from=resumed_from, trajectory_path=trajectory_path,
+                        session_id=session_id)
 
     # -- the call cache -------------------------------------------------------------------------
     def cached_completion(self, key: str) -> Completion | None:
@@ -450,83 +478,6 @@ class Store:
             book.add(row["cache_key"], _completion(row))
         return book
 
-    # -- reading --------------------------------------------------------------------------------
-    def list_runs(self, *, limit: int = 20, status: str | None = None, model: str | None = None,
-                  query: str | None = None, since: float | None = None,
-                  session_id: str | None = None) -> list[dict[str, Any]]:
-        clauses, params = ["parent_run_id IS NULL"], []
-        if session_id:
-            clauses.append("session_id = ?")
-            params.append(session_id)
-        if status:
-            clauses.append("status = ?")
-            params.append(status)
-        if model:
-            clauses.append("model = ?")
-            params.append(model)
-        if query:
-            clauses.append("query LIKE ?")
-            params.append(f"%{query}%")
-        if since:
-            clauses.append("started_at >= ?")
-            params.append(since)
-        self._mark_interrupted_for_reading()
-        with self._locked():
-            rows = self._db.execute(
-                f"SELECT r.*, (SELECT count(*) FROM calls c WHERE c.root_id = r.run_id AND c.status = 'ok') AS all_calls, "
-                f"(SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM calls c WHERE c.root_id = r.run_id "
-                f"AND c.status = 'ok' AND c.cached IS NULL) AS all_tokens, "
-                f"(SELECT coalesce(sum(cost_usd), 0) FROM calls c WHERE c.root_id = r.run_id AND c.status = 'ok') "
-                f"AS all_cost FROM runs r WHERE {' AND '.join(clauses)} ORDER BY started_at DESC LIMIT ?",
-                (*params, limit)).fetchall()
-        return [_run_summary(row) for row in rows]
-
-    def find_run(self, run_id: str) -> str:
-        """The full id of a run from a prefix; raises KeyError with the reason."""
-        with self._locked():
-            rows = self._db.execute("SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY run_id LIMIT 3",
-                                    (run_id.replace("%", "") + "%",)).fetchall()
-        if not rows:
-            raise KeyError(f"no run {run_id!r} in {self.path} (`rlm logs` lists the runs)")
-        if len(rows) > 1 and rows[0]["run_id"] != run_id:
-            raise KeyError(f"{run_id!r} matches several runs ({', '.join(r['run_id'] for r in rows)}...); give more of it")
-        return rows[0]["run_id"]
-
-    def run_tree(self, root_id: str) -> dict[str, Any]:
-        """Everything about one top-level run and its children, as plain data (for show, view, export)."""
-        self._mark_interrupted_for_reading()
-        with self._locked():
-            runs = [dict(r) for r in self._db.execute("SELECT * FROM runs WHERE root_id = ? ORDER BY started_at",
-                                                       (root_id,))]
-            iterations = [dict(r) for r in self._db.execute(
-                "SELECT i.* FROM iterations i JOIN runs r ON r.run_id = i.run_id WHERE r.root_id = ? ORDER BY i.id",
-                (root_id,))]
-            cells = [dict(r) for r in self._db.execute(
-                "SELECT c.* FROM cells c JOIN runs r ON r.run_id = c.run_id WHERE r.root_id = ? ORDER BY c.id",
-                (root_id,))]
-            calls = [dict(r) for r in self._db.execute("SELECT * FROM calls WHERE root_id = ? ORDER BY id", (root_id,))]
-        if not runs:
-            raise KeyError(f"no run {root_id!r} in {self.path}")
-        for collection in (runs,):
-            for run in collection:
-                for field in ("metadata", "limits", "usage", "config"):
-                    run[field] = json.loads(run[field]) if run.get(field) else None
-        for call in calls:
-            call["messages"] = json.loads(call["messages"]) if call.get("messages") else None
-        return {"root_id": root_id, "runs": runs, "iterations": iterations, "cells": cells, "calls": calls}
-
-    def run_config(self, run_id: str) -> dict[str, Any]:
-        self._mark_interrupted_for_reading()
-        with self._locked():
-            row = self._db.execute("SELECT config, status, parent_run_id FROM runs WHERE run_id = ?",
-                                   (run_id,)).fetchone()
-        if row is None:
-            raise KeyError(f"no run {run_id!r}")
-        if row["parent_run_id"] is not None:
-            raise KeyError(f"{run_id} is a child run; resume its top-level run")
-        return {"config": json.loads(row["config"]) if row["config"] else None, "status": row["status"]}
-
-
     def _require_open(self) -> None:
         if self._db is None:
             if self._cause is None:
@@ -541,6 +492,87 @@ class Store:
         except sqlite3.Error:  # a read-only store can still be read; the reading says what is wrong if not
             pass
 
+
+
+class Recorder:
+    """Writes one top-level run's events (and its children's) into the store: one method per
+    event type that becomes rows; other events (llm_start, fallback, compaction) only go to the
+    trajectory file."""
+
+    def __init__(self, store: Store, root_id: str, *, config: dict[str, Any] | None, resumed_from: str | None,
+                 trajectory_path: Path | None, session_id: str | None) -> None:
+        self.store, self.root_id = store, root_id
+        self.config, self.resumed_from, self.session_id = config, resumed_from, session_id
+        self.trajectory_path = trajectory_path
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        handler = self._HANDLERS.get(event["type"])
+        if handler is not None:
+            handler(self, event)
+
+    def run_start(self, event: dict[str, Any]) -> None:
+        top = event.get("parent_run_id") is None
+        self.store._write(
+            "INSERT INTO runs (run_id, root_id, parent_run_id, depth, query, model, sub_model, environment, "
+            "status, started_at, metadata, limits, config, resumed_from, trajectory_path, session_id, "
+            "host, pid, pid_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (event["run_id"], self.root_id, event.get("parent_run_id"), event["depth"], event.get("query"),
+             event.get("model"), event.get("sub_model"), event.get("environment"), event["ts"],
+             _json(event.get("metadata")), _json(event.get("limits")),
+             _json(self.config) if top else None, self.resumed_from if top else None,
+             str(self.trajectory_path) if top and self.trajectory_path else None, self.session_id,
+             _HOST, os.getpid(), _process_started(os.getpid())))
+
+    def iteration(self, event: dict[str, Any]) -> None:
+        self.store._write("INSERT INTO iterations (run_id, iteration, reply, code_blocks, final, ts) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (event["run_id"], event["iteration"], event.get("reply"),
+                                                        event.get("code_blocks"), int(bool(event.get("final"))),
+                                                        event["ts"]))
+
+    def cell(self, event: dict[str, Any]) -> None:
+        self.store._write("INSERT INTO cells (run_id, iteration, idx, code, stdout, stderr, error, final, "
+                          "timed_out, restarted, duration_s, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          (event["run_id"], event.get("iteration"), event.get("index"), event.get("code"),
+                           event.get("stdout"), event.get("stderr"), event.get("error"), event.get("final"),
+                           int(bool(event.get("timed_out"))), int(bool(event.get("restarted"))),
+                           event.get("duration_s"), event["ts"]))
+
+    def model_call(self, event: dict[str, Any]) -> None:
+        status = {"llm_call": "ok", "llm_error": "error", "llm_refused": "refused"}[event["type"]]
+        latency = event.get("latency_s") or 0.0
+        row = (event.get("call_id"), event["run_id"], self.root_id, event.get("depth"), event.get("purpose"),
+               event.get("model"), event.get("attempt"), status, _json(event.get("messages")),
+               event.get("response"), event.get("prompt_tokens"), event.get("completion_tokens"),
+               event.get("cost_usd"), latency, event["ts"] - latency, event["ts"],
+               event.get("finish_reason"), event.get("error"), event.get("cache_key"), event.get("cached"))
+        fresh = status == "ok" and event.get("cached") is None
+        self.store._queue_call(row, event.get("cache_key"), Completion(
+            text=event.get("response") or "", model=event.get("model") or "",
+            prompt_tokens=event.get("prompt_tokens") or 0, completion_tokens=event.get("completion_tokens")
+            or 0, finish_reason=event.get("finish_reason")) if fresh else None)
+
+    def tool_call(self, event: dict[str, Any]) -> None:
+        """A user tool: a call row of its own (no tokens, no cost, never cached)."""
+        latency = event.get("duration_s") or 0.0
+        row = (event.get("call_id"), event["run_id"], self.root_id, event.get("depth"), "tool",
+               f"tool:{event.get('name')}", 1, "ok" if event.get("error") is None else "error",
+               _json([{"role": "tool", "content": event.get("arguments")}]), event.get("result"), 0, 0, 0.0,
+               latency, event["ts"] - latency, event["ts"], None, event.get("error"), None, None)
+        self.store._queue_call(row, None, None)
+
+    def run_end(self, event: dict[str, Any]) -> None:
+        usage = event.get("usage") or {}
+        total = usage.get("total") or {}
+        self.store._write(
+            "UPDATE runs SET status = ?, answer = ?, error = ?, iterations = ?, used_fallback = ?, "
+            "ended_at = ?, duration_s = ?, usage = ?, calls = ?, tokens = ?, cost_usd = ? WHERE run_id = ?",
+            (event.get("stopped_reason"), event.get("answer"), event.get("error"), event.get("iterations"),
+             int(bool(event.get("used_fallback"))), event["ts"], event.get("duration_s"), _json(usage),
+             total.get("calls", 0), total.get("total_tokens", 0), total.get("cost_usd", 0.0),
+             event["run_id"]))
+
+    _HANDLERS = {"run_start": run_start, "iteration": iteration, "cell": cell, "llm_call": model_call,
+                 "llm_error": model_call, "llm_refused": model_call, "tool_call": tool_call, "run_end": run_end}
 
 class ReplayBook:
     """Recorded completions by cache key, each handed out once, in recorded order."""
