@@ -94,3 +94,28 @@ def test_depth_two_over_http_records_depths(monkeypatch):
     calls = [(e["purpose"], e["depth"]) for e in events if e["type"] == "llm_call"]
     assert sorted(calls) == [("root", 0), ("root", 0), ("root", 1), ("root", 1), ("sub", 2)]
     assert all(isinstance(e.get("depth"), int) for e in events)
+
+
+def test_every_event_of_whole_runs_follows_the_one_schema(tmp_path):
+    """events.EVENT_FIELDS is the schema the store, progress and the viewer read (issue 13)."""
+    from recursive_llm.events import EVENT_FIELDS, check_event
+    from recursive_llm.testing import ScriptedModel
+
+    seen: list[dict] = []
+    code = "```repl\nnotes = llm_query_batched(['a', 'b'])\nprint(notes, search('x'))\n```"
+    def shop(sku: str) -> str:
+        """A tool."""
+        return sku
+    root = ScriptedModel([code, "```repl\nprint(shop('s1'))\nFINAL(done)\n```"], name="root")
+    RLM(model=root, sub_model=ScriptedModel(default="note"), tools=[shop], on_event=seen.append,
+        trajectory_dir=tmp_path).completion("q", "some text with an x in it")
+    root = ScriptedModel(["no code here"] * 3, name="root")
+    RLM(model=root, sub_model=ScriptedModel(default="NOTHING RELEVANT"), max_iterations=3, on_event=seen.append,
+        trajectory_dir=tmp_path).completion("q", "text")  # the fallback, then the final request
+    problems = [problem for event in seen for problem in check_event(event)]
+    assert problems == []
+    assert {"run_start", "iteration", "cell", "llm_start", "llm_call", "tool_call", "fallback", "run_end"} <= {
+        e["type"] for e in seen} <= set(EVENT_FIELDS)
+    from recursive_llm.store import Recorder
+
+    assert set(Recorder._HANDLERS) <= set(EVENT_FIELDS)  # the store reads what the schema names

@@ -18,6 +18,40 @@ from typing import Any
 
 Listener = Callable[[dict[str, Any]], None]
 
+# The schema every event follows: its type, and the fields it carries besides `ts`, `type`,
+# `run_id` and `depth` (run events also carry `parent_run_id`). The store (store.Recorder), live
+# progress (progress.py), the viewer and `logs show` read these names; `check_event` holds every
+# emitted event to them (the tests run it on whole runs).
+COMMON_FIELDS = frozenset({"ts", "type", "run_id", "depth", "parent_run_id"})
+EVENT_FIELDS: dict[str, frozenset[str]] = {
+    "run_start": frozenset({"query", "model", "sub_model", "environment", "isolation", "metadata", "more_inputs",
+                            "limits"}),
+    "iteration": frozenset({"iteration", "reply", "reasoning", "code_blocks", "final"}),
+    "cell": frozenset({"iteration", "index", "code", "stdout", "stderr", "error", "final", "timed_out", "restarted",
+                       "duration_s"}),
+    "llm_start": frozenset({"call_id", "purpose", "model", "attempt", "in_flight"}),
+    "llm_call": frozenset({"call_id", "purpose", "model", "attempt", "messages", "response", "prompt_tokens",
+                           "completion_tokens", "cost_usd", "latency_s", "finish_reason", "cache_key", "cached",
+                           "reasoning", "cached_prompt_tokens", "cache_write_tokens"}),
+    "llm_error": frozenset({"call_id", "purpose", "model", "attempt", "latency_s", "error", "retryable"}),
+    "llm_refused": frozenset({"call_id", "purpose", "model", "budget", "error"}),
+    "tool_call": frozenset({"call_id", "name", "arguments", "result", "error", "duration_s"}),
+    "fallback": frozenset({"reason", "strategy", "chunk_chars"}),
+    "compaction": frozenset({"iteration", "turns", "window", "tokens_before", "tokens_after", "history_kept"}),
+    "compaction_failed": frozenset({"error"}),
+    "final_ask_failed": frozenset({"error"}),
+    "run_end": frozenset({"stopped_reason", "answer", "error", "iterations", "used_fallback", "duration_s", "budget",
+                          "usage"}),
+}
+
+
+def check_event(event: dict[str, Any]) -> list[str]:
+    """What in `event` the schema does not know (an unknown type or field); empty when it conforms."""
+    allowed = EVENT_FIELDS.get(event.get("type", ""))
+    if allowed is None:
+        return [f"unknown event type {event.get('type')!r}"]
+    return [f"{event['type']}: unknown field {name!r}" for name in event if name not in allowed and name not in COMMON_FIELDS]
+
 
 def report_problem(message: str) -> None:
     """One line on stderr (never stdout, which may be a protocol channel or the answer)."""
