@@ -28,10 +28,10 @@ FINISHED = ("final", "max_iterations", "budget", "timeout")
 
 @dataclass
 class BatchOptions:
-    model: str | None = None
-    sub_model: str | None = None
-    base_url: str | None = None
-    rlm_options: dict[str, Any] = field(default_factory=dict)
+    """Option values for every task's RLM (the names of `options.py`: model, max_cost, timeout, ...);
+    a task's own "model" replaces the model."""
+
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 def read_tasks(path: Path) -> list[dict[str, Any]]:
@@ -76,14 +76,13 @@ def finished_ids(results: Path) -> set[str]:
 async def run_task(task: dict[str, Any], options: BatchOptions) -> dict[str, Any]:
     """One task to one result row (errors become rows too: nothing is lost, and they rerun)."""
     from .errors import RLMError
-    from .rlm import RLM
+    from .options import make_rlm
 
     context = task["context"]
     if isinstance(context, dict) and set(context) == {"path"}:
         context = Path(context["path"])
     try:
-        rlm = RLM(model=task.get("model") or options.model, sub_model=options.sub_model, base_url=options.base_url,
-                  **options.rlm_options)
+        rlm = make_rlm(options.values, model=task.get("model") or options.values.get("model"))
         result = await rlm.acompletion(task["query"], context)
     except RLMError as error:
         return {"id": task["id"], "answer": None, "stopped_reason": "error", "error": str(error)}

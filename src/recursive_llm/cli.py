@@ -1,4 +1,6 @@
-"""The `rlm` command. Results go to stdout, progress and errors to stderr.
+"""The `rlm` command: thin. Options are declared once in `options.py`, every run's `RLM` is built
+by `options.make_rlm`, and errors become exit codes in one place (`_exits`). Results go to stdout,
+progress and errors to stderr (under `--json`, errors are JSON on stdout).
 
 Exit codes: 0 answered; 1 internal error; 2 usage error; 3 bad input; 4 bad configuration (unknown
 model, missing key); 5 stopped at a limit (iterations, budget, time; the best answer so far is
@@ -9,19 +11,71 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from . import options as opt
+
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_CONFIG, EXIT_LIMIT, EXIT_FAILED = 0, 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
 _EXIT_BY_STOP = {"final": EXIT_OK, "max_iterations": EXIT_LIMIT, "budget": EXIT_LIMIT,
-                 "timeout": EXIT_LIMIT, "error": EXIT_FAILED}
+                 "timeout": EXIT_LIMIT, "error": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}
 
 
 def _err(message: str) -> None:
     click.echo(message, err=True)
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The one mapping from exception types to exit codes."""
+    from .errors import RLMError
+
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(error, click.UsageError):
+        return EXIT_USAGE
+    if isinstance(error, RLMError):
+        return error.exit_code
+    return EXIT_INTERNAL
+
+
+def _fail(error: BaseException, as_json: bool = False, note: str | None = None):
+    """Report `error` (JSON on stdout under --json, else a line on stderr) and exit with its code."""
+    code = exit_code_of(error)
+    message = note or ("interrupted" if isinstance(error, KeyboardInterrupt) else str(error))
+    if as_json:
+        click.echo(json.dumps({"error": {"type": type(error).__name__, "message": message, "exit_code": code}},
+                              ensure_ascii=False))
+    else:
+        _err(("" if isinstance(error, KeyboardInterrupt) else "Error: ") + message)
+    sys.exit(code)
+
+
+def _exits(function):
+    """Turn RLMErrors (and Ctrl-C) raised by a command into a message and the exit code."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        from .errors import RLMError
+
+        try:
+            return function(*args, **kwargs)
+        except (RLMError, KeyboardInterrupt) as error:
+            _fail(error, bool(kwargs.get("as_json")))
+    return wrapper
+
+
+def _read_stdin() -> str:
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        from .errors import ContextError
+
+        raise ContextError(f"stdin is not valid UTF-8 (byte {error.start}); convert it first, e.g. "
+                           f"`iconv -f latin1 -t utf-8`") from None
 
 
 def _read_context(sources: tuple[str, ...]):
@@ -31,14 +85,7 @@ def _read_context(sources: tuple[str, ...]):
     if "-" in sources:
         if len(sources) > 1:
             raise click.UsageError("--context - (stdin) cannot be combined with other --context paths")
-        data = sys.stdin.buffer.read()
-        try:
-            return data.decode("utf-8-sig")
-        except UnicodeDecodeError as error:
-            from .errors import ContextError
-
-            raise ContextError(f"stdin is not valid UTF-8 (byte {error.start}); convert it first, e.g. "
-                               f"`iconv -f latin1 -t utf-8`") from None
+        return _read_stdin()
     paths = [Path(source) for source in sources]
     return paths[0] if len(paths) == 1 else paths
 
@@ -53,50 +100,18 @@ def _summary(result) -> str:
     return " · ".join(parts) + (f"\ntrajectory: {result.trajectory_path}" if result.trajectory_path else "")
 
 
-def _run_options(function):
-    """The options `rlm ask` and `rlm chat` share: input, models, limits, isolation, output."""
-    options = [
-        click.option("--context", "-c", "contexts", multiple=True, metavar="PATH",
-                  help="File or directory to ask about (repeatable); '-' reads stdin."),
-        click.option("--model", "-m", default=None, help="Root model, e.g. gpt-5-mini, claude-sonnet-4-5, "
-                  "ollama/llama3, litellm/<provider>/<name>, local. Default: $RLM_MODEL, else by available keys, else local."),
-        click.option("--sub-model", default=None, help="Model for llm_query sub-calls (default: the root model)."),
-        click.option("--base-url", default=None, help="OpenAI-compatible server URL (vLLM, llama.cpp, Ollama, ...)."),
-        click.option("--max-depth", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="1: sub-calls are plain LLM calls; 2+: rlm_query starts child RLMs."),
-        click.option("--max-iterations", type=click.IntRange(min=1), default=20, show_default=True),
-        click.option("--max-llm-calls", type=click.IntRange(min=1), default=None),
-        click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Token budget for the whole run."),
-        click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), default=None, help="Budget in USD."),
-        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Wall-time limit (s)."),
-        click.option("--environment", type=click.Choice(["worker", "local"]), default="worker", show_default=True,
-                  help="Where model code runs: an isolated worker process, or in-process (trusted input only)."),
-        click.option("--allow-model", "allowed_models", multiple=True, metavar="MODEL",
-                  help="A further model that model-written code may name in llm_query(..., model=...) ('*': any)."),
-        click.option("--sandbox", type=click.Choice(["auto", "namespaces", "process"]), default="auto", show_default=True,
-                  help="Worker isolation: strongest available, require namespaces, or resource limits only."),
-        click.option("--include", multiple=True, metavar="GLOB", help="Only load matching files from directories."),
-        click.option("--exclude", multiple=True, metavar="GLOB", help="Skip matching files in directories."),
-        click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the input files."),
-        click.option("--separate", is_flag=True, help="Each --context is an input of its own (context_0, context_1, ...) "
-                  "instead of one list of documents."),
-        click.option("--no-gitignore", is_flag=True, help="Load files that a .gitignore excludes, too."),
-        click.option("--max-file-mb", type=click.FloatRange(min=0, min_open=True), default=50, show_default=True,
-                  help="Skip files larger than this inside directories."),
-        click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON."),
-        click.option("--verbose", "-v", is_flag=True, help="Show model replies, code and outputs as they happen."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr."),
-        click.option("--context-window", type=click.IntRange(min=1000), default=None, metavar="TOKENS",
-                  help="The root model's window, for a model whose window is not known (a self-hosted one): near "
-                       "it, earlier turns are compacted into a summary (and kept in the REPL as `history`)."),
-        click.option("--temperature", type=click.FloatRange(min=0), default=None, help="Sampling temperature of every call."),
-        click.option("--cache/--no-cache", default=None,
-                  help="Answer identical model calls from the run store instead of paying again (default: on at "
-                       "temperature 0)."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+def _load_options(params: dict) -> dict:
+    return {"include": list(params["include"]) or None, "exclude": list(params["exclude"]) or None,
+            "encoding": params["encoding"], "gitignore": not params["no_gitignore"],
+            "max_file_bytes": int(params["max_file_mb"] * 1_000_000)}
+
+
+def _inputs(params: dict, context) -> tuple[object, dict]:
+    """The input and the load options: with --separate, several paths are inputs of their own."""
+    load_options = _load_options(params)
+    if params["separate"] and isinstance(context, list):
+        load_options["contexts"], context = context, None
+    return context, load_options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -107,39 +122,37 @@ def main() -> None:
 
 @main.command()
 @click.argument("question", required=False)
-@_run_options
+@opt.take(*opt.INPUT, *opt.RUN, *opt.OUTPUT)
 @click.option("--resume", metavar="RUN_ID", default=None,
               help="Re-run a crashed or interrupted run (same question, input and options): the calls it "
                    "made are replayed from the store, then it continues.")
+@_exits
 def ask(**params) -> None:
     """Answer QUESTION about the --context input."""
-    from .errors import RLMError
     from .progress import LiveProgress
 
+    run_config, stdin_text = _resume_params(params) if params["resume"] else _new_run_params(params)
+    if not params["question"]:
+        raise click.UsageError("give the QUESTION to answer (or --resume RUN_ID)")
+    context = stdin_text if stdin_text is not None else _read_context(tuple(params["contexts"]))
+    context, load_options = _inputs(params, context)
+    progress = LiveProgress() if not (params["quiet"] or params["verbose"]) else None
+    rlm = opt.make_rlm(opt.declared(params), on_event=progress)
+    run = functools.partial(rlm.completion, params["question"], context, resume_from=params["resume"],
+                            run_config=run_config, **load_options)
     try:
-        run_config, stdin_text = _resume_params(params) if params["resume"] else _new_run_params(params)
-        if not params["question"]:
-            raise click.UsageError("give the QUESTION to answer (or --resume RUN_ID)")
-        context = stdin_text if stdin_text is not None else _read_context(tuple(params["contexts"]))
-        progress = LiveProgress() if not (params["quiet"] or params["verbose"]) else None
-        rlm = _build_rlm(params, progress)
-        load_options = _load_options(params)
-        if params["separate"] and isinstance(context, list):
-            load_options["contexts"], context = context, None
-        run = functools.partial(rlm.completion, params["question"], context, resume_from=params["resume"],
-                                run_config=run_config, **load_options)
         if progress is not None:
             with progress:
                 result = run()
         else:
             result = run()
-    except RLMError as error:
-        _err(f"Error: {error}")
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        _err("Interrupted. Continue it later with: rlm ask --resume <run id> (`rlm logs` lists runs)")
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as error:
+        _fail(error, params["as_json"], "Interrupted. Continue it later with: rlm ask --resume <run id> "
+                                         "(`rlm logs` lists runs)")
+    _print_result(result, params)
 
+
+def _print_result(result, params: dict) -> None:
     if params["as_json"]:
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     elif result.answer is not None:
@@ -151,73 +164,23 @@ def ask(**params) -> None:
     sys.exit(_EXIT_BY_STOP.get(result.stopped_reason, EXIT_INTERNAL))
 
 
-def _build_rlm(params: dict, on_event=None):
-    from .rlm import RLM
-
-    allowed = params["allowed_models"]
-    return RLM(model=params["model"], sub_model=params["sub_model"], base_url=params["base_url"],
-               max_depth=params["max_depth"], max_iterations=params["max_iterations"],
-               max_llm_calls=params["max_llm_calls"], max_tokens=params["max_tokens"],
-               max_cost_usd=params["max_cost"], timeout_s=params["timeout"], environment=params["environment"],
-               sandbox=params["sandbox"], allowed_models="*" if "*" in allowed else list(allowed),
-               temperature=params["temperature"], cache=params["cache"],
-               root_context_window=params.get("context_window"),
-               verbose=params["verbose"] and not params["quiet"], on_event=on_event)
-
-
-def _load_options(params: dict) -> dict:
-    return {"include": list(params["include"]) or None, "exclude": list(params["exclude"]) or None,
-            "encoding": params["encoding"], "gitignore": not params["no_gitignore"],
-            "max_file_bytes": int(params["max_file_mb"] * 1_000_000)}
-
-
 @main.command()
-@_run_options
+@opt.take(*opt.INPUT, *opt.RUN, *opt.OUTPUT)
+@_exits
 def chat(**params) -> None:
     """Ask several questions about one input; the REPL and its variables live across questions.
 
     Questions come from the terminal (or one per line on stdin); `exit`, `quit` or end of input stops.
     """
-    from .errors import RLMError
-
-    interactive = sys.stdin.isatty()
     if "-" in params["contexts"]:
         raise click.UsageError("rlm chat reads questions from stdin; give the input as a file or directory")
+    context = _read_context(tuple(params["contexts"]))
+    if context is None:
+        raise click.UsageError("give the input to chat about with --context PATH")
+    context, load_options = _inputs(params, context)
+    session = opt.make_rlm(opt.declared(params)).session(context, **load_options)
     try:
-        context = _read_context(tuple(params["contexts"]))
-        if context is None:
-            raise click.UsageError("give the input to chat about with --context PATH")
-        load_options = _load_options(params)
-        if params["separate"] and isinstance(context, list):
-            load_options["contexts"], context = context, None
-        session = _build_rlm(params).session(context, **load_options)
-    except RLMError as error:
-        _err(f"Error: {error}")
-        sys.exit(error.exit_code)
-    if interactive and not params["quiet"]:
-        _err(f"rlm chat · session {session.session_id} · ask a question; `exit` or Ctrl-D ends it")
-    exit_code = EXIT_OK
-    try:
-        while True:
-            try:
-                question = input("rlm> " if interactive else "")
-            except EOFError:
-                break
-            if question.strip() in ("exit", "quit"):
-                break
-            if not question.strip():
-                continue
-            try:
-                result = session.ask(question)
-            except RLMError as error:
-                _err(f"Error: {error}")
-                exit_code = error.exit_code
-                continue
-            click.echo(json.dumps(result.to_dict(), ensure_ascii=False) if params["as_json"] else (result.answer or ""))
-            if not params["quiet"]:
-                _err(_summary(result))
-            if result.stopped_reason != "final":
-                exit_code = _EXIT_BY_STOP.get(result.stopped_reason, EXIT_INTERNAL)
+        exit_code = _chat_loop(session, params)
     except KeyboardInterrupt:
         _err("Interrupted.")
         exit_code = EXIT_INTERRUPTED
@@ -226,8 +189,37 @@ def chat(**params) -> None:
     sys.exit(exit_code)
 
 
-# Options that only change how a run is shown; everything else is saved so that --resume can redo it.
-_OUTPUT_OPTIONS = ("as_json", "verbose", "quiet", "resume")
+def _chat_loop(session, params: dict) -> int:
+    from .errors import RLMError
+
+    interactive = sys.stdin.isatty()
+    if interactive and not params["quiet"]:
+        _err(f"rlm chat · session {session.session_id} · ask a question; `exit` or Ctrl-D ends it")
+    exit_code = EXIT_OK
+    while True:
+        try:
+            question = input("rlm> " if interactive else "")
+        except EOFError:
+            return exit_code
+        if question.strip() in ("exit", "quit"):
+            return exit_code
+        if not question.strip():
+            continue
+        try:
+            result = session.ask(question)
+        except RLMError as error:
+            _err(f"Error: {error}")
+            exit_code = exit_code_of(error)
+            continue
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False) if params["as_json"] else (result.answer or ""))
+        if not params["quiet"]:
+            _err(_summary(result))
+        if result.stopped_reason != "final":
+            exit_code = _EXIT_BY_STOP.get(result.stopped_reason, EXIT_INTERNAL)
+
+
+# Options that only change how a run is shown (or are secret); the rest is saved so --resume can redo it.
+_OUTPUT_OPTIONS = ("as_json", "verbose", "quiet", "resume", "api_key")
 _MAX_SAVED_STDIN = 20_000_000
 
 
@@ -248,11 +240,8 @@ def _resume_params(params: dict) -> tuple[dict, str | None]:
     from .errors import ConfigError, ContextError
 
     store = _open_store()
-    try:
-        run_id = store.find_run(params["resume"])
-        saved = store.run_config(run_id)
-    except KeyError as error:
-        raise ConfigError(str(error.args[0])) from None
+    run_id = _resolve_run(store, params["resume"])
+    saved = store.run_config(run_id)
     config = saved["config"] or {}
     if "cli" not in config:
         raise ConfigError(f"run {run_id} was not started by `rlm ask`; resume it from Python with "
@@ -282,20 +271,6 @@ def _resolve_run(store, run_id: str) -> str:
         raise ConfigError(str(error.args[0])) from None
 
 
-def _handle_errors(function):
-    """Turn RLMErrors of the store commands into a message and the exit code."""
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        from .errors import RLMError
-
-        try:
-            return function(*args, **kwargs)
-        except RLMError as error:
-            _err(f"Error: {error}")
-            sys.exit(error.exit_code)
-    return wrapper
-
-
 @main.group(invoke_without_command=True)
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--status", default=None,
@@ -304,7 +279,7 @@ def _handle_errors(function):
 @click.option("--query", "-q", "query", default=None, help="Only runs whose question contains this text.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run, on stdout.")
 @click.pass_context
-@_handle_errors
+@_exits
 def logs(ctx: click.Context, limit: int, status: str | None, model: str | None, query: str | None,
          as_json: bool) -> None:
     """List recorded runs, newest first (`rlm logs show RUN_ID` for one run)."""
@@ -335,7 +310,7 @@ def logs(ctx: click.Context, limit: int, status: str | None, model: str | None, 
 @logs.command("show")
 @click.argument("run_id")
 @click.option("--full", is_flag=True, help="Do not shorten long prompts, replies and outputs.")
-@_handle_errors
+@_exits
 def logs_show(run_id: str, full: bool) -> None:
     """Print one run's trajectory as text: iterations, code, outputs, sub-calls, child runs."""
     from .viewer import trajectory_text
@@ -349,7 +324,7 @@ def logs_show(run_id: str, full: bool) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the HTML file (default: $RLM_HOME/views/RUN_ID.html).")
 @click.option("--open/--no-open", "open_browser", default=True, help="Open it in the browser.")
-@_handle_errors
+@_exits
 def view(run_id: str, output: Path | None, open_browser: bool) -> None:
     """Write the run as one self-contained HTML file (no network needed) and open it."""
     from .paths import rlm_home
@@ -373,7 +348,7 @@ def view(run_id: str, output: Path | None, open_browser: bool) -> None:
 @click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-")
 @click.option("--all-depths/--root-only", default=True, show_default=True,
               help="Also export child runs' conversations (each its own example).")
-@_handle_errors
+@_exits
 def export(run_ids: tuple[str, ...], fmt: str, output, all_depths: bool) -> None:
     """Trajectories as chat-format training data: one {"messages": [...]} line per run conversation."""
     from .viewer import training_examples
@@ -387,140 +362,77 @@ def export(run_ids: tuple[str, ...], fmt: str, output, all_depths: bool) -> None
     _err(f"exported {count} conversation(s)")
 
 
+
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind; anything but loopback "
-              "needs --token.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--model", "-m", default=None, help="Default root model (requests name it `rlm` or `rlm/<model>`).")
-@click.option("--also-model", "extra_models", multiple=True, metavar="MODEL",
-              help="Another root model clients may ask for as rlm/<model> (repeatable).")
-@click.option("--sub-model", default=None, help="Model for sub-calls (default: the root model).")
-@click.option("--base-url", default=None, help="OpenAI-compatible server for the models.")
-@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="File with the bearer token(s) clients must send, one per line (one per client: each "
-                   "gets its own call cache). Or set RLM_SERVE_TOKEN. Required off loopback.")
-@click.option("--token", default=None, hidden=True,
-              help="Deprecated: argv is readable by every process (/proc/PID/cmdline); use RLM_SERVE_TOKEN "
-                   "or --token-file.")
-@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=30, show_default=True,
-              help="Seconds a connection may send nothing (no request headers, or a stalled body) before it "
-                   "is closed.")
-@click.option("--allowed-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory whose files requests may name in context.files (nothing outside it).")
-@click.option("--max-concurrent", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Runs at once; more get 429.")
-@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=10, show_default=True)
-@click.option("--max-iterations", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--max-depth", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--max-llm-calls", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(min=1), default=None)
-@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True)
-@click.option("--sandbox", type=click.Choice(["auto", "namespaces", "process"]), default="auto", show_default=True)
-@click.option("--shutdown-grace", type=click.FloatRange(min=0), default=30, show_default=True,
-              help="Seconds running requests get to finish on SIGTERM/SIGINT.")
-def serve(host, port, model, extra_models, sub_model, base_url, token_file, token, idle_timeout, allowed_root,
-          max_concurrent, max_body_mb, max_iterations, max_depth, max_llm_calls, max_tokens, max_cost, timeout, sandbox,
-          shutdown_grace) -> None:
+@opt.take("host", "port", "model", "extra_models", "sub_model", "base_url", "token_file", "token", "idle_timeout",
+          "allowed_root", "max_concurrent", "max_body_mb", *opt.LIMITS, "sandbox", "shutdown_grace", "access_log",
+          command="serve")
+@_exits
+def serve(**params) -> None:
     """Serve RLMs over an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models).
 
     The token comes from RLM_SERVE_TOKEN or --token-file, never from the command line: argv is
     readable by every process on the machine."""
-    import os
-
-    from .errors import RLMError
+    from .errors import ConfigError
 
     try:
         from .server import ServeConfig, ServeLimits, read_token_file, serve as run_server
     except ImportError:  # pragma: no cover
-        _err("Error: rlm serve needs the server extra: pip install 'recursive-llm[server]'")
-        sys.exit(EXIT_CONFIG)
-    try:
-        tokens = [token] if token else []
-        if token:
-            _err("Warning: --token puts the token in the process list (/proc/PID/cmdline), where other users and "
-                 "model code in a weak sandbox can read it; use RLM_SERVE_TOKEN or --token-file instead")
-        # read once and dropped from the environment, so that no process the server starts inherits it
-        env_token = os.environ.pop("RLM_SERVE_TOKEN", "").strip()
-        tokens += [env_token] if env_token else []
-        tokens += read_token_file(token_file) if token_file else []
-        config = ServeConfig(model=model, sub_model=sub_model, base_url=base_url, host=host, port=port, tokens=tokens,
-                             allowed_root=allowed_root, max_concurrent=max_concurrent,
-                             max_body_bytes=int(max_body_mb * 1_000_000), sandbox=sandbox,
-                             extra_models=list(extra_models), shutdown_grace_s=shutdown_grace,
-                             idle_timeout_s=idle_timeout,
-                             limits=ServeLimits(max_iterations=max_iterations, max_depth=max_depth,
-                                                max_llm_calls=max_llm_calls, max_tokens=max_tokens,
-                                                max_cost_usd=max_cost, timeout_s=timeout))
-    except RLMError as error:
-        _err(f"Error: {error}")
-        sys.exit(error.exit_code)
-    try:
-        if model is not None:
-            from .models.resolver import resolve_model
+        raise ConfigError("rlm serve needs the server extra: pip install 'recursive-llm[server]'") from None
+    tokens = [params["token"]] if params["token"] else []
+    if params["token"]:
+        _err("Warning: --token puts the token in the process list (/proc/PID/cmdline), where other users and "
+             "model code in a weak sandbox can read it; use RLM_SERVE_TOKEN or --token-file instead")
+    # read once and dropped from the environment, so that no process the server starts inherits it
+    env_token = os.environ.pop("RLM_SERVE_TOKEN", "").strip()
+    tokens += [env_token] if env_token else []
+    tokens += read_token_file(params["token_file"]) if params["token_file"] else []
+    limits = ServeLimits(**opt.rlm_keywords({key: params[key] for key in opt.LIMITS}))
+    config = ServeConfig(model=params["model"], sub_model=params["sub_model"], base_url=params["base_url"],
+                         host=params["host"], port=params["port"], tokens=tokens, allowed_root=params["allowed_root"],
+                         max_concurrent=params["max_concurrent"], max_body_bytes=int(params["max_body_mb"] * 1e6),
+                         sandbox=params["sandbox"], extra_models=list(params["extra_models"]),
+                         shutdown_grace_s=params["shutdown_grace"], idle_timeout_s=params["idle_timeout"],
+                         limits=limits, access_log=params["access_log"])
+    if params["model"] is not None:
+        _check_model(params)  # an unknown model or a missing key fails now, not per request
+    config.check()
+    _err(f"rlm serve: http://{config.host}:{config.port}/v1 (models: rlm, " + ", ".join(
+        f"rlm/{m}" for m in ([config.model] if config.model else []) + config.extra_models) + ")"
+         + ("" if config.tokens else "; no token: loopback only"))
+    run_server(config)
 
-            resolve_model(model, base_url=base_url)  # an unknown model or a missing key fails now, not per request
-        config.check()
-        _err(f"rlm serve: http://{host}:{port}/v1 (models: rlm, " + ", ".join(
-            f"rlm/{m}" for m in ([model] if model else []) + list(extra_models)) + ")"
-             + ("" if config.tokens else "; no token: loopback only"))
-        run_server(config)
-    except RLMError as error:
-        _err(f"Error: {error}")
-        sys.exit(error.exit_code)
+
+def _check_model(params: dict) -> None:
+    """Fail now (exit 4) on an unknown model, a missing key or a missing local file, before any run."""
+    from .models.resolver import resolve_model
+
+    resolve_model(params.get("model"), base_url=params.get("base_url"), api_key=params.get("api_key"))
 
 
 @main.command("mcp")
-@click.option("--model", "-m", default=None, help="Root model (default: $RLM_MODEL, else by available keys).")
-@click.option("--sub-model", default=None)
-@click.option("--base-url", default=None, help="OpenAI-compatible server for the models.")
-@click.option("--root", type=click.Path(file_okay=False, exists=True, path_type=Path), default=".",
-              show_default=True, help="Only files under this directory can be loaded.")
-@click.option("--max-iterations", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--max-depth", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--max-llm-calls", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True)
-@click.option("--sandbox", type=click.Choice(["auto", "namespaces", "process"]), default="auto", show_default=True)
-def mcp_command(model, sub_model, base_url, root, max_iterations, max_depth, max_llm_calls, timeout, sandbox) -> None:
+@opt.take("model", "sub_model", "base_url", "root", "max_iterations", "max_depth", "max_llm_calls", "timeout",
+          "sandbox", command="mcp")
+@_exits
+def mcp_command(**params) -> None:
     """Serve the RLM as MCP tools (load_context, ask) over stdio, for editors and agents."""
-    from .errors import RLMError
+    from .errors import ConfigError
 
     try:
         from .mcp_server import MCPConfig, run_stdio
-        from .models.resolver import resolve_model
-
-        resolve_model(model, base_url=base_url)  # fail now on an unknown model or a missing key
     except ImportError:
-        _err("Error: rlm mcp needs the server extra: pip install 'recursive-llm[server]'")
-        sys.exit(EXIT_CONFIG)
-    except RLMError as error:
-        _err(f"Error: {error}")
-        sys.exit(error.exit_code)
-    run_stdio(MCPConfig(model=model, sub_model=sub_model, base_url=base_url, root=root, max_iterations=max_iterations,
-                        max_depth=max_depth, max_llm_calls=max_llm_calls, timeout_s=timeout, sandbox=sandbox))
+        raise ConfigError("rlm mcp needs the server extra: pip install 'recursive-llm[server]'") from None
+    _check_model(params)
+    run_stdio(MCPConfig(root=params.pop("root"), rlm=params))
 
 
 @main.command()
-@click.option("--model", "-m", required=True, help="The model every method uses; `simulator` starts the built-in "
-              "simulated model on 127.0.0.1 (recursive_llm.bench.simulator).")
-@click.option("--base-url", default=None, help="OpenAI-compatible server for the model.")
-@click.option("--tasks", default="niah", show_default=True, help="Task families, comma-separated: niah, niah_multi, "
-              "logs, codeqa, oolong, oolong_pairs, multihop.")
-@click.option("--sizes", default="8k,64k,1m", show_default=True, help="Input sizes in tokens, e.g. 8k,64k,1m,10m.")
-@click.option("--methods", default="rlm,rlm_no_subcalls,truncated,rag,summary", show_default=True)
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="Tasks per family and size.")
-@click.option("--window", "window_tokens", type=click.IntRange(min=1000), default=32_000, show_default=True,
-              help="The model's window, for the baselines that must fit the input into one prompt.")
-@click.option("--latency", type=click.FloatRange(min=0), default=0.05, show_default=True,
-              help="The simulator's latency per call (seconds).")
-@click.option("--price", default=None, metavar="IN,OUT", help="USD per million input and output tokens for the "
-              "model, when it has no known price (a self-hosted model, or the simulator priced like a real one).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
-              show_default=True)
+@opt.take("model", "base_url", "tasks", "sizes", "methods", "seeds", "window_tokens", "latency", "price", "out",
+          command="bench")
+@_exits
 def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency, price, out) -> None:
     """Benchmark RLM against baselines on tasks with exact answers; writes a report and plots."""
     from .bench.runner import run_bench
-    from .errors import RLMError
     from .models.pricing import register_price
 
     if price is not None:
@@ -529,7 +441,6 @@ def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency,
         except ValueError:
             raise click.BadParameter(f"{price!r}: give two numbers, e.g. 0.25,2.0", param_hint="--price") from None
         register_price("simulated" if model == "simulator" else model, price_in, price_out)
-
     simulator = None
     if model == "simulator":
         from .bench.simulator import simulator as make_simulator
@@ -542,9 +453,6 @@ def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency,
                             progress=sys.stderr.isatty())
     except ValueError as error:
         raise click.UsageError(str(error)) from None
-    except RLMError as error:
-        _err(f"Error: {error}")
-        sys.exit(error.exit_code)
     finally:
         if simulator is not None:
             simulator.stop()
@@ -554,40 +462,18 @@ def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency,
 
 @main.command()
 @click.argument("tasks_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
-@click.option("--address", default=None, help="Ray cluster address (e.g. ray://head:10001); default: a local Ray.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Tasks at once (local: default 4; ray: CPUs of the local Ray).")
-@click.option("--results", "results_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where results go (default: TASKS.results.jsonl); finished tasks in it are not rerun.")
-@click.option("--model", "-m", default=None)
-@click.option("--sub-model", default=None)
-@click.option("--base-url", default=None)
-@click.option("--max-iterations", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--max-depth", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--max-llm-calls", type=click.IntRange(min=1), default=None)
-@click.option("--max-cost", type=click.FloatRange(min=0, min_open=True), default=None, help="Budget per task (USD).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Wall time per task (s).")
-def batch(tasks_file, executor, address, workers, results_file, model, sub_model, base_url, max_iterations, max_depth,
-          max_llm_calls, max_cost, timeout) -> None:
+@opt.take("executor", "address", "workers", "results_file", "model", "sub_model", "base_url", "api_key",
+          "max_iterations", "max_depth", "max_llm_calls", "max_cost", "timeout", command="batch")
+@_exits
+def batch(tasks_file: Path, executor: str, address, workers, results_file, **values) -> None:
     """Run many RLM tasks from a JSONL file ({"id", "query", "context"} per line), resumably."""
     from .batch import BatchOptions, run_batch
-    from .errors import RLMError
 
     results_file = results_file or tasks_file.with_name(tasks_file.stem + ".results.jsonl")
-    options = BatchOptions(model=model, sub_model=sub_model, base_url=base_url,
-                           rlm_options={"max_iterations": max_iterations, "max_depth": max_depth,
-                                        "max_llm_calls": max_llm_calls, "max_cost_usd": max_cost, "timeout_s": timeout})
-    try:
-        if model is not None:
-            from .models.resolver import resolve_model
-
-            resolve_model(model, base_url=base_url)
-        counts = run_batch(tasks_file, results_file=results_file, executor=executor, options=options,
-                           address=address, workers=workers)
-    except RLMError as error:
-        _err(f"Error: {error}")
-        sys.exit(error.exit_code)
+    if values["model"] is not None:
+        _check_model(values)
+    counts = run_batch(tasks_file, results_file=results_file, executor=executor, options=BatchOptions(values),
+                       address=address, workers=workers)
     _err(f"{counts['tasks']} tasks: {counts['skipped']} already finished, {counts['ran']} run now, "
          f"{counts['failed']} failed · results in {results_file}")
     sys.exit(EXIT_FAILED if counts["failed"] else EXIT_OK)
@@ -597,12 +483,9 @@ def batch(tasks_file, executor, address, workers, results_file, model, sub_model
 def doctor() -> None:
     """Show what this machine offers: worker isolation layers, the embedded model, configured keys."""
     import importlib.util
-    import os
 
-    from .environments.sandbox import plan_isolation
+    from .environments.sandbox import plan_isolation, what_it_stops
     from .models.resolver import default_model_name
-
-    from .environments.sandbox import what_it_stops
 
     for mode in ("auto", "process"):  # what a run gets by default, and without namespaces
         plan = plan_isolation(mode)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ContextError, RLMError
+from .options import SERVE_CEILINGS, make_rlm, rlm_keywords
 
 INSTRUCTIONS = ("Recursive Language Model tools: for questions about inputs too large for your context "
                 "(long documents, many files, logs, tables). Load the input once with load_context, then call "
@@ -25,15 +26,18 @@ INSTRUCTIONS = ("Recursive Language Model tools: for questions about inputs too 
 
 @dataclass
 class MCPConfig:
-    model: str | None = None
-    sub_model: str | None = None
-    base_url: str | None = None
+    """`root`: only files under it can be loaded. `rlm`: option values for every run's RLM (the names
+    of `options.py`, e.g. model, max_iterations, timeout); the serve ceilings are the defaults, and
+    a request may lower `max_iterations`, never raise it."""
+
     root: Path = field(default_factory=Path.cwd)
-    max_iterations: int = 20
-    max_depth: int = 1
-    max_llm_calls: int | None = 500
-    timeout_s: float | None = 600.0
-    sandbox: str = "auto"
+    rlm: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rlm = {**{k: v for k, v in SERVE_CEILINGS.items() if k in _MCP_LIMITS}, **rlm_keywords(self.rlm)}
+
+
+_MCP_LIMITS = ("max_iterations", "max_depth", "max_llm_calls", "timeout_s")
 
 
 def create_server(config: MCPConfig):
@@ -42,7 +46,6 @@ def create_server(config: MCPConfig):
 
     from . import __version__
     from .context.loader import format_metadata, load_context, load_context_value
-    from .rlm import RLM
 
     server = MCPServer("recursive-llm", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
     contexts: dict[str, Any] = {}
@@ -109,10 +112,9 @@ def create_server(config: MCPConfig):
         else:
             raise ToolError("give a context_id (from load_context) or the text to ask about")
         try:
-            rlm = RLM(model=config.model, sub_model=config.sub_model, base_url=config.base_url,
-                      max_iterations=min(max_iterations or config.max_iterations, config.max_iterations),
-                      max_depth=config.max_depth, max_llm_calls=config.max_llm_calls, timeout_s=config.timeout_s,
-                      sandbox=config.sandbox)
+            values = rlm_keywords(config.rlm)
+            ceiling = values["max_iterations"]
+            rlm = make_rlm(values, max_iterations=min(max_iterations or ceiling, ceiling))
             result = await rlm.acompletion(question, context)
         except RLMError as error:
             raise ToolError(str(error)) from None

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BudgetExceeded, ConfigError, ContextError, RLMError
+from .options import SERVE_CEILINGS, make_rlm
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_JSON_DEPTH = 64  # deeper request bodies are refused (400) before anything walks them
@@ -42,12 +43,12 @@ class ServeLimits:
     asks for must be a finite positive number (whole for counts) and can lower a ceiling, never
     raise it. Anything else is refused with a RequestError (400) naming the field."""
 
-    max_iterations: int = 20
-    max_depth: int = 1
-    max_llm_calls: int | None = 500
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
-    timeout_s: float | None = 600.0
+    max_iterations: int = SERVE_CEILINGS["max_iterations"]
+    max_depth: int = SERVE_CEILINGS["max_depth"]
+    max_llm_calls: int | None = SERVE_CEILINGS["max_llm_calls"]
+    max_tokens: int | None = SERVE_CEILINGS["max_tokens"]
+    max_cost_usd: float | None = SERVE_CEILINGS["max_cost_usd"]
+    timeout_s: float | None = SERVE_CEILINGS["timeout_s"]
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -124,6 +125,7 @@ class ServeConfig:
     # A connection that sends nothing (or not a whole request's headers) for this long is closed;
     # a body that stops arriving for this long gets 408; an idle keep-alive connection is closed.
     idle_timeout_s: float = 30.0
+    access_log: bool = False  # one line per request on stderr (`rlm serve` turns it on)
 
     def __post_init__(self) -> None:
         if isinstance(self.limits, dict):
@@ -480,7 +482,6 @@ async def _read_body(request, limit: int, idle_timeout_s: float) -> dict[str, An
 
 
 async def _run(config: ServeConfig, args: dict[str, Any], on_event):
-    from .rlm import RLM
     from .store import Store
 
     limits: ServeLimits = args["limits"]
@@ -495,13 +496,10 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event):
             on_event(event)
 
     try:
-        rlm = RLM(model=args["model"], sub_model=config.sub_model, base_url=config.base_url,
-                  max_depth=limits.max_depth, max_iterations=limits.max_iterations,
-                  max_llm_calls=limits.max_llm_calls, max_tokens=limits.max_tokens,
-                  max_cost_usd=limits.max_cost_usd, timeout_s=limits.timeout_s,
-                  sandbox=config.sandbox, temperature=args["temperature"], max_retries=config.max_retries,
-                  max_output_tokens=args["max_output_tokens"],
-                  call_timeout_s=config.call_timeout_s, on_event=listen, store=store)
+        rlm = make_rlm(limits.as_dict(), model=args["model"], sub_model=config.sub_model, base_url=config.base_url,
+                       sandbox=config.sandbox, temperature=args["temperature"], max_retries=config.max_retries,
+                       max_output_tokens=args["max_output_tokens"], call_timeout_s=config.call_timeout_s,
+                       on_event=listen, store=store)
         return await rlm.acompletion(args["query"], args["context"])
     except asyncio.CancelledError:  # the client went away (or shutdown ran out of grace): it will not end
         if "run_id" in started:
