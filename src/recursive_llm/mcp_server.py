@@ -8,12 +8,13 @@ An editor's assistant (or any MCP client) gets two tools:
 Stdout is the protocol channel: nothing else may print there, so runs are quiet and log to stderr.
 """
 
-from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from .errors import ContextError, RLMError
 from .options import SERVE_CEILINGS, make_rlm, rlm_keywords
@@ -38,6 +39,19 @@ class MCPConfig:
 
 
 _MCP_LIMITS = ("max_iterations", "max_depth", "max_llm_calls", "timeout_s")
+
+# Every tool argument with its description (the input schemas clients show and models read).
+TextArg = Annotated[str | None, Field(description="The input itself, as text (always text, never read as a path). "
+                                                  "Give this or `paths`.")]
+PathsArg = Annotated[list[str] | None, Field(description="Files or directories to load, relative to the server's "
+                                                         "root (nothing outside it). Give this or `text`.")]
+QuestionArg = Annotated[str, Field(description="The question to answer about the input.")]
+ContextIdArg = Annotated[str | None, Field(description="The context_id that load_context returned. Give this or "
+                                                       "`text`.")]
+AskTextArg = Annotated[str | None, Field(description="The input as text, for a one-off question without "
+                                                     "load_context. Give this or `context_id`.")]
+IterationsArg = Annotated[int | None, Field(description="At most this many root-model turns (it can lower the "
+                                                        "server's limit, not raise it).", ge=1)]
 
 
 def create_server(config: MCPConfig):
@@ -75,7 +89,7 @@ def create_server(config: MCPConfig):
     @server.tool(name="load_context",
                  description="Load an input for later questions: `text`, or `paths` (files or directories "
                              "relative to the server's root). Returns its context_id and a description.")
-    def load_context_tool(text: str | None = None, paths: list[str] | None = None) -> dict[str, Any]:
+    def load_context_tool(text: TextArg = None, paths: PathsArg = None) -> dict[str, Any]:
         try:
             return load(text, paths)
         except RLMError as error:  # a clear message for the client, never a server traceback
@@ -98,8 +112,8 @@ def create_server(config: MCPConfig):
 
     @server.tool(description="Answer a question about a loaded input (context_id) or about `text`, with a "
                              "Recursive Language Model. Returns the answer, the run id and usage.")
-    async def ask(question: str, context_id: str | None = None, text: str | None = None,
-                  max_iterations: int | None = None) -> dict[str, Any]:
+    async def ask(question: QuestionArg, context_id: ContextIdArg = None, text: AskTextArg = None,
+                  max_iterations: IterationsArg = None) -> dict[str, Any]:
         if context_id is not None:
             if context_id not in contexts:
                 raise ToolError(f"unknown context_id {context_id!r}; call load_context first")

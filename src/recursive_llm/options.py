@@ -85,6 +85,10 @@ def _declare() -> dict[str, Option]:
                               "help": "Sampling temperature of every call."}, rlm="temperature"),
         "cache": Option(("--cache/--no-cache",), {"default": None, "help": "Answer identical model calls from the run "
                         "store instead of paying again (default: on at temperature 0)."}, rlm="cache"),
+        "fallback_after": Option(("--fallback-after",), {"type": click.IntRange(min=1), "default": None,
+                                 "metavar": "N", "help": "After N replies with no working code and no answer, run "
+                                 "the built-in map-reduce program (default 3; 1 for the embedded model)."},
+                                 rlm="fallback_after"),
         "prompt_style": Option(("--prompt-style",), {"type": click.Choice(["default", "reference"]),
                                "default": "default", "show_default": True, "help": "reference: the prompts of the "
                                "reference implementation (rlms), for models trained as RLMs."}, rlm="prompt_style"),
