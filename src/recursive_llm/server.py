@@ -267,8 +267,9 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
 
 def _context_from_messages(texts: list[tuple[str, str]], last: int, query: str) -> tuple[str, Any]:
     """The input when the request has no `context` field (chat clients such as `llm` cannot add one):
-    the earlier user/assistant/tool messages; else, in a single message, everything before its last
-    paragraph (the question is the text after the last blank line). Text is always text, never a path."""
+    the earlier user/assistant/tool messages; else, in a single message, everything before the question,
+    which is its last paragraph (after the last blank line) or, with no blank line, its last line.
+    Text is always text, never a path."""
     from .context.loader import load_context_value
 
     earlier = [text for i, (role, text) in enumerate(texts) if i != last and role in ("user", "assistant", "tool")
@@ -276,11 +277,14 @@ def _context_from_messages(texts: list[tuple[str, str]], last: int, query: str) 
     if earlier:
         return query, load_context_value(earlier[0] if len(earlier) == 1 else earlier)
     message = texts[last][1].strip()
-    paragraphs = re.split(r"\n[ \t]*\n", message)
-    if len(paragraphs) < 2:
+    parts = re.split(r"\n[ \t]*\n", message)
+    if len(parts) < 2:  # no blank line: the last line is the question (`cat f | llm "q"` joins with a space)
+        parts = message.split("\n")
+    if len(parts) < 2 or not parts[-1].strip():
         raise RequestError(400, "no context: send it in the `context` field, as earlier messages, or in the same "
-                                "message before the question, separated from it by a blank line")
-    question, body = paragraphs[-1].strip(), message[:len(message) - len(paragraphs[-1])].strip()
+                                "message before the question (the question is the last paragraph, after a blank "
+                                "line, or the last line)")
+    question, body = parts[-1].strip(), message[:len(message) - len(parts[-1])].strip()
     return query[:len(query) - len(texts[last][1])] + question, load_context_value(body)
 
 
