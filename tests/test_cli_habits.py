@@ -219,3 +219,22 @@ def test_batch_keeps_one_line_per_task_and_shows_progress(tmp_path):
     assert rows[1]["stopped_reason"] == "final"
     assert len(re.findall(r"^\[\d/4\] t\d: final", done.stderr, re.M)) == 3
     assert "4 tasks: 1 already finished, 3 run now, 0 failed (3 final" in done.stderr
+
+
+def test_logs_show_puts_each_sub_call_under_its_iteration_and_cell(tmp_path):
+    turns = ["```repl\nfirst = llm_query_batched(['one-a', 'one-b'])\n```",
+             "Now the second part.\n```repl\nsecond = [llm_query('two-a'), llm_query('two-b'), llm_query('two-c')]\n"
+             "print(first, second)\n```",
+             "FINAL(both)"]
+    # cells wait for their sub-calls much longer than they compute: placement must not use compute time
+    with FakeLLMServer(responder=root_then_sub(turns), latency=0.3) as server:
+        done = rlm("ask", "q", "--context", "-", "--model", "m", "--base-url", server.base_url, "--json",
+                   stdin="some text")
+    run_id = json.loads(done.stdout)["run_id"]
+    shown = rlm("logs", "show", run_id).stdout
+    second = shown.index("-- iteration 2")
+    third = shown.index("-- iteration 3")
+    assert "Now the second part." in shown[second:third]  # iteration 2's reply is there
+    assert shown.index("sub:one-a") < second and shown.index("sub:one-b") < second
+    assert all(second < shown.index(f"sub:two-{x}") < third for x in "abc")
+    assert re.search(r"sub-call #2 m \(ok\): one-a", shown) and "· final" in shown[third:]

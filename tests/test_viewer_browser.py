@@ -98,7 +98,7 @@ def test_viewer_shows_every_level_without_console_errors(tmp_path):
         shutil.copy(tmp_path / "viewer.png", os.environ["RLM_KEEP_SCREENSHOT"])
 
 
-def flagged_runs() -> tuple[str, str]:
+def flagged_runs(folder) -> tuple[str, str]:
     """A run whose first FINAL_VAR names a missing variable (refused) and whose replies carry
     reasoning; and a run that the map-reduce fallback answered, later marked interrupted."""
     replies = iter(["<think>plan: ask about each part</think>\n```repl\n"
@@ -110,7 +110,10 @@ def flagged_runs() -> tuple[str, str]:
     refused = rlm.completion("Which server?", "the staging server is kestrel").run_id
     idle = RLM(model=ScriptedModel(default=lambda messages: "I am not sure.", name="weak"),
                sub_model=ScriptedModel(default=lambda messages: "kestrel", name="weak-sub"), fallback_after=1)
-    fallback = idle.completion("Which server?", "the staging server is kestrel")
+    folder.mkdir()
+    (folder / "notes.txt").write_text("the staging server is kestrel\n")
+    (folder / "blob.bin").write_bytes(b"\x00\x01\x02" * 50)  # skipped: binary
+    fallback = idle.completion("Which server?", folder)
     assert fallback.used_fallback
     return refused, fallback.run_id
 
@@ -127,7 +130,7 @@ def cancelled_run() -> str:
 
 def test_viewer_flags_previews_numbers_and_search_marks(tmp_path):
     playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
-    refused, fallback = flagged_runs()
+    refused, fallback = flagged_runs(tmp_path / "docs")
     store = Store()
     pages = {}
     for run_id in (refused, fallback):
@@ -162,6 +165,7 @@ def test_viewer_flags_previews_numbers_and_search_marks(tmp_path):
 
         page.goto(pages[fallback].as_uri())
         assert page.locator("header .pill.warn", has_text="map-reduce fallback").count() == 1
+        assert page.locator("header .pill.warn", has_text="1 input file(s) skipped").count() == 1
         interrupted = cancelled_run()
         (tmp_path / "cancelled.html").write_text(render_html(store.run_tree(interrupted)), encoding="utf-8")
         page.goto((tmp_path / "cancelled.html").as_uri())

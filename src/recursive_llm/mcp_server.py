@@ -126,9 +126,7 @@ def create_server(config: MCPConfig):
         else:
             raise ToolError("give a context_id (from load_context) or the text to ask about")
         try:
-            values = rlm_keywords(config.rlm)
-            ceiling = values["max_iterations"]
-            rlm = make_rlm(values, max_iterations=min(max_iterations or ceiling, ceiling))
+            rlm = make_rlm(config.rlm, **limits_for(config, max_iterations).as_dict())
             result = await rlm.acompletion(question, context)
         except RLMError as error:
             raise ToolError(str(error)) from None
@@ -137,6 +135,19 @@ def create_server(config: MCPConfig):
                 "error": result.error}
 
     return server
+
+
+def limits_for(config: MCPConfig, max_iterations: int | None):
+    """The server's ceilings (`ServeLimits`, as `rlm serve` has them), lowered by the request."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from .server import RequestError, ServeLimits
+
+    ceilings = ServeLimits(**{k: v for k, v in config.rlm.items() if k in ServeLimits.names()})
+    try:
+        return ceilings.clamp(None if max_iterations is None else {"max_iterations": max_iterations})
+    except RequestError as error:
+        raise ToolError(error.message) from None
 
 
 def run_stdio(config: MCPConfig) -> None:

@@ -180,12 +180,18 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
 
     def run_lines(run_id: str, indent: str) -> None:
         run = view["runs"][run_id]
+        flags = (" · map-reduce fallback" if run.get("used_fallback") else "") + (
+            f" · resumed from {run['resumed_from']}" if run.get("resumed_from") else "") + (
+            f" · {run['metadata']['skipped']} input file(s) skipped"
+            if isinstance(run.get("metadata"), dict) and run["metadata"].get("skipped") else "")
         lines.append(f"{indent}== run {run_id} (depth {run['depth']}) · {run['model']} · {run['status']} · "
-                     f"{run['iterations'] or 0} iterations · {run['duration_s'] or 0:.1f}s")
+                     f"{run['iterations'] or 0} iterations · {run['duration_s'] or 0:.1f}s{flags}")
         lines.append(f"{indent}question: {_clip(run['query'], full, 500)}")
         for it in run["iterations_list"]:
             call = view["calls"].get(it["call"]) if it["call"] else None
             usage = f" · {call['prompt_tokens'] + call['completion_tokens']:,} tokens" if call else ""
+            usage += f" · {it['duration_s']:.2f}s (model and cells)" if it.get("duration_s") is not None else ""
+            usage += {"accepted": " · final", "refused": " · FINAL refused"}.get(it.get("final_state"), "")
             lines.append(f"{indent}-- iteration {it['iteration']}{usage}")
             if it["reply"]:
                 lines.extend(indent + "   " + line for line in _clip(it["reply"], full).splitlines())
@@ -196,7 +202,7 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
                 lines.extend(indent + "   > " + line for line in _clip(output, full).splitlines())
                 for call_id in cell["calls"]:
                     sub = view["calls"][call_id]
-                    lines.append(f"{indent}   sub-call {sub['model']} ({sub['status']}"
+                    lines.append(f"{indent}   sub-call #{sub['n']} {sub['model']} ({sub['status']}"
                                  + (f", {sub['cached']}" if sub["cached"] else "") + "): "
                                  + _clip(sub["prompt"], full, 200).replace("\n", " ") + " -> "
                                  + _clip(sub["response"] or sub["error"], full, 200).replace("\n", " "))
