@@ -239,4 +239,4 @@ def test_logs_show_puts_each_sub_call_under_its_iteration_and_cell(tmp_path):
     assert "Now the second part." in shown[second:third]  # iteration 2's reply is there
     assert shown.index("sub:one-a") < second and shown.index("sub:one-b") < second
     assert all(second < shown.index(f"sub:two-{x}") < third for x in "abc")
-    assert re.search(r"sub-call #2 m \(ok\): one-a", shown) and "· final" in shown[third:]
+    assert re.search(r"#2 sub-call m \(ok\): one-a", shown) and "· final" in shown[third:]

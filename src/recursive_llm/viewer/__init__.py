@@ -202,7 +202,7 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
                 lines.extend(indent + "   > " + line for line in _clip(output, full).splitlines())
                 for call_id in cell["calls"]:
                     sub = view["calls"][call_id]
-                    lines.append(f"{indent}   sub-call #{sub['n']} {sub['model']} ({sub['status']}"
+                    lines.append(f"{indent}   #{sub['n']} sub-call {sub['model']} ({sub['status']}"
                                  + (f", {sub['cached']}" if sub["cached"] else "") + "): "
                                  + _clip(sub["prompt"], full, 200).replace("\n", " ") + " -> "
                                  + _clip(sub["response"] or sub["error"], full, 200).replace("\n", " "))
