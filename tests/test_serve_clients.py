@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 
+import httpx
 import pytest
 
 from recursive_llm.testing import FakeLLMServer
@@ -50,6 +51,7 @@ def test_the_llm_cli_can_ask_rlm_serve_about_piped_text(tmp_path):
                                   capture_output=True, text=True, env=env, timeout=120)
             plain = subprocess.run(["llm", "-m", "rlm", "--no-stream", f"{REPORT}\nHow much did revenue grow?"],
                                    capture_output=True, text=True, env=env, timeout=120)
+            refused = httpx.get(server.url + "/v1/models?api_key=sk-in-the-query", timeout=10)
         finally:
             log = server.stop()
     assert done.returncode == 0, done.stderr
@@ -63,7 +65,8 @@ def test_the_llm_cli_can_ask_rlm_serve_about_piped_text(tmp_path):
     lines = [line for line in log.splitlines() if "/v1/chat/completions" in line]
     assert len(lines) == 2 and all(re.search(r"POST /v1/chat/completions 200 run=\d{8}-\d{6}-\w+ [\d.]+s", l)
                                    for l in lines)
-    assert TOKEN not in log and "quarterly" not in log
+    assert refused.status_code == 401 and re.search(r"GET /v1/models 401 run=- [\d.]+s", log)
+    assert TOKEN not in log and "quarterly" not in log and "sk-in-the-query" not in log
 
 
 def test_one_message_without_a_blank_line_has_no_input(served):
