@@ -240,3 +240,16 @@ def test_logs_show_puts_each_sub_call_under_its_iteration_and_cell(tmp_path):
     assert shown.index("sub:one-a") < second and shown.index("sub:one-b") < second
     assert all(second < shown.index(f"sub:two-{x}") < third for x in "abc")
     assert re.search(r"#2 sub-call m \(ok\): one-a", shown) and "· final" in shown[third:]
+
+
+def test_batch_shows_a_progress_bar_on_a_terminal(tmp_path):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"id": f"t{i}", "query": "q", "context": f"text {i}"}) + "\n"
+                             for i in range(3)))
+    with FakeLLMServer(responder=root_then_sub(SHOW_CONTEXT), latency=0.2) as server:
+        pid, master = _pty_run(["batch", str(tasks), "--model", "m", "--base-url", server.base_url],
+                               {**os.environ, "TERM": "xterm", "COLUMNS": "120"})
+        output, code = _read_until_exit(pid, master, time.time() + 120)
+    assert code == 0, output
+    assert re.search(r"batch .*\d/3", output)  # rich's bar with its done/total count
+    assert "3 tasks: 0 already finished, 3 run now, 0 failed (3 final" in output

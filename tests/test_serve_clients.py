@@ -94,7 +94,8 @@ def test_response_format_through_the_openai_client(tmp_path):
 
     replies = iter(['FINAL({"city": "Paris"})',  # fails the schema: sent back with its errors
                     'FINAL({"city": "Paris", "population": 2100000})',
-                    'FINAL({"anything": true})'])
+                    'FINAL({"anything": true})',
+                    'FINAL({"city": "Lyon", "population": 520000})'])
     with FakeLLMServer(responder=lambda messages, model: next(replies)) as backend:
         root = tmp_path / "allowed"
         root.mkdir()
@@ -108,6 +109,11 @@ def test_response_format_through_the_openai_client(tmp_path):
             loose = client.chat.completions.create(
                 model="rlm", messages=[{"role": "user", "content": "Anything?"}], extra_body={"context": "x"},
                 response_format={"type": "json_object"})
+            streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+                model="rlm", messages=[{"role": "user", "content": "Which city?"}], stream=True,
+                extra_body={"context": "Lyon has 520,000 inhabitants."},
+                response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}})
+                if chunk.choices)
             with pytest.raises(Exception) as refused:
                 client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": "q"}],
                                                extra_body={"context": "x"}, response_format={"type": "yaml"})
@@ -117,4 +123,5 @@ def test_response_format_through_the_openai_client(tmp_path):
     jsonschema.validate(answer, CITY)
     assert answer == {"city": "Paris", "population": 2100000}
     assert json.loads(loose.choices[0].message.content) == {"anything": True}
+    assert json.loads(streamed) == {"city": "Lyon", "population": 520000}
     assert "response_format.type" in str(refused.value)
