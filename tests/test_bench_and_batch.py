@@ -13,6 +13,7 @@ import time
 
 import openai
 import pytest
+from pathlib import Path
 
 from recursive_llm.bench.simulator import simulator
 from recursive_llm.bench.tasks import niah, niah_multi, parse_size
@@ -179,10 +180,9 @@ def test_batch_local_executor_resumes_after_a_crash(tmp_path):
         requests = sim.request_count
     assert done.returncode == 0, done.stderr
     assert "2 already finished, 4 run now, 0 failed" in done.stderr
-    lines = results.read_text().splitlines()
-    assert lines[2] == '{"id": "niah-2000-2", "ans'  # the cut line stays as it was; nothing is glued to it
-    rows = [json.loads(line) for line in lines[3:]]
-    assert sorted(r["id"] for r in rows) == sorted(set(expected) - set(first_two))
+    # one line per task, in the tasks file's order: the cut line is gone, nothing is glued to it
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["id"] for r in rows] == list(expected)
     assert all(r["answer"] == expected[r["id"]] for r in rows) and requests == 4 * 3
 
 
@@ -234,3 +234,33 @@ def test_a_wide_batch_fans_out_through_ray_workers():
     assert cell["stdout"].split() == ["1234567", "1000000", "1000119", "120"]  # answers in order
     assert RayModelClient.dispatched - before >= 120  # only the wide batch went to Ray (retries resend)
     assert faults > 0 and result.usage.total.calls == 1 + 3 + 120 + 1  # faults were retried by the host
+
+
+def test_bench_plots_show_every_method_and_label_the_sizes_run(tmp_path, monkeypatch):
+    """Methods that score the same must not hide each other; the x ticks are the sizes that were run."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+    import matplotlib.image
+
+    from recursive_llm.bench.methods import METHODS
+    from recursive_llm.bench.runner import write_plots
+
+    rows = [{"family": "niah", "method": method, "size_tokens": size, "score": 1.0, "prompt_tokens": 1000,
+             "completion_tokens": 10, "calls": 1, "cost_usd": 0.0, "seconds": 0.1}
+            for method in METHODS for size in (8_000, 64_000, 1_000_000)]
+    ticks = {}
+    save = matplotlib.figure.Figure.savefig
+
+    def recording_savefig(figure, path, *args, **kwargs):
+        ticks[Path(path).name] = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+        return save(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", recording_savefig)
+    written = write_plots(rows, tmp_path)
+    assert ticks["accuracy-niah.png"] == ["8K", "64K", "1M"]
+    cycle = [matplotlib.colors.to_rgb(f"C{i}") for i in range(len(METHODS))]
+    for path in written:
+        pixels = matplotlib.image.imread(path)[:, :, :3]
+        for method, color in zip(METHODS, cycle):
+            visible = (abs(pixels - color).max(axis=2) < 0.02).sum()
+            assert visible > 30, (path.name, method, visible)  # its own markers show, not only its legend

@@ -42,18 +42,26 @@ def test_mcp_tools_over_stdio(tmp_path):
         async with stdio_client(params) as (read, write):
             async with ClientSession(read, write) as session:
                 await session.initialize()
-                tools = sorted(tool.name for tool in (await session.list_tools()).tools)
+                listed = (await session.list_tools()).tools
+                tools = sorted(tool.name for tool in listed)
+                described = {(tool.name, name): spec.get("description") for tool in listed
+                             for name, spec in tool.input_schema["properties"].items()}
                 loaded = tool_result(await session.call_tool("load_context", {"paths": ["report.txt"]}))
                 answer = tool_result(await session.call_tool("ask", {"question": "What is it about?",
                                                                      "context_id": loaded["context_id"]}))
                 inline = tool_result(await session.call_tool("ask", {"question": "And this?", "text": "a note"}))
                 escape = await session.call_tool("load_context", {"paths": ["../outside.txt"]})
                 unknown = await session.call_tool("ask", {"question": "q", "context_id": "ctx-nope"})
-                return tools, loaded, answer, inline, escape, unknown
+                return tools, described, loaded, answer, inline, escape, unknown
 
     with FakeLLMServer(responder=root_then_sub(TURNS)) as server:
-        tools, loaded, answer, inline, escape, unknown = asyncio.run(asyncio.wait_for(scenario(server.base_url), 120))
+        tools, described, loaded, answer, inline, escape, unknown = asyncio.run(
+            asyncio.wait_for(scenario(server.base_url), 120))
     assert tools == ["ask", "load_context"]
+    # every argument of every tool is described in its input schema (what clients show, models read)
+    assert set(described) == {("load_context", "text"), ("load_context", "paths"), ("ask", "question"),
+                              ("ask", "context_id"), ("ask", "text"), ("ask", "max_iterations")}
+    assert all(description and len(description) > 20 for description in described.values()), described
     assert "str of 620 characters" in loaded["description"]
     assert answer["answer"] == "it is about revenue" and answer["stopped_reason"] == "final"
     assert answer["usage"]["calls"] == 2 and inline["answer"] == "it is about revenue"

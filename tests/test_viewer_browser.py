@@ -96,3 +96,79 @@ def test_viewer_shows_every_level_without_console_errors(tmp_path):
     assert problems == []
     if os.environ.get("RLM_KEEP_SCREENSHOT"):
         shutil.copy(tmp_path / "viewer.png", os.environ["RLM_KEEP_SCREENSHOT"])
+
+
+def flagged_runs(folder) -> tuple[str, str]:
+    """A run whose first FINAL_VAR names a missing variable (refused) and whose replies carry
+    reasoning; and a run that the map-reduce fallback answered, later marked interrupted."""
+    replies = iter(["<think>plan: ask about each part</think>\n```repl\n"
+                    "notes = llm_query_batched(['part one', 'part two', 'part three'])\nprint(notes)\n```",
+                    "FINAL_VAR(no_such_name)", "FINAL(kestrel)"])
+    rlm = RLM(model=ScriptedModel(default=lambda messages: next(replies), name="root-model"),
+              sub_model=ScriptedModel(default=lambda messages: "answer to " + messages[-1]["content"][-10:],
+                                      name="sub-model"))
+    refused = rlm.completion("Which server?", "the staging server is kestrel").run_id
+    idle = RLM(model=ScriptedModel(default=lambda messages: "I am not sure.", name="weak"),
+               sub_model=ScriptedModel(default=lambda messages: "kestrel", name="weak-sub"), fallback_after=1)
+    folder.mkdir()
+    (folder / "notes.txt").write_text("the staging server is kestrel\n")
+    (folder / "blob.bin").write_bytes(b"\x00\x01\x02" * 50)  # skipped: binary
+    fallback = idle.completion("Which server?", folder)
+    assert fallback.used_fallback
+    return refused, fallback.run_id
+
+
+def cancelled_run() -> str:
+    """A run cancelled in its second turn (as Ctrl-C or a client that went away cancels it)."""
+    import asyncio
+
+    rlm = RLM(model=ScriptedModel(["```repl\nx = 1\n```", asyncio.CancelledError()], name="root-model"))
+    with pytest.raises(asyncio.CancelledError):
+        rlm.completion("q", "text")
+    return Store().list_runs(limit=1)[0]["run_id"]
+
+
+def test_viewer_flags_previews_numbers_and_search_marks(tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
+    refused, fallback = flagged_runs(tmp_path / "docs")
+    store = Store()
+    pages = {}
+    for run_id in (refused, fallback):
+        pages[run_id] = tmp_path / f"{run_id}.html"
+        pages[run_id].write_text(render_html(store.run_tree(run_id)), encoding="utf-8")
+    problems: list[str] = []
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(pages[refused].as_uri())
+        second, third = page.locator(f"#it-{refused}-2 > summary"), page.locator(f"#it-{refused}-3 > summary")
+        assert "final refused" in second.inner_text() and second.locator(".pill.final").count() == 0
+        assert third.locator(".pill.final").inner_text() == "final"
+        assert "(model and cells)" in page.locator(f"#it-{refused}-1 > summary").inner_text()
+        page.locator(f"#it-{refused}-1 > summary").click()
+        shown = page.locator(f"#it-{refused}-1 pre.reasoning")  # the reasoning, apart from the reply
+        shown.wait_for(state="visible", timeout=10_000)
+        assert shown.inner_text() == "plan: ask about each part"
+        page.locator(f"#cell-{refused}-1-0 > summary").click()
+        rows = page.locator(f"#cell-{refused}-1-0 [id^='call-'] > summary")
+        rows.first.wait_for(state="visible", timeout=10_000)
+        texts = [rows.nth(i).inner_text() for i in range(rows.count())]
+        assert len(texts) == 3  # every sub-call under the cell that made it
+        assert [rows.nth(i).locator(".label").inner_text() for i in range(3)] == ["#2", "#3", "#4"]  # run-local numbers (#1 is the root call)
+        assert all("→ answer to " in t for t in texts)  # the response preview on the row
+        page.fill("#search", "part two")
+        page.wait_for_selector("#results div:nth-child(2)")
+        page.locator("#results div:nth-child(2)").click()
+        page.locator("mark.hit").first.wait_for(state="visible", timeout=10_000)
+        assert page.locator("mark.hit").first.inner_text().lower() == "part two"
+
+        page.goto(pages[fallback].as_uri())
+        assert page.locator("header .pill.warn", has_text="map-reduce fallback").count() == 1
+        assert page.locator("header .pill.warn", has_text="1 input file(s) skipped").count() == 1
+        interrupted = cancelled_run()
+        (tmp_path / "cancelled.html").write_text(render_html(store.run_tree(interrupted)), encoding="utf-8")
+        page.goto((tmp_path / "cancelled.html").as_uri())
+        assert page.locator("header .pill.warn").inner_text() == "interrupted"
+        browser.close()
+    assert problems == []

@@ -28,10 +28,10 @@ FINISHED = ("final", "max_iterations", "budget", "timeout")
 
 @dataclass
 class BatchOptions:
-    model: str | None = None
-    sub_model: str | None = None
-    base_url: str | None = None
-    rlm_options: dict[str, Any] = field(default_factory=dict)
+    """Option values for every task's RLM (the names of `options.py`: model, max_cost, timeout, ...);
+    a task's own "model" replaces the model."""
+
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 def read_tasks(path: Path) -> list[dict[str, Any]]:
@@ -76,14 +76,13 @@ def finished_ids(results: Path) -> set[str]:
 async def run_task(task: dict[str, Any], options: BatchOptions) -> dict[str, Any]:
     """One task to one result row (errors become rows too: nothing is lost, and they rerun)."""
     from .errors import RLMError
-    from .rlm import RLM
+    from .options import make_rlm
 
     context = task["context"]
     if isinstance(context, dict) and set(context) == {"path"}:
         context = Path(context["path"])
     try:
-        rlm = RLM(model=task.get("model") or options.model, sub_model=options.sub_model, base_url=options.base_url,
-                  **options.rlm_options)
+        rlm = make_rlm(options.values, model=task.get("model") or options.values.get("model"))
         result = await rlm.acompletion(task["query"], context)
     except RLMError as error:
         return {"id": task["id"], "answer": None, "stopped_reason": "error", "error": str(error)}
@@ -114,7 +113,7 @@ def run_ray(tasks: list[dict[str, Any]], options: BatchOptions, address: str | N
     try:
         import ray
     except ImportError:
-        raise ContextError("the Ray executor needs Ray: pip install 'recursive-llm[ray]'") from None
+        raise ContextError("the Ray executor needs Ray: pip install 'recursive-llm-repl[ray]'") from None
     from .ray_fanout import ensure_ray
 
     started_here = ensure_ray(address, num_cpus=workers or os.cpu_count() or 2)
@@ -156,4 +155,22 @@ def run_batch(tasks_file: Path, *, results_file: Path, executor: str, options: B
             run_ray(todo, options, address, workers, emit)
         else:
             asyncio.run(run_local(todo, options, workers or 4, emit))
+    compact_results(results_file, [task["id"] for task in tasks])
     return counts
+
+
+def compact_results(results: Path, order: list[str]) -> None:
+    """One line per task: a rerun appends new rows for the tasks it ran again; keep each task's
+    latest row, in the tasks file's order (rows of ids no longer in it after those), atomically."""
+    latest: dict[str, str] = {}
+    for line in results.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        if isinstance(row, dict) and "id" in row:
+            latest[str(row["id"])] = line
+    ranked = sorted(latest, key=lambda i: (order.index(i) if i in order else len(order), i))
+    scratch = results.with_name(results.name + ".tmp")
+    scratch.write_text("".join(latest[i] + "\n" for i in ranked), encoding="utf-8")
+    os.replace(scratch, results)

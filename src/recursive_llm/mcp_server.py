@@ -8,14 +8,16 @@ An editor's assistant (or any MCP client) gets two tools:
 Stdout is the protocol channel: nothing else may print there, so runs are quiet and log to stderr.
 """
 
-from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from .errors import ContextError, RLMError
+from .options import SERVE_CEILINGS, make_rlm, rlm_keywords
 
 INSTRUCTIONS = ("Recursive Language Model tools: for questions about inputs too large for your context "
                 "(long documents, many files, logs, tables). Load the input once with load_context, then call "
@@ -25,15 +27,31 @@ INSTRUCTIONS = ("Recursive Language Model tools: for questions about inputs too 
 
 @dataclass
 class MCPConfig:
-    model: str | None = None
-    sub_model: str | None = None
-    base_url: str | None = None
+    """`root`: only files under it can be loaded. `rlm`: option values for every run's RLM (the names
+    of `options.py`, e.g. model, max_iterations, timeout); the serve ceilings are the defaults, and
+    a request may lower `max_iterations`, never raise it."""
+
     root: Path = field(default_factory=Path.cwd)
-    max_iterations: int = 20
-    max_depth: int = 1
-    max_llm_calls: int | None = 500
-    timeout_s: float | None = 600.0
-    sandbox: str = "auto"
+    rlm: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rlm = {**{k: v for k, v in SERVE_CEILINGS.items() if k in _MCP_LIMITS}, **rlm_keywords(self.rlm)}
+
+
+_MCP_LIMITS = ("max_iterations", "max_depth", "max_llm_calls", "timeout_s")
+
+# Every tool argument with its description (the input schemas clients show and models read).
+TextArg = Annotated[str | None, Field(description="The input itself, as text (always text, never read as a path). "
+                                                  "Give this or `paths`.")]
+PathsArg = Annotated[list[str] | None, Field(description="Files or directories to load, relative to the server's "
+                                                         "root (nothing outside it). Give this or `text`.")]
+QuestionArg = Annotated[str, Field(description="The question to answer about the input.")]
+ContextIdArg = Annotated[str | None, Field(description="The context_id that load_context returned. Give this or "
+                                                       "`text`.")]
+AskTextArg = Annotated[str | None, Field(description="The input as text, for a one-off question without "
+                                                     "load_context. Give this or `context_id`.")]
+IterationsArg = Annotated[int | None, Field(description="At most this many root-model turns (it can lower the "
+                                                        "server's limit, not raise it).", ge=1)]
 
 
 def create_server(config: MCPConfig):
@@ -42,7 +60,6 @@ def create_server(config: MCPConfig):
 
     from . import __version__
     from .context.loader import format_metadata, load_context, load_context_value
-    from .rlm import RLM
 
     server = MCPServer("recursive-llm", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
     contexts: dict[str, Any] = {}
@@ -72,7 +89,7 @@ def create_server(config: MCPConfig):
     @server.tool(name="load_context",
                  description="Load an input for later questions: `text`, or `paths` (files or directories "
                              "relative to the server's root). Returns its context_id and a description.")
-    def load_context_tool(text: str | None = None, paths: list[str] | None = None) -> dict[str, Any]:
+    def load_context_tool(text: TextArg = None, paths: PathsArg = None) -> dict[str, Any]:
         try:
             return load(text, paths)
         except RLMError as error:  # a clear message for the client, never a server traceback
@@ -95,8 +112,8 @@ def create_server(config: MCPConfig):
 
     @server.tool(description="Answer a question about a loaded input (context_id) or about `text`, with a "
                              "Recursive Language Model. Returns the answer, the run id and usage.")
-    async def ask(question: str, context_id: str | None = None, text: str | None = None,
-                  max_iterations: int | None = None) -> dict[str, Any]:
+    async def ask(question: QuestionArg, context_id: ContextIdArg = None, text: AskTextArg = None,
+                  max_iterations: IterationsArg = None) -> dict[str, Any]:
         if context_id is not None:
             if context_id not in contexts:
                 raise ToolError(f"unknown context_id {context_id!r}; call load_context first")
@@ -109,10 +126,7 @@ def create_server(config: MCPConfig):
         else:
             raise ToolError("give a context_id (from load_context) or the text to ask about")
         try:
-            rlm = RLM(model=config.model, sub_model=config.sub_model, base_url=config.base_url,
-                      max_iterations=min(max_iterations or config.max_iterations, config.max_iterations),
-                      max_depth=config.max_depth, max_llm_calls=config.max_llm_calls, timeout_s=config.timeout_s,
-                      sandbox=config.sandbox)
+            rlm = make_rlm(config.rlm, **limits_for(config, max_iterations).as_dict())
             result = await rlm.acompletion(question, context)
         except RLMError as error:
             raise ToolError(str(error)) from None
@@ -121,6 +135,19 @@ def create_server(config: MCPConfig):
                 "error": result.error}
 
     return server
+
+
+def limits_for(config: MCPConfig, max_iterations: int | None):
+    """The server's ceilings (`ServeLimits`, as `rlm serve` has them), lowered by the request."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from .server import RequestError, ServeLimits
+
+    ceilings = ServeLimits(**{k: v for k, v in config.rlm.items() if k in ServeLimits.names()})
+    try:
+        return ceilings.clamp(None if max_iterations is None else {"max_iterations": max_iterations})
+    except RequestError as error:
+        raise ToolError(error.message) from None
 
 
 def run_stdio(config: MCPConfig) -> None:

@@ -150,3 +150,88 @@ class LiveProgress:
                 self.activity = "map-reduce fallback"
             elif kind == "compaction":
                 self.activity = f"compacted {event['turns']} messages to stay in the window"
+
+
+class RunTally:
+    """An event listener that remembers what the CLI reports after (or instead of) the result: the
+    root run's id as soon as it starts (for Ctrl-C), and how many calls were replayed from an
+    earlier attempt, answered from the cache, or made live. It forwards every event to `then`."""
+
+    def __init__(self, then=None) -> None:
+        self.then = then
+        self.run_id: str | None = None
+        self.replayed = self.cached = self.live = 0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event["type"] == "run_start" and event.get("parent_run_id") is None and self.run_id is None:
+            self.run_id = event["run_id"]
+        elif event["type"] == "llm_call":
+            source = event.get("cached")
+            if source == "replay":
+                self.replayed += 1
+            elif source:
+                self.cached += 1
+            else:
+                self.live += 1
+        if self.then is not None:
+            self.then(event)
+
+    def calls(self) -> str:
+        """`104 model calls`, or `80 replayed + 24 live model calls` (and cached ones, if any)."""
+        parts = [f"{self.replayed} replayed"] if self.replayed else []
+        parts += [f"{self.cached} cached"] if self.cached else []
+        if not parts:
+            return f"{self.live} model calls"
+        return " + ".join(parts + [f"{self.live} live"]) + " model calls"
+
+
+class BatchProgress:
+    """`rlm batch` on stderr: a progress bar on a terminal, else one line per finished task. Pass
+    the instance as `on_result`; `totals()` sums what the finished tasks did."""
+
+    def __init__(self, tasks_file, *, force: bool = False) -> None:
+        self.tasks_file = tasks_file
+        self.enabled = force or sys.stderr.isatty()
+        self.rows: list[dict[str, Any]] = []
+        self._progress = self._task = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "BatchProgress":
+        from .batch import read_tasks
+
+        try:
+            total = len(read_tasks(self.tasks_file))
+        except Exception:  # the batch itself reports a bad tasks file
+            total = None
+        self.total = total
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                      TextColumn("{task.description}"), console=_console(), transient=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("", total=total)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            self.rows.append(row)
+            note = f"{row['id']}: {row['stopped_reason']}" + (f" ({row['error']})" if row.get("error") else "")
+            if self._progress is not None:
+                self._progress.update(self._task, advance=1, description=note[:60])
+            else:
+                print(f"[{len(self.rows)}{'/' + str(self.total) if self.total else ''}] {note[:200]}",
+                      file=sys.stderr, flush=True)
+
+    def totals(self) -> str:
+        if not self.rows:
+            return ""
+        reasons: dict[str, int] = {}
+        for row in self.rows:
+            reasons[row["stopped_reason"]] = reasons.get(row["stopped_reason"], 0) + 1
+        cost = sum(row.get("cost_usd") or 0.0 for row in self.rows)
+        return " (" + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) + f"; ${cost:.4f})"

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BudgetExceeded, ConfigError, ContextError, RLMError
+from .options import SERVE_CEILINGS, make_rlm
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_JSON_DEPTH = 64  # deeper request bodies are refused (400) before anything walks them
@@ -42,12 +43,12 @@ class ServeLimits:
     asks for must be a finite positive number (whole for counts) and can lower a ceiling, never
     raise it. Anything else is refused with a RequestError (400) naming the field."""
 
-    max_iterations: int = 20
-    max_depth: int = 1
-    max_llm_calls: int | None = 500
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
-    timeout_s: float | None = 600.0
+    max_iterations: int = SERVE_CEILINGS["max_iterations"]
+    max_depth: int = SERVE_CEILINGS["max_depth"]
+    max_llm_calls: int | None = SERVE_CEILINGS["max_llm_calls"]
+    max_tokens: int | None = SERVE_CEILINGS["max_tokens"]
+    max_cost_usd: float | None = SERVE_CEILINGS["max_cost_usd"]
+    timeout_s: float | None = SERVE_CEILINGS["timeout_s"]
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -124,6 +125,7 @@ class ServeConfig:
     # A connection that sends nothing (or not a whole request's headers) for this long is closed;
     # a body that stops arriving for this long gets 408; an idle keep-alive connection is closed.
     idle_timeout_s: float = 30.0
+    access_log: bool = False  # one line per request on stderr (`rlm serve` turns it on)
 
     def __post_init__(self) -> None:
         if isinstance(self.limits, dict):
@@ -236,6 +238,7 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
         stream_options: dict[str, Any] | None = None
         context: Any = None
         rlm: dict[str, Any] | None = None
+        response_format: dict[str, Any] | None = None
 
     try:
         request = Request.model_validate(body)
@@ -254,18 +257,51 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
     if request.context is not None:
         context = load_request_context(request.context, config)
     else:
-        from .context.loader import load_context_value
-
-        earlier = [text for i, (role, text) in enumerate(texts) if i != last and role in ("user", "assistant", "tool")
-                   and text.strip()]
-        if not earlier:
-            raise RequestError(400, "no context: send it in the `context` field, or as earlier messages")
-        # text that arrives over the network is text: never read as a path on the server
-        context = load_context_value(earlier[0] if len(earlier) == 1 else earlier)
+        query, context = _context_from_messages(texts, last, query)
     limits = config.limits.clamp(request.rlm)
     return {"model": root_model, "query": query, "context": context, "limits": limits, "stream": request.stream,
             "temperature": request.temperature, "max_output_tokens": request.max_tokens,
-            "include_usage": bool((request.stream_options or {}).get("include_usage")), "requested": request.model}
+            "include_usage": bool((request.stream_options or {}).get("include_usage")), "requested": request.model,
+            "schema": response_schema(request.response_format)}
+
+
+def _context_from_messages(texts: list[tuple[str, str]], last: int, query: str) -> tuple[str, Any]:
+    """The input when the request has no `context` field (chat clients such as `llm` cannot add one):
+    the earlier user/assistant/tool messages; else, in a single message, everything before the question,
+    which is its last paragraph (after the last blank line) or, with no blank line, its last line.
+    Text is always text, never a path."""
+    from .context.loader import load_context_value
+
+    earlier = [text for i, (role, text) in enumerate(texts) if i != last and role in ("user", "assistant", "tool")
+               and text.strip()]
+    if earlier:
+        return query, load_context_value(earlier[0] if len(earlier) == 1 else earlier)
+    message = texts[last][1].strip()
+    parts = re.split(r"\n[ \t]*\n", message)
+    if len(parts) < 2:  # no blank line: the last line is the question (`cat f | llm "q"` joins with a space)
+        parts = message.split("\n")
+    if len(parts) < 2 or not parts[-1].strip():
+        raise RequestError(400, "no context: send it in the `context` field, as earlier messages, or in the same "
+                                "message before the question (the question is the last paragraph, after a blank "
+                                "line, or the last line)")
+    question, body = parts[-1].strip(), message[:len(message) - len(parts[-1])].strip()
+    return query[:len(query) - len(texts[last][1])] + question, load_context_value(body)
+
+
+def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's `response_format` as a JSON schema for the answer (None: plain text)."""
+    if response_format is None or response_format.get("type") in (None, "text"):
+        return None
+    if response_format.get("type") == "json_object":
+        return {"type": "object"}
+    if response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError(400, "response_format.json_schema.schema must be a JSON schema object")
+        return schema
+    raise RequestError(400, f"response_format.type must be text, json_object or json_schema, not "
+                            f"{str(response_format.get('type'))[:40]!r}")
 
 
 def _text(content: Any) -> str:
@@ -427,6 +463,20 @@ def create_app(config: ServeConfig):
                                            "invalid_request_error", "body_too_large"), status_code=413)
         return await call_next(request)
 
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):  # outermost: sees 401s and 413s too
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            if config.access_log:
+                log_access(request.method, request.url.path, 500, None, started)
+            raise
+        if config.access_log and not getattr(request.state, "streaming", False):
+            log_access(request.method, request.url.path, response.status_code,
+                       getattr(request.state, "run_id", None), started)
+        return response
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "active": state["active"], "max_concurrent": config.max_concurrent}
@@ -449,12 +499,14 @@ def create_app(config: ServeConfig):
         state["active"] += 1
         completion_id = "chatcmpl-" + secrets.token_hex(12)
         if args["stream"]:
+            request.state.streaming = True  # logged when the stream ends, with its run id
             return StreamingResponse(_stream(config, args, completion_id, redact, state),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             result = await _run(config, args, None)
         finally:
             state["active"] -= 1
+        request.state.run_id = result.run_id
         return JSONResponse(_completion_body(result, args, completion_id, redact))
 
     return app
@@ -482,7 +534,6 @@ async def _read_body(request, limit: int, idle_timeout_s: float) -> dict[str, An
 
 
 async def _run(config: ServeConfig, args: dict[str, Any], on_event):
-    from .rlm import RLM
     from .store import Store
 
     limits: ServeLimits = args["limits"]
@@ -497,14 +548,11 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event):
             on_event(event)
 
     try:
-        rlm = RLM(model=args["model"], sub_model=config.sub_model, base_url=config.base_url,
-                  max_depth=limits.max_depth, max_iterations=limits.max_iterations,
-                  max_llm_calls=limits.max_llm_calls, max_tokens=limits.max_tokens,
-                  max_cost_usd=limits.max_cost_usd, timeout_s=limits.timeout_s,
-                  sandbox=config.sandbox, temperature=args["temperature"], max_retries=config.max_retries,
-                  max_output_tokens=args["max_output_tokens"],
-                  call_timeout_s=config.call_timeout_s, on_event=listen, store=store)
-        return await rlm.acompletion(args["query"], args["context"])
+        rlm = make_rlm(limits.as_dict(), model=args["model"], sub_model=config.sub_model, base_url=config.base_url,
+                       sandbox=config.sandbox, temperature=args["temperature"], max_retries=config.max_retries,
+                       max_output_tokens=args["max_output_tokens"], call_timeout_s=config.call_timeout_s,
+                       on_event=listen, store=store)
+        return await rlm.acompletion(args["query"], args["context"], schema=args.get("schema"))
     except asyncio.CancelledError:  # the client went away (or shutdown ran out of grace): it will not end
         if "run_id" in started:
             store.interrupt(started["run_id"], "the client disconnected before the run finished; it was stopped")
@@ -543,9 +591,18 @@ def _completion_body(result, args, completion_id: str, redact) -> dict[str, Any]
         raise RequestError(502, redact(f"the run ended ({result.stopped_reason}) without an answer: {result.error}"),
                            "server_error")
     return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": args["requested"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": _content(result, args)},
                          "finish_reason": _finish_reason(result), "logprobs": None}],
             "usage": _usage(result), "rlm": _rlm_info(result, redact)}
+
+
+def _content(result, args) -> str:
+    """The answer; with a response_format, the validated JSON itself."""
+    if args.get("schema") is not None and result.parsed is not None:
+        from .result import _plain
+
+        return json.dumps(_plain(result.parsed), ensure_ascii=False)
+    return result.answer
 
 
 def _chunk(completion_id: str, model: str, delta: dict, finish: str | None = None, **extra) -> str:
@@ -562,8 +619,11 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
     then the answer in content chunks, then a final chunk (with usage if asked), then [DONE]."""
     queue: asyncio.Queue = asyncio.Queue()
     model = args["requested"]
+    started, seen = time.perf_counter(), {}
 
     def on_event(event: dict[str, Any]) -> None:
+        if event["type"] == "run_start" and event.get("parent_run_id") is None:
+            seen.setdefault("run_id", event["run_id"])
         if event["type"] in _PROGRESS_EVENTS:
             summary = {"type": event["type"], "depth": event.get("depth"), "iteration": event.get("iteration")}
             if event["type"] == "cell":
@@ -594,7 +654,7 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
             yield f"data: {json.dumps(error_body(message, 'server_error', 'internal_error'))}\n\n"
             yield "data: [DONE]\n\n"
             return
-        answer = result.answer
+        answer = _content(result, args)
         for start in range(0, len(answer), 200):
             yield _chunk(completion_id, model, {"content": answer[start:start + 200]})
         yield _chunk(completion_id, model, {}, _finish_reason(result), rlm=_rlm_info(result, redact))
@@ -611,6 +671,20 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
             except (asyncio.CancelledError, Exception):
                 pass
         state["active"] -= 1
+        if config.access_log:
+            log_access("POST", "/v1/chat/completions", 200, seen.get("run_id"), started, streamed=True)
+
+
+def log_access(method: str, path: str, status: int, run_id: str | None, started: float,
+               streamed: bool = False) -> None:
+    """One line on stderr per request: method, path, status, run id, time. Never a body, a query
+    string or a header (they may hold keys or the user's text)."""
+    import sys
+
+    elapsed = time.perf_counter() - started
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    print(f"{stamp} {method} {path[:200]} {status} run={run_id or '-'} {elapsed:.3f}s"
+          + (" stream" if streamed else ""), file=sys.stderr, flush=True)
 
 
 def _version() -> str:

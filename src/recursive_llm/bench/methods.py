@@ -60,10 +60,11 @@ async def run_method(method: str, task: Task, *, model: str, base_url: str | Non
     started = time.perf_counter()
     try:
         if method in ("rlm", "rlm_no_subcalls"):
-            from ..rlm import RLM
+            from ..options import make_rlm
 
-            rlm = RLM(model=model, base_url=base_url, sub_calls=method == "rlm", max_iterations=6,
-                      max_output_tokens=max_output_tokens, temperature=0, cache=False, **(rlm_options or {}))
+            rlm = make_rlm({"model": model, "base_url": base_url, "sub_calls": method == "rlm", "max_iterations": 6,
+                            "max_output_tokens": max_output_tokens, "temperature": 0, "cache": False},
+                           **(rlm_options or {}))
             result = await rlm.acompletion(task.query, task.context)
             total = result.usage.total
             outcome = Outcome(result.answer, total.prompt_tokens, total.completion_tokens, total.calls,

@@ -92,6 +92,11 @@ def markdown_report(rows: list[dict[str, Any]], *, model: str, window_tokens: in
     return "\n".join(lines)
 
 
+PLOT_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+PLOT_DASHES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)), (0, (3, 2, 1, 2, 1, 2)))
+PLOT_DODGE = 0.06
+
+
 def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """accuracy-<family>.png, tokens-<family>.png and, when the model has a price, cost-<family>.png:
     one line per method against input size."""
@@ -100,8 +105,9 @@ def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
-        raise RuntimeError("plots need matplotlib: pip install 'recursive-llm[bench]'") from None
+        raise RuntimeError("plots need matplotlib: pip install 'recursive-llm-repl[bench]'") from None
     summary = _summaries(rows)
     written = []
     for family in sorted({r["family"] for r in rows}):
@@ -110,12 +116,20 @@ def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
             metrics.append(("cost_usd", "cost per task (USD)"))
         for metric, label in metrics:
             figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-            for method in METHODS:
+            for index, method in enumerate(METHODS):
                 points = sorted((size, stats[metric]) for (f, m, size), stats in summary.items()
                                 if f == family and m == method)
                 if points:
-                    axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+                    # methods that score the same would hide each other: each has its own marker and
+                    # dash, and a small sideways offset (a few percent of the size, on the log axis)
+                    shift = 1 + PLOT_DODGE * (index - (len(METHODS) - 1) / 2)
+                    axes.plot([p[0] * shift for p in points], [p[1] for p in points], label=method,
+                              marker=PLOT_MARKERS[index % len(PLOT_MARKERS)],
+                              linestyle=PLOT_DASHES[index % len(PLOT_DASHES)], markersize=7)
             axes.set_xscale("log")
+            sizes = sorted({size for (f, _, size) in summary if f == family})
+            axes.set_xticks(sizes, [_size_label(size) for size in sizes])  # the sizes that were run
+            axes.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             if metric != "accuracy":
                 axes.set_yscale("log")
             else:

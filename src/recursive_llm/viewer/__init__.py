@@ -22,9 +22,10 @@ def nest(tree: dict[str, Any]) -> dict[str, Any]:
     runs = {run["run_id"]: {**run, "iterations_list": []} for run in tree["runs"]}
     calls = [_call_view(call) for call in tree["calls"]]
     iterations: dict[tuple[str, int], dict] = {}
+    reasoning = _reasoning(tree)
     for item in tree["iterations"]:
         node = {"iteration": item["iteration"], "reply": item["reply"], "ts": item["ts"], "final": item["final"],
-                "cells": [], "call": None}
+                "cells": [], "call": None, "reasoning": reasoning.get((item["run_id"], item["iteration"]))}
         iterations[(item["run_id"], item["iteration"])] = node
         runs[item["run_id"]]["iterations_list"].append(node)
     for cell in tree["cells"]:
@@ -40,10 +41,11 @@ def nest(tree: dict[str, Any]) -> dict[str, Any]:
             runs[cell["run_id"]]["iterations_list"].append(parent)
         parent["cells"].append(node)
     for run_id, run in runs.items():
-        cells = [c for it in run["iterations_list"] for c in it["cells"]]
+        run["iterations_list"].sort(key=lambda i: i["ts"])
+        cells = sorted((c for it in run["iterations_list"] for c in it["cells"]), key=lambda c: c["end"])
         root_calls = [c for c in calls if c["run_id"] == run_id and c["purpose"] in ("root", "final")
                       and c["status"] == "ok"]
-        for it, call in zip(sorted(run["iterations_list"], key=lambda i: i["ts"]), root_calls):
+        for it, call in zip(run["iterations_list"], root_calls):
             it["call"] = call["id"]
         for call in calls:
             if call["run_id"] == run_id and call["purpose"] == "sub":
@@ -51,18 +53,60 @@ def nest(tree: dict[str, Any]) -> dict[str, Any]:
         for child in runs.values():
             if child["parent_run_id"] == run_id:
                 _place(cells, child["started_at"], "children", child["run_id"])
-        run["iterations_list"].sort(key=lambda i: i["ts"])
+        _iteration_flags(run, {c["id"]: c for c in calls})
+    for number, call in enumerate(sorted(calls, key=lambda c: (c["start"] or 0.0, str(c["id"]))), start=1):
+        call["n"] = number  # run-local: #1..#N in the order they started, not the database row
     return {"root_id": tree["root_id"], "generated_at": time.time(), "runs": runs,
             "calls": {c["id"]: c for c in calls}, "totals": _totals(tree["calls"])}
 
 
+def _reasoning(tree: dict[str, Any]) -> dict[tuple[str, int], str]:
+    """The `reasoning` of each iteration (a <think> block, a provider's reasoning field), which the
+    store does not keep: read from the runs' JSONL trajectories when they are still there."""
+    found: dict[tuple[str, int], str] = {}
+    paths = {run.get("trajectory_path") for run in tree["runs"] if run.get("trajectory_path")}
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    if '"reasoning"' not in line:
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if event.get("type") == "iteration" and event.get("reasoning"):
+                        found[(event.get("run_id"), event.get("iteration"))] = event["reasoning"]
+        except OSError:
+            continue
+    return found
+
+
 def _place(cells: list[dict], moment: float | None, field: str, value: Any) -> None:
-    """Attach `value` to the cell that was running at `moment` (the last one that started before)."""
+    """Attach `value` to the cell that was running at `moment`. A run's cells run one after another
+    and each is recorded when it ends, so that is the first cell (by end time) that ended after
+    `moment` (a cell's own duration counts compute only, not the time it waited for sub-calls)."""
     if moment is None or not cells:
         return
-    candidates = [c for c in cells if c["start"] - 0.05 <= moment <= c["end"] + 0.05]
-    target = candidates[-1] if candidates else min(cells, key=lambda c: abs(c["start"] - moment))
+    target = next((c for c in cells if c["end"] >= moment - 0.001), cells[-1])
     target[field].append(value)
+
+
+def _iteration_flags(run: dict[str, Any], calls: dict[Any, dict]) -> None:
+    """Each iteration's honest time (its root call and its cells, waiting included) and whether its
+    FINAL was the run's accepted answer (a FINAL_VAR of a missing name, an answer that failed its
+    schema or was made of error texts, is not)."""
+    previous_end = run.get("started_at")
+    last = run["iterations_list"][-1] if run["iterations_list"] else None
+    for it in run["iterations_list"]:
+        call = calls.get(it["call"]) if it["call"] is not None else None
+        start = call["start"] if call and call.get("start") else previous_end
+        end = max([it["ts"] or 0.0] + [c["end"] or 0.0 for c in it["cells"]])
+        it["duration_s"] = max(end - start, 0.0) if start else None
+        previous_end = end
+        said_final = bool(it["final"]) or any(c["final"] is not None for c in it["cells"])
+        it["final_state"] = None if not said_final else (
+            "accepted" if it is last and run["status"] == "final" else "refused")
 
 
 def _call_view(call: dict[str, Any]) -> dict[str, Any]:
@@ -136,12 +180,18 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
 
     def run_lines(run_id: str, indent: str) -> None:
         run = view["runs"][run_id]
+        flags = (" · map-reduce fallback" if run.get("used_fallback") else "") + (
+            f" · resumed from {run['resumed_from']}" if run.get("resumed_from") else "") + (
+            f" · {run['metadata']['skipped']} input file(s) skipped"
+            if isinstance(run.get("metadata"), dict) and run["metadata"].get("skipped") else "")
         lines.append(f"{indent}== run {run_id} (depth {run['depth']}) · {run['model']} · {run['status']} · "
-                     f"{run['iterations'] or 0} iterations · {run['duration_s'] or 0:.1f}s")
+                     f"{run['iterations'] or 0} iterations · {run['duration_s'] or 0:.1f}s{flags}")
         lines.append(f"{indent}question: {_clip(run['query'], full, 500)}")
         for it in run["iterations_list"]:
             call = view["calls"].get(it["call"]) if it["call"] else None
             usage = f" · {call['prompt_tokens'] + call['completion_tokens']:,} tokens" if call else ""
+            usage += f" · {it['duration_s']:.2f}s (model and cells)" if it.get("duration_s") is not None else ""
+            usage += {"accepted": " · final", "refused": " · FINAL refused"}.get(it.get("final_state"), "")
             lines.append(f"{indent}-- iteration {it['iteration']}{usage}")
             if it["reply"]:
                 lines.extend(indent + "   " + line for line in _clip(it["reply"], full).splitlines())
@@ -152,7 +202,7 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
                 lines.extend(indent + "   > " + line for line in _clip(output, full).splitlines())
                 for call_id in cell["calls"]:
                     sub = view["calls"][call_id]
-                    lines.append(f"{indent}   sub-call {sub['model']} ({sub['status']}"
+                    lines.append(f"{indent}   #{sub['n']} sub-call {sub['model']} ({sub['status']}"
                                  + (f", {sub['cached']}" if sub["cached"] else "") + "): "
                                  + _clip(sub["prompt"], full, 200).replace("\n", " ") + " -> "
                                  + _clip(sub["response"] or sub["error"], full, 200).replace("\n", " "))
