@@ -253,3 +253,31 @@ def test_batch_shows_a_progress_bar_on_a_terminal(tmp_path):
     assert code == 0, output
     assert re.search(r"batch .*\d/3", output)  # rich's bar with its done/total count
     assert "3 tasks: 0 already finished, 3 run now, 0 failed (3 final" in output
+
+
+def test_a_tool_from_the_command_line_runs_in_the_rlm_process(tmp_path):
+    """`rlm ask --tool module:function`: model code in the worker calls it; it runs in the CLI's
+    own process (which has the environment the worker never gets)."""
+    (tmp_path / "shop.py").write_text("import os\n\ndef price(sku: str) -> dict:\n    '''The price of one product.'''\n"
+                                      "    return {'sku': sku, 'price': 12.5, 'host_has_key': 'SHOP_KEY' in os.environ}\n")
+    replies = ["```repl\nimport os\nprint(price('A-1'), 'SHOP_KEY' in os.environ)\n```", "FINAL(done)"]
+    seen = []
+
+    def responder(messages, model):
+        seen.append(messages)
+        return root_then_sub(replies)(messages, model)
+
+    with FakeLLMServer(responder=responder) as server:
+        done = subprocess.run([sys.executable, "-m", "recursive_llm", "ask", "How much is A-1?", "--context", "-",
+                               "--model", "m", "--base-url", server.base_url, "--tool", "shop:price", "--json"],
+                              input="a catalogue", capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              env={**os.environ, "SHOP_KEY": "secret-123", "PYTHONPATH": os.environ["PYTHONPATH"]})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["answer"] == "done" and result["usage"]["tools"]["price"]["calls"] == 1
+    assert "`price(sku: str) -> dict`" in seen[0][0]["content"]
+    shown = seen[1][-1]["content"]
+    assert "{'sku': 'A-1', 'price': 12.5, 'host_has_key': True} False" in shown
+    bad = rlm("ask", "q", "--context", "-", "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--tool", "nope:f",
+              stdin="x")
+    assert bad.returncode == 4 and "--tool 'nope:f': cannot import nope" in bad.stderr

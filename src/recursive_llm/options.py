@@ -92,6 +92,9 @@ def _declare() -> dict[str, Option]:
         "prompt_style": Option(("--prompt-style",), {"type": click.Choice(["default", "reference"]),
                                "default": "default", "show_default": True, "help": "reference: the prompts of the "
                                "reference implementation (rlms), for models trained as RLMs."}, rlm="prompt_style"),
+        "tools": Option(("--tool", "tools"), {"multiple": True, "metavar": "MODULE:FUNCTION",
+                        "help": "A function of yours that model code may call by name (repeatable): module:function "
+                        "or path/to/file.py:function. It runs in this process, never in the sandbox."}, rlm="tools"),
         # input
         "contexts": Option(("--context", "-c", "contexts"), {"multiple": True, "metavar": "PATH",
                            "help": "File or directory to ask about (repeatable); '-' reads stdin (a piped stdin is "
@@ -197,7 +200,7 @@ MODELS = ("model", "sub_model", "base_url", "api_key")
 LIMITS = ("max_iterations", "max_depth", "max_llm_calls", "max_tokens", "max_cost", "timeout")
 INPUT = ("contexts", "include", "exclude", "encoding", "separate", "no_gitignore", "max_file_mb")
 RUN = (*MODELS, *LIMITS, "environment", "allowed_models", "sandbox", "context_window", "temperature", "cache",
-       "prompt_style")
+       "prompt_style", "tools")
 OUTPUT = ("as_json", "verbose", "quiet")
 
 _TABLE: dict[str, Option] | None = None
@@ -238,7 +241,7 @@ _RLM_KEYWORDS = {"model", "sub_model", "base_url", "api_key", "max_depth", "max_
                  "allowed_models", "sub_calls", "ray_fanout_at", "system_prompt", "verbose", "max_output_chars",
                  "cell_timeout_s", "max_concurrency", "max_retries", "call_timeout_s", "max_output_tokens",
                  "temperature", "fallback_after", "schema_retries", "prompt_style", "compact_at",
-                 "root_context_window", "trajectory_dir", "on_event", "store", "cache"}
+                 "root_context_window", "trajectory_dir", "on_event", "store", "cache", "tools"}
 
 
 def rlm_keywords(values: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +258,10 @@ def rlm_keywords(values: dict[str, Any]) -> dict[str, Any]:
             raise TypeError(f"{name!r} is not an option of RLM(...)")
         if key == "allowed_models" and isinstance(value, (tuple, list)):
             value = "*" if "*" in value else list(value)
+        if key == "tools" and isinstance(value, (tuple, list)):
+            from .tools import import_tool
+
+            value = [import_tool(item) if isinstance(item, str) else item for item in value] or None
         keywords[key] = value
     if "verbose" in keywords and values.get("quiet"):
         keywords["verbose"] = False
