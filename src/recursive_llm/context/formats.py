@@ -108,7 +108,7 @@ def pdf_to_text(path: Path) -> str:
         from pypdf import PdfReader
         from pypdf.errors import PdfReadError
     except ImportError:
-        raise Unreadable("is a PDF, and reading PDFs needs pypdf: pip install 'recursive-llm[pdf]'") from None
+        raise Unreadable("is a PDF, and reading PDFs needs pypdf: pip install 'recursive-llm-repl[pdf]'") from None
     try:
         reader = PdfReader(str(path))
         if reader.is_encrypted:

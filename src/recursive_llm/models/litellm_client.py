@@ -1,4 +1,4 @@
-"""The long tail of providers through LiteLLM (an optional extra: `recursive-llm[litellm]`)."""
+"""The long tail of providers through LiteLLM (an optional extra: `recursive-llm-repl[litellm]`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class LiteLLMClient:
         try:
             import litellm  # noqa: F401  (fail at construction, not at the first call)
         except ImportError:
-            raise ConfigError(f"model 'litellm/{model}' needs LiteLLM: pip install 'recursive-llm[litellm]'") from None
+            raise ConfigError(f"model 'litellm/{model}' needs LiteLLM: pip install 'recursive-llm-repl[litellm]'") from None
         self.model = model
         self.name = f"litellm/{model}"
         self.base_url = base_url

