@@ -54,6 +54,28 @@ IterationsArg = Annotated[int | None, Field(description="At most this many root-
                                                         "server's limit, not raise it).", ge=1)]
 
 
+def path_under_root(root: Path, name: str) -> Path:
+    """`name` as a real path under the root: symlinks (the entry's own too) and `..` resolved
+    first, so a link that leads out of the root is refused like any other path outside it."""
+    shown = repr(name if len(name) <= 80 else name[:80] + "...")
+    if not isinstance(name, str) or "\x00" in name:
+        raise ContextError(f"{shown} is not a usable path (it contains a NUL byte)")
+    if len(name) > 4096 or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in name.split("/")):
+        raise ContextError(f"{shown} is too long a path (at most 4,096 characters, 255 bytes per part)")
+    try:
+        candidate = (root / name).resolve()
+        if Path(name).is_absolute() or (candidate != root and root not in candidate.parents):
+            link = " (a symlink that leads out of it)" if (root / name).is_symlink() else ""
+            raise ContextError(f"{shown} is outside this server's root ({root.name}/){link}; only files "
+                               f"under it can be read")
+        if not candidate.exists():
+            raise ContextError(f"{shown} does not exist under this server's root")
+    except (OSError, ValueError, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+        raise ContextError(f"{shown} cannot be used: {reason}") from None
+    return candidate
+
+
 def create_server(config: MCPConfig):
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
@@ -64,27 +86,6 @@ def create_server(config: MCPConfig):
     server = MCPServer("recursive-llm", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
     contexts: dict[str, Any] = {}
     root = config.root.resolve()
-
-    def under_root(name: str) -> Path:
-        """`name` as a real path under the root: symlinks (the entry's own too) and `..` resolved
-        first, so a link that leads out of the root is refused like any other path outside it."""
-        shown = repr(name if len(name) <= 80 else name[:80] + "...")
-        if not isinstance(name, str) or "\x00" in name:
-            raise ContextError(f"{shown} is not a usable path (it contains a NUL byte)")
-        if len(name) > 4096 or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in name.split("/")):
-            raise ContextError(f"{shown} is too long a path (at most 4,096 characters, 255 bytes per part)")
-        try:
-            candidate = (root / name).resolve()
-            if Path(name).is_absolute() or (candidate != root and root not in candidate.parents):
-                link = " (a symlink that leads out of it)" if (root / name).is_symlink() else ""
-                raise ContextError(f"{shown} is outside this server's root ({root.name}/){link}; only files "
-                                   f"under it can be read")
-            if not candidate.exists():
-                raise ContextError(f"{shown} does not exist under this server's root")
-        except (OSError, ValueError, UnicodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
-            raise ContextError(f"{shown} cannot be used: {reason}") from None
-        return candidate
 
     @server.tool(name="load_context",
                  description="Load an input for later questions: `text`, or `paths` (files or directories "
@@ -101,7 +102,7 @@ def create_server(config: MCPConfig):
         if text is not None:
             loaded = load_context_value(text)
         else:
-            resolved = [under_root(p) for p in paths or []]
+            resolved = [path_under_root(root, p) for p in paths or []]
             if not resolved:
                 raise ToolError("`paths` is empty")
             loaded = load_context(resolved[0] if len(resolved) == 1 else resolved)

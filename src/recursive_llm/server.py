@@ -438,44 +438,8 @@ def create_app(config: ServeConfig):
     serve_with_pool(app, size=config.max_concurrent, sandbox=config.sandbox)
     state = {"active": 0, "started": time.time()}
 
-    @app.exception_handler(RequestError)
-    async def request_error(_: Request, error: RequestError):
-        return JSONResponse(error_body(redact(error.message), error.kind, error.code), status_code=error.status,
-                            headers=error.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, error: Exception):  # a bug of ours: still JSON, still redacted
-        return JSONResponse(error_body(redact(f"internal error: {type(error).__name__}: {error}"[:500]),
-                                       "server_error", "internal_error"), status_code=500)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if request.url.path != "/health":
-            client = config.client_of(request.headers.get("authorization", ""))
-            if client is None:
-                return JSONResponse(error_body("missing or wrong bearer token (Authorization: Bearer ...)",
-                                               "authentication_error", "invalid_api_key"), status_code=401)
-            request.state.client = client
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
-            return JSONResponse(error_body(f"request body over the {config.max_body_bytes:,}-byte limit; put large "
-                                           f"inputs under the server's allowed root and send context.files",
-                                           "invalid_request_error", "body_too_large"), status_code=413)
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def access_log(request: Request, call_next):  # outermost: sees 401s and 413s too
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            if config.access_log:
-                log_access(request.method, request.url.path, 500, None, started)
-            raise
-        if config.access_log and not getattr(request.state, "streaming", False):
-            log_access(request.method, request.url.path, response.status_code,
-                       getattr(request.state, "run_id", None), started)
-        return response
+    _add_error_handlers(app, redact)
+    _add_guards(app, config)
 
     @app.get("/health")
     async def health():
@@ -510,6 +474,57 @@ def create_app(config: ServeConfig):
         return JSONResponse(_completion_body(result, args, completion_id, redact))
 
     return app
+
+
+def _add_error_handlers(app, redact: "Redactor") -> None:
+    """Every error a client sees is an OpenAI-style JSON body, redacted (never a bare 500)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, error: RequestError):
+        return JSONResponse(error_body(redact(error.message), error.kind, error.code), status_code=error.status,
+                            headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, error: Exception):  # a bug of ours: still JSON, still redacted
+        return JSONResponse(error_body(redact(f"internal error: {type(error).__name__}: {error}"[:500]),
+                                       "server_error", "internal_error"), status_code=500)
+
+
+def _add_guards(app, config: ServeConfig) -> None:
+    """The bearer token, the body limit, and one access-log line per request (outermost)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path != "/health":
+            client = config.client_of(request.headers.get("authorization", ""))
+            if client is None:
+                return JSONResponse(error_body("missing or wrong bearer token (Authorization: Bearer ...)",
+                                               "authentication_error", "invalid_api_key"), status_code=401)
+            request.state.client = client
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
+            return JSONResponse(error_body(f"request body over the {config.max_body_bytes:,}-byte limit; put large "
+                                           f"inputs under the server's allowed root and send context.files",
+                                           "invalid_request_error", "body_too_large"), status_code=413)
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):  # outermost: sees 401s and 413s too
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            if config.access_log:
+                log_access(request.method, request.url.path, 500, None, started)
+            raise
+        if config.access_log and not getattr(request.state, "streaming", False):
+            log_access(request.method, request.url.path, response.status_code,
+                       getattr(request.state, "run_id", None), started)
+        return response
 
 
 async def _read_body(request, limit: int, idle_timeout_s: float) -> dict[str, Any]:
