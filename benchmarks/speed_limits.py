@@ -114,13 +114,13 @@ def capped(cap: int = 8, first: int = 100, rest: int = 300) -> None:
               f"| {wall:.2f} s | {ideal:.2f} s |")
 
 
-def start_serve(backend_url: str, concurrent: int, pool: bool) -> tuple[subprocess.Popen, str]:
+def start_serve(backend_url: str, concurrent: int, pool: bool, src: str = SRC) -> tuple[subprocess.Popen, str]:
     import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "RLM_HOME": tempfile.mkdtemp(prefix="rlm-serve-bench-"), "PYTHONPATH": SRC,
+    env = {**os.environ, "RLM_HOME": tempfile.mkdtemp(prefix="rlm-serve-bench-"), "PYTHONPATH": src,
            "RLM_WORKER_POOL": "1" if pool else "0"}
     process = subprocess.Popen([sys.executable, "-m", "recursive_llm", "serve", "--port", str(port), "--model", "m",
                                 "--base-url", backend_url, "--max-concurrent", str(concurrent)],
@@ -180,21 +180,25 @@ def serve(requests: int = 100, widths: tuple[int, ...] = (25, 50)) -> None:
     turns = ["```repl\nprint(len(context))\n```", "FINAL(done)"]
     print(f"\n| rlm serve, {requests} requests (2 root calls + 1 cell each, 100 ms model: ideal 0.20 s) | "
           f"requests/s | p50 | p99 | failed | RSS of serve + workers, idle |\n| --- | --- | --- | --- | --- | --- |")
-    for concurrent in widths:
-        for pool in (False, True):
-            with FakeLLMServer(responder=root_then_sub(turns), latency=LATENCY) as backend:
-                process, url = start_serve(backend.base_url, concurrent, pool)
-                try:
-                    asyncio.run(serve_burst(url, concurrent, concurrent))  # warm-up: imports, the first workers
-                    time.sleep(1.0)  # the pool refills
-                    idle_rss = rss_tree_mb(process.pid)
-                    wall, latencies, failed = asyncio.run(serve_burst(url, requests, concurrent))
-                finally:
-                    process.send_signal(signal.SIGTERM)
-                    process.wait(timeout=60)
-            label = f"{concurrent} at a time, " + ("pre-started workers" if pool else "a worker started per request")
-            print(f"| {label} | {requests / wall:.1f} | {statistics.median(latencies):.2f} s "
-                  f"| {percentile(latencies, 0.99):.2f} s | {failed} | {idle_rss:.0f} MB |")
+    # SERVE_TREES="before=/path/to/src,after=src": the same rows for other source trees, in one run
+    trees = [tuple(item.split("=", 1)) for item in os.environ.get("SERVE_TREES", "").split(",") if item]
+    trees = trees or [("", SRC)]
+    pools = [os.environ["SERVE_POOL"] == "1"] if "SERVE_POOL" in os.environ else [False, True]
+    for concurrent, pool, (tree, src) in [(c, p, t) for c in widths for p in pools for t in trees]:
+        with FakeLLMServer(responder=root_then_sub(turns), latency=LATENCY) as backend:
+            process, url = start_serve(backend.base_url, concurrent, pool, src)
+            try:
+                asyncio.run(serve_burst(url, concurrent, concurrent))  # warm-up: imports, the first workers
+                time.sleep(1.0)  # the pool refills
+                idle_rss = rss_tree_mb(process.pid)
+                wall, latencies, failed = asyncio.run(serve_burst(url, requests, concurrent))
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
+        label = (f"{tree}: " if tree else "") + f"{concurrent} at a time, " + (
+            "pre-started workers" if pool else "a worker started per request")
+        print(f"| {label} | {requests / wall:.1f} | {statistics.median(latencies):.2f} s "
+              f"| {percentile(latencies, 0.99):.2f} s | {failed} | {idle_rss:.0f} MB |")
 
 
 def cold() -> None:
