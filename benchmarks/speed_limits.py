@@ -74,16 +74,45 @@ def ours(base_url: str, prompts: int, width: int, transport: str) -> float:
     return float(cell["stdout"].strip())
 
 
+OURS_IN_TREE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(1, sys.argv[2])
+from speed_limits import ours
+url, prompts, width = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+ours(url, width * 2, width, "sdk")
+print(ours(url, prompts, width, "sdk"))
+"""
+
+
+def ours_in_tree(src: str, url: str, prompts: int, width: int) -> float:
+    """Ours (SDK transport) with the package from another source tree, in a process of its own (after
+    one warm-up run in it)."""
+    done = subprocess.run([sys.executable, "-c", OURS_IN_TREE, src, str(ROOT / "benchmarks"), url, str(prompts),
+                           str(width)], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT / 'tests'}"})
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def fanout(prompts: int = 1000, width: int = 64) -> None:
     ideal = -(-prompts // width) * LATENCY
-    times: dict[str, list[float]] = {"bare openai SDK": [], "ours, httpx transport": [], "ours, SDK transport": []}
+    # FANOUT_TREES="before=/path/to/src,after=src": ours (SDK transport) from each tree instead, in one run
+    trees = [tuple(item.split("=", 1)) for item in os.environ.get("FANOUT_TREES", "").split(",") if item]
+    labels = [f"ours ({tree}), SDK transport" for tree, _ in trees] or ["ours, httpx transport", "ours, SDK transport"]
+    times: dict[str, list[float]] = {"bare openai SDK": [], **{label: [] for label in labels}}
     with server_process(LATENCY) as url:
-        ours(url, width * 2, width, "httpx")  # warm-up: imports, and the endpoint's width grows to `width`
-        ours(url, width * 2, width, "sdk")
-        for _ in range(REPEATS):  # interleaved, so noise hits all three alike
+        if not trees:
+            ours(url, width * 2, width, "httpx")  # warm-up: imports, and the endpoint's width grows to `width`
+            ours(url, width * 2, width, "sdk")
+        asyncio.run(bare_sdk(url, width * 2, width))
+        for _ in range(REPEATS):  # interleaved, so noise hits all alike
             times["bare openai SDK"].append(asyncio.run(bare_sdk(url, prompts, width)))
-            times["ours, httpx transport"].append(ours(url, prompts, width, "httpx"))
-            times["ours, SDK transport"].append(ours(url, prompts, width, "sdk"))
+            if trees:
+                for label, (_, src) in zip(labels, trees):
+                    times[label].append(ours_in_tree(src, url, prompts, width))
+            else:
+                times["ours, httpx transport"].append(ours(url, prompts, width, "httpx"))
+                times["ours, SDK transport"].append(ours(url, prompts, width, "sdk"))
     os.environ.pop("RLM_OPENAI_TRANSPORT", None)
     bare = statistics.median(times["bare openai SDK"])
     print(f"\n| {prompts} sub-calls at 100 ms, width {width} (median of {REPEATS}) | seconds | / ideal "
