@@ -194,11 +194,17 @@ def main() -> None:
     pythons = {"recursive-llm": sys.executable, "rlms": ensure_venv(args.venv), "bare SDK": sys.executable}
     scripts = {name: textwrap.dedent(DRIVER.format(setup=SETUP[name].format(src=SRC), corpus=corpus, needle=NEEDLE))
                for name in pythons}
+    # PEER_TREES="before=/path/to/src": rows for our package from other source trees too (before/after)
+    extra = [tuple(item.split("=", 1)) for item in os.environ.get("PEER_TREES", "").split(",") if item]
+    for label, src in extra:
+        pythons[f"recursive-llm ({label})"] = sys.executable
+        scripts[f"recursive-llm ({label})"] = textwrap.dedent(DRIVER.format(
+            setup=SETUP["recursive-llm"].format(src=src), corpus=corpus, needle=NEEDLE))
     simulator = subprocess.Popen([sys.executable, __file__, "--serve", "0"], stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, "PYTHONPATH": SRC})
     base_url = simulator.stdout.readline().split()[-1]
     names = list(pythons)
-    peers = ["recursive-llm", "rlms"]
+    peers = ["recursive-llm", *(n for n in names if n.startswith("recursive-llm (")), "rlms"]
     try:
         if "needle" in args.parts:
             warm: dict[str, list[float]] = {n: [] for n in names}
@@ -219,9 +225,22 @@ def main() -> None:
                     result = drive(pythons[n], scripts[n], base_url, "needle", 2_000_000, False, 1)
                     assert result["answers"] == ["7341"], (n, result)
                     walls[n].append(result["wall"])
+            haystack = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
+            with haystack:  # the same haystack as a file, for `rlm ask` (the CLI end to end, store on)
+                haystack.write(corpus[:1_000_000] + NEEDLE + corpus[1_000_000:2_000_000])
+            walls["rlm ask (CLI, store on)"] = []
+            for _ in range(REPEATS):
+                started = time.perf_counter()
+                done = subprocess.run([sys.executable, "-m", "recursive_llm", "ask", "Find the secret code. TASK needle",
+                                       "--model", "sim", "--base-url", base_url, "-c", haystack.name, "-q"],
+                                      capture_output=True, text=True, env={**os.environ, "PYTHONPATH": SRC,
+                                                                           "RLM_HOME": tempfile.mkdtemp()})
+                walls["rlm ask (CLI, store on)"].append(time.perf_counter() - started)
+                assert done.returncode == 0 and "7341" in done.stdout, done.stderr[-2000:]
+            os.unlink(haystack.name)
             print(f"\n| needle as a whole one-question process, imports included (median of {REPEATS}) | seconds "
                   f"| / rlms |\n| --- | --- | --- |")
-            for n in peers:
+            for n in walls:
                 median = statistics.median(walls[n])
                 print(f"| {n} | {median:.2f} | {median / statistics.median(walls['rlms']):.2f} |")
         if "memory" in args.parts:
