@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = str(ROOT / "src")
+SRC = os.environ.get("RLM_BENCH_SRC") or str(ROOT / "src")  # another tree's package (ours_in_tree)
 sys.path.insert(0, SRC)
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -34,6 +34,8 @@ os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
 
 from core_overhead import server_process  # noqa: E402
 from recursive_llm import RLM  # noqa: E402
+
+assert RLM.__module__ and sys.modules["recursive_llm"].__file__.startswith(SRC), "the package from another tree"
 from recursive_llm.events import read_trajectory  # noqa: E402
 from recursive_llm.testing import FakeLLMServer, ScriptedModel  # noqa: E402
 
@@ -90,7 +92,7 @@ def ours_in_tree(src: str, url: str, prompts: int, width: int) -> float:
     one warm-up run in it)."""
     done = subprocess.run([sys.executable, "-c", OURS_IN_TREE, src, str(ROOT / "benchmarks"), url, str(prompts),
                            str(width)], capture_output=True, text=True, check=True,
-                          env={**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT / 'tests'}"})
+                          env={**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT / 'tests'}", "RLM_BENCH_SRC": src})
     return float(done.stdout.strip().splitlines()[-1])
 
 
