@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = os.environ.get("RLM_BENCH_SRC") or str(Path(__file__).resolve().parents[1] / "src")  # or another tree
 sys.path.insert(0, SRC)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = str(ROOT / "src")
+SRC = os.environ.get("RLM_BENCH_SRC") or str(ROOT / "src")  # another tree's package (ours_in_tree)
 sys.path.insert(0, SRC)
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -34,6 +34,8 @@ os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
 
 from core_overhead import server_process  # noqa: E402
 from recursive_llm import RLM  # noqa: E402
+
+assert RLM.__module__ and sys.modules["recursive_llm"].__file__.startswith(SRC), "the package from another tree"
 from recursive_llm.events import read_trajectory  # noqa: E402
 from recursive_llm.testing import FakeLLMServer, ScriptedModel  # noqa: E402
 
@@ -74,16 +76,45 @@ def ours(base_url: str, prompts: int, width: int, transport: str) -> float:
     return float(cell["stdout"].strip())
 
 
+OURS_IN_TREE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(1, sys.argv[2])
+from speed_limits import ours
+url, prompts, width = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+ours(url, width * 2, width, "sdk")
+print(ours(url, prompts, width, "sdk"))
+"""
+
+
+def ours_in_tree(src: str, url: str, prompts: int, width: int) -> float:
+    """Ours (SDK transport) with the package from another source tree, in a process of its own (after
+    one warm-up run in it)."""
+    done = subprocess.run([sys.executable, "-c", OURS_IN_TREE, src, str(ROOT / "benchmarks"), url, str(prompts),
+                           str(width)], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT / 'tests'}", "RLM_BENCH_SRC": src})
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def fanout(prompts: int = 1000, width: int = 64) -> None:
     ideal = -(-prompts // width) * LATENCY
-    times: dict[str, list[float]] = {"bare openai SDK": [], "ours, httpx transport": [], "ours, SDK transport": []}
+    # FANOUT_TREES="before=/path/to/src,after=src": ours (SDK transport) from each tree instead, in one run
+    trees = [tuple(item.split("=", 1)) for item in os.environ.get("FANOUT_TREES", "").split(",") if item]
+    labels = [f"ours ({tree}), SDK transport" for tree, _ in trees] or ["ours, httpx transport", "ours, SDK transport"]
+    times: dict[str, list[float]] = {"bare openai SDK": [], **{label: [] for label in labels}}
     with server_process(LATENCY) as url:
-        ours(url, width * 2, width, "httpx")  # warm-up: imports, and the endpoint's width grows to `width`
-        ours(url, width * 2, width, "sdk")
-        for _ in range(REPEATS):  # interleaved, so noise hits all three alike
+        if not trees:
+            ours(url, width * 2, width, "httpx")  # warm-up: imports, and the endpoint's width grows to `width`
+            ours(url, width * 2, width, "sdk")
+        asyncio.run(bare_sdk(url, width * 2, width))
+        for _ in range(REPEATS):  # interleaved, so noise hits all alike
             times["bare openai SDK"].append(asyncio.run(bare_sdk(url, prompts, width)))
-            times["ours, httpx transport"].append(ours(url, prompts, width, "httpx"))
-            times["ours, SDK transport"].append(ours(url, prompts, width, "sdk"))
+            if trees:
+                for label, (_, src) in zip(labels, trees):
+                    times[label].append(ours_in_tree(src, url, prompts, width))
+            else:
+                times["ours, httpx transport"].append(ours(url, prompts, width, "httpx"))
+                times["ours, SDK transport"].append(ours(url, prompts, width, "sdk"))
     os.environ.pop("RLM_OPENAI_TRANSPORT", None)
     bare = statistics.median(times["bare openai SDK"])
     print(f"\n| {prompts} sub-calls at 100 ms, width {width} (median of {REPEATS}) | seconds | / ideal "
@@ -114,13 +145,13 @@ def capped(cap: int = 8, first: int = 100, rest: int = 300) -> None:
               f"| {wall:.2f} s | {ideal:.2f} s |")
 
 
-def start_serve(backend_url: str, concurrent: int, pool: bool) -> tuple[subprocess.Popen, str]:
+def start_serve(backend_url: str, concurrent: int, pool: bool, src: str = SRC) -> tuple[subprocess.Popen, str]:
     import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "RLM_HOME": tempfile.mkdtemp(prefix="rlm-serve-bench-"), "PYTHONPATH": SRC,
+    env = {**os.environ, "RLM_HOME": tempfile.mkdtemp(prefix="rlm-serve-bench-"), "PYTHONPATH": src,
            "RLM_WORKER_POOL": "1" if pool else "0"}
     process = subprocess.Popen([sys.executable, "-m", "recursive_llm", "serve", "--port", str(port), "--model", "m",
                                 "--base-url", backend_url, "--max-concurrent", str(concurrent)],
@@ -180,21 +211,25 @@ def serve(requests: int = 100, widths: tuple[int, ...] = (25, 50)) -> None:
     turns = ["```repl\nprint(len(context))\n```", "FINAL(done)"]
     print(f"\n| rlm serve, {requests} requests (2 root calls + 1 cell each, 100 ms model: ideal 0.20 s) | "
           f"requests/s | p50 | p99 | failed | RSS of serve + workers, idle |\n| --- | --- | --- | --- | --- | --- |")
-    for concurrent in widths:
-        for pool in (False, True):
-            with FakeLLMServer(responder=root_then_sub(turns), latency=LATENCY) as backend:
-                process, url = start_serve(backend.base_url, concurrent, pool)
-                try:
-                    asyncio.run(serve_burst(url, concurrent, concurrent))  # warm-up: imports, the first workers
-                    time.sleep(1.0)  # the pool refills
-                    idle_rss = rss_tree_mb(process.pid)
-                    wall, latencies, failed = asyncio.run(serve_burst(url, requests, concurrent))
-                finally:
-                    process.send_signal(signal.SIGTERM)
-                    process.wait(timeout=60)
-            label = f"{concurrent} at a time, " + ("pre-started workers" if pool else "a worker started per request")
-            print(f"| {label} | {requests / wall:.1f} | {statistics.median(latencies):.2f} s "
-                  f"| {percentile(latencies, 0.99):.2f} s | {failed} | {idle_rss:.0f} MB |")
+    # SERVE_TREES="before=/path/to/src,after=src": the same rows for other source trees, in one run
+    trees = [tuple(item.split("=", 1)) for item in os.environ.get("SERVE_TREES", "").split(",") if item]
+    trees = trees or [("", SRC)]
+    pools = [os.environ["SERVE_POOL"] == "1"] if "SERVE_POOL" in os.environ else [False, True]
+    for concurrent, pool, (tree, src) in [(c, p, t) for c in widths for p in pools for t in trees]:
+        with FakeLLMServer(responder=root_then_sub(turns), latency=LATENCY) as backend:
+            process, url = start_serve(backend.base_url, concurrent, pool, src)
+            try:
+                asyncio.run(serve_burst(url, concurrent, concurrent))  # warm-up: imports, the first workers
+                time.sleep(1.0)  # the pool refills
+                idle_rss = rss_tree_mb(process.pid)
+                wall, latencies, failed = asyncio.run(serve_burst(url, requests, concurrent))
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
+        label = (f"{tree}: " if tree else "") + f"{concurrent} at a time, " + (
+            "pre-started workers" if pool else "a worker started per request")
+        print(f"| {label} | {requests / wall:.1f} | {statistics.median(latencies):.2f} s "
+              f"| {percentile(latencies, 0.99):.2f} s | {failed} | {idle_rss:.0f} MB |")
 
 
 def cold() -> None:

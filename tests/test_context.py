@@ -247,3 +247,22 @@ def test_scan_hands_off_between_ascii_and_decoded_slices(tmp_path, monkeypatch):
     path.write_bytes(codecs.BOM_UTF8 + b"   \n  ")
     with pytest.raises(textfile.UnreadableText, match="no text"):
         textfile.scan(path, "utf-8")
+
+
+def test_the_worker_reads_a_large_ascii_input_into_one_str(tmp_path):
+    """protocol._read_ascii_text fills the str straight from the file (one copy at the worker's
+    peak); a file with one byte above 127 goes through the decoder and reads the same."""
+    from recursive_llm.environments import protocol
+
+    text = "".join(f"line {i} of an ascii input\n" for i in range(60_000))
+    assert len(text) > protocol._ASCII_READ_MIN
+    path = protocol.write_context(text, tmp_path)
+    read = protocol._read_ascii_text(path)
+    assert read == text and hash(read) == hash(text) and read.isascii() and read.upper() == text.upper()
+    assert protocol.read_context(path) == text
+    mixed = text[:500_000] + "é" + text[500_000:]
+    (tmp_path / "m").mkdir()
+    path = protocol.write_context(mixed, tmp_path / "m")
+    assert protocol._read_ascii_text(path) is None and protocol.read_context(path) == mixed
+    (tmp_path / "s").mkdir()
+    assert protocol.read_context(protocol.write_context("short", tmp_path / "s")) == "short"

@@ -220,9 +220,55 @@ def _copy_text_file(source: TextFile, path: Path) -> Path:
 
 def read_context(path: Path) -> Any:
     if path.suffix == ".txt":
-        return path.read_text(encoding="utf-8-sig")
+        text = _read_ascii_text(path)
+        return text if text is not None else path.read_text(encoding="utf-8-sig")
     with open(path, encoding="utf-8") as handle:
         payload = json.load(handle)
     if "documents" in payload:
         return [Document(text, doc_path) for doc_path, text in payload["documents"]]
     return payload["value"]
+
+
+_ASCII_READ_MIN = 1024 * 1024
+
+
+def _read_ascii_text(path: Path) -> str | None:
+    """An ASCII file of at least 1 MB read straight into the `str` that holds it, or None.
+
+    `read_text` holds the file's bytes and the decoded `str` at once: two copies of the input at
+    the worker's peak (80 MB at 10M tokens). An ASCII `str` stores one byte per character, exactly
+    the file's bytes, so the file is read into a new, not yet shared `str` (PyUnicode_New, the way
+    CPython fills a string it creates) and checked to be ASCII slice by slice; anything else
+    (another interpreter, a short read, one byte above 127) returns None and the caller decodes.
+    """
+    import sys
+
+    size = path.stat().st_size
+    if size < _ASCII_READ_MIN or sys.implementation.name != "cpython":
+        return None
+    try:
+        import ctypes
+
+        new = ctypes.pythonapi.PyUnicode_New
+        new.restype, new.argtypes = ctypes.py_object, (ctypes.c_ssize_t, ctypes.c_uint32)
+        offset = sys.getsizeof("") - 1  # a compact ASCII str: its characters follow the header
+        probe = new(4, 127)
+        ctypes.memmove(id(probe) + offset, b"rlm!", 4)
+        if probe != "rlm!":
+            return None
+        text = new(size, 127)
+        buffer = (ctypes.c_char * size).from_address(id(text) + offset)
+        view = memoryview(buffer).cast("B")
+        with open(path, "rb", buffering=0) as handle:
+            filled = 0
+            while filled < size and (count := handle.readinto(view[filled:])):
+                filled += count
+            if filled != size or handle.read(1):
+                return None
+        for start in range(0, size, _WRITE_SLICE):
+            if not view[start:start + _WRITE_SLICE].tobytes().isascii():
+                return None
+        del view, buffer
+        return text
+    except (OSError, AttributeError, ValueError, TypeError):
+        return None

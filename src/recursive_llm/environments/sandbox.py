@@ -77,12 +77,14 @@ class IsolationPlan:
         return "\n".join(lines)
 
 
-def _python_roots() -> list[str]:
-    """Directories the worker needs to run this Python and import this package and its deps."""
+@functools.lru_cache(maxsize=1)
+def _python_roots() -> tuple[str, ...]:
+    """Directories the worker needs to run this Python and import this package and its deps (the
+    same for the whole process: worked out once, not for every worker)."""
     roots = {sys.base_prefix, sys.prefix, sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
              sysconfig.get_paths()["platlib"], str(Path(__file__).resolve().parents[2])}
     roots.add(str(Path(sys.executable).resolve().parent))
-    return sorted(r for r in roots if r and os.path.isdir(r))
+    return tuple(sorted(r for r in roots if r and os.path.isdir(r)))
 
 
 def _ancestors(path: str) -> list[str]:
@@ -241,10 +243,15 @@ def _confinement() -> tuple[int, bool, str]:
 def _read_roots() -> list[str]:
     """What the worker may read (and execute) besides the system directories and its input: the
     Python installation, this package, and the site directories of the host's import path."""
+    return list(_read_roots_for(tuple(sys.path)))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_roots_for(path: tuple[str, ...]) -> tuple[str, ...]:  # per import path, not per worker
     roots = set(_python_roots())
-    roots.update(p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p)
+    roots.update(p for p in path if p and os.path.isabs(p) and os.path.isdir(p)
                  and os.path.basename(p.rstrip("/")) in ("site-packages", "dist-packages"))
-    return sorted(roots)
+    return tuple(sorted(roots))
 
 
 def plan_isolation(mode: str = "auto") -> IsolationPlan:
@@ -259,11 +266,17 @@ def plan_isolation(mode: str = "auto") -> IsolationPlan:
                                  "resource limits: memory, file size, open files, CPU time"])
     import threading
 
-    probed: list = []  # the two probes start a process each: run them side by side
-    confinement_probe = threading.Thread(target=lambda: probed.append(_confinement()), daemon=True)
-    confinement_probe.start()
+    probed: list = []  # the two probes start a process each, once per process: run them side by side
+    cache_info = getattr(_confinement, "cache_info", None)
+    confinement_probe = None
+    if cache_info is not None and cache_info().currsize:  # known already: no thread per worker
+        probed.append(_confinement())
+    else:
+        confinement_probe = threading.Thread(target=lambda: probed.append(_confinement()), daemon=True)
+        confinement_probe.start()
     works, reason = (False, "disabled (sandbox='process')") if mode == "process" else _namespaces_work(root)
-    confinement_probe.join()
+    if confinement_probe is not None:
+        confinement_probe.join()
     landlock, seccomp, why_not = probed[0]
     if works:
         plan.namespaces = True

@@ -13,7 +13,15 @@ from functools import lru_cache
 
 @lru_cache(maxsize=1)
 def shared_ssl_context() -> ssl.SSLContext:
-    """httpx's default context (its CA bundle, SSL_CERT_FILE / SSL_CERT_DIR honoured), made once."""
-    import httpx
+    """httpx's default context, made once: SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's CA bundle
+    (what `httpx.create_ssl_context()` does, without importing httpx, which with the SDK transport
+    is not otherwise loaded: 6 MB and its CLI's imports)."""
+    import os
 
-    return httpx.create_ssl_context()
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
