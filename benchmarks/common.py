@@ -51,3 +51,60 @@ async def start_and_round_trip(make_environment, repeats: int, cells: int = 200)
             trips.append(time.perf_counter() - started)
         await environment.close()
     return starts, trips
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+async def bare_openai(base_url: str, prompts: int, width: int) -> float:
+    """Seconds for `prompts` chat calls from the official openai client alone, `width` in flight:
+    the HTTP stack's share, with no framework around it."""
+    import asyncio
+    import time
+
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+    semaphore = asyncio.Semaphore(width)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            await client.chat.completions.create(model="bench", messages=[{"role": "user", "content": str(i)}])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(prompts)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return elapsed
+
+
+def start_serve(backend_url: str, concurrent: int, *, src: str, env: dict | None = None):
+    """`rlm serve` in front of `backend_url` on a free loopback port, once /health answers:
+    (the process, its URL)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    full_env = {**os.environ, "RLM_HOME": tempfile.mkdtemp(prefix="rlm-serve-bench-"), "PYTHONPATH": src,
+                **(env or {})}
+    process = subprocess.Popen([sys.executable, "-m", "recursive_llm", "serve", "--port", str(port), "--model", "m",
+                                "--base-url", backend_url, "--max-concurrent", str(concurrent)],
+                               stderr=subprocess.DEVNULL, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("rlm serve did not start")

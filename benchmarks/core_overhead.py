@@ -22,7 +22,7 @@ sys.path.insert(0, SRC)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
 
-from common import start_and_round_trip  # noqa: E402
+from common import bare_openai, start_and_round_trip  # noqa: E402
 from recursive_llm import RLM  # noqa: E402
 from recursive_llm.environments.worker import WorkerEnvironment  # noqa: E402
 from recursive_llm.events import read_trajectory  # noqa: E402
@@ -52,24 +52,6 @@ def fan_out_in_process(prompts: int, latency: float, concurrency: int) -> float:
     result = RLM(model=root, sub_model=sub, max_concurrency=concurrency).completion("q", "text")
     cell = next(e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell")
     return float(cell["stdout"].strip())
-
-
-async def raw_openai(base_url: str, prompts: int, concurrency: int) -> float:
-    """The official openai client alone, same server, same concurrency: the HTTP stack's share."""
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
-    semaphore = asyncio.Semaphore(concurrency)
-
-    async def one(i: int) -> None:
-        async with semaphore:
-            await client.chat.completions.create(model="bench", messages=[{"role": "user", "content": str(i)}])
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(prompts)))
-    elapsed = time.perf_counter() - started
-    await client.close()
-    return elapsed
 
 
 def fan_out(base_url: str, prompts: int, concurrency: int) -> float:
@@ -108,7 +90,7 @@ def main() -> None:
         ideal = -(-prompts // concurrency) * latency
         with server_process(latency) as base_url:
             runs = [fan_out(base_url, prompts, concurrency) for _ in range(REPEATS)]
-            raw = [asyncio.run(raw_openai(base_url, prompts, concurrency)) for _ in range(REPEATS)]
+            raw = [asyncio.run(bare_openai(base_url, prompts, concurrency)) for _ in range(REPEATS)]
         local = [fan_out_in_process(prompts, latency, concurrency) for _ in range(REPEATS)]
         label = f"{prompts} prompts, {latency * 1000:.0f} ms latency, concurrency {concurrency}"
         median = statistics.median(runs)
@@ -144,7 +126,7 @@ def http_pairs(pairs: int, prompts: int = 1000, concurrency: int = 64) -> None:
         ours, raw = [], []
         for _ in range(pairs):
             ours.append(fan_out(base_url, prompts, concurrency))
-            raw.append(asyncio.run(raw_openai(base_url, prompts, concurrency)))
+            raw.append(asyncio.run(bare_openai(base_url, prompts, concurrency)))
     print(f"{pairs} pairs, {prompts} prompts at concurrency {concurrency}: ours median {statistics.median(ours):.3f} s, "
           f"bare client median {statistics.median(raw):.3f} s, ratio {statistics.median(ours) / statistics.median(raw):.3f}")
 

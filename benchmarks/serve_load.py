@@ -11,48 +11,26 @@ worker start, REPL, the store, retries), without faults and with 20% injected fa
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import httpx  # noqa: E402
 import openai  # noqa: E402
 
 from recursive_llm.testing import FakeLLMServer  # noqa: E402
+from common import percentile, start_serve  # noqa: E402
 from scripted_root import root_then_sub  # noqa: E402
 
 LATENCY = 0.2
 REQUESTS = 50
 TURNS = ["```repl\nnotes = llm_query_batched([context[:20], context[-20:]])\nprint(notes)\n```", "FINAL(done)"]
 MODEL_TIME = 3 * LATENCY
-
-
-def start_server(backend_url: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "RLM_HOME": tempfile.mkdtemp(prefix="rlm-serve-bench-"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    process = subprocess.Popen([sys.executable, "-m", "recursive_llm", "serve", "--port", str(port), "--model", "m",
-                                "--base-url", backend_url, "--max-concurrent", str(REQUESTS)],
-                               stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("rlm serve did not start")
 
 
 async def burst(url: str) -> tuple[float, list[float], int]:
@@ -74,17 +52,12 @@ async def burst(url: str) -> tuple[float, list[float], int]:
     return wall, ok, REQUESTS - len(ok)
 
 
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
 def main() -> None:
     rows = []
     for label, rate in (("no faults", 0.0), ("20% injected faults", 0.2)):
         with FakeLLMServer(responder=root_then_sub(TURNS), latency=LATENCY, fault_rate=rate, retry_after="0.2",
                            fault_kinds=("429", "500", "503", "garbage", "drop"), seed=3) as backend:
-            process, url = start_server(backend.base_url)
+            process, url = start_serve(backend.base_url, REQUESTS, src=str(Path(__file__).resolve().parents[1] / "src"))
             try:
                 asyncio.run(burst(url))  # warm-up (imports, first workers)
                 wall, latencies, failed = asyncio.run(burst(url))

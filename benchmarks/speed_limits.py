@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
 
+from common import bare_openai, percentile, start_serve  # noqa: E402
 from core_overhead import server_process  # noqa: E402
 from recursive_llm import RLM  # noqa: E402
 
@@ -41,28 +41,6 @@ from recursive_llm.testing import FakeLLMServer, ScriptedModel  # noqa: E402
 
 REPEATS = int(os.environ.get("REPEATS", "3"))
 LATENCY = 0.1
-
-
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
-async def bare_sdk(base_url: str, prompts: int, width: int) -> float:
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
-    semaphore = asyncio.Semaphore(width)
-
-    async def one(i: int) -> None:
-        async with semaphore:
-            await client.chat.completions.create(model="bench", messages=[{"role": "user", "content": str(i)}])
-
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(prompts)))
-    elapsed = time.perf_counter() - started
-    await client.close()
-    return elapsed
 
 
 def ours(base_url: str, prompts: int, width: int, transport: str) -> float:
@@ -106,9 +84,9 @@ def fanout(prompts: int = 1000, width: int = 64) -> None:
         if not trees:
             ours(url, width * 2, width, "httpx")  # warm-up: imports, and the endpoint's width grows to `width`
             ours(url, width * 2, width, "sdk")
-        asyncio.run(bare_sdk(url, width * 2, width))
+        asyncio.run(bare_openai(url, width * 2, width))
         for _ in range(REPEATS):  # interleaved, so noise hits all alike
-            times["bare openai SDK"].append(asyncio.run(bare_sdk(url, prompts, width)))
+            times["bare openai SDK"].append(asyncio.run(bare_openai(url, prompts, width)))
             if trees:
                 for label, (_, src) in zip(labels, trees):
                     times[label].append(ours_in_tree(src, url, prompts, width))
@@ -143,27 +121,6 @@ def capped(cap: int = 8, first: int = 100, rest: int = 300) -> None:
     for label, (n, requests, rejected, failed, wall, ideal) in zip(("first run (finds the limit)", "next run"), rows):
         print(f"| {label}: {n} sub-calls | {requests} | {rejected} ({rejected / requests:.1%}) | {failed} "
               f"| {wall:.2f} s | {ideal:.2f} s |")
-
-
-def start_serve(backend_url: str, concurrent: int, pool: bool, src: str = SRC) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "RLM_HOME": tempfile.mkdtemp(prefix="rlm-serve-bench-"), "PYTHONPATH": src,
-           "RLM_WORKER_POOL": "1" if pool else "0"}
-    process = subprocess.Popen([sys.executable, "-m", "recursive_llm", "serve", "--port", str(port), "--model", "m",
-                                "--base-url", backend_url, "--max-concurrent", str(concurrent)],
-                               stderr=subprocess.DEVNULL, env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("rlm serve did not start")
 
 
 async def serve_burst(url: str, requests: int, concurrent: int) -> tuple[float, list[float], int]:
@@ -217,7 +174,7 @@ def serve(requests: int = 100, widths: tuple[int, ...] = (25, 50)) -> None:
     pools = [os.environ["SERVE_POOL"] == "1"] if "SERVE_POOL" in os.environ else [False, True]
     for concurrent, pool, (tree, src) in [(c, p, t) for c in widths for p in pools for t in trees]:
         with FakeLLMServer(responder=root_then_sub(turns), latency=LATENCY) as backend:
-            process, url = start_serve(backend.base_url, concurrent, pool, src)
+            process, url = start_serve(backend.base_url, concurrent, src=src, env={"RLM_WORKER_POOL": "1" if pool else "0"})
             try:
                 asyncio.run(serve_burst(url, concurrent, concurrent))  # warm-up: imports, the first workers
                 time.sleep(1.0)  # the pool refills
