@@ -105,6 +105,10 @@ def test_ctrl_c_names_the_run_then_resume_says_replayed_and_live(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout == "all done\n"
     assert "4 replayed + 1 live model calls" in resumed.stderr
+    listed = {r["run_id"]: r for r in (json.loads(line) for line in rlm("logs", "--json").stdout.splitlines())}
+    again = next(r for r in listed.values() if r["resumed_from"] == run_id)
+    assert (again["calls"], again["replayed_calls"]) == (5, 4)
+    assert "4 replayed + 1 live" in rlm("logs").stdout  # the table says so too
 
 
 def test_configuration_problems_exit_4_before_any_run(tmp_path):

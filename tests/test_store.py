@@ -222,3 +222,40 @@ def test_logs_show_view_and_export_commands(tmp_path):
     assert example["metadata"]["status"] == "final"
     missing = rlm_cli("logs", "show", "nope")
     assert missing.returncode == 4 and "no run 'nope'" in missing.stderr
+
+
+def test_calls_are_recorded_with_the_iteration_and_cell_that_made_them_and_the_viewer_nests_them_so():
+    """issue 16: sub-calls and tool calls under the cell that made them, exactly, not by time."""
+    from recursive_llm import RLM
+    from recursive_llm.testing import ScriptedModel
+    from recursive_llm.viewer import nest
+
+    def where(tag: str) -> str:
+        """Echo."""
+        return tag
+
+    cell = "```repl\nllm_query('{tag}')\nwhere('{tag}')\n```"
+    root = ScriptedModel(["<think>first I look</think>\n" + cell.format(tag="i1c1") + "\n" + cell.format(tag="i1c2"),
+                          cell.format(tag="i2c1"), "FINAL(done)"])
+    sub = ScriptedModel(default=lambda messages: "ok")
+    result = RLM(model=root, sub_model=sub, tools=[where]).completion("q", "text")
+    tree = Store().run_tree(result.run_id)
+    made = {}
+    for call in tree["calls"]:
+        if call["purpose"] in ("sub", "tool"):
+            tag = call["messages"][-1]["content"] if call["purpose"] == "sub" else call["response"].strip('"')
+            made.setdefault(tag, set()).add((call["purpose"], call["iteration"], call["cell"]))
+    assert made == {"i1c1": {("sub", 1, 1), ("tool", 1, 1)}, "i1c2": {("sub", 1, 2), ("tool", 1, 2)},
+                    "i2c1": {("sub", 2, 1), ("tool", 2, 1)}}
+    roots = [c for c in tree["calls"] if c["purpose"] == "root"]
+    assert [c["iteration"] for c in roots] == [1, 2, 3] and all(c["cell"] is None for c in roots)
+    assert tree["iterations"][0]["reasoning"] == "first I look"
+    # The viewer trusts the recorded cell even where the times would say otherwise.
+    for call in tree["calls"]:
+        call["started_at"] = 0.0
+    view = nest(tree)
+    run = view["runs"][result.run_id]
+    placed = {(it["iteration"], c["index"]): [view["calls"][i]["purpose"] for i in c["calls"]]
+              for it in run["iterations_list"] for c in it["cells"]}
+    assert placed == {(1, 1): ["sub", "tool"], (1, 2): ["sub", "tool"], (2, 1): ["sub", "tool"]}
+    assert run["iterations_list"][0]["reasoning"] == "first I look"

@@ -123,7 +123,7 @@ def logs(ctx: click.Context, limit: int, status: str | None, model: str | None, 
     for run in runs:
         question = (run["query"] or "").replace("\n", " ")
         table.add_row(run["run_id"], question[:48] + ("..." if len(question) > 48 else ""), run["model"] or "",
-                      run["status"], str(run["iterations"] or 0), str(run["calls"]), f"{run['tokens']:,}",
+                      run["status"], str(run["iterations"] or 0), _calls_cell(run), f"{run['tokens']:,}",
                       f"${run['cost_usd']:.4f}", f"{run['duration_s']:.1f}s" if run["duration_s"] is not None else "")
     Console(width=200).print(table)
 
@@ -358,3 +358,9 @@ def doctor() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def _calls_cell(run: dict) -> str:
+    """A run's model calls in `rlm logs`: `104`, or `80 replayed + 24 live` for a resumed run."""
+    replayed = run.get("replayed_calls") or 0
+    return f"{replayed} replayed + {run['calls'] - replayed} live" if replayed else str(run["calls"])

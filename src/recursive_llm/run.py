@@ -115,6 +115,7 @@ class Run:
         self.parent_run_id = parent_run_id
         self.root_client = root_client
         self.iterations = 0
+        self.current_cell: int | None = None  # the index of the cell running now (sub-calls come from it)
         self.used_fallback = False
         self.started = time.monotonic()
         self.subcalls = SubCalls(state, depth=depth, inputs=inputs, root_client=root_client, site=self.site,
@@ -130,7 +131,10 @@ class Run:
                                depth=self.depth, **fields)
 
     def site(self, purpose: str, depth: int | None = None) -> CallSite:
-        return CallSite(run_id=self.run_id, depth=self.depth if depth is None else depth, purpose=purpose)
+        """Where a call comes from: root calls carry the iteration; sub-calls, which come from the
+        cell that is running (a run runs one cell at a time), the iteration and the cell's index."""
+        return CallSite(run_id=self.run_id, depth=self.depth if depth is None else depth, purpose=purpose,
+                        iteration=self.iterations or None, cell=self.current_cell if purpose == "sub" else None)
 
     @property
     def handle_subcall(self):
@@ -283,8 +287,12 @@ class Run:
         any_worked = False
         per_block = max(200, self.config.loop.max_output_chars // max(1, len(blocks)))
         for index, code in enumerate(blocks, start=1):
-            cell = await env.execute(code, self.config.loop.cell_timeout_s,
-                                     wall_timeout=self.state.budget.remaining_time())
+            self.current_cell = index
+            try:
+                cell = await env.execute(code, self.config.loop.cell_timeout_s,
+                                         wall_timeout=self.state.budget.remaining_time())
+            finally:
+                self.current_cell = None
             any_worked = any_worked or (cell.ran and cell.error is None)
             self.emit("cell", iteration=self.iterations, index=index, code=code, stdout=cell.stdout,
                       stderr=cell.stderr, error=cell.error, final=cell.final, timed_out=cell.timed_out,

@@ -28,11 +28,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CallSite:
-    """Who is calling: the run, its depth, and why (root reply, sub-call, final answer request)."""
+    """Who is calling: the run, its depth, and why (root reply, sub-call, final answer request);
+    for a root call its iteration, for a sub-call the iteration and the cell whose code made it."""
 
     run_id: str
     depth: int
     purpose: str
+    iteration: int | None = None
+    cell: int | None = None
+
+    def fields(self) -> dict:
+        """The call events' fields that say where the call comes from."""
+        return {"run_id": self.run_id, "depth": self.depth, "purpose": self.purpose, "iteration": self.iteration,
+                "cell": self.cell}
 
 
 def for_record(messages: list[Message]) -> list[Message]:
@@ -250,8 +258,8 @@ class Scheduler:
                 stored, source = self.store.cached_completion(key), "cache"
             if stored is not None:
                 self.usage.record(client.name, site.depth, TokenUsage(cached_calls=1))
-                self.events.emit("llm_call", run_id=site.run_id, depth=site.depth, call_id=call_id,
-                                 purpose=site.purpose, model=client.name, attempt=0, messages=for_record(messages),
+                self.events.emit("llm_call", **site.fields(), call_id=call_id,
+                                 model=client.name, attempt=0, messages=for_record(messages),
                                  response=stored.text, prompt_tokens=stored.prompt_tokens,
                                  completion_tokens=stored.completion_tokens, cost_usd=0.0, latency_s=0.0,
                                  finish_reason=stored.finish_reason, cache_key=key, cached=source)
@@ -277,8 +285,8 @@ class Scheduler:
                 reservation = await self.budget.areserve(messages, max_output_tokens=max_output_tokens,
                                                          price=worst_case_price(client.name))
             except BudgetExceeded as error:
-                self.events.emit("llm_refused", run_id=site.run_id, depth=site.depth, call_id=call_id,
-                                 purpose=site.purpose, model=client.name, budget=error.budget,
+                self.events.emit("llm_refused", **site.fields(), call_id=call_id,
+                                 model=client.name, budget=error.budget,
                                  error=str(error))
                 raise
             endpoint = endpoint_limit(client)
@@ -289,8 +297,8 @@ class Scheduler:
                 raise
             timeout = self.budget.cap_timeout(self.call_timeout_s)
             self.in_flight += 1
-            self.events.emit("llm_start", run_id=site.run_id, depth=site.depth, call_id=call_id,
-                             purpose=site.purpose, model=client.name, attempt=attempt,
+            self.events.emit("llm_start", **site.fields(), call_id=call_id,
+                             model=client.name, attempt=attempt,
                              in_flight=self.in_flight)
             try:
                 completion = await self._complete(client, messages, reservation.max_output_tokens, timeout)
@@ -299,8 +307,8 @@ class Scheduler:
                     endpoint.release(started, error if isinstance(error, Exception) else False)
                 self.budget.settle(reservation, tokens=0, cost_usd=0.0)
                 model_error = error if isinstance(error, ModelError) else None
-                self.events.emit("llm_error", run_id=site.run_id, depth=site.depth, call_id=call_id,
-                                 purpose=site.purpose, model=client.name, attempt=attempt,
+                self.events.emit("llm_error", **site.fields(), call_id=call_id,
+                                 model=client.name, attempt=attempt,
                                  latency_s=round(time.monotonic() - started, 4),
                                  error=f"{type(error).__name__}: {error}",
                                  retryable=bool(model_error and model_error.retryable))
@@ -316,8 +324,8 @@ class Scheduler:
         self.usage.record(client.name, site.depth, TokenUsage(
             completion.prompt_tokens, completion.completion_tokens, 1, cost,
             cached_prompt_tokens=completion.cached_prompt_tokens, cache_write_tokens=completion.cache_write_tokens))
-        self.events.emit("llm_call", run_id=site.run_id, depth=site.depth, call_id=call_id,
-                         purpose=site.purpose, model=client.name, attempt=attempt,
+        self.events.emit("llm_call", **site.fields(), call_id=call_id,
+                         model=client.name, attempt=attempt,
                          messages=for_record(messages), response=completion.text,
                          prompt_tokens=completion.prompt_tokens,
                          completion_tokens=completion.completion_tokens, cost_usd=cost,

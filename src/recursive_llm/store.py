@@ -41,16 +41,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import RLMError, StoreError  # StoreError: importable here too
+from .errors import StoreError  # importable from here too
 from .events import report_problem
 from .models.base import Completion, Message
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CALL_COMMIT_S = 0.02  # completed calls wait at most this long for their (group) commit
 _INSERT_CALL = ("INSERT INTO calls (call_id, run_id, root_id, depth, purpose, model, attempt, status, messages, "
                 "response, prompt_tokens, completion_tokens, cost_usd, latency_s, started_at, ended_at, "
-                "finish_reason, error, cache_key, cached) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?)")
+                "finish_reason, error, cache_key, cached, iteration, cell) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE runs (
@@ -94,6 +94,11 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE runs ADD COLUMN pid INTEGER;
     ALTER TABLE runs ADD COLUMN pid_started TEXT;
     CREATE INDEX runs_status ON runs(status);
+    """,
+    4: """
+    ALTER TABLE iterations ADD COLUMN reasoning TEXT;
+    ALTER TABLE calls ADD COLUMN iteration INTEGER;
+    ALTER TABLE calls ADD COLUMN cell INTEGER;
     """,
 }
 
@@ -203,6 +208,8 @@ class RunQueries:
         with self._locked():
             rows = self._db.execute(
                 f"SELECT r.*, (SELECT count(*) FROM calls c WHERE c.root_id = r.run_id AND c.status = 'ok') AS all_calls, "
+                f"(SELECT count(*) FROM calls c WHERE c.root_id = r.run_id AND c.status = 'ok' AND c.cached = 'replay') "
+                f"AS replayed_calls, "
                 f"(SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM calls c WHERE c.root_id = r.run_id "
                 f"AND c.status = 'ok' AND c.cached IS NULL) AS all_tokens, "
                 f"(SELECT coalesce(sum(cost_usd), 0) FROM calls c WHERE c.root_id = r.run_id AND c.status = 'ok') "
@@ -524,10 +531,10 @@ class Recorder:
              _HOST, os.getpid(), _process_started(os.getpid())))
 
     def iteration(self, event: dict[str, Any]) -> None:
-        self.store._write("INSERT INTO iterations (run_id, iteration, reply, code_blocks, final, ts) "
-                          "VALUES (?, ?, ?, ?, ?, ?)", (event["run_id"], event["iteration"], event.get("reply"),
-                                                        event.get("code_blocks"), int(bool(event.get("final"))),
-                                                        event["ts"]))
+        self.store._write("INSERT INTO iterations (run_id, iteration, reply, reasoning, code_blocks, final, ts) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?)", (event["run_id"], event["iteration"], event.get("reply"),
+                                                           event.get("reasoning"), event.get("code_blocks"),
+                                                           int(bool(event.get("final"))), event["ts"]))
 
     def cell(self, event: dict[str, Any]) -> None:
         self.store._write("INSERT INTO cells (run_id, iteration, idx, code, stdout, stderr, error, final, "
@@ -544,7 +551,8 @@ class Recorder:
                event.get("model"), event.get("attempt"), status, _json(event.get("messages")),
                event.get("response"), event.get("prompt_tokens"), event.get("completion_tokens"),
                event.get("cost_usd"), latency, event["ts"] - latency, event["ts"],
-               event.get("finish_reason"), event.get("error"), event.get("cache_key"), event.get("cached"))
+               event.get("finish_reason"), event.get("error"), event.get("cache_key"), event.get("cached"),
+               event.get("iteration"), event.get("cell"))
         fresh = status == "ok" and event.get("cached") is None
         self.store._queue_call(row, event.get("cache_key"), Completion(
             text=event.get("response") or "", model=event.get("model") or "",
@@ -557,7 +565,8 @@ class Recorder:
         row = (event.get("call_id"), event["run_id"], self.root_id, event.get("depth"), "tool",
                f"tool:{event.get('name')}", 1, "ok" if event.get("error") is None else "error",
                _json([{"role": "tool", "content": event.get("arguments")}]), event.get("result"), 0, 0, 0.0,
-               latency, event["ts"] - latency, event["ts"], None, event.get("error"), None, None)
+               latency, event["ts"] - latency, event["ts"], None, event.get("error"), None, None,
+               event.get("iteration"), event.get("cell"))
         self.store._queue_call(row, None, None)
 
     def run_end(self, event: dict[str, Any]) -> None:
@@ -597,7 +606,8 @@ def _completion(row: sqlite3.Row) -> Completion:
 
 def _run_summary(row: sqlite3.Row) -> dict[str, Any]:
     return {"run_id": row["run_id"], "query": row["query"], "model": row["model"], "status": row["status"],
-            "iterations": row["iterations"], "calls": row["all_calls"], "tokens": row["all_tokens"],
+            "iterations": row["iterations"], "calls": row["all_calls"], "replayed_calls": row["replayed_calls"],
+            "tokens": row["all_tokens"],
             "cost_usd": round(row["all_cost"] or 0.0, 6), "started_at": row["started_at"],
             "duration_s": row["duration_s"] if row["duration_s"] is not None else
             (time.time() - row["started_at"] if row["status"] == "running" else None),

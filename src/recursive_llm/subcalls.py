@@ -209,11 +209,12 @@ class SubCalls:
         tool = self.config.tools.get(name)
         if tool is None:
             return failed(f"there is no tool named {name!r}")
-        started = time.monotonic()
+        started, where = time.monotonic(), self.site("sub", self.depth)
+        at = {"iteration": where.iteration, "cell": where.cell}
         try:
             result = await tool.call(arguments, self.state.budget.cap_timeout(self.config.calls.call_timeout_s))
         except ToolFailure as error:
-            record(self.state, self.emit, name, arguments, started, None, str(error))
+            record(self.state, self.emit, name, arguments, started, None, str(error), **at)
             return failed(str(error))
-        record(self.state, self.emit, name, arguments, started, result, None)
+        record(self.state, self.emit, name, arguments, started, result, None, **at)
         return Reply(text=result)

@@ -116,12 +116,12 @@ def stub_code(tools: dict[str, Tool]) -> str:
 
 
 def record(state: Any, emit: Callable[..., None], name: str, arguments: str, started: float,
-           result: str | None, error: str | None) -> None:
-    """A tool call into the trajectory, the store and the usage."""
+           result: str | None, error: str | None, *, iteration: int | None = None, cell: int | None = None) -> None:
+    """A tool call into the trajectory, the store and the usage (with the cell whose code made it)."""
     duration = time.monotonic() - started
     state.usage.record_tool(name, duration, failed=error is not None)
     emit("tool_call", call_id=f"tool-{secrets.token_hex(6)}", name=name, arguments=arguments, result=result,
-         error=error, duration_s=round(duration, 4))
+         error=error, duration_s=round(duration, 4), iteration=iteration, cell=cell)
 
 
 def import_tool(spec: str) -> Callable[..., Any]:

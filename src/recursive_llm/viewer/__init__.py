@@ -1,8 +1,9 @@
 """Views of a recorded run: a self-contained HTML viewer, a text trajectory, chat-format examples.
 
 All three start from `Store.run_tree(root_id)` and nest the flat records the same way:
-run -> iterations (root replies) -> code cells -> the sub-calls and child runs made while the
-cell ran (matched by run and time window) -> child runs' own iterations, at any depth.
+run -> iterations (root replies) -> code cells -> the sub-calls and tool calls each cell made
+(recorded with their iteration and cell; older runs' by time window) and the child runs started
+while it ran -> child runs' own iterations, at any depth.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ def nest(tree: dict[str, Any]) -> dict[str, Any]:
     runs = {run["run_id"]: {**run, "iterations_list": []} for run in tree["runs"]}
     calls = [_call_view(call) for call in tree["calls"]]
     iterations: dict[tuple[str, int], dict] = {}
-    reasoning = _reasoning(tree)
+    reasoning = _reasoning(tree) if any(item.get("reasoning") is None for item in tree["iterations"]) else {}
     for item in tree["iterations"]:
         node = {"iteration": item["iteration"], "reply": item["reply"], "ts": item["ts"], "final": item["final"],
-                "cells": [], "call": None, "reasoning": reasoning.get((item["run_id"], item["iteration"]))}
+                "cells": [], "call": None,
+                "reasoning": item.get("reasoning") or reasoning.get((item["run_id"], item["iteration"]))}
         iterations[(item["run_id"], item["iteration"])] = node
         runs[item["run_id"]]["iterations_list"].append(node)
     for cell in tree["cells"]:
-        node = {"index": cell["idx"], "code": cell["code"], "code_html": highlight(cell["code"] or ""),
+        node = {"index": cell["idx"], "iteration": cell["iteration"], "code": cell["code"],
+                "code_html": highlight(cell["code"] or ""),
                 "stdout": cell["stdout"], "stderr": cell["stderr"], "error": cell["error"], "final": cell["final"],
                 "timed_out": cell["timed_out"], "restarted": cell["restarted"], "duration_s": cell["duration_s"],
                 "start": cell["ts"] - (cell["duration_s"] or 0.0), "end": cell["ts"], "calls": [], "children": []}
@@ -47,9 +50,15 @@ def nest(tree: dict[str, Any]) -> dict[str, Any]:
                       and c["status"] == "ok"]
         for it, call in zip(run["iterations_list"], root_calls):
             it["call"] = call["id"]
+        by_index = {(c["iteration"], c["index"]): c for it in run["iterations_list"] for c in it["cells"]
+                    if "iteration" in c}
         for call in calls:
-            if call["run_id"] == run_id and call["purpose"] == "sub":
-                _place(cells, call["start"], "calls", call["id"])
+            if call["run_id"] == run_id and call["purpose"] in ("sub", "tool"):
+                exact = by_index.get((call["iteration"], call["cell"]))
+                if exact is not None:  # recorded with the cell that made it
+                    exact["calls"].append(call["id"])
+                else:  # runs recorded before calls carried their cell: by time
+                    _place(cells, call["start"], "calls", call["id"])
         for child in runs.values():
             if child["parent_run_id"] == run_id:
                 _place(cells, child["started_at"], "children", child["run_id"])
@@ -61,8 +70,8 @@ def nest(tree: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reasoning(tree: dict[str, Any]) -> dict[tuple[str, int], str]:
-    """The `reasoning` of each iteration (a <think> block, a provider's reasoning field), which the
-    store does not keep: read from the runs' JSONL trajectories when they are still there."""
+    """The `reasoning` of each iteration (a <think> block, a provider's reasoning field) for runs
+    recorded before the store kept it: read from their JSONL trajectories when still there."""
     found: dict[tuple[str, int], str] = {}
     paths = {run.get("trajectory_path") for run in tree["runs"] if run.get("trajectory_path")}
     for path in paths:
@@ -117,7 +126,8 @@ def _call_view(call: dict[str, Any]) -> dict[str, Any]:
             "response": call["response"], "error": call["error"], "prompt_tokens": call["prompt_tokens"] or 0,
             "completion_tokens": call["completion_tokens"] or 0, "cost_usd": call["cost_usd"] or 0.0,
             "latency_s": call["latency_s"] or 0.0, "start": call["started_at"], "end": call["ended_at"],
-            "cached": call["cached"], "attempt": call["attempt"]}
+            "cached": call["cached"], "attempt": call["attempt"], "iteration": call.get("iteration"),
+            "cell": call.get("cell")}
 
 
 def _totals(calls: list[dict[str, Any]]) -> dict[str, Any]:
