@@ -112,8 +112,12 @@ class WorkerPool:
             task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        spares = []
         while not self._spares.empty():
-            await self._spares.get_nowait().close()
+            spares.append(self._spares.get_nowait())
+        # All at once: each close may wait up to 2 s for its worker to leave (more on a loaded
+        # machine), and a server's shutdown should not wait for them one after another.
+        await asyncio.gather(*(spare.close() for spare in spares), return_exceptions=True)
         if self._loop is not None and _pools.get(id(self._loop)) is self:
             del _pools[id(self._loop)]
 
