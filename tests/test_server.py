@@ -57,7 +57,7 @@ class Served:
     def stop(self) -> str:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
+            self.process.wait(timeout=120)  # a server stopped while its workers still warm up takes longer
         return self.process.stderr.read()
 
 
