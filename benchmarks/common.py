@@ -108,3 +108,31 @@ def start_serve(backend_url: str, concurrent: int, *, src: str, env: dict | None
         except httpx.HTTPError:
             time.sleep(0.1)
     raise RuntimeError("rlm serve did not start")
+
+
+async def serve_burst(url: str, requests: int, concurrent: int) -> tuple[float, list[float], int]:
+    """`requests` chat requests to `rlm serve`, `concurrent` at a time: (wall, latencies of the answered, failed)."""
+    import asyncio
+    import time
+
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
+    gate = asyncio.Semaphore(concurrent)
+
+    async def one(i: int) -> float | None:
+        async with gate:
+            started = time.perf_counter()
+            try:
+                await client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": f"q{i}"}],
+                                                     extra_body={"context": f"document {i} " * 50})
+            except openai.APIError:
+                return None
+            return time.perf_counter() - started
+
+    started = time.perf_counter()
+    latencies = await asyncio.gather(*(one(i) for i in range(requests)))
+    wall = time.perf_counter() - started
+    await client.close()
+    ok = [x for x in latencies if x is not None]
+    return wall, ok, requests - len(ok)

@@ -14,42 +14,21 @@ import asyncio
 import signal
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import openai  # noqa: E402
 
 from recursive_llm.testing import FakeLLMServer  # noqa: E402
-from common import percentile, start_serve  # noqa: E402
+from common import percentile, serve_burst, start_serve  # noqa: E402
 from scripted_root import root_then_sub  # noqa: E402
 
 LATENCY = 0.2
 REQUESTS = 50
 TURNS = ["```repl\nnotes = llm_query_batched([context[:20], context[-20:]])\nprint(notes)\n```", "FINAL(done)"]
 MODEL_TIME = 3 * LATENCY
-
-
-async def burst(url: str) -> tuple[float, list[float], int]:
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
-
-    async def one(i: int) -> float | None:
-        started = time.perf_counter()
-        try:
-            await client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": f"q{i}"}],
-                                                 extra_body={"context": f"document {i} " * 50})
-        except openai.APIError:
-            return None
-        return time.perf_counter() - started
-
-    started = time.perf_counter()
-    latencies = await asyncio.gather(*(one(i) for i in range(REQUESTS)))
-    wall = time.perf_counter() - started
-    ok = [x for x in latencies if x is not None]
-    return wall, ok, REQUESTS - len(ok)
 
 
 def main() -> None:
@@ -59,8 +38,8 @@ def main() -> None:
                            fault_kinds=("429", "500", "503", "garbage", "drop"), seed=3) as backend:
             process, url = start_serve(backend.base_url, REQUESTS, src=str(Path(__file__).resolve().parents[1] / "src"))
             try:
-                asyncio.run(burst(url))  # warm-up (imports, first workers)
-                wall, latencies, failed = asyncio.run(burst(url))
+                asyncio.run(serve_burst(url, REQUESTS, REQUESTS))  # warm-up (imports, first workers)
+                wall, latencies, failed = asyncio.run(serve_burst(url, REQUESTS, REQUESTS))
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=60)

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
 
-from common import bare_openai, percentile, start_serve  # noqa: E402
-from core_overhead import server_process  # noqa: E402
+from common import bare_openai, percentile, serve_burst, start_serve  # noqa: E402
+from core_overhead import fan_out, server_process  # noqa: E402
 from recursive_llm import RLM  # noqa: E402
 
 assert RLM.__module__ and sys.modules["recursive_llm"].__file__.startswith(SRC), "the package from another tree"
@@ -44,14 +44,9 @@ LATENCY = 0.1
 
 
 def ours(base_url: str, prompts: int, width: int, transport: str) -> float:
+    """core_overhead.fan_out through one OpenAI transport."""
     os.environ["RLM_OPENAI_TRANSPORT"] = transport
-    code = (f"import time\nt0 = time.perf_counter()\nr = llm_query_batched([str(i) for i in range({prompts})])\n"
-            f"assert len(r) == {prompts} and not any(x.startswith('Error') for x in r), r[:3]\n"
-            f"print(time.perf_counter() - t0)")
-    root = ScriptedModel([f"```repl\n{code}\n```", "FINAL(done)"])
-    result = RLM(model=root, sub_model="bench", base_url=base_url, max_concurrency=width).completion("q", "text")
-    cell = next(e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell")
-    return float(cell["stdout"].strip())
+    return fan_out(base_url, prompts, width)
 
 
 OURS_IN_TREE = """
@@ -121,30 +116,6 @@ def capped(cap: int = 8, first: int = 100, rest: int = 300) -> None:
     for label, (n, requests, rejected, failed, wall, ideal) in zip(("first run (finds the limit)", "next run"), rows):
         print(f"| {label}: {n} sub-calls | {requests} | {rejected} ({rejected / requests:.1%}) | {failed} "
               f"| {wall:.2f} s | {ideal:.2f} s |")
-
-
-async def serve_burst(url: str, requests: int, concurrent: int) -> tuple[float, list[float], int]:
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
-    gate = asyncio.Semaphore(concurrent)
-
-    async def one(i: int) -> float | None:
-        async with gate:
-            started = time.perf_counter()
-            try:
-                await client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": f"q{i}"}],
-                                                     extra_body={"context": f"document {i} " * 50})
-            except openai.APIError:
-                return None
-            return time.perf_counter() - started
-
-    started = time.perf_counter()
-    latencies = await asyncio.gather(*(one(i) for i in range(requests)))
-    wall = time.perf_counter() - started
-    await client.close()
-    ok = [x for x in latencies if x is not None]
-    return wall, ok, requests - len(ok)
 
 
 def rss_tree_mb(pid: int) -> float:
