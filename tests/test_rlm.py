@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
@@ -126,11 +125,9 @@ def test_batched_fan_out_is_concurrent_and_ordered():
     sub = ScriptedModel(default=lambda m: m[-1]["content"], delay=0.1, name="sub")
     root = ScriptedModel([repl("r = llm_query_batched([str(i) for i in range(100)])\n"
                                "assert r == [str(i) for i in range(100)]\nFINAL('ordered')")])
-    started = time.monotonic()
     result = make(root, sub, max_concurrency=32).completion("q", "text")
     assert result.answer == "ordered"
-    assert sub.max_in_flight == 32
-    assert time.monotonic() - started < 5  # 100 x 0.1 s sequentially would be 10 s
+    assert sub.max_in_flight == 32  # concurrent (how fast it is on a machine: benchmarks/core_overhead.py)
 
 
 def test_rlm_query_at_max_depth_falls_back_to_llm_query():
@@ -205,10 +202,11 @@ def test_cost_budget_is_never_exceeded():
 def test_time_budget_stops_the_run():
     sub = ScriptedModel(default="ok", name="sub", delay=0.3)
     root = ScriptedModel(default=repl("r = [llm_query('x') for _ in range(100)]"))
-    started = time.monotonic()
     result = make(root, sub, timeout_s=2.0).completion("q", "text")
     assert result.stopped_reason == "timeout"
-    assert time.monotonic() - started < 4.0
+    # The cell was cut off, not left to make its 100 calls: 0.3 s calls one after another fit 7
+    # times into 2 s (the rest of the bound is slack for a loaded machine, not a speed claim).
+    assert 1 <= len(sub.calls) < 20
 
 
 def test_the_model_cannot_raise_its_budget_from_code():
