@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import EnvironmentFailure
 from .base import CellResult, SubCallHandler
+from .process import start_process, stop_process
 from .protocol import HEADER, MAX_FRAME_BYTES, ProtocolError, decode_body, encode, validate_worker_message, write_inputs
 from .sandbox import (SANDBOX_TMP, IsolationPlan, Limits, allocate_worker_uid, confinement_policy, limits_preexec, plan_isolation,
                       release_worker_uid, sandbox_env, worker_argv)
@@ -200,7 +201,7 @@ class WorkerEnvironment:
                            uid=self._uid)
         # stderr is a pipe the host drains, keeping only its tail: a worker writing to fd 2 for
         # ever costs neither disk nor host memory.
-        self._proc = await asyncio.create_subprocess_exec(
+        self._proc = await start_process(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             cwd=self._dir / "work", env=worker_env(self._dir / "work"), start_new_session=True,
             preexec_fn=limits_preexec(self._limits, nproc=self.isolation.drop_uid))
@@ -247,19 +248,8 @@ class WorkerEnvironment:
         self._call_tasks.clear()
         self._reader = self._stderr_task = None
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)  # the whole session: children the cell may have started too
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        await proc.wait()
-        # Processes the cell forked may still hold the channel's pipes for a moment; close our ends
-        # now rather than when the transport is collected (possibly after the event loop is gone).
-        transport = getattr(proc, "_transport", None)
-        if transport is not None:
-            transport.close()
+        if proc is not None:
+            await stop_process(proc)  # bounded: a descendant holding the pipes cannot make it hang
 
     async def _restart(self) -> None:
         await self._kill()
