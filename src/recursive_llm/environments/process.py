@@ -39,17 +39,24 @@ async def start_process(*argv: str, **options: Any) -> asyncio.subprocess.Proces
         raise
 
 
+def kill_session(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL the session `process` leads (children the cell started too), or the process alone
+    when it leads none. Synchronous: a close that is being cancelled can still call it."""
+    if process.returncode is not None:
+        return
+    try:
+        os.killpg(process.pid, 9)
+    except ProcessLookupError:  # not a session leader
+        # (`kill` polls first, and so reaps a process that is already dead: not after killpg,
+        # or the child watcher finds its pid gone and logs "Unknown child process")
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+
+
 async def stop_process(process: asyncio.subprocess.Process, wait_s: float = STOP_WAIT_S) -> int | None:
     """Kill `process` and its session, release its pipes, and return its exit code (None when
-    the exit was not reported within `wait_s`; its pipes are closed either way)."""
-    if process.returncode is None:
-        try:
-            os.killpg(process.pid, 9)  # the whole session (it leads one): children the cell started too
-        except (ProcessLookupError, PermissionError):  # not a session leader: the process alone
-            # (`kill` polls first, and so reaps a process that is already dead: not after killpg,
-            # or the child watcher finds its pid gone and logs "Unknown child process")
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+    no exit was reported within `wait_s`; its pipes are closed either way)."""
+    kill_session(process)
     if process.stdin is not None:
         process.stdin.close()  # a descendant the kill missed reads EOF on its channel and exits
     try:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import EnvironmentFailure
 from .base import CellResult, SubCallHandler
-from .process import start_process, stop_process
+from .process import kill_session, start_process, stop_process
 from .protocol import HEADER, MAX_FRAME_BYTES, ProtocolError, decode_body, encode, validate_worker_message, write_inputs
 from .sandbox import (SANDBOX_TMP, IsolationPlan, Limits, allocate_worker_uid, confinement_policy, limits_preexec, plan_isolation,
                       release_worker_uid, sandbox_env, worker_argv)
@@ -264,9 +264,8 @@ class WorkerEnvironment:
                     await asyncio.wait_for(self._proc.wait(), 2.0)
             await self._kill()
         finally:  # even when the close is cancelled (a loop shutting down): the uid and the directory go
-            if self._proc is not None and self._proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._proc.pid, 9)
+            if self._proc is not None:
+                kill_session(self._proc)
             release_worker_uid(self._uid)
             self._uid = None
             if self._dir is not None:
