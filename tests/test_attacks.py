@@ -579,7 +579,7 @@ def test_a_worker_cannot_read_another_runs_input(mode):
                         except OSError as e:
                             print('blocked', type(e).__name__)
                 try:
-                    print(open({str(victim._context_file.parent / 'context_0.txt')!r}).read())
+                    print(open({str(victim.directory.input_dir / 'context_0.txt')!r}).read())
                 except OSError as e:
                     print('blocked', type(e).__name__)"""), 10)
         finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.environments import sandbox, worker
+from recursive_llm.environments import channel, sandbox, worker_dir
 from recursive_llm.environments.local import LocalEnvironment
 from recursive_llm.environments.worker import WorkerEnvironment
 from recursive_llm.errors import EnvironmentFailure
@@ -60,7 +60,7 @@ def test_worker_directories_are_private(mode):
         await env.start()
         try:
             modes = {}
-            for directory, _, files in os.walk(env._dir):
+            for directory, _, files in os.walk(env.directory.path):
                 modes[directory] = stat.S_IMODE(os.stat(directory).st_mode)
                 for name in files:
                     modes[os.path.join(directory, name)] = stat.S_IMODE(os.stat(os.path.join(directory, name)).st_mode)
@@ -88,7 +88,7 @@ def test_stale_worker_dirs_of_dead_hosts_are_swept(tmp_path):
     for directory in (dead, alive, unknown):
         (directory / "input").mkdir(parents=True)
         (directory / "input" / "context_0.txt").write_text("a copy of someone's input")
-    removed = worker.sweep_stale_dirs(str(tmp_path))
+    removed = worker_dir.sweep_stale_dirs(str(tmp_path))
     assert removed == [str(dead)] and not dead.exists()
     assert alive.exists() and unknown.exists()
 
@@ -98,13 +98,13 @@ def test_the_sweep_leaves_other_users_dirs_alone(tmp_path):
     theirs = tmp_path / f"rlm-worker-{_dead_pid()}-abc123"
     theirs.mkdir()
     os.chown(theirs, 65534, 65534)
-    assert worker.sweep_stale_dirs(str(tmp_path)) == [] and theirs.exists()
+    assert worker_dir.sweep_stale_dirs(str(tmp_path)) == [] and theirs.exists()
 
 
 def test_the_first_worker_start_sweeps_the_temp_dir(monkeypatch):
     stale = Path(tempfile.gettempdir()) / f"rlm-worker-{_dead_pid()}-sweepme"
     (stale / "input").mkdir(parents=True)
-    monkeypatch.setattr(worker, "_swept", False)
+    monkeypatch.setattr(worker_dir, "_swept", False)
 
     async def scenario():
         env = WorkerEnvironment("x", no_calls, sandbox="process")
@@ -123,14 +123,14 @@ def test_worker_stderr_costs_no_disk_and_bounded_memory(mode):
         await env.start()
         try:
             cell = await env.execute("import os\nfor _ in range(32):\n    os.write(2, b'e' * 2**20)\nprint('done')", 60)
-            on_disk = sum(p.stat().st_size for p in env._dir.rglob("*") if p.is_file() and "input" not in p.parts)
-            return cell, on_disk, len(env._stderr_tail_buffer)
+            on_disk = sum(p.stat().st_size for p in env.directory.path.rglob("*") if p.is_file() and "input" not in p.parts)
+            return cell, on_disk, len(env.stderr_tail_bytes)
         finally:
             await env.close()
 
     cell, on_disk, kept = run(scenario())
     assert cell.stdout.strip() == "done", cell.stderr
-    assert on_disk < 2**20 and kept <= worker.STDERR_TAIL_BYTES
+    assert on_disk < 2**20 and kept <= channel.STDERR_TAIL_BYTES
 
 
 def test_a_worker_that_cannot_start_shows_its_stderr():

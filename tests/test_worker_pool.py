@@ -76,7 +76,7 @@ def test_a_loaded_worker_cannot_read_a_waiting_spares_directory(mode):
         try:
             await wait_ready(pool, 2)
             other = list(pool._spares._queue)[1]
-            secret_dir = other._dir / "input"
+            secret_dir = other.directory.input_dir
             (secret_dir / "planted.txt").write_text("another request's input")
             code = (f"import os\ntry:\n    print(open({str(secret_dir / 'planted.txt')!r}).read())\n"
                     f"except OSError as error:\n    print('refused', type(error).__name__)")
@@ -96,8 +96,12 @@ def test_an_empty_pool_or_a_dead_spare_falls_back_to_a_fresh_worker():
         try:
             await wait_ready(pool, 1)
             spare = list(pool._spares._queue)[0]
-            os.killpg(spare._proc.pid, signal.SIGKILL)  # dies while waiting
-            await spare._proc.wait()
+            os.killpg(spare.pid, signal.SIGKILL)  # dies while waiting
+            for _ in range(1000):
+                if not spare.alive:
+                    break
+                await asyncio.sleep(0.01)
+            assert not spare.alive
             answers = []
             for text in ("a", "b"):
                 root = ScriptedModel(["```repl\nprint(context)\n```", "FINAL(done)"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +39,55 @@ class Environment(Protocol):
     async def get_variable(self, name: str) -> dict: ...
 
     async def close(self) -> None: ...
+
+
+class CellFailed(Exception):
+    """The environment could not run a cell to its end; the message is what the model is told."""
+
+
+class ReplEnvironment:
+    """What every environment shares: the sub-call handler, and turning one cell's run into a
+    `CellResult` (its time, and a REPL replaced after a timeout or a failure, counted in
+    `restarts`). An implementation runs the cell (`_run_cell`, returning the REPL's reply dict or
+    raising `asyncio.TimeoutError` / `CellFailed`) and knows how to replace its REPL."""
+
+    name: str
+    past_time_limit = "stopped"  # what happened to a cell past its time limit, in the model's words
+
+    def __init__(self, handler: SubCallHandler) -> None:
+        self._handler = handler
+        self.restarts = 0
+
+    def rebind(self, handler: SubCallHandler) -> None:
+        """Send later sub-calls to `handler` (a session's next turn is a new run on the same REPL)."""
+        self._handler = handler
+
+    async def _dispatch(self, kind: str, prompts: list[str], model: str | None, context: Any) -> list[dict]:
+        """Every sub-call goes through here, so `rebind` reaches calls the REPL makes later."""
+        return await self._handler(kind, prompts, model, context)
+
+    async def execute(self, code: str, timeout: float | None, wall_timeout: float | None = None) -> CellResult:
+        """Run a cell. `timeout` bounds its own compute time; `wall_timeout` bounds it all."""
+        started = time.monotonic()
+        try:
+            reply = await self._run_cell(code, timeout, wall_timeout)
+        except asyncio.TimeoutError:
+            await self._replace_repl()
+            return CellResult(error=f"TimeoutError: the cell ran past its time limit and was {self.past_time_limit}",
+                              timed_out=True, restarted=True, duration_s=time.monotonic() - started)
+        except CellFailed as failure:
+            await self._replace_repl()
+            return CellResult(error=str(failure), restarted=True, duration_s=time.monotonic() - started)
+        final = reply.get("final")
+        return CellResult(stdout=reply["stdout"], stderr=reply["stderr"], error=reply.get("error"),
+                          final=final if isinstance(final, str) else None, duration_s=time.monotonic() - started)
+
+    async def _run_cell(self, code: str, timeout: float | None, wall_timeout: float | None) -> dict:
+        raise NotImplementedError
+
+    async def _replace_repl(self) -> None:
+        """A fresh REPL (every variable gone) in place of one that timed out or failed."""
+        self.restarts += 1
 
 
 class StartingInBackground:

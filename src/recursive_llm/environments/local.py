@@ -8,15 +8,15 @@ REPL replaced, so the model loses its variables just as with the worker.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-from .base import CellResult, SubCallHandler
+from .base import ReplEnvironment, SubCallHandler
 from .runtime import REPL
 
 
-class LocalEnvironment:
+class LocalEnvironment(ReplEnvironment):
     name = "local"
+    past_time_limit = "abandoned"  # a thread cannot be stopped
 
     def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = 1_000_000) -> None:
         from ..context.loader import as_inputs
@@ -28,15 +28,14 @@ class LocalEnvironment:
         self._contexts = [TableRef(i.value.name) if isinstance(i.value, TableSource) else
                           i.value.read() if isinstance(i.value, TextFile) else i.value for i in inputs]
         self._tables = [table_entry(t, str(t.path)) for i in inputs for t in i.tables]
-        self._handler = handler
+        super().__init__(handler)
         self._max_captured_chars = max_captured_chars
         self._loop: asyncio.AbstractEventLoop | None = None
         self._repl: REPL | None = None
-        self.restarts = 0
 
     def _call_host(self, kind: str, prompts: list[str], model: str | None, context: Any) -> list[dict]:
         assert self._loop is not None
-        future = asyncio.run_coroutine_threadsafe(self._handler(kind, prompts, model, context), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._dispatch(kind, prompts, model, context), self._loop)
         return future.result()
 
     def _new_repl(self) -> REPL:
@@ -47,23 +46,14 @@ class LocalEnvironment:
         self._loop = asyncio.get_running_loop()
         self._repl = self._new_repl()
 
-    def rebind(self, handler: SubCallHandler) -> None:
-        """Send later sub-calls to `handler` (a session's next turn is a new run on the same REPL)."""
-        self._handler = handler
-
-    async def execute(self, code: str, timeout: float | None, wall_timeout: float | None = None) -> CellResult:
+    async def _run_cell(self, code: str, timeout: float | None, wall_timeout: float | None) -> dict:
         assert self._repl is not None, "call start() first"
-        started = time.monotonic()
-        try:
-            limits = [t for t in (timeout, wall_timeout) if t is not None]
-            reply = await asyncio.wait_for(asyncio.to_thread(self._repl.execute, code), min(limits, default=None))
-        except asyncio.TimeoutError:
-            self._repl = self._new_repl()
-            self.restarts += 1
-            return CellResult(error="TimeoutError: the cell ran past its time limit and was abandoned",
-                              timed_out=True, restarted=True, duration_s=time.monotonic() - started)
-        return CellResult(stdout=reply["stdout"], stderr=reply["stderr"], error=reply["error"],
-                          final=reply["final"], duration_s=time.monotonic() - started)
+        limits = [t for t in (timeout, wall_timeout) if t is not None]
+        return await asyncio.wait_for(asyncio.to_thread(self._repl.execute, code), min(limits, default=None))
+
+    async def _replace_repl(self) -> None:
+        self._repl = self._new_repl()
+        await super()._replace_repl()
 
     async def get_variable(self, name: str) -> dict:
         assert self._repl is not None

@@ -89,7 +89,7 @@ class WorkerPool:
         spare = None
         while spare is None and not self._spares.empty():
             candidate = self._spares.get_nowait()
-            if candidate._proc is not None and candidate._proc.returncode is None:
+            if candidate.alive:
                 spare = candidate
             else:
                 self.failed += 1
