@@ -36,12 +36,8 @@ def _types():
     return click
 
 
-def _declare() -> dict[str, Option]:
-    click = _types()
-    positive_int, positive = click.IntRange(min=1), click.FloatRange(min=0, min_open=True)
-    sandbox = click.Choice(["auto", "namespaces", "process"])
+def _model_options(click) -> dict[str, Option]:  # models
     return {
-        # models
         "model": Option(("--model", "-m"), {"default": None, "help": "Root model, e.g. gpt-5-mini, claude-sonnet-4-5, "
                         "ollama/llama3, litellm/<provider>/<name>, local. Default: $RLM_MODEL, else by available "
                         "keys, else local (the embedded smoke-test model)."}, rlm="model"),
@@ -55,7 +51,13 @@ def _declare() -> dict[str, Option]:
         "allowed_models": Option(("--allow-model", "allowed_models"), {"multiple": True, "metavar": "MODEL",
                                  "help": "A further model that model-written code may name in llm_query(..., "
                                  "model=...) ('*': any)."}, rlm="allowed_models"),
-        # limits
+    }
+
+
+def _limit_options(click) -> dict[str, Option]:  # limits
+    positive_int = click.IntRange(min=1)
+    positive = click.FloatRange(min=0, min_open=True)
+    return {
         "max_depth": Option(("--max-depth",), {"type": positive_int, "default": 1, "show_default": True,
                             "help": "1: sub-calls are plain LLM calls; 2+: rlm_query starts child RLMs."},
                             rlm="max_depth"),
@@ -69,14 +71,23 @@ def _declare() -> dict[str, Option]:
                            rlm="max_cost_usd"),
         "timeout": Option(("--timeout",), {"type": positive, "default": None, "help": "Wall-time limit (s)."},
                           rlm="timeout_s"),
-        # where code runs
+    }
+
+
+def _environment_options(click) -> dict[str, Option]:  # where code runs
+    sandbox = click.Choice(["auto", "namespaces", "process"])
+    return {
         "environment": Option(("--environment",), {"type": click.Choice(["worker", "local"]), "default": "worker",
                               "show_default": True, "help": "Where model code runs: an isolated worker process, or "
                               "in-process (trusted input only)."}, rlm="environment"),
         "sandbox": Option(("--sandbox",), {"type": sandbox, "default": "auto", "show_default": True,
                           "help": "Worker isolation: strongest available, require namespaces, or resource limits "
                           "only."}, rlm="sandbox"),
-        # how calls and the loop behave
+    }
+
+
+def _loop_options(click) -> dict[str, Option]:  # how calls and the loop behave
+    return {
         "context_window": Option(("--context-window",), {"type": click.IntRange(min=1000), "default": None,
                                  "metavar": "TOKENS", "help": "The root model's window, for a model whose window is "
                                  "not known (a self-hosted one): near it, earlier turns are compacted into a summary "
@@ -95,7 +106,12 @@ def _declare() -> dict[str, Option]:
         "tools": Option(("--tool", "tools"), {"multiple": True, "metavar": "MODULE:FUNCTION",
                         "help": "A function of yours that model code may call by name (repeatable): module:function "
                         "or path/to/file.py:function. It runs in this process, never in the sandbox."}, rlm="tools"),
-        # input
+    }
+
+
+def _input_options(click) -> dict[str, Option]:  # input
+    positive = click.FloatRange(min=0, min_open=True)
+    return {
         "contexts": Option(("--context", "-c", "contexts"), {"multiple": True, "metavar": "PATH",
                            "help": "File or directory to ask about (repeatable); '-' reads stdin (a piped stdin is "
                            "read when no --context is given)."}),
@@ -111,13 +127,23 @@ def _declare() -> dict[str, Option]:
                                "help": "Load files that a .gitignore excludes, too."}),
         "max_file_mb": Option(("--max-file-mb",), {"type": positive, "default": 50, "show_default": True,
                               "help": "Skip files larger than this inside directories."}),
-        # output
+    }
+
+
+def _output_options(click) -> dict[str, Option]:  # output
+    return {
         "as_json": Option(("--json", "as_json"), {"is_flag": True,
                           "help": "Print the whole result as JSON (errors too), on stdout."}),
         "verbose": Option(("--verbose", "-v"), {"is_flag": True,
                           "help": "Show model replies, code and outputs as they happen."}, rlm="verbose"),
         "quiet": Option(("--quiet", "-q"), {"is_flag": True, "help": "No progress or summary on stderr."}),
-        # serving (rlm serve, rlm mcp)
+    }
+
+
+def _serve_options(click) -> dict[str, Option]:  # serving (rlm serve, rlm mcp)
+    positive_int = click.IntRange(min=1)
+    positive = click.FloatRange(min=0, min_open=True)
+    return {
         "host": Option(("--host",), {"default": "127.0.0.1", "show_default": True,
                        "help": "Interface to bind; anything but loopback needs a token."}),
         "port": Option(("--port",), {"type": click.IntRange(1, 65535), "default": 8000, "show_default": True}),
@@ -146,7 +172,12 @@ def _declare() -> dict[str, Option]:
         "root": Option(("--root",), {"type": click.Path(file_okay=False, exists=True, path_type=Path),
                        "default": ".", "show_default": True, "help": "Only files under this directory can be "
                        "loaded."}),
-        # batches
+    }
+
+
+def _batch_options(click) -> dict[str, Option]:  # batches
+    positive_int = click.IntRange(min=1)
+    return {
         "executor": Option(("--executor",), {"type": click.Choice(["local", "ray"]), "default": "local",
                            "show_default": True}),
         "address": Option(("--address",), {"default": None, "help": "Ray cluster address (e.g. ray://head:10001); "
@@ -156,7 +187,12 @@ def _declare() -> dict[str, Option]:
         "results_file": Option(("--results", "results_file"), {"type": click.Path(dir_okay=False, path_type=Path),
                                "default": None, "help": "Where results go (default: TASKS.results.jsonl); finished "
                                "tasks in it are not rerun."}),
-        # benchmarks
+    }
+
+
+def _bench_options(click) -> dict[str, Option]:  # benchmarks
+    positive_int = click.IntRange(min=1)
+    return {
         "tasks": Option(("--tasks",), {"default": "niah", "show_default": True, "help": "Task families, "
                         "comma-separated: niah, niah_multi, logs, codeqa, oolong, oolong_pairs, multihop."}),
         "sizes": Option(("--sizes",), {"default": "8k,64k,1m", "show_default": True,
@@ -176,6 +212,14 @@ def _declare() -> dict[str, Option]:
         "out": Option(("--out",), {"type": click.Path(file_okay=False, path_type=Path),
                       "default": Path("bench-results"), "show_default": True}),
     }
+
+def _declare() -> dict[str, Option]:
+    click = _types()
+    declared: dict[str, Option] = {}
+    for group in (_model_options, _limit_options, _environment_options, _loop_options, _input_options,
+                  _output_options, _serve_options, _batch_options, _bench_options):
+        declared.update(group(click))
+    return declared
 
 
 # Per-command defaults that differ from the table's, declared once.

@@ -254,19 +254,12 @@ def _read_roots_for(path: tuple[str, ...]) -> tuple[str, ...]:  # per import pat
     return tuple(sorted(roots))
 
 
-def plan_isolation(mode: str = "auto") -> IsolationPlan:
-    if mode not in MODES:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"unknown sandbox mode {mode!r}: use 'auto' (strongest available), 'namespaces' "
-                          f"(require bubblewrap namespaces) or 'process' (no namespaces)")
-    root = os.geteuid() == 0
-    plan = IsolationPlan(mode=mode, namespaces=False, drop_uid=False,
-                         layers=["separate process with a scrubbed environment (no API keys)",
-                                 "resource limits: memory, file size, open files, CPU time"])
+def _probe(mode: str, root: bool) -> tuple[bool, str, tuple[int, bool, str]]:
+    """(namespaces work, why not, (Landlock ABI, seccomp, why not)): the two probes start a
+    process each, once per process, so they run side by side."""
     import threading
 
-    probed: list = []  # the two probes start a process each, once per process: run them side by side
+    probed: list = []
     cache_info = getattr(_confinement, "cache_info", None)
     confinement_probe = None
     if cache_info is not None and cache_info().currsize:  # known already: no thread per worker
@@ -277,7 +270,20 @@ def plan_isolation(mode: str = "auto") -> IsolationPlan:
     works, reason = (False, "disabled (sandbox='process')") if mode == "process" else _namespaces_work(root)
     if confinement_probe is not None:
         confinement_probe.join()
-    landlock, seccomp, why_not = probed[0]
+    return works, reason, probed[0]
+
+
+def plan_isolation(mode: str = "auto") -> IsolationPlan:
+    if mode not in MODES:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown sandbox mode {mode!r}: use 'auto' (strongest available), 'namespaces' "
+                          f"(require bubblewrap namespaces) or 'process' (no namespaces)")
+    root = os.geteuid() == 0
+    plan = IsolationPlan(mode=mode, namespaces=False, drop_uid=False,
+                         layers=["separate process with a scrubbed environment (no API keys)",
+                                 "resource limits: memory, file size, open files, CPU time"])
+    works, reason, (landlock, seccomp, why_not) = _probe(mode, root)
     if works:
         plan.namespaces = True
         plan.layers.append("namespaces (bubblewrap): no network, own PID/IPC/UTS, read-only system view, "
