@@ -55,7 +55,7 @@ def test_hotpotqa_families_have_exact_answers_from_real_records():
     from collections import Counter
 
     from recursive_llm.bench import hotpotqa
-    from recursive_llm.bench.tasks import FAMILIES
+    from recursive_llm.bench.families import FAMILIES
 
     count = FAMILIES["oolong"](8_000, seed=1)
     assert count.context == FAMILIES["oolong"](8_000, seed=1).context

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .methods import METHODS, run_method
-from .tasks import FAMILIES, parse_size
+from .families import FAMILIES
+from .tasks import parse_size
 
 
 def run_bench(*, model: str, base_url: str | None, families: list[str], sizes: list[str], methods: list[str],

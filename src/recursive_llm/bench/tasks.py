@@ -172,24 +172,3 @@ def codeqa(size_tokens: int, seed: int = 0) -> Task:
     context = "".join(f"### {name}\n{text}\n" for name, text in files)
     return Task("codeqa", size_tokens, seed, f"Which file defines the top-level function `{function}`? Answer with its "
                 f"path.", context, answer, exact(answer))
-
-
-FAMILIES: dict[str, Callable[..., Task]] = {"niah": niah, "niah_multi": niah_multi, "logs": logs, "codeqa": codeqa}
-
-
-def _from_hotpotqa(name: str) -> Callable[..., Task]:
-    """A family from `hotpotqa.py`, imported when first used (it loads a 46 MB data file)."""
-    def build(size_tokens: int, seed: int = 0) -> Task:
-        from . import hotpotqa
-
-        return getattr(hotpotqa, name)(size_tokens, seed)
-    def prepare() -> None:
-        from . import hotpotqa
-
-        hotpotqa.examples()
-    build.__doc__ = f"HotpotQA family `{name}` (see recursive_llm.bench.hotpotqa)."
-    build.prepare = prepare  # type: ignore[attr-defined]
-    return build
-
-
-FAMILIES.update({name: _from_hotpotqa(name) for name in ("oolong", "oolong_pairs", "multihop")})
