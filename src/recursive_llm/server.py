@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import BudgetExceeded, ConfigError, ContextError, RLMError
+from .errors import ConfigError, ContextError, RLMError
 from .options import SERVE_CEILINGS, make_rlm
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -576,8 +576,6 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event):
         raise RequestError(400, f"bad context: {error}") from None
     except ConfigError as error:
         raise RequestError(400, f"bad configuration: {error}") from None
-    except BudgetExceeded as error:
-        raise RequestError(429, f"budget exceeded: {error}", "rate_limit_error") from None
     except RLMError as error:
         raise RequestError(502, f"the run failed: {error}", "server_error") from None
     finally:
