@@ -65,7 +65,7 @@ def test_a_tool_is_called_from_the_worker_and_runs_in_the_host(monkeypatch):
     assert calls[0]["response"] == '{"sku": "A-1", "price": 12.5, "currency": "USD"}'
 
 
-def test_tools_are_bounded_by_the_runs_time_limit():
+def test_a_tool_call_is_bounded_by_call_timeout_s():
     import time
 
     def slow() -> str:
