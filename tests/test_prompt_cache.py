@@ -44,6 +44,7 @@ def test_a_ten_iteration_runs_cached_tokens_and_cost_match_what_the_server_says(
     assert result.cost_usd == pytest.approx(expected_cost(model, total, cache.cached_tokens, cache.written_tokens))
     assert result.cost_usd < expected_cost(model, total, 0, 0) * 0.5  # well under the uncached price
     assert result.usage.to_dict()["total"]["cached_prompt_tokens"] == cache.cached_tokens
+    assert total.cost_usd == pytest.approx(result.cost_usd)  # result.usage prices the cache like the budget
 
 
 def test_sub_calls_are_not_marked_and_the_budget_reserves_at_the_cache_write_price():

@@ -88,3 +88,29 @@ def test_a_session_does_not_overwrite_compactions_history():
         chat.ask("first?")
         chat.ask("second?")
     assert "compacted turn {1: 'one'}" in root.calls[3][-1]["content"]
+
+
+def test_a_real_compaction_in_a_session_keeps_history_and_session_history_apart():
+    """Question 2 of a session outgrows the root window and is compacted for real: its earlier turns
+    land in `history`, while `session_history` and `previous_answers` still hold question 1."""
+    events: list = []
+
+    def respond(messages):
+        last = messages[-1]["content"]
+        if "question 2 of a session" not in messages[1]["content"]:
+            return "FINAL(first answer)"
+        if "replaced by a summary that you write now" in last:
+            return "Summary: the big outputs were noise."
+        if "were replaced by your summary above" in last:
+            return ("```repl\nprint(history[0]['role'], len(session_history), session_history[0]['question'],"
+                    " previous_answers[1])\n```")
+        if "assistant 1 first? first answer" in last:
+            return "FINAL(done)"
+        return "```repl\nprint(' '.join(f'w{i}' for i in range(600)))\n```"
+
+    root = ScriptedModel(default=respond, name="root", context_window=4_000)
+    with RLM(model=root, on_event=events.append, max_iterations=12).session("some text") as chat:
+        assert chat.ask("first?").answer == "first answer"
+        second = chat.ask("second?")
+    assert [e for e in events if e["type"] == "compaction"]
+    assert second.answer == "done" and second.stopped_reason == "final"

@@ -65,7 +65,7 @@ def test_a_tool_is_called_from_the_worker_and_runs_in_the_host(monkeypatch):
     assert calls[0]["response"] == '{"sku": "A-1", "price": 12.5, "currency": "USD"}'
 
 
-def test_tools_are_bounded_by_the_runs_time_limit():
+def test_a_tool_call_is_bounded_by_call_timeout_s():
     import time
 
     def slow() -> str:
@@ -76,6 +76,27 @@ def test_tools_are_bounded_by_the_runs_time_limit():
     root = ScriptedModel([repl("try:\n    slow()\nexcept ToolError as e:\n    print(e)"), "FINAL(done)"])
     result = RLM(model=root, tools=[slow], call_timeout_s=0.5).completion("q", "text")
     assert result.answer == "done" and "slow did not return within 0.5 s" in root.calls[1][-1]["content"]
+
+
+def test_budgets_hold_a_tool_call_ends_at_the_runs_deadline():
+    """A tool that never returns is cut off where the run's `timeout_s` runs out (not at the 300 s
+    `call_timeout_s`), and the run stops on its time budget, with the call recorded as failed."""
+    import asyncio
+    import re
+
+    async def wait_forever() -> str:
+        """Never returns by itself."""
+        await asyncio.sleep(3600)
+        return "late"
+
+    events: list = []
+    root = ScriptedModel([repl("try:\n    wait_forever()\nexcept ToolError as e:\n    print(e)"), "FINAL(late)"])
+    result = RLM(model=root, tools=[wait_forever], timeout_s=8, on_event=events.append).completion("q", "text")
+    assert result.stopped_reason == "timeout" and result.answer != "late"
+    [call] = [e for e in events if e["type"] == "tool_call"]
+    cut = re.fullmatch(r"wait_forever did not return within ([\d.]+) s", call["error"])
+    assert cut and float(cut.group(1)) <= 8
+    assert result.usage.to_dict()["tools"]["wait_forever"]["errors"] == 1
 
 
 @pytest.mark.parametrize("bad", [lambda: 1, "not a function"])

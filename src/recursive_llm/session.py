@@ -4,7 +4,7 @@ Each question is a run of its own (recorded with the session's id), but all of t
 the same environment, so what the model computed for one question (an index, a list of findings)
 is still there for the next. In the REPL, `session_history` lists the earlier questions with their
 answers and run ids, and `previous_answers[n]` is the answer to question n (from 1). (`history` is
-compaction's: the earlier turns of the current question's conversation.)
+compaction's: the turns it replaced by a summary, added to across the session's questions.)
 
 A session owns an event loop on a thread of its own, because the worker process is tied to the
 loop it was started on; `ask` works from any thread, `aask` from any event loop.
