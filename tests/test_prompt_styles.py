@@ -52,3 +52,14 @@ def test_the_default_style_is_unchanged_and_unknown_styles_are_refused():
     assert root.calls[0][1]["content"].startswith("Query: q")
     with pytest.raises(ConfigError, match="prompt_style"):
         RLM(model=root, prompt_style="paper")
+
+
+def test_every_selectable_style_has_prompts_and_every_prompt_set_is_selectable():
+    """The style names are declared once (config.PROMPT_STYLES: RLM(...) and --prompt-style check
+    against them); prompts.py must hold a text for each and no other."""
+    from recursive_llm import prompts
+    from recursive_llm.config import PROMPT_STYLES
+    from recursive_llm.options import table
+
+    assert set(prompts.STYLES) == set(PROMPT_STYLES)
+    assert list(table()["prompt_style"].kwargs["type"].choices) == list(PROMPT_STYLES)

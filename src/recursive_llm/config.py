@@ -123,6 +123,9 @@ class CallPolicy:
         return RetryPolicy(max_retries=self.max_retries)
 
 
+PROMPT_STYLES = ("default", "reference")  # prompts.py has their texts
+
+
 @dataclass(frozen=True)
 class LoopPolicy:
     """How the root loop behaves."""
@@ -144,7 +147,7 @@ class LoopPolicy:
                           "schema_retries": (True, 0, True, False),
                           "fallback_after": (True, 1, True, True), "compact_at": (False, 0, False, True),
                           "root_context_window": (True, 1, True, True)})
-        if self.prompt_style not in ("default", "reference"):
+        if self.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt_style {self.prompt_style!r}: use 'default' or 'reference' (the "
                              f"reference implementation's prompts, for models trained as RLMs)")
         if self.compact_at is not None and not 0.1 <= self.compact_at < 1:

@@ -16,9 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import ENVIRONMENTS, PROMPT_STYLES, SANDBOX_MODES, Limits, LoopPolicy, WorkerPolicy
+
 # What a served run (`rlm serve`, `rlm mcp`) may use at most unless the operator says otherwise.
 SERVE_CEILINGS: dict[str, Any] = {"max_iterations": 20, "max_depth": 1, "max_llm_calls": 500,
                                   "max_tokens": None, "max_cost_usd": None, "timeout_s": 600.0}
+# How `rlm serve` listens and admits requests unless told otherwise (`server.ServeConfig`'s defaults).
+SERVE_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 8000, "max_concurrent": 8, "max_body_mb": 10,
+                                  "shutdown_grace_s": 30.0, "idle_timeout_s": 30.0}
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,10 @@ def _limit_options(click) -> dict[str, Option]:  # limits
     positive_int = click.IntRange(min=1)
     positive = click.FloatRange(min=0, min_open=True)
     return {
-        "max_depth": Option(("--max-depth",), {"type": positive_int, "default": 1, "show_default": True,
+        "max_depth": Option(("--max-depth",), {"type": positive_int, "default": Limits.max_depth, "show_default": True,
                             "help": "1: sub-calls are plain LLM calls; 2+: rlm_query starts child RLMs."},
                             rlm="max_depth"),
-        "max_iterations": Option(("--max-iterations",), {"type": positive_int, "default": 20, "show_default": True,
+        "max_iterations": Option(("--max-iterations",), {"type": positive_int, "default": Limits.max_iterations, "show_default": True,
                                  "help": "Root-model turns per run."}, rlm="max_iterations"),
         "max_llm_calls": Option(("--max-llm-calls",), {"type": positive_int, "default": None,
                                 "help": "Model calls per run, children included."}, rlm="max_llm_calls"),
@@ -75,12 +80,12 @@ def _limit_options(click) -> dict[str, Option]:  # limits
 
 
 def _environment_options(click) -> dict[str, Option]:  # where code runs
-    sandbox = click.Choice(["auto", "namespaces", "process"])
+    sandbox = click.Choice(list(SANDBOX_MODES))
     return {
-        "environment": Option(("--environment",), {"type": click.Choice(["worker", "local"]), "default": "worker",
+        "environment": Option(("--environment",), {"type": click.Choice(list(ENVIRONMENTS)), "default": WorkerPolicy.environment,
                               "show_default": True, "help": "Where model code runs: an isolated worker process, or "
                               "in-process (trusted input only)."}, rlm="environment"),
-        "sandbox": Option(("--sandbox",), {"type": sandbox, "default": "auto", "show_default": True,
+        "sandbox": Option(("--sandbox",), {"type": sandbox, "default": WorkerPolicy.sandbox, "show_default": True,
                           "help": "Worker isolation: strongest available, require namespaces, or resource limits "
                           "only."}, rlm="sandbox"),
     }
@@ -100,8 +105,8 @@ def _loop_options(click) -> dict[str, Option]:  # how calls and the loop behave
                                  "metavar": "N", "help": "After N replies with no working code and no answer, run "
                                  "the built-in map-reduce program (default 3; 1 for the embedded model)."},
                                  rlm="fallback_after"),
-        "prompt_style": Option(("--prompt-style",), {"type": click.Choice(["default", "reference"]),
-                               "default": "default", "show_default": True, "help": "reference: the prompts of the "
+        "prompt_style": Option(("--prompt-style",), {"type": click.Choice(list(PROMPT_STYLES)),
+                               "default": LoopPolicy.prompt_style, "show_default": True, "help": "reference: the prompts of the "
                                "reference implementation (rlms), for models trained as RLMs."}, rlm="prompt_style"),
         "tools": Option(("--tool", "tools"), {"multiple": True, "metavar": "MODULE:FUNCTION",
                         "help": "A function of yours that model code may call by name (repeatable): module:function "
@@ -144,9 +149,10 @@ def _serve_options(click) -> dict[str, Option]:  # serving (rlm serve, rlm mcp)
     positive_int = click.IntRange(min=1)
     positive = click.FloatRange(min=0, min_open=True)
     return {
-        "host": Option(("--host",), {"default": "127.0.0.1", "show_default": True,
+        "host": Option(("--host",), {"default": SERVE_DEFAULTS["host"], "show_default": True,
                        "help": "Interface to bind; anything but loopback needs a token."}),
-        "port": Option(("--port",), {"type": click.IntRange(1, 65535), "default": 8000, "show_default": True}),
+        "port": Option(("--port",), {"type": click.IntRange(1, 65535), "default": SERVE_DEFAULTS["port"],
+                       "show_default": True}),
         "extra_models": Option(("--also-model", "extra_models"), {"multiple": True, "metavar": "MODEL",
                                "help": "Another root model clients may ask for as rlm/<model> (repeatable)."}),
         "token_file": Option(("--token-file",), {"type": click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -155,16 +161,17 @@ def _serve_options(click) -> dict[str, Option]:  # serving (rlm serve, rlm mcp)
                              "loopback."}),
         "token": Option(("--token",), {"default": None, "hidden": True, "help": "Deprecated: argv is readable by every "
                         "process (/proc/PID/cmdline); use RLM_SERVE_TOKEN or --token-file."}),
-        "idle_timeout": Option(("--idle-timeout",), {"type": positive, "default": 30, "show_default": True,
+        "idle_timeout": Option(("--idle-timeout",), {"type": positive, "default": SERVE_DEFAULTS["idle_timeout_s"], "show_default": True,
                                "help": "Seconds a connection may send nothing (no request headers, or a stalled "
                                "body) before it is closed."}),
         "allowed_root": Option(("--allowed-root",), {"type": click.Path(file_okay=False, path_type=Path),
                                "default": None, "help": "Directory whose files requests may name in context.files "
                                "(nothing outside it)."}),
-        "max_concurrent": Option(("--max-concurrent",), {"type": positive_int, "default": 8, "show_default": True,
+        "max_concurrent": Option(("--max-concurrent",), {"type": positive_int, "default": SERVE_DEFAULTS["max_concurrent"], "show_default": True,
                                  "help": "Runs at once; more get 429."}),
-        "max_body_mb": Option(("--max-body-mb",), {"type": positive, "default": 10, "show_default": True}),
-        "shutdown_grace": Option(("--shutdown-grace",), {"type": click.FloatRange(min=0), "default": 30,
+        "max_body_mb": Option(("--max-body-mb",), {"type": positive, "default": SERVE_DEFAULTS["max_body_mb"], "show_default": True}),
+        "shutdown_grace": Option(("--shutdown-grace",), {"type": click.FloatRange(min=0),
+                                 "default": SERVE_DEFAULTS["shutdown_grace_s"],
                                  "show_default": True, "help": "Seconds running requests get to finish on "
                                  "SIGTERM/SIGINT."}),
         "access_log": Option(("--access-log/--no-access-log",), {"default": True, "show_default": True,

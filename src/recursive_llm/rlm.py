@@ -36,18 +36,24 @@ class RLM:
     def __init__(
         self, model: str | ModelClient | None = None, sub_model: str | ModelClient | None = None, *,
         base_url: str | None = None, api_key: str | None = None,
-        # what a run may spend (config.Limits)
-        max_depth: int = 1, max_iterations: int = 20, max_llm_calls: int | None = None,
-        max_tokens: int | None = None, max_cost_usd: float | None = None, timeout_s: float | None = None,
+        # what a run may spend (config.Limits); every default is the config value's own
+        max_depth: int = Limits.max_depth, max_iterations: int = Limits.max_iterations,
+        max_llm_calls: int | None = Limits.max_llm_calls, max_tokens: int | None = Limits.max_tokens,
+        max_cost_usd: float | None = Limits.max_cost_usd, timeout_s: float | None = Limits.timeout_s,
         # where model code runs (config.WorkerPolicy)
-        environment: str = "worker", sandbox: str = "auto", worker_memory_mb: int = 8192,
+        environment: str = WorkerPolicy.environment, sandbox: str = WorkerPolicy.sandbox,
+        worker_memory_mb: int = WorkerPolicy.memory_mb,
         # how every model call is made (config.CallPolicy)
-        max_concurrency: int = 256, max_retries: int = 4, call_timeout_s: float | None = 300.0,
-        max_output_tokens: int | None = None, temperature: float | None = None,
+        max_concurrency: int = CallPolicy.max_concurrency, max_retries: int = CallPolicy.max_retries,
+        call_timeout_s: float | None = CallPolicy.call_timeout_s,
+        max_output_tokens: int | None = CallPolicy.max_output_tokens,
+        temperature: float | None = CallPolicy.temperature,
         # how the root loop behaves (config.LoopPolicy)
-        max_output_chars: int = 20_000, cell_timeout_s: float = 120.0, fallback_after: int | None = 3,
-        schema_retries: int = 2, compact_at: float | None = 0.85, root_context_window: int | None = None,
-        system_prompt: str | None = None, prompt_style: str = "default", sub_calls: bool = True,
+        max_output_chars: int = LoopPolicy.max_output_chars, cell_timeout_s: float = LoopPolicy.cell_timeout_s,
+        fallback_after: int | None = LoopPolicy.fallback_after, schema_retries: int = LoopPolicy.schema_retries,
+        compact_at: float | None = LoopPolicy.compact_at, root_context_window: int | None = LoopPolicy.root_context_window,
+        system_prompt: str | None = LoopPolicy.system_prompt, prompt_style: str = LoopPolicy.prompt_style,
+        sub_calls: bool = LoopPolicy.sub_calls,
         # what model code may use (config.RunConfig)
         allowed_models: list[str] | str | None = None, ray_fanout_at: int | None = None, tools: list | None = None,
         # recording and watching

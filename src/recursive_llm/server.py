@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ContextError, RLMError
-from .options import SERVE_CEILINGS, make_rlm
+from .config import CallPolicy, WorkerPolicy
+from .options import SERVE_CEILINGS, SERVE_DEFAULTS, make_rlm
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_JSON_DEPTH = 64  # deeper request bodies are refused (400) before anything walks them
@@ -108,23 +109,23 @@ class ServeConfig:
     model: str | None = None
     sub_model: str | None = None
     base_url: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = SERVE_DEFAULTS["host"]
+    port: int = SERVE_DEFAULTS["port"]
     token: str | None = None  # one client token; `tokens` holds more (one per client, for the cache)
     tokens: list[str] = field(default_factory=list)
     allowed_root: Path | None = None
-    max_concurrent: int = 8
-    max_body_bytes: int = 10_000_000
-    sandbox: str = "auto"
+    max_concurrent: int = SERVE_DEFAULTS["max_concurrent"]
+    max_body_bytes: int = SERVE_DEFAULTS["max_body_mb"] * 1_000_000
+    sandbox: str = WorkerPolicy.sandbox
     # The most a request may use; a request can ask for less (its "rlm" field), never more.
     limits: ServeLimits = field(default_factory=ServeLimits)
     extra_models: list[str] = field(default_factory=list)
-    max_retries: int = 4
-    call_timeout_s: float | None = 300.0
-    shutdown_grace_s: float = 30.0
+    max_retries: int = CallPolicy.max_retries
+    call_timeout_s: float | None = CallPolicy.call_timeout_s
+    shutdown_grace_s: float = SERVE_DEFAULTS["shutdown_grace_s"]
     # A connection that sends nothing (or not a whole request's headers) for this long is closed;
     # a body that stops arriving for this long gets 408; an idle keep-alive connection is closed.
-    idle_timeout_s: float = 30.0
+    idle_timeout_s: float = SERVE_DEFAULTS["idle_timeout_s"]
     access_log: bool = False  # one line per request on stderr (`rlm serve` turns it on)
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+from ..config import WorkerPolicy
 from ..errors import EnvironmentFailure
 from .base import CellResult, SubCallHandler
 from .sandbox import Limits
@@ -31,7 +32,7 @@ from .worker import WorkerEnvironment
 class WorkerPool:
     """Up to `size` pre-started workers for one event loop and one sandbox configuration."""
 
-    def __init__(self, size: int, *, sandbox: str = "auto", limits: Limits = Limits(),
+    def __init__(self, size: int, *, sandbox: str = WorkerPolicy.sandbox, limits: Limits = Limits(),
                  max_captured_chars: int = 1_000_000, starting_at_once: int = 2) -> None:
         if size < 1:
             raise ValueError("a worker pool needs at least one worker")
@@ -187,7 +188,7 @@ class PooledWorker:
 _pools: dict[int, WorkerPool] = {}  # id(event loop) -> its pool
 
 
-def install(size: int, *, sandbox: str = "auto", memory_mb: int = 8192,
+def install(size: int, *, sandbox: str = WorkerPolicy.sandbox, memory_mb: int = WorkerPolicy.memory_mb,
             max_captured_chars: int = 1_000_000) -> WorkerPool:
     """Give the running event loop a pool of `size` pre-started workers (and start filling it).
     Runs on this loop whose policy matches take their workers from it."""
@@ -212,7 +213,7 @@ def current() -> WorkerPool | None:
     return pool if pool is not None and pool._loop is loop and not pool._closed else None
 
 
-def serve_with_pool(app, *, size: int, sandbox: str = "auto") -> None:
+def serve_with_pool(app, *, size: int, sandbox: str = WorkerPolicy.sandbox) -> None:
     """`rlm serve`'s hook: a pool of `size` (at most 32) pre-started workers on the server's event
     loop from startup to shutdown. Runs with other worker settings start their own workers."""
     import os

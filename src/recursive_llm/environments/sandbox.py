@@ -35,7 +35,8 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MODES = ("auto", "namespaces", "process")
+from ..config import SANDBOX_MODES as MODES
+from ..config import WorkerPolicy
 NOBODY = 65534  # the user the probes run as
 # When the host is root, each worker runs as a uid of its own, above any real user's: workers of
 # concurrent runs cannot signal or trace each other, and the process limit counts per worker.
@@ -50,7 +51,7 @@ SANDBOX_TMP = "/tmp"  # the worker's private, size-limited, writable directory i
 class Limits:
     """Resource limits of one worker (and every process it starts)."""
 
-    memory_mb: int = 8192
+    memory_mb: int = WorkerPolicy.memory_mb
     max_file_mb: int = 1024
     private_dir_mb: int = 512
     max_processes: int = 64

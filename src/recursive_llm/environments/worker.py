@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import WorkerPolicy
 from ..errors import EnvironmentFailure
 from .base import CellFailed, ReplEnvironment, SubCallHandler
 from .channel import WORKER_FAULTS, WorkerChannel
@@ -49,7 +50,7 @@ class WorkerEnvironment(ReplEnvironment):
     name = "worker"
 
     def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = 1_000_000,
-                 startup_timeout_s: float = 60.0, python: str = sys.executable, sandbox: str = "auto",
+                 startup_timeout_s: float = 60.0, python: str = sys.executable, sandbox: str = WorkerPolicy.sandbox,
                  limits: Limits = Limits()) -> None:
         super().__init__(handler)
         self._context = context
