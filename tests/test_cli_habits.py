@@ -71,6 +71,17 @@ def _read_until_exit(pid: int, master: int, deadline: float) -> tuple[str, int]:
     return output.decode("utf-8", "replace"), os.waitstatus_to_exitcode(status)
 
 
+def test_a_terminal_stdin_is_not_read_as_the_input(tmp_path):
+    """On a terminal with no --context, `rlm ask` does not wait for the keyboard: it says how to give
+    the input (exit 3); the same words for a stdin that is not a pipe or a file."""
+    pid, master = _pty_run(["ask", "q", "--model", "m", "--base-url", "http://127.0.0.1:9/v1"], dict(os.environ))
+    output, code = _read_until_exit(pid, master, time.time() + 60)
+    assert code == 3, output
+    assert "no input: give --context PATH" in output and "cat FILE | rlm ask QUESTION" in output
+    closed = rlm("ask", "q", "--model", "m", "--base-url", "http://127.0.0.1:9/v1")  # stdin is /dev/null
+    assert closed.returncode == 3 and "no input: give --context PATH" in closed.stderr
+
+
 def test_ctrl_c_names_the_run_then_resume_says_replayed_and_live(tmp_path):
     gate = tmp_path / "hang"
     gate.write_text("x")
