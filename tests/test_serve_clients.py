@@ -85,6 +85,19 @@ def test_a_message_naming_a_file_is_text_not_a_path(served, backend):
     assert subs and all(s == "report.txt" for s in subs)  # the eleven characters, never the file's text
 
 
+def test_earlier_messages_are_the_input_through_the_openai_client(served, backend):
+    """No `context` field: the earlier messages are the input, the last user message the question."""
+    reply = served.client().chat.completions.create(
+        model="rlm", messages=[{"role": "user", "content": "The staging server is called kestrel."},
+                               {"role": "user", "content": "What is the staging server called?"}])
+    assert reply.choices[0].message.content == "the answer is 42"
+    subs = [r["messages"][-1]["content"] for r in backend.requests if not is_root(r["messages"])]
+    assert subs == ["The staging server i", "r is called kestrel."]  # context[:20], context[-20:]
+    roots = [r["messages"] for r in backend.requests if is_root(r["messages"])]
+    assert "What is the staging server called?" in roots[0][-1]["content"]
+    assert not any("What is the staging" in s for s in subs)
+
+
 CITY = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
         "required": ["city", "population"], "additionalProperties": False}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -103,10 +104,10 @@ def flagged_runs(folder) -> tuple[str, str]:
     reasoning; and a run that the map-reduce fallback answered, later marked interrupted."""
     replies = iter(["<think>plan: ask about each part</think>\n```repl\n"
                     "notes = llm_query_batched(['part one', 'part two', 'part three'])\nprint(notes)\n```",
-                    "FINAL_VAR(no_such_name)", "FINAL(kestrel)"])
+                    "```repl\nmore = llm_query('part four')\n```", "FINAL_VAR(no_such_name)", "FINAL(kestrel)"])
     rlm = RLM(model=ScriptedModel(default=lambda messages: next(replies), name="root-model"),
               sub_model=ScriptedModel(default=lambda messages: "answer to " + messages[-1]["content"][-10:],
-                                      name="sub-model"))
+                                      name="sub-model", delay=0.3))  # the cell waits for its sub-calls
     refused = rlm.completion("Which server?", "the staging server is kestrel").run_id
     idle = RLM(model=ScriptedModel(default=lambda messages: "I am not sure.", name="weak"),
                sub_model=ScriptedModel(default=lambda messages: "kestrel", name="weak-sub"), fallback_after=1)
@@ -142,10 +143,11 @@ def test_viewer_flags_previews_numbers_and_search_marks(tmp_path):
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("pageerror", lambda error: problems.append(str(error)))
         page.goto(pages[refused].as_uri())
-        second, third = page.locator(f"#it-{refused}-2 > summary"), page.locator(f"#it-{refused}-3 > summary")
+        second, third = page.locator(f"#it-{refused}-3 > summary"), page.locator(f"#it-{refused}-4 > summary")
         assert "final refused" in second.inner_text() and second.locator(".pill.final").count() == 0
         assert third.locator(".pill.final").inner_text() == "final"
-        assert "(model and cells)" in page.locator(f"#it-{refused}-1 > summary").inner_text()
+        first_summary = page.locator(f"#it-{refused}-1 > summary").inner_text()
+        iteration_time = float(re.search(r"([\d.]+)s \(model and cells\)", first_summary).group(1))
         page.locator(f"#it-{refused}-1 > summary").click()
         shown = page.locator(f"#it-{refused}-1 pre.reasoning")  # the reasoning, apart from the reply
         shown.wait_for(state="visible", timeout=10_000)
@@ -157,6 +159,13 @@ def test_viewer_flags_previews_numbers_and_search_marks(tmp_path):
         assert len(texts) == 3  # every sub-call under the cell that made it
         assert [rows.nth(i).locator(".label").inner_text() for i in range(3)] == ["#2", "#3", "#4"]  # run-local numbers (#1 is the root call)
         assert all("→ answer to " in t for t in texts)  # the response preview on the row
+        page.locator(f"#it-{refused}-2 > summary").click()
+        page.locator(f"#cell-{refused}-2-0 > summary").click()
+        later = page.locator(f"#cell-{refused}-2-0 [id^='call-'] > summary")
+        later.first.wait_for(state="visible", timeout=10_000)
+        assert later.count() == 1 and "part four" in later.first.inner_text()  # iteration 2's own sub-call
+        # the iteration's time includes its cell's wait for the sub-calls, not only the root call's
+        assert iteration_time >= max(float(re.search(r"· ([\d.]+)s · ", t).group(1)) for t in texts) > 0
         page.fill("#search", "part two")
         page.wait_for_selector("#results div:nth-child(2)")
         page.locator("#results div:nth-child(2)").click()

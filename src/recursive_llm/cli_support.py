@@ -145,10 +145,14 @@ def _prepare_model(params: dict) -> None:
 
 def _load_inputs(params: dict, context) -> list:
     from .context.loader import load_inputs
+    from .errors import ContextError
 
     context, load_options = _inputs(params, context)
     sources = ([] if context is None else [context]) + list(load_options.pop("contexts", None) or [])
-    return load_inputs(sources or [""], **load_options)
+    if not sources:  # a terminal's stdin is never read as the input: say how to give one
+        raise ContextError("no input: give --context PATH (a file or a directory), or pipe it: "
+                           "cat FILE | rlm ask QUESTION")
+    return load_inputs(sources, **load_options)
 
 
 def _read_schema(path: Path | str | None):
