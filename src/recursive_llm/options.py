@@ -36,9 +36,28 @@ def _types():
     return click
 
 
+def _finite_range(**bounds: Any):
+    """A click.FloatRange that also refuses NaN and infinities: NaN passes every range check
+    (it compares false with everything), and `--max-body-mb nan` was a traceback, `--shutdown-grace
+    nan` a server that never waits."""
+    import math
+
+    click = _types()
+
+    class FiniteRange(click.FloatRange):
+        def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+            number = super().convert(value, param, ctx)
+            if not math.isfinite(number):
+                self.fail(f"{number} is not a finite number.", param, ctx)
+            return number
+
+    return FiniteRange(**bounds)
+
+
 def _declare() -> dict[str, Option]:
     click = _types()
-    positive_int, positive = click.IntRange(min=1), click.FloatRange(min=0, min_open=True)
+    positive_int, positive, not_negative = click.IntRange(min=1), _finite_range(min=0, min_open=True), \
+        _finite_range(min=0)
     sandbox = click.Choice(["auto", "namespaces", "process"])
     return {
         # models
@@ -81,7 +100,7 @@ def _declare() -> dict[str, Option]:
                                  "metavar": "TOKENS", "help": "The root model's window, for a model whose window is "
                                  "not known (a self-hosted one): near it, earlier turns are compacted into a summary "
                                  "(and kept in the REPL as `history`)."}, rlm="root_context_window"),
-        "temperature": Option(("--temperature",), {"type": click.FloatRange(min=0), "default": None,
+        "temperature": Option(("--temperature",), {"type": not_negative, "default": None,
                               "help": "Sampling temperature of every call."}, rlm="temperature"),
         "cache": Option(("--cache/--no-cache",), {"default": None, "help": "Answer identical model calls from the run "
                         "store instead of paying again (default: on at temperature 0)."}, rlm="cache"),
@@ -138,7 +157,7 @@ def _declare() -> dict[str, Option]:
         "max_concurrent": Option(("--max-concurrent",), {"type": positive_int, "default": 8, "show_default": True,
                                  "help": "Runs at once; more get 429."}),
         "max_body_mb": Option(("--max-body-mb",), {"type": positive, "default": 10, "show_default": True}),
-        "shutdown_grace": Option(("--shutdown-grace",), {"type": click.FloatRange(min=0), "default": 30,
+        "shutdown_grace": Option(("--shutdown-grace",), {"type": not_negative, "default": 30,
                                  "show_default": True, "help": "Seconds running requests get to finish on "
                                  "SIGTERM/SIGINT."}),
         "access_log": Option(("--access-log/--no-access-log",), {"default": True, "show_default": True,
@@ -168,7 +187,7 @@ def _declare() -> dict[str, Option]:
         "window_tokens": Option(("--window", "window_tokens"), {"type": click.IntRange(min=1000), "default": 32_000,
                                 "show_default": True, "help": "The model's window, for the baselines that must fit "
                                 "the input into one prompt."}),
-        "latency": Option(("--latency",), {"type": click.FloatRange(min=0), "default": 0.05, "show_default": True,
+        "latency": Option(("--latency",), {"type": not_negative, "default": 0.05, "show_default": True,
                           "help": "The simulator's latency per call (seconds)."}),
         "price": Option(("--price",), {"default": None, "metavar": "IN,OUT", "help": "USD per million input and "
                         "output tokens for the model, when it has no known price (a self-hosted model, or the "
