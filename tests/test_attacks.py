@@ -29,6 +29,7 @@ import pytest
 from recursive_llm import RLM
 from recursive_llm.environments.sandbox import plan_isolation
 from recursive_llm.events import read_trajectory
+from recursive_llm.paths import rlm_home
 from recursive_llm.testing import ScriptedModel
 
 KEY = "sk-attack-target-0123456789"
@@ -107,8 +108,6 @@ def arena(tmp_path, monkeypatch):
 
 def run_attack(arena, code: str, **options) -> Outcome:
     outside, listener = arena
-    from recursive_llm.paths import rlm_home
-
     code = textwrap.dedent(code).format(outside=outside, port=listener.port, host_pid=os.getpid(), key=KEY,
                                         token=TOKEN, abstract=ABSTRACT, home=rlm_home())
     root = ScriptedModel([f"```repl\n{code}\n```", "FINAL(survived)"])
@@ -387,7 +386,7 @@ ATTACKS = [
             try:
                 os.write(fd, struct.pack('>I', len(body)) + body)
             except OSError:
-                pass""", lambda o: "WorkerCrash" in o.out or o.cells[0]["error"] is None),
+                pass""", lambda o: "WorkerCrash: the worker broke the protocol (a number of 5,000 digits)" in o.out),
     Attack("protocol_forged_deep_nesting", """
         import os, struct
         body = b'{{"op": "call", "id": 1, "kind": "llm", "prompts": ["x"], "context": ' + b'[' * 100000 + b']' * 100000 + b'}}'
@@ -395,7 +394,7 @@ ATTACKS = [
             try:
                 os.write(fd, struct.pack('>I', len(body)) + body)
             except OSError:
-                pass""", lambda o: "WorkerCrash" in o.out or o.cells[0]["error"] is None),
+                pass""", lambda o: "WorkerCrash: the worker broke the protocol" in o.out),  # the frame reached the host
     Attack("print_lone_surrogate", "print('half a pair: \\ud800')\nprint(llm_query('\\udfff'))",
            lambda o: o.cells[0]["error"] is None and "WorkerCrash" not in o.out and "half a pair" in o.out),
     # -- issue 15: what process mode let through ------------------------------------------------
@@ -408,7 +407,7 @@ ATTACKS = [
                     read.append((path, len(f.read())))
             except OSError:
                 pass
-        print('READ', read)""", lambda o: "READ []" in o.out, needs="files"),
+        print('READ', read)""", lambda o: "READ []" in o.out and (rlm_home() / "rlm.db").exists(), needs="files"),
     Attack("proc_cmdline_token", """
         import os
         found = []

@@ -122,6 +122,26 @@ def test_serve_limits_clamp_a_request_and_refuse_nan():
         ServeLimits(timeout_s=float("nan"))
 
 
+SERVE = ["serve", "--model", "m", "--base-url", "http://127.0.0.1:9"]
+ASK = ["ask", "q", "--context", "x", "--model", "m", "--base-url", "http://127.0.0.1:9"]
+
+
+@pytest.mark.parametrize("command", [[*SERVE, "--max-body-mb"], [*SERVE, "--shutdown-grace"], [*SERVE, "--idle-timeout"],
+                                     [*SERVE, "--timeout"], [*SERVE, "--max-cost"], [*ASK, "--max-file-mb"],
+                                     [*ASK, "--timeout"], [*ASK, "--temperature"]], ids=lambda c: c[0] + c[-1])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_command_line_limits_refuse_non_finite_numbers(command, value):
+    """The operator's flags too: `--max-body-mb nan` and `--max-file-mb nan` were tracebacks,
+    `--shutdown-grace nan` a server started with a NaN grace."""
+    from click.testing import CliRunner
+
+    from recursive_llm.cli import main
+
+    done = CliRunner().invoke(main, [*command, value])
+    assert done.exit_code == 2, done.output
+    assert "not a finite number" in done.output and "Traceback" not in done.output
+
+
 def test_temperature_and_max_tokens_out_of_range_are_400(served, backend):
     for extra in ({"temperature": -1}, {"temperature": 9}, {"max_tokens": 0}, {"max_tokens": -5}):
         refused = post(served, {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "context": "t",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -251,8 +252,11 @@ def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency,
     if price is not None:
         try:
             price_in, price_out = (float(part) for part in price.split(","))
+            if not all(math.isfinite(x) and x >= 0 for x in (price_in, price_out)):
+                raise ValueError
         except ValueError:
-            raise click.BadParameter(f"{price!r}: give two numbers, e.g. 0.25,2.0", param_hint="--price") from None
+            raise click.BadParameter(f"{price!r}: give two numbers of at least 0, e.g. 0.25,2.0",
+                                     param_hint="--price") from None
         register_price("simulated" if model == "simulator" else model, price_in, price_out)
     simulator = None
     if model == "simulator":

@@ -41,6 +41,24 @@ def _types():
     return click
 
 
+def _finite_range(**bounds: Any):
+    """A click.FloatRange that also refuses NaN and infinities: NaN passes every range check
+    (it compares false with everything), and `--max-body-mb nan` was a traceback, `--shutdown-grace
+    nan` a server that never waits."""
+    import math
+
+    click = _types()
+
+    class FiniteRange(click.FloatRange):
+        def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+            number = super().convert(value, param, ctx)
+            if not math.isfinite(number):
+                self.fail(f"{number} is not a finite number.", param, ctx)
+            return number
+
+    return FiniteRange(**bounds)
+
+
 def _model_options(click) -> dict[str, Option]:  # models
     return {
         "model": Option(("--model", "-m"), {"default": None, "help": "Root model, e.g. gpt-5-mini, claude-sonnet-4-5, "
@@ -61,12 +79,13 @@ def _model_options(click) -> dict[str, Option]:  # models
 
 def _limit_options(click) -> dict[str, Option]:  # limits
     positive_int = click.IntRange(min=1)
-    positive = click.FloatRange(min=0, min_open=True)
+    positive = _finite_range(min=0, min_open=True)
     return {
         "max_depth": Option(("--max-depth",), {"type": positive_int, "default": Limits.max_depth, "show_default": True,
                             "help": "1: sub-calls are plain LLM calls; 2+: rlm_query starts child RLMs."},
                             rlm="max_depth"),
-        "max_iterations": Option(("--max-iterations",), {"type": positive_int, "default": Limits.max_iterations, "show_default": True,
+        "max_iterations": Option(("--max-iterations",), {"type": positive_int, "default": Limits.max_iterations,
+                                 "show_default": True,
                                  "help": "Root-model turns per run."}, rlm="max_iterations"),
         "max_llm_calls": Option(("--max-llm-calls",), {"type": positive_int, "default": None,
                                 "help": "Model calls per run, children included."}, rlm="max_llm_calls"),
@@ -82,7 +101,8 @@ def _limit_options(click) -> dict[str, Option]:  # limits
 def _environment_options(click) -> dict[str, Option]:  # where code runs
     sandbox = click.Choice(list(SANDBOX_MODES))
     return {
-        "environment": Option(("--environment",), {"type": click.Choice(list(ENVIRONMENTS)), "default": WorkerPolicy.environment,
+        "environment": Option(("--environment",), {"type": click.Choice(list(ENVIRONMENTS)),
+                              "default": WorkerPolicy.environment,
                               "show_default": True, "help": "Where model code runs: an isolated worker process, or "
                               "in-process (trusted input only)."}, rlm="environment"),
         "sandbox": Option(("--sandbox",), {"type": sandbox, "default": WorkerPolicy.sandbox, "show_default": True,
@@ -97,7 +117,7 @@ def _loop_options(click) -> dict[str, Option]:  # how calls and the loop behave
                                  "metavar": "TOKENS", "help": "The root model's window, for a model whose window is "
                                  "not known (a self-hosted one): near it, earlier turns are compacted into a summary "
                                  "(and kept in the REPL as `history`)."}, rlm="root_context_window"),
-        "temperature": Option(("--temperature",), {"type": click.FloatRange(min=0), "default": None,
+        "temperature": Option(("--temperature",), {"type": _finite_range(min=0), "default": None,
                               "help": "Sampling temperature of every call."}, rlm="temperature"),
         "cache": Option(("--cache/--no-cache",), {"default": None, "help": "Answer identical model calls from the run "
                         "store instead of paying again (default: on at temperature 0)."}, rlm="cache"),
@@ -115,7 +135,7 @@ def _loop_options(click) -> dict[str, Option]:  # how calls and the loop behave
 
 
 def _input_options(click) -> dict[str, Option]:  # input
-    positive = click.FloatRange(min=0, min_open=True)
+    positive = _finite_range(min=0, min_open=True)
     return {
         "contexts": Option(("--context", "-c", "contexts"), {"multiple": True, "metavar": "PATH",
                            "help": "File or directory to ask about (repeatable); '-' reads stdin (a piped stdin is "
@@ -147,7 +167,7 @@ def _output_options(click) -> dict[str, Option]:  # output
 
 def _serve_options(click) -> dict[str, Option]:  # serving (rlm serve, rlm mcp)
     positive_int = click.IntRange(min=1)
-    positive = click.FloatRange(min=0, min_open=True)
+    positive = _finite_range(min=0, min_open=True)
     return {
         "host": Option(("--host",), {"default": SERVE_DEFAULTS["host"], "show_default": True,
                        "help": "Interface to bind; anything but loopback needs a token."}),
@@ -161,16 +181,19 @@ def _serve_options(click) -> dict[str, Option]:  # serving (rlm serve, rlm mcp)
                              "loopback."}),
         "token": Option(("--token",), {"default": None, "hidden": True, "help": "Deprecated: argv is readable by every "
                         "process (/proc/PID/cmdline); use RLM_SERVE_TOKEN or --token-file."}),
-        "idle_timeout": Option(("--idle-timeout",), {"type": positive, "default": SERVE_DEFAULTS["idle_timeout_s"], "show_default": True,
+        "idle_timeout": Option(("--idle-timeout",), {"type": positive, "default": SERVE_DEFAULTS["idle_timeout_s"],
+                               "show_default": True,
                                "help": "Seconds a connection may send nothing (no request headers, or a stalled "
                                "body) before it is closed."}),
         "allowed_root": Option(("--allowed-root",), {"type": click.Path(file_okay=False, path_type=Path),
                                "default": None, "help": "Directory whose files requests may name in context.files "
                                "(nothing outside it)."}),
-        "max_concurrent": Option(("--max-concurrent",), {"type": positive_int, "default": SERVE_DEFAULTS["max_concurrent"], "show_default": True,
+        "max_concurrent": Option(("--max-concurrent",), {"type": positive_int,
+                                 "default": SERVE_DEFAULTS["max_concurrent"], "show_default": True,
                                  "help": "Runs at once; more get 429."}),
-        "max_body_mb": Option(("--max-body-mb",), {"type": positive, "default": SERVE_DEFAULTS["max_body_mb"], "show_default": True}),
-        "shutdown_grace": Option(("--shutdown-grace",), {"type": click.FloatRange(min=0),
+        "max_body_mb": Option(("--max-body-mb",), {"type": positive, "default": SERVE_DEFAULTS["max_body_mb"],
+                              "show_default": True}),
+        "shutdown_grace": Option(("--shutdown-grace",), {"type": _finite_range(min=0),
                                  "default": SERVE_DEFAULTS["shutdown_grace_s"],
                                  "show_default": True, "help": "Seconds running requests get to finish on "
                                  "SIGTERM/SIGINT."}),
@@ -211,7 +234,7 @@ def _bench_options(click) -> dict[str, Option]:  # benchmarks
         "window_tokens": Option(("--window", "window_tokens"), {"type": click.IntRange(min=1000), "default": 32_000,
                                 "show_default": True, "help": "The model's window, for the baselines that must fit "
                                 "the input into one prompt."}),
-        "latency": Option(("--latency",), {"type": click.FloatRange(min=0), "default": 0.05, "show_default": True,
+        "latency": Option(("--latency",), {"type": _finite_range(min=0), "default": 0.05, "show_default": True,
                           "help": "The simulator's latency per call (seconds)."}),
         "price": Option(("--price",), {"default": None, "metavar": "IN,OUT", "help": "USD per million input and "
                         "output tokens for the model, when it has no known price (a self-hosted model, or the "
