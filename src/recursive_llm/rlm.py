@@ -66,13 +66,11 @@ class RLM:
         try:
             limits = Limits(max_iterations=max_iterations, max_depth=max_depth, max_llm_calls=max_llm_calls,
                             max_tokens=max_tokens, max_cost_usd=max_cost_usd, timeout_s=timeout_s)
-            calls = CallPolicy(max_concurrency=max_concurrency, max_retries=max_retries,
-                               call_timeout_s=call_timeout_s, max_output_tokens=max_output_tokens,
-                               temperature=temperature)
-            loop = LoopPolicy(max_output_chars=max_output_chars, cell_timeout_s=cell_timeout_s,
-                              fallback_after=fallback_after, compact_at=compact_at,
-                              root_context_window=root_context_window, system_prompt=system_prompt,
-                              sub_calls=sub_calls, schema_retries=schema_retries,
+            calls = CallPolicy(max_concurrency=max_concurrency, max_retries=max_retries, call_timeout_s=call_timeout_s,
+                               max_output_tokens=max_output_tokens, temperature=temperature)
+            loop = LoopPolicy(max_output_chars=max_output_chars, cell_timeout_s=cell_timeout_s, compact_at=compact_at,
+                              fallback_after=fallback_after, root_context_window=root_context_window,
+                              system_prompt=system_prompt, sub_calls=sub_calls, schema_retries=schema_retries,
                               prompt_style=prompt_style)
             worker = WorkerPolicy(environment=environment, sandbox=sandbox, memory_mb=worker_memory_mb)
         except ValueError as error:
