@@ -16,6 +16,7 @@ files, and only under the allowed root. Every malformed request gets a 400 with 
 
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -220,9 +221,10 @@ class Redactor:
 
 
 # -- requests ---------------------------------------------------------------------------------------
-def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
-    """Validate a chat-completions body and turn it into the arguments of one RLM run."""
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+@functools.lru_cache(maxsize=1)
+def _request_model():
+    """The chat-completions body as a pydantic model (built once: a class per request cost CPU)."""
+    from pydantic import BaseModel, ConfigDict, Field
 
     class Message(BaseModel):
         model_config = ConfigDict(extra="allow")
@@ -241,8 +243,15 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
         rlm: dict[str, Any] | None = None
         response_format: dict[str, Any] | None = None
 
+    return Request
+
+
+def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
+    """Validate a chat-completions body and turn it into the arguments of one RLM run."""
+    from pydantic import ValidationError
+
     try:
-        request = Request.model_validate(body)
+        request = _request_model().model_validate(body)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -437,7 +446,12 @@ def create_app(config: ServeConfig):
     app = FastAPI(title="recursive-llm", version=_version(), docs_url=None, redoc_url=None)
     from .environments.pool import serve_with_pool  # pre-started workers, one per request (issue 17)
     serve_with_pool(app, size=config.max_concurrent, sandbox=config.sandbox)
-    state = {"active": 0, "started": time.time()}
+    state: dict[str, Any] = {"active": 0, "started": time.time(), "stores": {}}  # stores: _store_for
+
+    async def close_stores() -> None:
+        for store in state["stores"].values():
+            store.close()
+    app.router.on_shutdown.append(close_stores)
 
     _add_error_handlers(app, redact)
     _add_guards(app, config)
@@ -468,7 +482,7 @@ def create_app(config: ServeConfig):
             return StreamingResponse(_stream(config, args, completion_id, redact, state),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            result = await _run(config, args, None)
+            result = await _run(config, args, None, state["stores"])
         finally:
             state["active"] -= 1
         request.state.run_id = result.run_id
@@ -495,37 +509,65 @@ def _add_error_handlers(app, redact: "Redactor") -> None:
 
 def _add_guards(app, config: ServeConfig) -> None:
     """The bearer token, the body limit, and one access-log line per request (outermost)."""
-    from fastapi import Request
-    from fastapi.responses import JSONResponse
+    app.add_middleware(Guard, config=config)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if request.url.path != "/health":
-            client = config.client_of(request.headers.get("authorization", ""))
+
+class Guard:
+    """ASGI middleware: refuses a request without the bearer token (401) or with a declared body over
+    the limit (413) before the app reads it, and logs one line per request (the status, and the run
+    id the endpoint puts in the request's state; a streamed reply logs itself when it ends). Plain
+    ASGI rather than `@app.middleware`: Starlette's BaseHTTPMiddleware runs each request through a
+    task group and memory streams, which cost `rlm serve` measurable CPU per request."""
+
+    def __init__(self, app, config: ServeConfig) -> None:
+        self.app = app
+        self.config = config
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        status = [500]
+
+        async def send_noting_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        refusal = self._refusal(scope, state)
+        try:
+            await (refusal or self.app)(scope, receive, send_noting_status)
+        except Exception:
+            self._log(scope, 500, None, started)
+            raise
+        if not state.get("streaming"):
+            self._log(scope, status[0], state.get("run_id"), started)
+
+    def _refusal(self, scope, state: dict[str, Any]):
+        """The error response for a request refused at the door, or None (the client's name goes in `state`)."""
+        from fastapi.responses import JSONResponse
+
+        headers: dict[str, str] = {}
+        for name, value in scope.get("headers", []):  # the first of a repeated header, as Starlette reads it
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        if scope["path"] != "/health":
+            client = self.config.client_of(headers.get("authorization", ""))
             if client is None:
                 return JSONResponse(error_body("missing or wrong bearer token (Authorization: Bearer ...)",
                                                "authentication_error", "invalid_api_key"), status_code=401)
-            request.state.client = client
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
-            return JSONResponse(error_body(f"request body over the {config.max_body_bytes:,}-byte limit; put large "
-                                           f"inputs under the server's allowed root and send context.files",
+            state["client"] = client
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.config.max_body_bytes:
+            return JSONResponse(error_body(f"request body over the {self.config.max_body_bytes:,}-byte limit; put "
+                                           f"large inputs under the server's allowed root and send context.files",
                                            "invalid_request_error", "body_too_large"), status_code=413)
-        return await call_next(request)
+        return None
 
-    @app.middleware("http")
-    async def access_log(request: Request, call_next):  # outermost: sees 401s and 413s too
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            if config.access_log:
-                log_access(request.method, request.url.path, 500, None, started)
-            raise
-        if config.access_log and not getattr(request.state, "streaming", False):
-            log_access(request.method, request.url.path, response.status_code,
-                       getattr(request.state, "run_id", None), started)
-        return response
+    def _log(self, scope, status: int, run_id: str | None, started: float) -> None:
+        if self.config.access_log:
+            log_access(scope["method"], scope["path"], status, run_id, started)
 
 
 async def _read_body(request, limit: int, idle_timeout_s: float) -> dict[str, Any]:
@@ -549,12 +591,23 @@ async def _read_body(request, limit: int, idle_timeout_s: float) -> dict[str, An
     return body
 
 
-async def _run(config: ServeConfig, args: dict[str, Any], on_event):
+def _store_for(stores: dict[str, Any], client: str | None):
+    """The run store of a client's requests: one per client for the server's life (opening one per
+    request cost CPU under load), so the call cache is per client: one client's cached calls never
+    answer (and so reveal) another's. A store that failed is replaced for the next request (the
+    runs still using it finish with it)."""
     from .store import Store
 
+    namespace = client or "serve:loopback"
+    store = stores.get(namespace)
+    if store is None or store.error is not None:
+        store = stores[namespace] = Store(cache_namespace=namespace)
+    return store
+
+
+async def _run(config: ServeConfig, args: dict[str, Any], on_event, stores: dict[str, Any]):
     limits: ServeLimits = args["limits"]
-    # the call cache is per client: one client's cached calls never answer (and so reveal) another's
-    store = Store(cache_namespace=args.get("client") or "serve:loopback")
+    store = _store_for(stores, args.get("client"))
     started: dict[str, str] = {}
 
     def listen(event: dict[str, Any]) -> None:
@@ -579,8 +632,6 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event):
         raise RequestError(400, f"bad configuration: {error}") from None
     except RLMError as error:
         raise RequestError(502, f"the run failed: {error}", "server_error") from None
-    finally:
-        store.close()
 
 
 def _finish_reason(result) -> str:
@@ -644,7 +695,7 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
                 summary["error"] = redact(event["error"]) if event.get("error") else None
             queue.put_nowait(summary)
 
-    task = asyncio.create_task(_run(config, args, on_event))
+    task = asyncio.create_task(_run(config, args, on_event, state["stores"]))
     try:
         yield _chunk(completion_id, model, {"role": "assistant", "content": ""})
         while not task.done() or not queue.empty():
