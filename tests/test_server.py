@@ -237,3 +237,21 @@ def test_fifty_concurrent_requests_with_injected_faults_all_end_cleanly(tmp_path
     assert len(answers) >= 45 and faults >= 20, (len(answers), faults)
     runs = Store().list_runs(limit=100)
     assert len(runs) == 50 and all(r["status"] != "running" for r in runs)
+
+
+def test_each_client_keeps_one_run_store_and_a_failed_one_is_replaced(tmp_path, monkeypatch):
+    """rlm serve opens a client's run store once (not per request); its cache stays per client,
+    and a store that failed is not kept for the next request."""
+    from recursive_llm.server import _store_for
+
+    monkeypatch.setenv("RLM_HOME", str(tmp_path))
+    stores: dict = {}
+    first = _store_for(stores, "client-one")
+    assert _store_for(stores, "client-one") is first and first.cache_namespace == "client-one"
+    other, loopback = _store_for(stores, "client-two"), _store_for(stores, None)
+    assert len({id(first), id(other), id(loopback)}) == 3 and loopback.cache_namespace == "serve:loopback"
+    first.error = "the run store could not be written (disk full)"
+    replaced = _store_for(stores, "client-one")
+    assert replaced is not first and replaced.error is None and replaced.cache_namespace == "client-one"
+    for store in stores.values():
+        store.close()
