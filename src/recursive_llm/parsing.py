@@ -131,6 +131,13 @@ def parse_reply(reply: str) -> ParsedReply:
                        visible=visible)
 
 
+def clip(text: str | None, limit: int, before_note: str = "") -> str:
+    """`text` cut to its first `limit` characters for a person to read (progress, `logs show`, the
+    viewer), with a note of how much more there is. What the model sees is `truncate_output`."""
+    text = text or ""
+    return text if len(text) <= limit else f"{text[:limit]}{before_note}... [{len(text) - limit:,} more characters]"
+
+
 def truncate_output(text: str, limit: int) -> str:
     """Cut `text` to `limit` characters, keeping head and tail, with a visible note of what was cut."""
     if len(text) <= limit:

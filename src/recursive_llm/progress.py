@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Any
 
+from .parsing import clip
+
 
 def _console():
     from rich.console import Console
@@ -15,8 +17,7 @@ def _console():
 
 
 def _clip(text: str | None, limit: int = 2_000) -> str:
-    text = text or ""
-    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit:,} more characters]"
+    return clip(text, limit)
 
 
 class VerbosePrinter:

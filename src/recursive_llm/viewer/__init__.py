@@ -180,8 +180,9 @@ def render_html(tree: dict[str, Any]) -> str:
 
 # -- text ------------------------------------------------------------------------------------------
 def _clip(text: str | None, full: bool, limit: int = TEXT_LIMIT) -> str:
-    text = text or ""
-    return text if full or len(text) <= limit else text[:limit] + f"\n... [{len(text) - limit:,} more characters]"
+    from ..parsing import clip
+
+    return (text or "") if full else clip(text, limit, before_note="\n")
 
 
 def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
