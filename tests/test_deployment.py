@@ -23,7 +23,11 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 USER = "rlm-ci"
 # The worker-facing tests, run again as the unprivileged user: the attack battery (both modes)
 # and the worker's own layers.
-WORKER_TESTS = ["tests/test_attacks.py", "tests/test_sandbox_layers.py"]
+# Every test file that starts workers and does not need a server or a browser: the attack battery
+# and the layers in both modes, pre-started workers, process start/stop, host bounds, sessions, tools.
+WORKER_TESTS = ["tests/test_attacks.py", "tests/test_sandbox_layers.py", "tests/test_worker_pool.py",
+                "tests/test_worker_process.py", "tests/test_host_bounds.py", "tests/test_session.py",
+                "tests/test_tools.py", "tests/test_runtime.py"]
 
 
 def copy_checkout(target: Path) -> Path:
