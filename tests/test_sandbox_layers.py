@@ -325,3 +325,22 @@ def test_a_worker_refuses_a_resource_limit_it_does_not_know(tmp_path):
     done = subprocess.run([sys.executable, "-I", str(_WORKER_SCRIPT), "-", "1000", policy], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 3 and "not a resource limit: BOGUS" in done.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_worker_starts_without_the_hosts_heavy_modules(mode):
+    """Issue 17: every worker start imports what the worker imports. typing, dataclasses (with
+    inspect and dis), pathlib (with urllib.parse) and traceback cost it about a third of its start
+    and are host-side or error-path only: none is loaded before model code asks for it."""
+    heavy = ("typing", "dataclasses", "inspect", "pathlib", "urllib.parse", "traceback", "recursive_llm.config")
+
+    async def scenario():
+        environment = WorkerEnvironment("x", no_calls, sandbox=mode)
+        await environment.start()
+        try:
+            return await environment.execute(f"import sys\nprint([m for m in {heavy!r} if m in sys.modules])", 10)
+        finally:
+            await environment.close()
+
+    cell = run(scenario())
+    assert cell.error is None and cell.stdout.strip() == "[]", (cell.stdout, cell.stderr)

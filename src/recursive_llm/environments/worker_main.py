@@ -22,13 +22,12 @@ import resource
 import signal
 import sys
 import threading
-from pathlib import Path
 
 if __name__ == "__main__":  # make the package importable from a source checkout or an install
     # Started with -S, the host passes its resolved import path (argv[3]) instead of site processing.
     handed = sys.argv[4].split(os.pathsep) if len(sys.argv) > 4 else []
     sys.path += [path for path in handed if path not in sys.path]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))))
 
 from recursive_llm.environments import protocol, runtime  # noqa: E402
 from recursive_llm.environments.confine import ConfinementError, apply_rlimits, confine  # noqa: E402
@@ -209,7 +208,7 @@ def main() -> None:
         if command is None or command.get("op") != "load" or not isinstance(command.get("manifest"), str):
             return
         manifest = command["manifest"]
-    contexts, tables = read_inputs(Path(manifest))
+    contexts, tables = read_inputs(manifest)
     try:
         if policy.get("landlock"):  # this interpreter's own installation (it may not be the host's)
             policy["read"] = [*policy.get("read", []), sys.prefix, sys.base_prefix, os.path.dirname(os.__file__)]
