@@ -109,7 +109,7 @@ def as_text(value: Any) -> str:
 def _batch(prompts: Any, context: Any = None) -> list[str]:
     """A call's prompts as strings. What is over the host's limits (HostBounds) is refused here,
     before anything is sent: the host would refuse it too, after holding it."""
-    from ..config import HOST_BOUNDS
+    from ..bounds import HOST_BOUNDS
 
     prompts = list(prompts)
     if len(prompts) > HOST_BOUNDS.max_batch_prompts:
@@ -131,7 +131,7 @@ def _batch(prompts: Any, context: Any = None) -> list[str]:
 def _bounded_answer(text: str) -> str:
     """A final answer, refused here (in the cell) when it is over the host's limit: the host never
     receives it whole (`HostBounds.max_answer_chars`)."""
-    from ..config import HOST_BOUNDS
+    from ..bounds import HOST_BOUNDS
 
     if len(text) > HOST_BOUNDS.max_answer_chars:
         raise ValueError(f"the answer has {len(text):,} characters, over the limit of "
