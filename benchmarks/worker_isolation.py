@@ -56,9 +56,9 @@ def confinement_seconds() -> float:
     that has imported what the worker imports anyway."""
     import subprocess
 
-    from recursive_llm.environments.sandbox import _package_root, confinement_policy
+    from recursive_llm.environments.sandbox import Limits, _package_root, confinement_policy
 
-    policy = confinement_policy(plan_isolation("process"), input_dir="/tmp", work_dir="/tmp")
+    policy = confinement_policy(plan_isolation("process"), input_dir="/tmp", work_dir="/tmp", limits=Limits())
     times = []
     for _ in range(REPEATS):
         done = subprocess.run([sys.executable, "-I", "-S", "-c", CONFINE, _package_root(), policy],

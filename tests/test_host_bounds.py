@@ -5,7 +5,6 @@ Each test runs a whole run through the real worker process with scripted models.
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 
@@ -21,7 +20,7 @@ def repl(code: str) -> str:
 
 
 def bounds(monkeypatch, **values) -> None:
-    smaller = dataclasses.replace(HOST_BOUNDS, **values)
+    smaller = HOST_BOUNDS._replace(**values)
     for module in ("subcalls", "answers", "scheduler"):  # the host's modules that apply them
         monkeypatch.setattr(f"recursive_llm.{module}.HOST_BOUNDS", smaller)
 

@@ -245,3 +245,104 @@ def test_rlm_doctor_says_what_each_mode_stops():
     assert f"  {expected}: {network}" in process_part
     weak = sandbox.IsolationPlan(mode="process", namespaces=False, drop_uid=False)
     assert [stopped for what, stopped in sandbox.what_it_stops(weak) if "read files" in what] == [False]
+
+
+RLIMIT_CELL = """import resource
+print({n: resource.getrlimit(getattr(resource, 'RLIMIT_' + n)) for n in ('AS', 'FSIZE', 'NOFILE', 'CPU', 'STACK', 'CORE', 'NPROC')})"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_worker_sets_its_resource_limits_itself_and_is_spawned_without_a_preexec_fn(mode):
+    """The limits travel in the worker's policy and the worker applies them first thing, so the host
+    spawns it with no preexec_fn (CPython then uses vfork instead of forking the whole host)."""
+    import ast
+
+    limits = sandbox.Limits(memory_mb=3000, max_file_mb=7, max_open_files=200, stack_mb=64, cpu_seconds=900)
+
+    async def scenario():
+        environment = WorkerEnvironment("x", no_calls, sandbox=mode, limits=limits)
+        await environment.start()
+        try:
+            options = environment._spawn_options()
+            cell = await environment.execute(RLIMIT_CELL, 10)
+            return options, environment.isolation.drop_uid, ast.literal_eval(cell.stdout.strip())
+        finally:
+            await environment.close()
+
+    options, drop_uid, seen = run(scenario())
+    assert "preexec_fn" not in options and options["start_new_session"]
+    mb = 1024 * 1024
+    assert seen["AS"] == (3000 * mb,) * 2 and seen["FSIZE"] == (7 * mb,) * 2 and seen["NOFILE"] == (200, 200)
+    assert seen["STACK"] == (64 * mb,) * 2 and seen["CORE"] == (0, 0) and seen["CPU"][1] == 900
+    if drop_uid:  # a uid of its own: the process count is limited too
+        assert seen["NPROC"] == (limits.max_processes,) * 2
+    assert sandbox.worker_rlimits(limits, nproc=drop_uid)["FSIZE"] == 7 * mb
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_cell_cannot_allocate_or_write_beyond_the_workers_limits(mode):
+    """Small limits hold in the worker: a file past the file-size limit fails with EFBIG and an
+    allocation past the address-space limit with MemoryError; the limits cannot be raised back."""
+    limits = sandbox.Limits(memory_mb=1024, max_file_mb=2)
+    code = """import errno, resource
+outcomes = []
+try:
+    with open('big.bin', 'wb') as handle:
+        handle.write(b'x' * (3 * 1024 * 1024))
+except OSError as error:
+    outcomes.append(errno.errorcode[error.errno])
+try:
+    block = bytearray(2 * 1024 * 1024 * 1024)
+except MemoryError:
+    outcomes.append('MemoryError')
+try:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+except (ValueError, OSError):
+    outcomes.append('cannot raise')
+print(outcomes)"""
+
+    async def scenario():
+        environment = WorkerEnvironment("x", no_calls, sandbox=mode, limits=limits)
+        await environment.start()
+        try:
+            return await environment.execute(code, 20)
+        finally:
+            await environment.close()
+
+    cell = run(scenario())
+    assert cell.error is None, cell.stderr
+    assert cell.stdout.strip() == "['EFBIG', 'MemoryError', 'cannot raise']"
+
+
+def test_a_worker_refuses_a_resource_limit_it_does_not_know(tmp_path):
+    """A policy the worker cannot apply in full ends it before it reads anything (exit code 3)."""
+    import json
+    import sys
+
+    from recursive_llm.environments.worker import _WORKER_SCRIPT
+
+    policy = json.dumps({"rlimits": {"AS": 1 << 33, "BOGUS": 1}})
+    done = subprocess.run([sys.executable, "-I", str(_WORKER_SCRIPT), "-", "1000", policy], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 3 and "not a resource limit: BOGUS" in done.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_worker_starts_without_the_hosts_heavy_modules(mode):
+    """Issue 17: every worker start imports what the worker imports. typing, dataclasses (with
+    inspect and dis), pathlib (with urllib.parse) and traceback cost it about a third of its start
+    and are host-side or error-path only; recursive_llm.config (its dataclasses: 35 ms) is the host's
+    settings, of which `FINAL` and `llm_query` need only the bounds. None is loaded by a cell that
+    answers."""
+    heavy = ("typing", "dataclasses", "inspect", "pathlib", "urllib.parse", "traceback", "recursive_llm.config")
+
+    async def scenario():
+        environment = WorkerEnvironment("x", no_calls, sandbox=mode)
+        await environment.start()
+        try:
+            return await environment.execute(f"FINAL('ok')\nimport sys\nprint([m for m in {heavy!r} if m in sys.modules])", 10)
+        finally:
+            await environment.close()
+
+    cell = run(scenario())
+    assert cell.error is None and cell.stdout.strip() == "[]", (cell.stdout, cell.stderr)

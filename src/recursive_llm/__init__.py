@@ -6,7 +6,7 @@ on the pieces. Start with `RLM(model=...).completion(query, context)`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # not typing's: the sandboxed worker imports this package at every start
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,8 @@
 - `LoopPolicy`: how the root loop behaves (output shown, cell time, fallback, compaction, prompts).
 - `WorkerPolicy`: where model code runs (worker process or in-process, sandbox mode, memory).
 - `RunConfig`: all of them with the models; `RLM(...)` builds one, and a run receives it.
-- `HostBounds`: what model code can make the host hold, start or write.
+- `HostBounds` (defined in bounds.py, which the worker imports too): what model code can make
+  the host hold, start or write.
 
 `check_number` is the one place where a number from a user, a CLI flag or a request body is
 checked before it becomes a setting: a limit that is NaN or infinite passes every `value <= 0`
@@ -17,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .bounds import HOST_BOUNDS, HostBounds  # noqa: F401  (settings are listed here; these live apart)
 
 if TYPE_CHECKING:
     from .models.base import ModelClient
@@ -43,30 +46,6 @@ def check_number(name: str, value: Any, *, integer: bool = False, minimum: float
     return int(value) if integer else value
 
 
-@dataclass(frozen=True)
-class HostBounds:
-    """What one run's model code can make the host hold, start or write. Past a bound, model code
-    gets an error that names it; the host never grows with what a cell asks for.
-
-    - `max_batch_prompts`: prompts in one `llm_query_batched` / `rlm_query_batched` call.
-    - `max_prompt_chars`: one sub-call's prompt (about 1M tokens: more than any model's window).
-    - `max_call_chars`: all prompts of one call together (a whole 10M-token input fits).
-    - `max_pending_chars`: prompt text of the run's sub-calls being served at once, across every
-      thread of model code.
-    - `max_answer_chars`: a final answer (`FINAL`, `FINAL_VAR`, the `answer` dict).
-    - `max_recorded_chars`: one message or response as written to the trajectory and the store
-      (the rest is replaced by a note with its length; the cache key still covers all of it).
-    """
-
-    max_batch_prompts: int = 10_000
-    max_prompt_chars: int = 4_000_000
-    max_call_chars: int = 64_000_000
-    max_pending_chars: int = 128_000_000
-    max_answer_chars: int = 1_000_000
-    max_recorded_chars: int = 200_000
-
-
-HOST_BOUNDS = HostBounds()
 
 
 def _check_all(owner: object, rules: dict[str, tuple[bool, float, bool, bool]]) -> None:

@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing's: the worker imports this package at every start
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..config import WorkerPolicy
     from .base import Environment, SubCallHandler
 

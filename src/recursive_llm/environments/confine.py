@@ -1,6 +1,7 @@
 """Kernel confinement the worker applies to itself before any model code runs. Stdlib only (ctypes).
 
-Three layers, none of which needs a privilege:
+First of all (`apply_rlimits`, before the worker reads anything): its resource limits, soft and
+hard, which everything it starts inherits. Then three layers, none of which needs a privilege:
 
 1. Capabilities: every set emptied (bounding, ambient, inheritable, permitted, effective) and
    `no_new_privs`. A worker that keeps the host's uid 0 is then root by name only.
@@ -26,9 +27,23 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-
+import resource
 import struct
 import sys
+
+# -- resource limits --------------------------------------------------------------------------
+RLIMIT_NAMES = ("AS", "FSIZE", "NOFILE", "CPU", "STACK", "CORE", "NPROC")
+
+
+def apply_rlimits(limits: dict[str, int]) -> None:
+    """Set each `RLIMIT_<name>` of `limits` (built by sandbox.worker_rlimits) as soft and hard
+    limit. Lowering a hard limit needs no privilege, and once the capabilities are dropped it
+    cannot be raised again."""
+    for name, value in limits.items():
+        if name not in RLIMIT_NAMES or isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfinementError(errno.EINVAL, f"not a resource limit: {name}={value!r}")
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (value, value))
+
 
 # -- Landlock ---------------------------------------------------------------------------------
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446  # the same on every arch

@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+from collections import namedtuple
 
 from ..context.document import Document, split_at_lines
+
+TYPE_CHECKING = False  # not typing's (nor dataclasses): the worker imports this module at every start
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 MAX_LINE_CHARS = 400
 
 
 # -- grep -------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GrepHit:
-    path: str | None
-    line: int
-    text: str
-    before: tuple[str, ...] = ()
-    after: tuple[str, ...] = ()
+class GrepHit(namedtuple("GrepHit", "path line text before after", defaults=((), ()))):
+    """One matching line: `.path` (None for a plain text), `.line` (from 1), `.text`, and the
+    `context_lines` lines `.before` and `.after` it. Immutable."""
+
+    __slots__ = ()
 
     def __repr__(self) -> str:
         where = f"{self.path}:{self.line}" if self.path else f"line {self.line}"

@@ -1,4 +1,6 @@
-"""The host-worker wire format and the input file the worker loads. Stdlib only.
+"""The host-worker wire format and the input file the worker loads. Stdlib only, and light: the
+worker imports it at every start (no typing, dataclasses or pathlib; the host's own types are
+imported where the host uses them).
 
 Frames are a 4-byte big-endian length followed by that many bytes of UTF-8 JSON. The host treats
 everything the worker sends as untrusted: sizes are bounded and messages are validated.
@@ -9,12 +11,16 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections import namedtuple
 
 from ..context.document import Document
-from ..context.textfile import TextFile
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    from ..context.textfile import TextFile
 
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
@@ -129,11 +135,10 @@ _WRITE_SLICE = 8 * 1024 * 1024
 MANIFEST = "inputs.json"
 
 
-@dataclass(frozen=True)
-class TableRef:
+class TableRef(namedtuple("TableRef", "name")):
     """Stands for a table input in the list of contexts; the REPL replaces it with a Table."""
 
-    name: str
+    __slots__ = ()
 
 
 def table_entry(table: Any, path: str) -> dict[str, Any]:
@@ -162,9 +167,11 @@ def write_inputs(inputs: list[Any], directory: Path) -> Path:
     return manifest
 
 
-def read_inputs(manifest: Path) -> tuple[list[Any], list[dict[str, Any]]]:
-    payload = json.loads(manifest.read_text(encoding="utf-8"))
-    contexts = [TableRef(entry["table"]) if "table" in entry else read_context(manifest.parent / entry["file"])
+def read_inputs(manifest: str | Path) -> tuple[list[Any], list[dict[str, Any]]]:
+    with open(manifest, encoding="utf-8") as handle:
+        payload = json.load(handle)
+    directory = os.path.dirname(manifest)
+    contexts = [TableRef(entry["table"]) if "table" in entry else read_context(os.path.join(directory, entry["file"]))
                 for entry in payload["contexts"]]
     return contexts, payload["tables"]
 
@@ -185,6 +192,8 @@ def _place_file(source: Path, target: Path) -> None:
 
 def write_context(value: Any, directory: Path, stem: str = "context") -> Path:
     """Write one input where the worker will read it: raw text for a str, JSON otherwise."""
+    from ..context.textfile import TextFile
+
     if isinstance(value, TextFile):
         return _copy_text_file(value, directory / f"{stem}.txt")
     if isinstance(value, str) and not isinstance(value, Document):
@@ -218,10 +227,13 @@ def _copy_text_file(source: TextFile, path: Path) -> Path:
     return path
 
 
-def read_context(path: Path) -> Any:
-    if path.suffix == ".txt":
+def read_context(path: str | Path) -> Any:
+    if os.fspath(path).endswith(".txt"):
         text = _read_ascii_text(path)
-        return text if text is not None else path.read_text(encoding="utf-8-sig")
+        if text is not None:
+            return text
+        with open(path, encoding="utf-8-sig") as handle:
+            return handle.read()
     with open(path, encoding="utf-8") as handle:
         payload = json.load(handle)
     if "documents" in payload:
@@ -232,7 +244,7 @@ def read_context(path: Path) -> Any:
 _ASCII_READ_MIN = 1024 * 1024
 
 
-def _read_ascii_text(path: Path) -> str | None:
+def _read_ascii_text(path: str | Path) -> str | None:
     """An ASCII file of at least 1 MB read straight into the `str` that holds it, or None.
 
     `read_text` holds the file's bytes and the decoded `str` at once: two copies of the input at
@@ -243,7 +255,7 @@ def _read_ascii_text(path: Path) -> str | None:
     """
     import sys
 
-    size = path.stat().st_size
+    size = os.stat(path).st_size
     if size < _ASCII_READ_MIN or sys.implementation.name != "cpython":
         return None
     try:

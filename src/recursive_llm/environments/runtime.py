@@ -14,15 +14,17 @@ import io
 import json
 import sys
 import threading
-import traceback
-from collections.abc import Callable
-from typing import Any
 
 from ..context.document import split_at_lines
 from . import helpers
 from .protocol import TableRef
 
-CallHost = Callable[[str, list[str], "str | None", "Any"], list[dict]]
+TYPE_CHECKING = False  # not typing's: the worker imports this module at every start
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    CallHost = Callable[[str, list[str], "str | None", "Any"], list[dict]]
 
 RESERVED = ("llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "SHOW_VARS",
             "FINAL", "FINAL_VAR")
@@ -107,7 +109,7 @@ def as_text(value: Any) -> str:
 def _batch(prompts: Any, context: Any = None) -> list[str]:
     """A call's prompts as strings. What is over the host's limits (HostBounds) is refused here,
     before anything is sent: the host would refuse it too, after holding it."""
-    from ..config import HOST_BOUNDS
+    from ..bounds import HOST_BOUNDS
 
     prompts = list(prompts)
     if len(prompts) > HOST_BOUNDS.max_batch_prompts:
@@ -129,7 +131,7 @@ def _batch(prompts: Any, context: Any = None) -> list[str]:
 def _bounded_answer(text: str) -> str:
     """A final answer, refused here (in the cell) when it is over the host's limit: the host never
     receives it whole (`HostBounds.max_answer_chars`)."""
-    from ..config import HOST_BOUNDS
+    from ..bounds import HOST_BOUNDS
 
     if len(text) > HOST_BOUNDS.max_answer_chars:
         raise ValueError(f"the answer has {len(text):,} characters, over the limit of "
@@ -355,9 +357,13 @@ class REPL:
                     if value is not None:
                         print(repr(value))
             except SyntaxError as exc:
+                import traceback  # on an error only: with linecache and tokenize, 4 ms of each start
+
                 error = f"SyntaxError: {exc.msg} (line {exc.lineno})"
                 stderr.write("".join(traceback.format_exception_only(type(exc), exc)))
             except (Exception, SystemExit) as exc:  # report everything the cell raised; exit() too
+                import traceback
+
                 error = f"{type(exc).__name__}: {exc}"
                 frames = traceback.extract_tb(exc.__traceback__)
                 user_frames = [f for f in frames if f.filename == _CELL_FILENAME] or frames[-1:]

@@ -2,7 +2,8 @@
 
 1. A scrubbed environment (no API keys or host variables) and a private working directory.
 2. Resource limits (setrlimit, inherited by everything the worker starts): address space, file
-   size, processes, open files, and a CPU-time ceiling; the worker also lowers its CPU limit per cell.
+   size, processes, open files, and a CPU-time ceiling, set by the worker on itself first thing
+   (`worker_rlimits`); the worker also lowers its CPU limit per cell.
 3. Kernel confinement the worker applies to itself before any model code (`confine.py`): no
    capabilities, Landlock (reads only of what Python needs and the input, writes only in its
    private directory, no TCP, signals / ptrace / abstract sockets scoped to itself) and a seccomp
@@ -27,7 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -345,10 +345,11 @@ def what_it_stops(plan: IsolationPlan) -> list[tuple[str, bool]]:
     ]
 
 
-def confinement_policy(plan: IsolationPlan, *, input_dir: str, work_dir: str) -> str:
-    """What the worker applies to itself before model code (JSON for its command line)."""
+def confinement_policy(plan: IsolationPlan, *, input_dir: str, work_dir: str, limits: Limits) -> str:
+    """What the worker applies to itself: its resource limits at once, the rest before model code
+    (JSON for its command line)."""
     read = [*_read_roots(), input_dir] if plan.landlock else []
-    return json.dumps({"drop_caps": True, "landlock": plan.landlock, "seccomp": plan.seccomp,
+    return json.dumps({"rlimits": worker_rlimits(limits, nproc=plan.drop_uid), "drop_caps": True, "landlock": plan.landlock, "seccomp": plan.seccomp,
                        "processes": plan.processes, "read": read, "write": [work_dir] if plan.landlock else []})
 
 
@@ -371,20 +372,15 @@ def sandbox_env() -> dict[str, str]:
     return env
 
 
-def apply_limits(limits: Limits) -> None:
-    """Runs in the child between fork and exec: the limits hold for everything it starts."""
+def worker_rlimits(limits: Limits, *, nproc: bool) -> dict[str, int]:
+    """The resource limits the worker sets on itself first thing (`confine.apply_rlimits`), before
+    it reads its input or runs anything; inherited by everything it starts. `nproc` only when the
+    worker runs as a uid of its own: RLIMIT_NPROC counts every process of the real uid, and root
+    is exempt from it anyway. Set in the worker rather than between fork and exec, the host's
+    spawn needs no preexec_fn and CPython can use vfork instead of copying the host."""
     mb = 1024 * 1024
-    for which, value in ((resource.RLIMIT_AS, limits.memory_mb * mb), (resource.RLIMIT_FSIZE, limits.max_file_mb * mb),
-                         (resource.RLIMIT_NOFILE, limits.max_open_files), (resource.RLIMIT_CPU, limits.cpu_seconds),
-                         (resource.RLIMIT_STACK, limits.stack_mb * mb), (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(which, (value, value))
-
-
-def limits_preexec(limits: Limits, *, nproc: bool):
-    """A preexec_fn for the worker. `nproc` only when the worker runs as its own uid (65534):
-    RLIMIT_NPROC counts every process of the real uid, and root is exempt from it anyway."""
-    def preexec() -> None:
-        apply_limits(limits)
-        if nproc:
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
-    return preexec
+    values = {"AS": limits.memory_mb * mb, "FSIZE": limits.max_file_mb * mb, "NOFILE": limits.max_open_files,
+              "CPU": limits.cpu_seconds, "STACK": limits.stack_mb * mb, "CORE": 0}
+    if nproc:
+        values["NPROC"] = limits.max_processes
+    return values

@@ -19,8 +19,7 @@ from ..errors import EnvironmentFailure
 from .base import CellFailed, ReplEnvironment, SubCallHandler
 from .channel import WORKER_FAULTS, WorkerChannel
 from .process import start_process
-from .sandbox import (SANDBOX_TMP, IsolationPlan, Limits, confinement_policy, limits_preexec, plan_isolation, sandbox_env,
-                      worker_argv)
+from .sandbox import SANDBOX_TMP, IsolationPlan, Limits, confinement_policy, plan_isolation, sandbox_env, worker_argv
 from .worker_dir import WorkerDirectory
 
 _WORKER_SCRIPT = Path(__file__).with_name("worker_main.py")
@@ -108,7 +107,8 @@ class WorkerEnvironment(ReplEnvironment):
     def _argv(self, waiting: bool) -> list[str]:
         assert self.directory is not None and (waiting or self.directory.input_file is not None)
         work = SANDBOX_TMP if self.isolation.namespaces else str(self.directory.work_dir)
-        policy = confinement_policy(self.isolation, input_dir=str(self.directory.input_dir), work_dir=work)
+        policy = confinement_policy(self.isolation, input_dir=str(self.directory.input_dir), work_dir=work,
+                                    limits=self._limits)
         python_argv = [self._python, "-I", str(_WORKER_SCRIPT), "-" if waiting else str(self.directory.input_file),
                        str(self._max_captured_chars), policy]
         if self._python == sys.executable:
@@ -120,12 +120,15 @@ class WorkerEnvironment(ReplEnvironment):
         return worker_argv(self.isolation, python_argv, context_dir=str(self.directory.input_dir), limits=self._limits,
                            uid=self.directory.uid)
 
-    async def _spawn(self, waiting: bool = False) -> None:
+    def _spawn_options(self) -> dict[str, Any]:
+        """How the worker is started. No preexec_fn: the worker sets its resource limits itself
+        (they travel in its policy), so CPython can spawn it with vfork instead of forking the host."""
         assert self.directory is not None
-        process = await start_process(
-            *self._argv(waiting), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=self.directory.work_dir, env=worker_env(self.directory.work_dir),
-            start_new_session=True, preexec_fn=limits_preexec(self._limits, nproc=self.isolation.drop_uid))
+        return {"stdin": asyncio.subprocess.PIPE, "stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.PIPE,
+                "cwd": self.directory.work_dir, "env": worker_env(self.directory.work_dir), "start_new_session": True}
+
+    async def _spawn(self, waiting: bool = False) -> None:
+        process = await start_process(*self._argv(waiting), **self._spawn_options())
         self._channel = WorkerChannel(process, self._dispatch)
         await self._handshake("waiting" if waiting else "ready")
 

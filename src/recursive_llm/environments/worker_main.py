@@ -7,9 +7,10 @@ sends `waiting` and reads its manifest from the host's first frame (`load`). The
 original stdin/stdout; fds 0 and 1 are then pointed at /dev/null so that nothing the model's code
 writes (even with os.write) can reach the protocol stream.
 
-Before any model code, while it has a single thread, the worker confines itself as POLICY (JSON,
-from sandbox.confinement_policy) asks: capabilities, Landlock, seccomp (see confine.py). If a layer
-the host asked for cannot be applied, it exits instead of running unconfined.
+First of all, before it reads anything, the worker sets the resource limits POLICY (JSON, from
+sandbox.confinement_policy) carries; then, before any model code and while it has a single thread,
+it confines itself as POLICY asks: capabilities, Landlock, seccomp (see confine.py). If a limit or a
+layer the host asked for cannot be applied, it exits instead of running unconfined.
 """
 
 from __future__ import annotations
@@ -21,16 +22,15 @@ import resource
 import signal
 import sys
 import threading
-from pathlib import Path
 
 if __name__ == "__main__":  # make the package importable from a source checkout or an install
     # Started with -S, the host passes its resolved import path (argv[3]) instead of site processing.
     handed = sys.argv[4].split(os.pathsep) if len(sys.argv) > 4 else []
     sys.path += [path for path in handed if path not in sys.path]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))))
 
 from recursive_llm.environments import protocol, runtime  # noqa: E402
-from recursive_llm.environments.confine import ConfinementError, confine  # noqa: E402
+from recursive_llm.environments.confine import ConfinementError, apply_rlimits, confine  # noqa: E402
 from recursive_llm.environments.protocol import HEADER, decode_body, encode, read_inputs  # noqa: E402
 from recursive_llm.environments.runtime import REPL  # noqa: E402
 
@@ -177,7 +177,17 @@ class Guard:
             attributes.update(snapshot)
 
 
+def _refuse(error: Exception) -> None:
+    sys.stderr.write(f"worker: could not confine itself, refusing to run model code: {error}\n")
+    sys.exit(3)
+
+
 def main() -> None:
+    try:
+        policy = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+        apply_rlimits(policy.get("rlimits", {}))
+    except (ConfinementError, OSError, ValueError) as error:
+        _refuse(error)
     reader = os.fdopen(os.dup(0), "rb", buffering=0)
     writer = os.fdopen(os.dup(1), "wb", buffering=0)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -198,15 +208,13 @@ def main() -> None:
         if command is None or command.get("op") != "load" or not isinstance(command.get("manifest"), str):
             return
         manifest = command["manifest"]
-    contexts, tables = read_inputs(Path(manifest))
+    contexts, tables = read_inputs(manifest)
     try:
-        policy = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
         if policy.get("landlock"):  # this interpreter's own installation (it may not be the host's)
             policy["read"] = [*policy.get("read", []), sys.prefix, sys.base_prefix, os.path.dirname(os.__file__)]
         confine(policy)
     except (ConfinementError, OSError, ValueError) as error:
-        sys.stderr.write(f"worker: could not confine itself, refusing to run model code: {error}\n")
-        sys.exit(3)
+        _refuse(error)
     repl = REPL(contexts[0], channel.call_host, more_contexts=contexts[1:], tables=tables,
                 max_captured_chars=int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000)
     guard = Guard(repl, channel)
