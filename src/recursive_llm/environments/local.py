@@ -11,14 +11,14 @@ import asyncio
 from typing import Any
 
 from .base import ReplEnvironment, SubCallHandler
-from .runtime import REPL
+from .runtime import CAPTURED_CHARS, REPL
 
 
 class LocalEnvironment(ReplEnvironment):
     name = "local"
     past_time_limit = "abandoned"  # a thread cannot be stopped
 
-    def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = 1_000_000) -> None:
+    def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = CAPTURED_CHARS) -> None:
         from ..context.loader import as_inputs
         from ..context.tables import TableSource
         from ..context.textfile import TextFile

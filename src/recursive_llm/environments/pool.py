@@ -25,6 +25,7 @@ from typing import Any
 from ..config import WorkerPolicy
 from ..errors import EnvironmentFailure
 from .base import CellResult, SubCallHandler
+from .runtime import CAPTURED_CHARS
 from .sandbox import Limits
 from .worker import WorkerEnvironment
 
@@ -33,7 +34,7 @@ class WorkerPool:
     """Up to `size` pre-started workers for one event loop and one sandbox configuration."""
 
     def __init__(self, size: int, *, sandbox: str = WorkerPolicy.sandbox, limits: Limits = Limits(),
-                 max_captured_chars: int = 1_000_000, starting_at_once: int = 2) -> None:
+                 max_captured_chars: int = CAPTURED_CHARS, starting_at_once: int = 2) -> None:
         if size < 1:
             raise ValueError("a worker pool needs at least one worker")
         self.size = size
@@ -189,7 +190,7 @@ _pools: dict[int, WorkerPool] = {}  # id(event loop) -> its pool
 
 
 def install(size: int, *, sandbox: str = WorkerPolicy.sandbox, memory_mb: int = WorkerPolicy.memory_mb,
-            max_captured_chars: int = 1_000_000) -> WorkerPool:
+            max_captured_chars: int = CAPTURED_CHARS) -> WorkerPool:
     """Give the running event loop a pool of `size` pre-started workers (and start filling it).
     Runs on this loop whose policy matches take their workers from it."""
     loop = asyncio.get_running_loop()

@@ -143,12 +143,15 @@ def _message_of(reply: dict) -> str:
     return reply.get("text", "") if reply.get("ok") else f"Error: {reply.get('error', 'unknown error')}"
 
 
+CAPTURED_CHARS = 1_000_000  # what a cell keeps of its output at least (make_environment may keep more)
+
+
 class REPL:
     """A persistent namespace plus `execute(code)`; state survives between cells."""
 
     def __init__(self, context: Any, call_host: CallHost, *, more_contexts: list[Any] = (),
                  tables: list[dict[str, Any]] = (), extra: dict[str, Any] | None = None,
-                 max_captured_chars: int = 1_000_000) -> None:
+                 max_captured_chars: int = CAPTURED_CHARS) -> None:
         self._call_host = call_host
         self.max_captured_chars = max_captured_chars
         self._final: str | None = None

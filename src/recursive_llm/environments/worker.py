@@ -19,6 +19,7 @@ from ..errors import EnvironmentFailure
 from .base import CellFailed, ReplEnvironment, SubCallHandler
 from .channel import WORKER_FAULTS, WorkerChannel
 from .process import start_process
+from .runtime import CAPTURED_CHARS
 from .sandbox import SANDBOX_TMP, IsolationPlan, Limits, confinement_policy, plan_isolation, sandbox_env, worker_argv
 from .worker_dir import WorkerDirectory
 
@@ -48,7 +49,7 @@ def _warn_once(plan: IsolationPlan) -> None:
 class WorkerEnvironment(ReplEnvironment):
     name = "worker"
 
-    def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = 1_000_000,
+    def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = CAPTURED_CHARS,
                  startup_timeout_s: float = 60.0, python: str = sys.executable, sandbox: str = WorkerPolicy.sandbox,
                  limits: Limits = Limits()) -> None:
         super().__init__(handler)

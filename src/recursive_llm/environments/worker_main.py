@@ -32,7 +32,7 @@ if __name__ == "__main__":  # make the package importable from a source checkout
 from recursive_llm.environments import protocol, runtime  # noqa: E402
 from recursive_llm.environments.confine import ConfinementError, apply_rlimits, confine  # noqa: E402
 from recursive_llm.environments.protocol import HEADER, decode_body, encode, read_inputs  # noqa: E402
-from recursive_llm.environments.runtime import REPL  # noqa: E402
+from recursive_llm.environments.runtime import CAPTURED_CHARS, REPL  # noqa: E402
 
 
 class HostChannel:
@@ -216,7 +216,7 @@ def main() -> None:
     except (ConfinementError, OSError, ValueError) as error:
         _refuse(error)
     repl = REPL(contexts[0], channel.call_host, more_contexts=contexts[1:], tables=tables,
-                max_captured_chars=int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000)
+                max_captured_chars=int(sys.argv[2]) if len(sys.argv) > 2 else CAPTURED_CHARS)
     guard = Guard(repl, channel)
     threading.Thread(target=channel.read_forever, name="host-reader", daemon=True).start()
     channel.send({"op": "ready", "pid": os.getpid()})
