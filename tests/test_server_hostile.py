@@ -313,13 +313,29 @@ def test_a_stream_the_client_drops_leaves_an_interrupted_run(tree):
                               headers={"Authorization": f"Bearer {TOKEN}"},
                               json={"model": "rlm", "stream": True, "messages": [QUESTION], "context": "text"}) as sent:
                 for line in sent.iter_lines():
-                    if '"run_start"' in line:
-                        break  # the run is under way: hang up
-            deadline = time.time() + 30
-            while time.time() < deadline and [r["status"] for r in Store().list_runs()] != ["interrupted"]:
+                    if '"iteration"' in line:
+                        break  # the first cell is about to run (its sub-calls take 1.5 s)
+                deadline = time.time() + 30
+                while time.time() < deadline and not _loaded_worker_dirs(server.process.pid):
+                    time.sleep(0.05)
+                had_input = _loaded_worker_dirs(server.process.pid)  # the run's copy of its input
+            deadline = time.time() + 30  # hung up: the run is stopped and its copy removed
+            while time.time() < deadline and ([r["status"] for r in Store().list_runs()] != ["interrupted"]
+                                              or _loaded_worker_dirs(server.process.pid)):
                 time.sleep(0.1)
-            runs = Store().list_runs()
+            runs, left = Store().list_runs(), _loaded_worker_dirs(server.process.pid)
         finally:
             server.stop()
+    assert had_input and not left, (had_input, left)
     assert [r["status"] for r in runs] == ["interrupted"]
     assert "disconnected" in Store().run_tree(runs[0]["run_id"])["runs"][0]["error"]
+
+
+def _loaded_worker_dirs(host_pid: int) -> list[str]:
+    """The worker directories of `host_pid` that hold a request's input (a pre-started spare's
+    input directory is empty until a request loads it)."""
+    import glob
+    import tempfile
+
+    return [d for d in glob.glob(os.path.join(tempfile.gettempdir(), f"rlm-worker-{host_pid}-*"))
+            if os.path.isdir(os.path.join(d, "input")) and os.listdir(os.path.join(d, "input"))]
