@@ -93,9 +93,10 @@ def _read_context(sources: tuple[str, ...]):
 
 def _summary(result, tally=None) -> str:
     total = result.usage.total
-    parts = [f"run {result.run_id}", result.stopped_reason, f"{result.iterations} iterations",
-             tally.calls() if tally is not None else f"{total.calls} model calls", f"{total.total_tokens:,} tokens", f"${result.cost_usd:.4f}",
-             f"{result.duration_s:.1f}s"]
+    iterations = f"{result.iterations} iteration" + ("" if result.iterations == 1 else "s")
+    calls = tally.calls() if tally is not None else f"{total.calls} model call" + ("" if total.calls == 1 else "s")
+    parts = [f"run {result.run_id}", result.stopped_reason, iterations, calls, f"{total.total_tokens:,} tokens",
+             f"${result.cost_usd:.4f}", f"{result.duration_s:.1f}s"]
     if result.used_fallback:
         parts.append("map-reduce fallback")
     return " · ".join(parts) + (f"\ntrajectory: {result.trajectory_path}" if result.trajectory_path else "")
