@@ -35,8 +35,8 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import SANDBOX_MODES as MODES
-from ..config import WorkerPolicy
+from ..config import SANDBOX_MODES as MODES, WorkerPolicy
+
 NOBODY = 65534  # the user the probes run as
 # When the host is root, each worker runs as a uid of its own, above any real user's: workers of
 # concurrent runs cannot signal or trace each other, and the process limit counts per worker.
@@ -349,8 +349,9 @@ def confinement_policy(plan: IsolationPlan, *, input_dir: str, work_dir: str, li
     """What the worker applies to itself: its resource limits at once, the rest before model code
     (JSON for its command line)."""
     read = [*_read_roots(), input_dir] if plan.landlock else []
-    return json.dumps({"rlimits": worker_rlimits(limits, nproc=plan.drop_uid), "drop_caps": True, "landlock": plan.landlock, "seccomp": plan.seccomp,
-                       "processes": plan.processes, "read": read, "write": [work_dir] if plan.landlock else []})
+    return json.dumps({"rlimits": worker_rlimits(limits, nproc=plan.drop_uid), "drop_caps": True,
+                       "landlock": plan.landlock, "seccomp": plan.seccomp, "processes": plan.processes,
+                       "read": read, "write": [work_dir] if plan.landlock else []})
 
 
 def worker_argv(plan: IsolationPlan, python_argv: list[str], *, context_dir: str, limits: Limits,

@@ -61,7 +61,6 @@ class WorkerEnvironment(ReplEnvironment):
         self.isolation: IsolationPlan = plan_isolation(sandbox)
         self.directory: WorkerDirectory | None = None  # from start() to close()
         self._channel: WorkerChannel | None = None  # while a worker process runs
-        self._loaded = False
         self._next_id = 0
         self.pid: int | None = None
 
@@ -89,7 +88,7 @@ class WorkerEnvironment(ReplEnvironment):
     async def load(self, context: Any, handler: SubCallHandler) -> None:
         """Give a pre-started worker its one request: the input is written into its own input
         directory, and the worker reads it and confines itself before it says `ready`."""
-        if self._channel is None or self._loaded or self.directory is None or self.directory.input_file is not None:
+        if self._channel is None or self.directory is None or self.directory.input_file is not None:
             raise EnvironmentFailure("load() needs a pre-started worker that has not been loaded")
         self._context, self._handler = context, handler
         await self._write_inputs()
@@ -141,7 +140,6 @@ class WorkerEnvironment(ReplEnvironment):
             self._channel = None  # the channel stopped the worker
             raise
         self.pid = self._channel.process.pid
-        self._loaded = op == "ready"
 
     async def _stop_worker(self) -> None:
         channel, self._channel = self._channel, None
@@ -169,26 +167,29 @@ class WorkerEnvironment(ReplEnvironment):
                 self.directory = None
 
     # -- the environment interface --------------------------------------------------------------
-    async def _run_cell(self, code: str, timeout: float | None, wall_timeout: float | None) -> dict:
+    def _running(self) -> WorkerChannel:
         if self._channel is None:
             raise EnvironmentFailure("the worker is not running: call start() first")
+        return self._channel
+
+    async def _run_cell(self, code: str, timeout: float | None, wall_timeout: float | None) -> dict:
+        channel = self._running()
         self._next_id += 1
         cpu = int(timeout) + 1 if timeout else None
         try:
-            return await self._channel.request({"op": "exec", "id": self._next_id, "code": code, "cpu_seconds": cpu},
+            return await channel.request({"op": "exec", "id": self._next_id, "code": code, "cpu_seconds": cpu},
                                                "result", timeout, wall_timeout)
         except WORKER_FAULTS as error:
             if isinstance(error, (EOFError, ConnectionError)):
-                exit_code = await self._channel.exit_code(CRASH_REPORT_WAIT_S)
+                exit_code = await channel.exit_code(CRASH_REPORT_WAIT_S)
                 raise CellFailed(f"WorkerCrash: the worker process died (exit code {exit_code})") from None
             raise CellFailed(f"WorkerCrash: the worker broke the protocol ({error}) and was stopped") from None
 
     async def get_variable(self, name: str) -> dict:
-        if self._channel is None:
-            raise EnvironmentFailure("the worker is not running: call start() first")
+        channel = self._running()
         self._next_id += 1
         try:
-            reply = await self._channel.request({"op": "get_var", "id": self._next_id, "name": name}, "var", 30.0)
+            reply = await channel.request({"op": "get_var", "id": self._next_id, "name": name}, "var", 30.0)
         except (asyncio.TimeoutError, *WORKER_FAULTS) as error:
             await self._replace_repl()
             return {"ok": False, "error": f"could not read {name!r} from the worker ({type(error).__name__})"}
