@@ -118,19 +118,30 @@ def capped(cap: int = 8, first: int = 100, rest: int = 300) -> None:
               f"| {wall:.2f} s | {ideal:.2f} s |")
 
 
-def rss_tree_mb(pid: int) -> float:
-    """Resident memory of `pid` and all its descendants (MB)."""
-    total, todo = 0, [pid]
+def tree_memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of `pid` and all its descendants (MB): PSS shares a page among the processes that
+    map it, so workers forked from one template count their shared pages once."""
+    rss = pss = 0
+    todo = [pid]
     while todo:
         current = todo.pop()
         try:
-            with open(f"/proc/{current}/status") as status:
-                total += next(int(l.split()[1]) for l in status if l.startswith("VmRSS:"))
+            with open(f"/proc/{current}/smaps_rollup") as rollup:
+                fields = dict(line.split(":", 1) for line in rollup if ":" in line and not line.startswith("0"))
+            rss += int(fields["Rss"].split()[0])
+            pss += int(fields["Pss"].split()[0])
             with open(f"/proc/{current}/task/{current}/children") as children:
                 todo += [int(c) for c in children.read().split()]
-        except (OSError, StopIteration):
+        except (OSError, KeyError, ValueError):
             pass
-    return total / 1024
+    return rss / 1024, pss / 1024
+
+
+# How `rlm serve` gets its workers: started per request, pre-started fresh interpreters, or
+# pre-started and forked from a template (environments/template.py, the default).
+WORKER_SOURCES = {"started": {"RLM_WORKER_POOL": "0"},
+                  "pre-started, fresh interpreters": {"RLM_WORKER_POOL": "1", "RLM_WORKER_TEMPLATE": "0"},
+                  "pre-started, forked from a template": {"RLM_WORKER_POOL": "1", "RLM_WORKER_TEMPLATE": "1"}}
 
 
 def serve(requests: int = 100, widths: tuple[int, ...] = (25, 50)) -> None:
@@ -138,26 +149,28 @@ def serve(requests: int = 100, widths: tuple[int, ...] = (25, 50)) -> None:
 
     turns = ["```repl\nprint(len(context))\n```", "FINAL(done)"]
     print(f"\n| rlm serve, {requests} requests (2 root calls + 1 cell each, 100 ms model: ideal 0.20 s) | "
-          f"requests/s | p50 | p99 | failed | RSS of serve + workers, idle |\n| --- | --- | --- | --- | --- | --- |")
+          f"requests/s | p50 | p99 | failed | serve + workers when idle: RSS / PSS |\n"
+          f"| --- | --- | --- | --- | --- | --- |")
     # SERVE_TREES="before=/path/to/src,after=src": the same rows for other source trees, in one run
     trees = [tuple(item.split("=", 1)) for item in os.environ.get("SERVE_TREES", "").split(",") if item]
     trees = trees or [("", SRC)]
-    pools = [os.environ["SERVE_POOL"] == "1"] if "SERVE_POOL" in os.environ else [False, True]
-    for concurrent, pool, (tree, src) in [(c, p, t) for c in widths for p in pools for t in trees]:
+    # SERVE_WORKERS="started,template": only these rows (the first word of a WORKER_SOURCES key, or "fresh")
+    chosen = os.environ.get("SERVE_WORKERS", "started,fresh,template").split(",")
+    sources = [name for name in WORKER_SOURCES if any(word in name for word in chosen)]
+    for concurrent, source, (tree, src) in [(c, p, t) for c in widths for p in sources for t in trees]:
         with FakeLLMServer(responder=root_then_sub(turns), latency=LATENCY) as backend:
-            process, url = start_serve(backend.base_url, concurrent, src=src, env={"RLM_WORKER_POOL": "1" if pool else "0"})
+            process, url = start_serve(backend.base_url, concurrent, src=src, env=WORKER_SOURCES[source])
             try:
                 asyncio.run(serve_burst(url, concurrent, concurrent))  # warm-up: imports, the first workers
                 time.sleep(1.0)  # the pool refills
-                idle_rss = rss_tree_mb(process.pid)
+                idle_rss, idle_pss = tree_memory_mb(process.pid)
                 wall, latencies, failed = asyncio.run(serve_burst(url, requests, concurrent))
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=60)
-        label = (f"{tree}: " if tree else "") + f"{concurrent} at a time, " + (
-            "pre-started workers" if pool else "a worker started per request")
+        label = (f"{tree}: " if tree else "") + f"{concurrent} at a time, {source}"
         print(f"| {label} | {requests / wall:.1f} | {statistics.median(latencies):.2f} s "
-              f"| {percentile(latencies, 0.99):.2f} s | {failed} | {idle_rss:.0f} MB |")
+              f"| {percentile(latencies, 0.99):.2f} s | {failed} | {idle_rss:.0f} / {idle_pss:.0f} MB |")
 
 
 def cold() -> None:

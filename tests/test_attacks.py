@@ -13,6 +13,7 @@ reason; docs/SECURITY.md lists which attack each layer stops.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -27,7 +28,9 @@ from typing import Callable
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.environments.sandbox import plan_isolation
+from recursive_llm.config import WorkerPolicy
+from recursive_llm.environments import pool as worker_pool
+from recursive_llm.environments.sandbox import Limits, plan_isolation
 from recursive_llm.events import read_trajectory
 from recursive_llm.paths import rlm_home
 from recursive_llm.testing import ScriptedModel
@@ -106,14 +109,38 @@ def arena(tmp_path, monkeypatch):
     listener.close()
 
 
-def run_attack(arena, code: str, **options) -> Outcome:
+async def forked_run(rlm: RLM, mode: str, memory_mb: int):
+    """The run takes a pre-started worker that the pool's template forked (environments/template.py)."""
+    import asyncio
+
+    pool = worker_pool.install(1, sandbox=mode, memory_mb=memory_mb)
+    try:
+        for _ in range(600):
+            if pool.ready:
+                break
+            await asyncio.sleep(0.05)
+        result = await rlm.acompletion("q", "ctx")
+        assert pool.taken == 1 and pool.template is not None and pool.template.forks >= 1, pool.template_error
+        return result
+    finally:
+        await pool.close()
+
+
+def run_attack(arena, code: str, origin: str = "started", **options) -> Outcome:
+    """`origin`: "started" (a worker started for the run) or "forked" (from the pool's template)."""
+    import asyncio
+
     outside, listener = arena
     code = textwrap.dedent(code).format(outside=outside, port=listener.port, host_pid=os.getpid(), key=KEY,
                                         token=TOKEN, abstract=ABSTRACT, home=rlm_home())
     root = ScriptedModel([f"```repl\n{code}\n```", "FINAL(survived)"])
     before = sorted(p.name for p in outside.iterdir())
     options.setdefault("cell_timeout_s", 5.0)
-    result = RLM(model=root, sub_model=ScriptedModel(default="sub answer", name="sub"), **options).completion("q", "ctx")
+    rlm = RLM(model=root, sub_model=ScriptedModel(default="sub answer", name="sub"), **options)
+    if origin == "forked":
+        result = asyncio.run(forked_run(rlm, options["sandbox"], options.get("worker_memory_mb", WorkerPolicy.memory_mb)))
+    else:
+        result = rlm.completion("q", "ctx")
     assert sorted(p.name for p in outside.iterdir()) == before, "the attack wrote outside the private directory"
     assert os.getpid() > 0  # we are still here
     cells = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell"]
@@ -450,12 +477,13 @@ ATTACKS = [
 ]
 
 
+@pytest.mark.parametrize("origin", ("started", "forked"))
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.name for a in ATTACKS])
-def test_attack_is_contained(arena, attack: Attack, mode: str):
+def test_attack_is_contained(arena, attack: Attack, mode: str, origin: str):
     if why := attack.unavailable(mode):
         pytest.skip(f"{why}, unavailable in sandbox={mode!r} here: {'; '.join(MODES[mode].missing)}")
-    outcome = run_attack(arena, attack.code, sandbox=mode, **(attack.options or {}))
+    outcome = run_attack(arena, attack.code, origin, sandbox=mode, **(attack.options or {}))
     assert outcome.answer == "survived", outcome.out[-2000:]
     assert attack.check(outcome), outcome.out[-2000:]
     assert no_key(outcome)
@@ -479,26 +507,47 @@ def test_rlm_query_past_max_depth_starts_no_child(arena):
     assert [e["depth"] for e in starts] == [0]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_worker_cannot_kill_or_read_another_runs_worker(mode):
-    """Concurrent runs (a server's requests) must not reach each other's workers."""
-    import asyncio
+@contextlib.asynccontextmanager
+async def two_workers(mode: str, origin: str, victim_text: str, attacker_text: str):
+    """A victim's and an attacker's worker, started each, or forked by one template (siblings)."""
+    from recursive_llm.environments import template as worker_template
+    from recursive_llm.environments.worker import WORKER_SCRIPT, WorkerEnvironment
 
-    from recursive_llm.environments.worker import WorkerEnvironment
+    async def no_calls(*args):
+        return []
+
+    template = None
+    if origin == "forked":
+        template = worker_template.WorkerTemplate(MODES[mode], Limits(), worker_template.python_argv_for_template(
+            str(WORKER_SCRIPT)))
+        await template.start()
+    victim = WorkerEnvironment(victim_text, no_calls, sandbox=mode, template=template)
+    attacker = WorkerEnvironment(attacker_text, no_calls, sandbox=mode, template=template)
+    try:
+        await victim.start()
+        await attacker.start()
+        assert template is None or template.forks == 2
+        yield victim, attacker, template
+    finally:
+        await attacker.close()
+        await victim.close()
+        if template is not None:
+            await template.close()
+
+
+@pytest.mark.parametrize("origin", ("started", "forked"))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_worker_cannot_kill_or_read_another_runs_worker(mode, origin):
+    """Concurrent runs (a server's requests) must not reach each other's workers, nor, for workers
+    forked by one template, the template that made them."""
+    import asyncio
 
     plan = MODES[mode]
     if not (plan.namespaces or plan.drop_uid or plan.landlock):
         pytest.skip(f"needs namespaces, Landlock scoping or per-worker uids, unavailable in sandbox={mode!r} here")
 
-    async def no_calls(*args):
-        return []
-
     async def scenario():
-        victim = WorkerEnvironment("victim's private text", no_calls, sandbox=mode)
-        attacker = WorkerEnvironment("attacker", no_calls, sandbox=mode)
-        await victim.start()
-        await attacker.start()
-        try:
+        async with two_workers(mode, origin, "victim's private text", "attacker") as (victim, attacker, template):
             peek = await attacker.execute(textwrap.dedent(f"""
                 import os, signal
                 for path in ('/proc/{victim.pid}/environ', '/proc/{victim.pid}/mem'):
@@ -506,16 +555,19 @@ def test_a_worker_cannot_kill_or_read_another_runs_worker(mode):
                         print(open(path, 'rb').read(100))
                     except OSError as e:
                         print('blocked', type(e).__name__)
+                for pid in [p for p in (os.getppid(), {victim.pid}) if p > 1]:  # 0: a parent outside its PID namespace
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError as e:
+                        print('blocked', type(e).__name__)
                 os.kill(-1, signal.SIGKILL)"""), 10)
             after = await victim.execute("print(context)", 10)
-        finally:
-            await attacker.close()
-            await victim.close()
-        return peek, after
+            return peek, after, template is None or template.alive
 
-    peek, after = asyncio.run(scenario())
+    peek, after, template_alive = asyncio.run(scenario())
     assert "victim" not in peek.stdout
     assert after.stdout.strip() == "victim's private text" and not after.restarted and after.error is None
+    assert template_alive
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -547,43 +599,34 @@ def test_the_worker_runs_no_site_hooks_of_the_host(mode):
         assert packages.error is None, packages.stderr
 
 
+@pytest.mark.parametrize("origin", ("started", "forked"))
 @pytest.mark.parametrize("mode", MODES)
-def test_a_worker_cannot_read_another_runs_input(mode):
+def test_a_worker_cannot_read_another_runs_input(mode, origin):
     """A server runs many runs at once: one run's model code must not read another's input copy
     (before: /tmp/rlm-worker-*/input/ was 0755 with 0644 files, readable by every worker)."""
     import asyncio
     import tempfile
 
-    from recursive_llm.environments.worker import WorkerEnvironment
-
     plan = MODES[mode]
     if not (plan.namespaces or plan.landlock or plan.drop_uid):
         pytest.skip(f"needs namespaces, Landlock or per-worker uids, unavailable in sandbox={mode!r} here")
 
-    async def no_calls(*args):
-        return []
-
     async def scenario():
-        victim = WorkerEnvironment("victim-input-7f3a", no_calls, sandbox=mode)
-        attacker = WorkerEnvironment("attacker", no_calls, sandbox=mode)
-        await victim.start()
-        await attacker.start()
-        try:
+        async with two_workers(mode, origin, "victim-input-7f3a", "attacker") as (victim, attacker, template):
+            places = [tempfile.gettempdir(), *([str(template.spool)] if template and template.spool else [])]
             return await attacker.execute(textwrap.dedent(f"""
                 import os
-                for name in os.listdir({tempfile.gettempdir()!r}) if os.path.exists({tempfile.gettempdir()!r}) else []:
-                    for leaf in ('input/context_0.txt', 'input/inputs.json'):
-                        try:
-                            print(open(os.path.join({tempfile.gettempdir()!r}, name, leaf)).read())
-                        except OSError as e:
-                            print('blocked', type(e).__name__)
+                for top in {places!r}:
+                    for name in os.listdir(top) if os.path.exists(top) else []:
+                        for leaf in ('input/context_0.txt', 'input/inputs.json'):
+                            try:
+                                print(open(os.path.join(top, name, leaf)).read())
+                            except OSError as e:
+                                print('blocked', type(e).__name__)
                 try:
                     print(open({str(victim.directory.input_dir / 'context_0.txt')!r}).read())
                 except OSError as e:
                     print('blocked', type(e).__name__)"""), 10)
-        finally:
-            await attacker.close()
-            await victim.close()
 
     peek = asyncio.run(scenario())
     assert "victim-input" not in peek.stdout + peek.stderr

@@ -319,7 +319,7 @@ def test_a_worker_refuses_a_resource_limit_it_does_not_know(tmp_path):
     import json
     import sys
 
-    from recursive_llm.environments.worker import _WORKER_SCRIPT
+    from recursive_llm.environments.worker import WORKER_SCRIPT as _WORKER_SCRIPT
 
     policy = json.dumps({"rlimits": {"AS": 1 << 33, "BOGUS": 1}})
     done = subprocess.run([sys.executable, "-I", str(_WORKER_SCRIPT), "-", "1000", policy], cwd=tmp_path,

@@ -333,9 +333,11 @@ def test_a_stream_the_client_drops_leaves_an_interrupted_run(tree):
 
 def _loaded_worker_dirs(host_pid: int) -> list[str]:
     """The worker directories of `host_pid` that hold a request's input (a pre-started spare's
-    input directory is empty until a request loads it)."""
+    input directory is empty until a request loads it), in the temporary directory or in the worker
+    template's spool there (environments/template.py)."""
     import glob
     import tempfile
 
-    return [d for d in glob.glob(os.path.join(tempfile.gettempdir(), f"rlm-worker-{host_pid}-*"))
+    pattern = os.path.join(tempfile.gettempdir(), f"rlm-worker-{host_pid}-*")
+    return [d for d in glob.glob(pattern) + glob.glob(os.path.join(pattern, f"rlm-worker-{host_pid}-*"))
             if os.path.isdir(os.path.join(d, "input")) and os.listdir(os.path.join(d, "input"))]

@@ -26,8 +26,10 @@ from ..config import WorkerPolicy
 from ..errors import EnvironmentFailure
 from .base import CellResult, SubCallHandler
 from .runtime import CAPTURED_CHARS
-from .sandbox import Limits
-from .worker import WorkerEnvironment
+from . import template
+from .sandbox import Limits, plan_isolation
+from .template import WorkerTemplate
+from .worker import WORKER_SCRIPT, WorkerEnvironment
 
 
 class WorkerPool:
@@ -50,6 +52,9 @@ class WorkerPool:
         self.taken = 0  # runs that got a pre-started worker
         self.missed = 0  # runs that found the pool empty and started their own
         self.failed = 0  # spares that failed to start or died while waiting
+        self.template: WorkerTemplate | None = None  # forks the spares (template.py), once started
+        self._template_lock = asyncio.Lock()
+        self.template_error: str | None = None  # why spares are fresh interpreters instead
 
     def matches(self, sandbox: str, limits: Limits, max_captured_chars: int) -> bool:
         return (sandbox, limits, max_captured_chars) == (self.sandbox, self.limits, self.max_captured_chars)
@@ -70,7 +75,8 @@ class WorkerPool:
         try:
             async with self._starts:
                 worker = WorkerEnvironment(None, _unloaded, max_captured_chars=self.max_captured_chars,
-                                           sandbox=self.sandbox, limits=self.limits)
+                                           sandbox=self.sandbox, limits=self.limits,
+                                           template=await self._running_template())
                 try:
                     await worker.prestart()
                 except BaseException as error:  # a failed start, or the pool closing (cancelled) meanwhile
@@ -85,6 +91,31 @@ class WorkerPool:
                 self._spares.put_nowait(worker)
         finally:
             self._starting -= 1
+
+    async def _running_template(self) -> WorkerTemplate | None:
+        """The template that forks the spares: started at the first spare, started again if it died;
+        None (fresh interpreters) when it is turned off or cannot start here."""
+        if not template.enabled() or self.template_error is not None:
+            return None
+        async with self._template_lock:
+            if self.template is not None and not self.template.alive:
+                await self.template.close()
+                self.template = None
+            if self.template is None and not self._closed:
+                isolation = plan_isolation(self.sandbox)
+                candidate = template.WorkerTemplate(isolation, self.limits, template.python_argv_for_template(
+                    str(WORKER_SCRIPT)))
+                try:
+                    await candidate.start()
+                except (EnvironmentFailure, OSError) as error:
+                    self.template_error = str(error)
+                    import warnings
+
+                    warnings.warn(f"recursive-llm: pre-started workers are fresh interpreters ({error})",
+                                  RuntimeWarning, stacklevel=2)
+                    return None
+                self.template = candidate
+            return self.template
 
     def take(self) -> WorkerEnvironment | None:
         """A live spare (the caller owns it from now on), or None; the pool starts a replacement."""
@@ -120,6 +151,10 @@ class WorkerPool:
         # All at once: each close may wait up to 2 s for its worker to leave (more on a loaded
         # machine), and a server's shutdown should not wait for them one after another.
         await asyncio.gather(*(spare.close() for spare in spares), return_exceptions=True)
+        async with self._template_lock:
+            if self.template is not None:
+                await self.template.close()
+                self.template = None
         if self._loop is not None and _pools.get(id(self._loop)) is self:
             del _pools[id(self._loop)]
 

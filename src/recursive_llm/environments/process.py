@@ -66,6 +66,9 @@ async def stop_process(process: asyncio.subprocess.Process, wait_s: float = STOP
     finally:
         # Close the host's ends now rather than when the transport is collected (possibly after
         # the event loop is gone); this also ends a wait that a lingering descendant would hold.
+        close_pipes = getattr(process, "close_pipes", None)  # a worker forked by the template
         transport = getattr(process, "_transport", None)
-        if transport is not None:
+        if close_pipes is not None:
+            close_pipes()
+        elif transport is not None:
             transport.close()

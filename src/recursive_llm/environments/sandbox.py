@@ -93,12 +93,15 @@ def _ancestors(path: str) -> list[str]:
     return ["/" + "/".join(parts[1:i]) for i in range(2, len(parts))]
 
 
-def bwrap_command(*, context_dir: str, private_mb: int, drop_uid: bool) -> list[str]:
-    """The bubblewrap prefix that runs a command inside the sandbox."""
+def bwrap_command(*, context_dir: str, private_mb: int, drop_uid: bool, template: bool = False) -> list[str]:
+    """The bubblewrap prefix that runs a command inside the sandbox. `template`: the worker
+    template (template_main.py), which keeps its capabilities (in an unprivileged user namespace
+    when not root) to give each worker it forks namespaces and a uid of its own."""
     command = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
     if not drop_uid:  # not root: an unprivileged user namespace, with no capabilities in it
-        command += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL"]
+        command += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY),
+                    "--cap-add" if template else "--cap-drop", "ALL"]
     # As root, setpriv (run next, inside) needs CAP_SETUID to become 65534; it then clears every
     # capability set (--inh-caps=-all --bounding-set=-all) and the kernel drops the rest on setuid.
     binds = [d for d in _SYSTEM_DIRS if os.path.isdir(d)]

@@ -21,9 +21,10 @@ from .channel import WORKER_FAULTS, WorkerChannel
 from .process import start_process
 from .runtime import CAPTURED_CHARS
 from .sandbox import SANDBOX_TMP, IsolationPlan, Limits, confinement_policy, plan_isolation, sandbox_env, worker_argv
+from .template import ForkedProcess, WorkerTemplate
 from .worker_dir import WorkerDirectory
 
-_WORKER_SCRIPT = Path(__file__).with_name("worker_main.py")
+WORKER_SCRIPT = Path(__file__).with_name("worker_main.py")
 _warned: set[str] = set()
 SHUTDOWN_WAIT_S = 2.0  # a worker asked to leave gets this long before it is killed
 CRASH_REPORT_WAIT_S = 2.0  # how long a crashed worker's exit code is waited for, to tell the model
@@ -51,8 +52,9 @@ class WorkerEnvironment(ReplEnvironment):
 
     def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = CAPTURED_CHARS,
                  startup_timeout_s: float = 60.0, python: str = sys.executable, sandbox: str = WorkerPolicy.sandbox,
-                 limits: Limits = Limits()) -> None:
+                 limits: Limits = Limits(), template: WorkerTemplate | None = None) -> None:
         super().__init__(handler)
+        self._template = template  # forks this worker instead of starting an interpreter (template.py)
         self._context = context
         self._max_captured_chars = max_captured_chars
         self._startup_timeout_s = startup_timeout_s
@@ -97,20 +99,25 @@ class WorkerEnvironment(ReplEnvironment):
 
     async def _make_directory(self) -> None:
         _warn_once(self.isolation)
-        self.directory = await WorkerDirectory.create(self.isolation)
+        spool = self._template.spool if self._template is not None else None
+        self.directory = await WorkerDirectory.create(self.isolation, spool)
 
     async def _write_inputs(self) -> None:
         assert self.directory is not None
         context, self._context = self._context, None  # the files are the worker's copy; keep no second one
         await self.directory.write_inputs(context)
 
-    def _argv(self, waiting: bool) -> list[str]:
+    def _manifest_and_policy(self, waiting: bool) -> tuple[str, str]:
         assert self.directory is not None and (waiting or self.directory.input_file is not None)
         work = SANDBOX_TMP if self.isolation.namespaces else str(self.directory.work_dir)
         policy = confinement_policy(self.isolation, input_dir=str(self.directory.input_dir), work_dir=work,
                                     limits=self._limits)
-        python_argv = [self._python, "-I", str(_WORKER_SCRIPT), "-" if waiting else str(self.directory.input_file),
-                       str(self._max_captured_chars), policy]
+        return "-" if waiting else str(self.directory.input_file), policy
+
+    def _argv(self, waiting: bool) -> list[str]:
+        assert self.directory is not None
+        manifest, policy = self._manifest_and_policy(waiting)
+        python_argv = [self._python, "-I", str(WORKER_SCRIPT), manifest, str(self._max_captured_chars), policy]
         if self._python == sys.executable:
             # -S: no site processing in the worker; the host's resolved import path is handed over
             # instead, so no .pth hook of the host's installation runs in there (on this machine
@@ -127,8 +134,22 @@ class WorkerEnvironment(ReplEnvironment):
         return {"stdin": asyncio.subprocess.PIPE, "stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.PIPE,
                 "cwd": self.directory.work_dir, "env": worker_env(self.directory.work_dir), "start_new_session": True}
 
+    async def _fork_from_template(self, waiting: bool) -> ForkedProcess:
+        """The same worker, forked by the template: the settings its command line would carry."""
+        assert self._template is not None and self.directory is not None
+        manifest, policy = self._manifest_and_policy(waiting)
+        namespaces = self.isolation.namespaces
+        return await self._template.fork(
+            manifest=manifest, max_captured_chars=self._max_captured_chars, policy=policy,
+            env=sandbox_env() if namespaces else worker_env(self.directory.work_dir),
+            cwd=SANDBOX_TMP if namespaces else str(self.directory.work_dir), uid=self.directory.uid,
+            input_dir=str(self.directory.input_dir))
+
     async def _spawn(self, waiting: bool = False) -> None:
-        process = await start_process(*self._argv(waiting), **self._spawn_options())
+        if self._template is not None and self._template.alive:
+            process: Any = await self._fork_from_template(waiting)
+        else:
+            process = await start_process(*self._argv(waiting), **self._spawn_options())
         self._channel = WorkerChannel(process, self._dispatch)
         await self._handshake("waiting" if waiting else "ready")
 

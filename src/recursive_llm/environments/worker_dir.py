@@ -64,12 +64,13 @@ class WorkerDirectory:
         self._namespaces = isolation.namespaces
 
     @classmethod
-    async def create(cls, isolation: IsolationPlan) -> WorkerDirectory:
+    async def create(cls, isolation: IsolationPlan, parent: Path | None = None) -> WorkerDirectory:
+        """`parent`: the worker template's spool (template.py), else the temporary directory."""
         global _swept
         if not _swept:
             _swept = True
             await asyncio.to_thread(sweep_stale_dirs)
-        path = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
+        path = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=parent))
         (path / "input").mkdir(mode=0o700)
         (path / "work").mkdir(mode=0o700)
         directory = cls(path, isolation, allocate_worker_uid() if isolation.drop_uid else None)

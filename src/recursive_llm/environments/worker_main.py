@@ -183,8 +183,18 @@ def _refuse(error: Exception) -> None:
 
 
 def main() -> None:
+    if sys.argv[1] == "+":  # the template: forks workers on the host's request (template_main.py)
+        from recursive_llm.environments import template_main
+
+        template_main.serve(sys.argv[3], run)
+        return
+    run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else CAPTURED_CHARS, sys.argv[3] if len(sys.argv) > 3 else "{}")
+
+
+def run(manifest: str, max_captured_chars: int, policy_json: str) -> None:
+    """Be the worker: limits first, then the channel on fds 0/1, the input, confinement, the REPL."""
     try:
-        policy = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+        policy = json.loads(policy_json)
         apply_rlimits(policy.get("rlimits", {}))
     except (ConfinementError, OSError, ValueError) as error:
         _refuse(error)
@@ -198,7 +208,6 @@ def main() -> None:
 
     signal.signal(signal.SIGXCPU, _on_sigxcpu)
     channel = HostChannel(reader, writer)
-    manifest = sys.argv[1]
     if manifest == "-":
         # Pre-started (environments/pool.py): this process has run nothing of any request yet. It
         # waits, on its only thread, for the one request it will serve; then it reads that input and
@@ -216,7 +225,7 @@ def main() -> None:
     except (ConfinementError, OSError, ValueError) as error:
         _refuse(error)
     repl = REPL(contexts[0], channel.call_host, more_contexts=contexts[1:], tables=tables,
-                max_captured_chars=int(sys.argv[2]) if len(sys.argv) > 2 else CAPTURED_CHARS)
+                max_captured_chars=max_captured_chars)
     guard = Guard(repl, channel)
     threading.Thread(target=channel.read_forever, name="host-reader", daemon=True).start()
     channel.send({"op": "ready", "pid": os.getpid()})
@@ -230,7 +239,6 @@ def main() -> None:
             channel.send({"op": "result", "id": command["id"], **repl.execute(command["code"])})
         elif command["op"] == "get_var":
             channel.send({"op": "var", "id": command["id"], **repl.get_variable(command["name"])})
-
 
 if __name__ == "__main__":
     main()
