@@ -27,7 +27,7 @@ USER = "rlm-ci"
 # and the layers in both modes, pre-started workers, process start/stop, host bounds, sessions, tools.
 WORKER_TESTS = ["tests/test_attacks.py", "tests/test_sandbox_layers.py", "tests/test_worker_pool.py",
                 "tests/test_worker_process.py", "tests/test_host_bounds.py", "tests/test_session.py",
-                "tests/test_tools.py", "tests/test_runtime.py"]
+                "tests/test_tools.py", "tests/test_runtime.py", "tests/test_worker_template.py"]
 
 
 def copy_checkout(target: Path) -> Path:
@@ -133,6 +133,7 @@ def user_python(unprivileged_user):
     return python
 
 
+@pytest.mark.timeout(1800)  # the user's venv (the first time on a machine) and ~290 worker tests
 def test_the_worker_tests_pass_as_an_unprivileged_user_from_a_0700_checkout(unprivileged_user, user_python):
     """The attack battery (namespaces, if bubblewrap works unprivileged here, and process mode)
     and the worker's layers, run by an unprivileged user from its own 0700 checkout."""

@@ -92,6 +92,14 @@ async def _pipes() -> tuple[list[int], asyncio.StreamWriter, asyncio.StreamReade
     return theirs, stdin, readers[0], readers[1], transports
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
 class WorkerTemplate:
     """One template process for one event loop and one isolation plan, from `start` to `close`."""
 
@@ -106,6 +114,7 @@ class WorkerTemplate:
         self._replies: dict[int, asyncio.Future] = {}
         self._forked: dict[int, ForkedProcess] = {}
         self._ready: asyncio.Future | None = None
+        self._host_pid: int | None = None  # the template process's pid in the host's PID namespace
         self.forks = 0
 
     @property
@@ -161,16 +170,35 @@ class WorkerTemplate:
                     pid = struct.unpack("iII", payload[:12])[0]
             self._dispatch(json.loads(data), pid)
 
-    def _dispatch(self, message: dict, credential_pid: int | None) -> None:
+    def _dispatch(self, message: dict, sender_pid: int | None) -> None:
         op, request_id = message.get("op"), message.get("id")
         if op == "template" and self._ready is not None and not self._ready.done():
+            self._host_pid = sender_pid  # the template's pid here (the kernel's, from SO_PASSCRED)
             self._ready.set_result(None)
         elif op in ("forked", "error") and request_id in self._replies:
             future = self._replies.pop(request_id)
             if not future.done():
-                future.set_result((message, message.get("pid", credential_pid)))
+                keeper = message.get("keeper")
+                pid = message.get("pid") if keeper is None else self._worker_pid(keeper)
+                future.set_result((message, pid))
         elif op == "exit" and request_id in self._forked:
             self._forked.pop(request_id).exited(int(message.get("code", -9)))
+
+    def _worker_pid(self, keeper: object) -> int | None:
+        """With namespaces: the worker's pid in the host's PID namespace, the only child of the
+        keeper whose pid in the template's namespace is `keeper` (/proc/<pid>/status NSpid)."""
+        if self._host_pid is None or not isinstance(keeper, int):
+            return None
+        for child in _children(self._host_pid):
+            try:
+                with open(f"/proc/{child}/status") as status:
+                    nspid = next((line.split()[1:] for line in status if line.startswith("NSpid:")), [])
+            except OSError:
+                continue
+            if nspid[1:2] == [str(keeper)]:
+                workers = _children(child)
+                return workers[0] if len(workers) == 1 else None
+        return None
 
     def _lost(self) -> None:
         """The template is gone, and with it every worker it forked."""

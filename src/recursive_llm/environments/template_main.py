@@ -10,13 +10,16 @@ the forked process is set up as a freshly started worker would be, and then runs
 
 - with namespaces: a PID namespace of its own (entered through a small keeper process, since this
   process may create one PID namespace for its children only once), a mount namespace with a fresh
-  size-limited tmpfs on /tmp, its own input directory alone bound read-only into it, and a /proc
-  that shows only its own processes; as root, the uid of its own;
+  size-limited tmpfs on /tmp, of the template's spool only its own input directory bound read-only
+  into it (and again what the sandbox binds below /tmp: Python or this package may live there),
+  and a /proc that shows only its own processes; as root, the uid of its own;
 - always: its own session, SIGKILL when its parent dies, the three pipes as fds 0-2 and no other
-  descriptor of the template, the worker's environment and working directory.
+  descriptor of the template, the worker's environment and working directory, and no capability
+  (those the template keeps are needed only for the steps above).
 
-The host learns each worker's pid in its own PID namespace from the reply's SCM_CREDENTIALS
-(translated by the kernel), and each exit from an `exit` message.
+The host learns the template's pid in its own PID namespace from the credentials the kernel attaches
+to every message (SO_PASSCRED), each worker's from /proc (the child of the keeper the reply names),
+and each exit from an `exit` message.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import select
 import signal
 import socket
 import struct
 import sys
+
+from .confine import drop_capabilities
 
 CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -54,17 +60,37 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     _check(_libc.mount(encode(source), target.encode(), encode(fstype), flags, encode(data)), f"mount {target}")
 
 
+def _mounts_below(top: str) -> list[str]:
+    """Mount points strictly below `top` in this mount namespace, parents first."""
+    found = set()
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            point = re.sub(r"\\([0-7]{3})", lambda escape: chr(int(escape.group(1), 8)), line.split()[4])
+            if point.startswith(top + "/"):
+                found.add(point)
+    return sorted(found, key=lambda path: (path.count("/"), path))
+
+
 def _private_mounts(input_dir: str, private_mb: int) -> None:
-    """A mount namespace of the worker's own: a fresh tmpfs on /tmp, only its input bound into it
-    (read-only), and a /proc of its own PID namespace."""
+    """A mount namespace of the worker's own: a fresh tmpfs on /tmp with what the sandbox had bound
+    below /tmp (Python, this package, when they live there) bound again, and of the template's
+    spool only this worker's input directory; all read-only. Then a /proc of its own PID namespace."""
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    keep = os.open(input_dir, os.O_PATH | os.O_DIRECTORY)  # in this namespace: the tmpfs will cover it
+    # Opened in this namespace, before the tmpfs covers them; the spool (the mount holding every
+    # worker's directory) is left out, the worker's own input directory is bound instead.
+    kept = [path for path in _mounts_below("/tmp") if not input_dir.startswith(path + "/")] + [input_dir]
+    handles = [(path, os.open(path, os.O_PATH)) for path in kept]
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={private_mb * 1024 * 1024},mode=1777")
-    os.makedirs(input_dir, mode=0o755, exist_ok=True)
-    _mount(f"/proc/self/fd/{keep}", input_dir, None, MS_BIND)
-    _mount(None, input_dir, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    os.close(keep)
+    for path, handle in handles:
+        if os.path.isdir(f"/proc/self/fd/{handle}"):
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        _mount(f"/proc/self/fd/{handle}", path, None, MS_BIND)
+        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        os.close(handle)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
@@ -88,6 +114,7 @@ def _become_worker(request: dict, fds: list[int], run_worker) -> None:
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid: a uid change clears it
+        drop_capabilities()  # what the template kept for the steps above; confinement drops them again
         run_worker(request["manifest"], request["max_captured_chars"], request["policy"])
     except BaseException as error:  # noqa: BLE001 - reported on the worker's stderr, then gone
         os.write(2, f"worker template: could not start the worker: {error}\n".encode(errors="replace"))
@@ -119,11 +146,8 @@ class Template:
         self.waiting: dict[int, int] = {}  # pid this process waits for (keeper or worker) -> request id
         self.workers: dict[int, int] = {}  # request id -> the worker's pid here (killed when the host goes)
 
-    def reply(self, message: dict, pid: int | None = None) -> None:
-        ancillary = []
-        if pid is not None:  # the kernel translates it into the host's PID namespace
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("iII", pid, os.getuid(), os.getgid()))]
-        self.control.sendmsg([json.dumps(message).encode()], ancillary)
+    def reply(self, message: dict) -> None:
+        self.control.sendmsg([json.dumps(message).encode()])  # with this process's credentials (SO_PASSCRED)
 
     def fork(self, request: dict, fds: list[int]) -> None:
         request_id = request["id"]
@@ -152,10 +176,9 @@ class Template:
         os.close(status_read)
         self.waiting[child] = request_id
         self.workers[request_id] = worker
-        if request["namespaces"]:
-            self.reply({"op": "forked", "id": request_id}, pid=worker)
-        else:
-            self.reply({"op": "forked", "id": request_id, "pid": worker})
+        # With namespaces both pids are this namespace's: the host finds the worker as the child of
+        # the keeper (its pid in the host's namespace, through /proc); without, they are the host's.
+        self.reply({"op": "forked", "id": request_id, "pid": worker, "keeper": child if request["namespaces"] else None})
 
     def reap(self) -> None:
         while True:
