@@ -10,6 +10,10 @@ Run: WORKER_TREES="before=/tmp/before/src,after=src" python benchmarks/worker_st
 - tree: CPU of the whole process tree read from /proc just before the close (bwrap and its
   sandboxed grandchild included, which RUSAGE_CHILDREN does not see in `auto` mode);
 - children: RUSAGE_CHILDREN after the close (every waited-for descendant; `process` mode only).
+
+ORIGINS="started,forked" (the default: both): "forked" workers come from a worker template
+(environments/template.py), as `rlm serve`'s spares do; their tree is the template's own CPU and
+that of the workers and keepers it reaped, over the N workers.
 """
 
 from __future__ import annotations
@@ -48,47 +52,63 @@ def tree_cpu(pid):
 async def no_calls(*a):
     return []
 
-async def main(mode, n):
-    e = WorkerEnvironment("x", no_calls, sandbox=mode); await e.start(); await e.close()
+async def main(mode, n, origin):
+    template = None
+    if origin == "forked":
+        from recursive_llm.environments import template as worker_template
+        from recursive_llm.environments.sandbox import Limits, plan_isolation
+        from recursive_llm.environments.worker import WORKER_SCRIPT
+        template = worker_template.WorkerTemplate(plan_isolation(mode), Limits(),
+                                                  worker_template.python_argv_for_template(str(WORKER_SCRIPT)))
+        await template.start()
+    e = WorkerEnvironment("x", no_calls, sandbox=mode, template=template); await e.start(); await e.close()
     worker = tree = 0.0
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN); s0 = resource.getrusage(resource.RUSAGE_SELF)
+    before = tree_cpu(template._host_pid) if template else 0.0
     t0 = time.perf_counter()
     for _ in range(n):
-        e = WorkerEnvironment("x", no_calls, sandbox=mode)
+        e = WorkerEnvironment("x", no_calls, sandbox=mode, template=template)
         await e.start()
         out = await e.execute(CELL, 10)
         worker += float(out.stdout.split()[0])
-        tree += tree_cpu(e._channel.process.pid)
+        if template is None:
+            tree += tree_cpu(e._channel.process.pid)
         await e.close()
     wall = time.perf_counter() - t0
+    if template is not None:
+        await asyncio.sleep(0.2)  # the last exits are reaped
+        tree = tree_cpu(template._host_pid) - before
+        await template.close()
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN); s1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = lambda a, b: (b.ru_utime - a.ru_utime + b.ru_stime - a.ru_stime) / n * 1000
     print(json.dumps({"wall": wall / n * 1000, "host": cpu(s0, s1),
                       "host_sys": (s1.ru_stime - s0.ru_stime) / n * 1000, "worker": worker / n * 1000,
                       "tree": tree / n * 1000, "children": cpu(r0, r1)}))
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
 """
 
 COLUMNS = ("wall", "host", "host_sys", "worker", "tree", "children")
 
 
-def measure(src: str, mode: str) -> dict[str, float]:
+def measure(src: str, mode: str, origin: str) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": src, "CELL_PREFIX": "FINAL('ok')\n" if os.environ.get("FINAL") else ""}
-    done = subprocess.run([sys.executable, "-c", MEASURE, mode, str(N)], env=env, cwd="/", capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", MEASURE, mode, str(N), origin], env=env, cwd="/",
+                          capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     trees = [item.split("=", 1) for item in os.environ.get("WORKER_TREES", "after=src").split(",")]
     trees = [(name, str((ROOT / src).resolve())) for name, src in trees]
+    origins = os.environ.get("ORIGINS", "started,forked").split(",")
+    rows = [(f"{name}, {origin}" if len(trees) > 1 else origin, src, origin) for name, src in trees for origin in origins]
     modes = sys.argv[1:] or ["process", "auto"]
     for mode in modes:
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in rows}
         for _ in range(REPEATS):
-            for name, src in trees:
-                runs[name].append(measure(src, mode))
+            for label, src, origin in rows:
+                runs[label].append(measure(src, mode, origin))
         print(f"\nsandbox={mode!r}, per worker (start + one cell + close), ms, median of {REPEATS} x {N}")
         print("| tree | " + " | ".join(COLUMNS) + " |")
         print("| --- |" + " --- |" * len(COLUMNS))

@@ -164,8 +164,9 @@ async def _unloaded(kind, prompts, model, context):  # pragma: no cover - a spar
 
 
 class PooledWorker:
-    """The environment of one run that takes a spare from `pool` when it starts (or starts its own
-    worker when none is ready); everything else goes to that worker."""
+    """The environment of one run that takes a spare from `pool` when it starts (or has its own
+    worker forked by the pool's template, or started, when none is ready); everything else goes to
+    that worker."""
 
     name = "worker"
 
@@ -198,7 +199,10 @@ class PooledWorker:
                 return
             except (EnvironmentFailure, ConnectionError, OSError):
                 await spare.close()  # a spare that broke: start a worker of our own
-        self.environment = WorkerEnvironment(context, self._handler, **self._options)
+        # None ready (more runs at once than spares): the pool's template still forks one for this
+        # run, which costs a fork instead of an interpreter's start.
+        template = self._pool.template if self._pool.template is not None and self._pool.template.alive else None
+        self.environment = WorkerEnvironment(context, self._handler, template=template, **self._options)
         await self.environment.start()
 
     def rebind(self, handler: SubCallHandler) -> None:
