@@ -192,3 +192,38 @@ def test_a_closed_template_leaves_no_process_and_no_spool():
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_runs_that_find_no_spare_get_a_forked_worker(mode, monkeypatch):
+    """More runs at once than spares: the ones that miss the pool are forked by its template too
+    (no worker interpreter is started)."""
+    from recursive_llm.environments import worker as worker_module
+
+    started = []
+
+    async def counting_start(*argv, **options):
+        started.append(argv)
+        return await real_start(*argv, **options)
+
+    real_start = worker_module.start_process
+    monkeypatch.setattr(worker_module, "start_process", counting_start)
+
+    async def scenario():
+        pool = worker_pool.install(1, sandbox=mode)
+        try:
+            for _ in range(600):
+                if pool.ready:
+                    break
+                await asyncio.sleep(0.05)
+            forks_before = pool.template.forks
+            runs = [RLM(model=ScriptedModel(["```repl\nprint(context)\n```", f"FINAL(run {i})"]), sandbox=mode)
+                    for i in range(3)]
+            results = await asyncio.gather(*(rlm.acompletion("q", f"input {i}") for i, rlm in enumerate(runs)))
+            return results, pool.missed, pool.template.forks - forks_before
+        finally:
+            await pool.close()
+
+    results, missed, forks = asyncio.run(scenario())
+    assert [r.answer for r in results] == ["run 0", "run 1", "run 2"]
+    assert missed >= 1 and forks >= 3 and started == []  # every worker came from the template
