@@ -1,5 +1,5 @@
-"""The two transports of OpenAIClient (the official `openai` SDK, the default; plain httpx) give the
-same completions and the same `ModelError`s for the same server behaviour."""
+"""The two transports of OpenAIClient (plain HTTP with httpx2, the default; the official `openai`
+SDK) give the same completions and the same `ModelError`s for the same server behaviour."""
 
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ def outcome(transport: str, **server_options):
             return error, server.requests
 
 
-def test_the_default_transport_is_the_sdk_and_httpx_is_available(monkeypatch):
+def test_the_default_transport_is_httpx_and_the_sdk_is_available(monkeypatch):
     monkeypatch.delenv("RLM_OPENAI_TRANSPORT", raising=False)
-    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "sdk"
-    monkeypatch.setenv("RLM_OPENAI_TRANSPORT", "httpx")
     assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "httpx"
+    monkeypatch.setenv("RLM_OPENAI_TRANSPORT", "sdk")
+    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "sdk"
     with pytest.raises(ValueError, match="unknown transport"):
         OpenAIClient("m", transport="carrier-pigeon")
 

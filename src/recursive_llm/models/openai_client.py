@@ -15,12 +15,23 @@ from .errors import from_openai_error
 TRANSPORTS = ("httpx", "sdk")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _prefetched = False
-# (id(event loop), base_url, api key) -> [SDK client, clients using it, the loop]: see OpenAIClient._sdk
-_SHARED_SDK: dict[tuple, list] = {}
+# (id(event loop), transport, base_url, api key) -> [HTTP client, clients using it, the loop]: see _shared_client
+_SHARED_CLIENTS: dict[tuple, list] = {}
+
+
+def http_library():
+    """The HTTP client library of the `httpx` transport: `httpx2` (the fork the `openai` SDK itself
+    runs on, installed with it) when it is installed, else `httpx` (the same API). On this machine
+    plain `httpx` 0.29 took 4.4x as long as `httpx2` for 300 calls 64 wide."""
+    try:
+        import httpx2 as library
+    except ImportError:
+        import httpx as library
+    return library
 
 
 def _prefetch(transport: str) -> None:
-    """Import the transport (the `openai` SDK: 0.6 to 1 s) and build the TLS context in a thread,
+    """Import the transport (the `openai` SDK: 0.6 to 1 s, httpx2: 0.2 s) and build the TLS context in a thread,
     once per process, so that the first call overlaps it with loading the input and starting the worker."""
     global _prefetched
     if _prefetched:
@@ -30,6 +41,8 @@ def _prefetch(transport: str) -> None:
     def load() -> None:
         if transport == "sdk":
             import openai  # noqa: F401
+        else:
+            http_library()
 
         from .tls import shared_ssl_context
 
@@ -42,11 +55,11 @@ class OpenAIClient:
     """Chat completions over the OpenAI-compatible HTTP API, one attempt per call.
 
     Two transports with the same semantics (one attempt, errors mapped by `models/errors.py` to the
-    same `ModelError`s, the same messages): `sdk` (the default) goes through the official `openai`
-    client (imported in a background thread when the client is made); `httpx` (`transport="httpx"` or
-    RLM_OPENAI_TRANSPORT=httpx) posts the JSON itself, without the SDK's import (a one-question
-    process took 1.1 s instead of 2.7 s) but, with the installed httpx, far slower at a wide fan-out
-    (benchmarks/speed_limits.py fanout: 4.3x the bare SDK at 64 wide), so it is not the default.
+    same `ModelError`s, the same messages; tests/test_openai_transport.py): `httpx` (the default)
+    posts the JSON itself with `httpx2`, the HTTP library the SDK runs on (plain `httpx` without
+    it), and never imports the SDK: 40 MB less memory and 0.4 to 0.7 s less to the first call, and
+    as fast at a wide fan-out (benchmarks/speed_limits.py fanout); `sdk` (`transport="sdk"` or
+    RLM_OPENAI_TRANSPORT=sdk) goes through the official `openai` client's low-level `post`.
     """
 
     remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
@@ -63,45 +76,47 @@ class OpenAIClient:
         self._client: Any = None
         self._shared_key: tuple | None = None
         if transport is None:
-            transport = os.environ.get("RLM_OPENAI_TRANSPORT", "sdk")
+            transport = os.environ.get("RLM_OPENAI_TRANSPORT", "httpx")
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}: use 'httpx' (the default: a plain HTTP client, "
-                             f"no SDK import on the first call) or 'sdk' (the official openai client)")
+                             f"no SDK import) or 'sdk' (the official openai client)")
         self.transport = transport
         _prefetch(transport)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIClient(model={self.model!r}, base_url={self.base_url!r})"
 
-    def _sdk(self):
-        """The SDK client, shared by this event loop's clients of the same endpoint and key while any
-        of them is open: runs side by side (`rlm serve`) reuse its connections instead of each opening
-        its own (and paying the SDK client's construction, ~2.5 ms, per run)."""
+    def _shared_client(self, make):
+        """The HTTP client, shared by this event loop's clients of the same transport, endpoint and key
+        while any of them is open: runs side by side (`rlm serve`) reuse its connections instead of
+        each opening its own (and paying the client's construction, ~2.5 ms, per run)."""
         if self._client is None:
             import asyncio
 
             loop = asyncio.get_running_loop()
-            key = (id(loop), self.base_url, self._api_key)
-            entry = _SHARED_SDK.get(key)
+            key = (id(loop), self.transport, self.base_url, self._api_key)
+            entry = _SHARED_CLIENTS.get(key)
             if entry is None or entry[2] is not loop:
-                import openai
-
-                from .tls import shared_ssl_context
-
-                client = openai.AsyncOpenAI(api_key=self._api_key or "not-needed", base_url=self.base_url,
-                                            max_retries=0, http_client=openai.DefaultAsyncHttpxClient(
-                                                verify=shared_ssl_context()))
-                entry = _SHARED_SDK[key] = [client, 0, loop]
+                entry = _SHARED_CLIENTS[key] = [make(), 0, loop]
             entry[1] += 1
             self._client, self._shared_key = entry[0], key
         return self._client
 
-    def _http(self):
-        if self._client is None:
-            import httpx
+    def _sdk(self):
+        def make():
+            import openai
 
             from .tls import shared_ssl_context
 
+            return openai.AsyncOpenAI(api_key=self._api_key or "not-needed", base_url=self.base_url, max_retries=0,
+                                      http_client=openai.DefaultAsyncHttpxClient(verify=shared_ssl_context()))
+        return self._shared_client(make)
+
+    def _http(self):
+        def make():
+            from .tls import shared_ssl_context
+
+            httpx = http_library()
             headers = {"Authorization": f"Bearer {self._api_key or 'not-needed'}",
                        "Content-Type": "application/json", "Accept": "application/json",
                        "User-Agent": "recursive-llm"}
@@ -109,17 +124,17 @@ class OpenAIClient:
                 if os.environ.get(variable):
                     headers[header] = os.environ[variable]
             # The official client's defaults: 600 s (5 s to connect), up to 1,000 connections.
-            self._client = httpx.AsyncClient(
+            return httpx.AsyncClient(
                 base_url=(self.base_url or DEFAULT_BASE_URL).rstrip("/") + "/", headers=headers,
                 verify=shared_ssl_context(), timeout=httpx.Timeout(600.0, connect=5.0),
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100), follow_redirects=True)
-        return self._client
+        return self._shared_client(make)
 
     async def _post(self, body: dict, timeout: float | None) -> dict:
         """One POST of chat/completions; every failure as the `ModelError` the SDK path gives."""
-        import httpx
-
         from .errors import from_status
+
+        httpx = http_library()
 
         label = f"{self.provider} {self.model}"
         try:
@@ -203,11 +218,10 @@ class OpenAIClient:
         client, self._client = self._client, None
         if client is None:
             return
-        if self.transport == "sdk":
-            entry = _SHARED_SDK.get(self._shared_key)
-            if entry is not None and entry[0] is client:
-                entry[1] -= 1
-                if entry[1] > 0:  # other runs on this loop still use it
-                    return
-                del _SHARED_SDK[self._shared_key]
+        entry = _SHARED_CLIENTS.get(self._shared_key)
+        if entry is not None and entry[0] is client:
+            entry[1] -= 1
+            if entry[1] > 0:  # other runs on this loop still use it
+                return
+            del _SHARED_CLIENTS[self._shared_key]
         await (client.aclose() if self.transport == "httpx" else client.close())
