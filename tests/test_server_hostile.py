@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -309,6 +310,16 @@ def test_a_stream_the_client_drops_leaves_an_interrupted_run(tree):
     with FakeLLMServer(responder=root_then_sub(slow), latency=0.5) as backend:
         server = Served(backend_url=backend.base_url, root=root, env={"RLM_SERVE_TOKEN": TOKEN})
         try:
+            seen: list[str] = []  # the run's copy of its input, as soon as a watcher sees it
+            stop_watching = threading.Event()
+
+            def watch() -> None:
+                while not stop_watching.is_set() and not seen:
+                    seen.extend(_loaded_worker_dirs(server.process.pid))
+                    time.sleep(0.02)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
             with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=60,
                               headers={"Authorization": f"Bearer {TOKEN}"},
                               json={"model": "rlm", "stream": True, "messages": [QUESTION], "context": "text"}) as sent:
@@ -316,9 +327,11 @@ def test_a_stream_the_client_drops_leaves_an_interrupted_run(tree):
                     if '"iteration"' in line:
                         break  # the first cell is about to run (its sub-calls take 1.5 s)
                 deadline = time.time() + 30
-                while time.time() < deadline and not _loaded_worker_dirs(server.process.pid):
+                while time.time() < deadline and not seen:
                     time.sleep(0.05)
-                had_input = _loaded_worker_dirs(server.process.pid)  # the run's copy of its input
+            stop_watching.set()
+            watcher.join()
+            had_input = list(seen)
             deadline = time.time() + 30  # hung up: the run is stopped and its copy removed
             while time.time() < deadline and ([r["status"] for r in Store().list_runs()] != ["interrupted"]
                                               or _loaded_worker_dirs(server.process.pid)):
