@@ -126,6 +126,39 @@ def test_a_template_that_dies_takes_its_workers_and_the_pool_starts_another(mode
     assert restarted
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_killed_forked_worker_is_reported_as_killed_and_the_template_goes_on(mode, capfd):
+    """SIGKILL on a forked worker: its run sees the worker died of signal 9 (with namespaces the
+    keeper between template and worker dies of the same signal), the template (whose copy the
+    keeper is) keeps forking, and nothing is printed on the template's stderr."""
+    async def scenario():
+        template = new_template(mode)
+        await template.start()
+        try:
+            killed = WorkerEnvironment("killed", no_calls, sandbox=mode, template=template)
+            await killed.start()
+            try:
+                os.kill(killed.pid, signal.SIGKILL)
+                crashed = await killed.execute("print(context)", 10)
+            finally:
+                await killed.close()
+            after = WorkerEnvironment("still works", no_calls, sandbox=mode, template=template)
+            try:
+                await after.start()
+                still = await after.execute("print(context)", 10)
+            finally:
+                await after.close()
+            return crashed, still, template.alive, template.forks
+        finally:
+            await template.close()
+
+    crashed, still, alive, forks = asyncio.run(scenario())
+    assert "WorkerCrash" in crashed.error and "exit code -9" in crashed.error, crashed.error
+    assert still.stdout.strip() == "still works" and alive and forks >= 2  # (the crashed one is replaced too)
+    stderr = capfd.readouterr().err
+    assert "worker template" not in stderr and "Traceback" not in stderr, stderr
+
+
 def test_turned_off_the_pool_starts_fresh_interpreters(monkeypatch):
     monkeypatch.setenv("RLM_WORKER_TEMPLATE", "0")
 

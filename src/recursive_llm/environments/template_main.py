@@ -33,6 +33,7 @@ import signal
 import socket
 import struct
 import sys
+from typing import NoReturn
 
 from .confine import drop_capabilities
 
@@ -122,21 +123,33 @@ def _become_worker(request: dict, fds: list[int], run_worker) -> None:
     os._exit(0)
 
 
-def _keep(worker: int) -> None:
-    """The keeper (namespaces only): outlives its worker by nothing, and exits as it did."""
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    os.closerange(3, 1 << 16)
-    while True:
-        try:
-            _, status = os.waitpid(worker, 0)
-            break
-        except InterruptedError:
-            continue
-    if os.WIFSIGNALED(status):
-        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-        os.kill(os.getpid(), os.WTERMSIG(status))
-    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+def _keep(worker: int, status_write: int) -> NoReturn:
+    """The keeper (namespaces only): the parent of the worker, which is the first process of a new
+    PID namespace. It tells the template the worker's pid, outlives the worker by nothing and exits
+    as it did, killed by the same signal or with the same code. It never returns into the
+    template's code, whatever happens (it is a copy of the template)."""
+    code = 1
+    try:
+        os.write(status_write, struct.pack("i", worker))
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.closerange(3, 1 << 16)
+        while True:
+            try:
+                _, status = os.waitpid(worker, 0)
+                break
+            except InterruptedError:
+                continue
+        if os.WIFSIGNALED(status):
+            killed_by = os.WTERMSIG(status)
+            code = 128 + killed_by
+            if killed_by not in (signal.SIGKILL, signal.SIGSTOP):  # their action cannot be set (nor changed)
+                signal.signal(killed_by, signal.SIG_DFL)
+            os.kill(os.getpid(), killed_by)
+        else:
+            code = os.WEXITSTATUS(status)
+    finally:
+        os._exit(code)
 
 
 class Template:
@@ -154,17 +167,17 @@ class Template:
         status_read, status_write = os.pipe()
         child = os.fork()
         if child == 0:
+            worker = 0
             try:
                 os.close(status_read)
                 if request["namespaces"]:
                     _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
                     worker = os.fork()
-                    if worker:
-                        os.write(status_write, struct.pack("i", worker))
-                        _keep(worker)
             except BaseException as error:  # noqa: BLE001 - never back into the template's loop
                 os.write(fds[2], f"worker template: could not fork the worker: {error}\n".encode(errors="replace"))
                 os._exit(3)
+            if worker:
+                _keep(worker, status_write)
             _become_worker(request, fds, self.run_worker)
         os.close(status_write)
         for fd in fds:
