@@ -323,9 +323,10 @@ def test_a_stream_the_client_drops_leaves_an_interrupted_run(tree):
             with httpx.stream("POST", server.url + "/v1/chat/completions", timeout=60,
                               headers={"Authorization": f"Bearer {TOKEN}"},
                               json={"model": "rlm", "stream": True, "messages": [QUESTION], "context": "text"}) as sent:
-                for line in sent.iter_lines():
-                    if '"iteration"' in line:
-                        break  # the first cell is about to run (its sub-calls take 1.5 s)
+                lines = sent.iter_lines()  # kept: a dropped iterator closes the response, hanging up early
+                for line in lines:
+                    if '"type": "iteration"' in line:
+                        break  # the first root call is under way; then the cell (its sub-calls take 1.5 s)
                 deadline = time.time() + 30
                 while time.time() < deadline and not seen:
                     time.sleep(0.05)
