@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 
 import pytest
 
@@ -260,3 +261,37 @@ def test_runs_that_find_no_spare_get_a_forked_worker(mode, monkeypatch):
     results, missed, forks = asyncio.run(scenario())
     assert [r.answer for r in results] == ["run 0", "run 1", "run 2"]
     assert missed >= 1 and forks >= 3 and started == []  # every worker came from the template
+
+
+@pytest.mark.parametrize("ending, code, says", [
+    (lambda: None, 0, ""),
+    (lambda: sys.exit(7), 7, ""),  # the worker's own exit, as when it refuses to run model code
+    (lambda: 1 / 0, 3, "could not start the worker: division by zero"),
+])
+def test_a_forked_child_always_exits_and_never_returns_into_the_template(ending, code, says):
+    """Whatever the worker code does at the end, the forked copy of the template exits with its code
+    and never runs the template's loop (the line after `_become_worker` would say so)."""
+    from recursive_llm.environments import template_main
+
+    stdin_read, stdin_write = os.pipe()
+    stdout_read, stdout_write = os.pipe()
+    stderr_read, stderr_write = os.pipe()
+    request = {"namespaces": False, "cwd": "/", "env": {}, "uid": None, "manifest": "", "max_captured_chars": 0,
+               "policy": "{}"}
+    child = os.fork()
+    if child == 0:
+        try:
+            template_main._become_worker(request, [stdin_read, stdout_write, stderr_write],
+                                         lambda *args: ending())
+        finally:
+            os.write(2, b"RETURNED INTO THE TEMPLATE")  # fd 2 is the stderr pipe by then
+            os._exit(99)
+    for fd in (stdin_read, stdout_write, stderr_write):
+        os.close(fd)
+    _, status = os.waitpid(child, 0)
+    with os.fdopen(stderr_read) as stderr:
+        said = stderr.read()
+    os.close(stdin_write)
+    os.close(stdout_read)
+    assert os.waitstatus_to_exitcode(status) == code, said
+    assert says in said and "RETURNED" not in said

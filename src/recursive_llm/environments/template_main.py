@@ -24,6 +24,7 @@ and each exit from an `exit` message.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -95,8 +96,9 @@ def _private_mounts(input_dir: str, private_mb: int) -> None:
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def _become_worker(request: dict, fds: list[int], run_worker) -> None:
+def _become_worker(request: dict, fds: list[int], run_worker) -> NoReturn:
     """In the forked process: set up as a started worker would be, then be one. Never returns."""
+    code = 3
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -117,10 +119,20 @@ def _become_worker(request: dict, fds: list[int], run_worker) -> None:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid: a uid change clears it
         drop_capabilities()  # what the template kept for the steps above; confinement drops them again
         run_worker(request["manifest"], request["max_captured_chars"], request["policy"])
+        code = 0
+    except SystemExit as leaving:  # the worker's own exit (it refused to run model code, say), its code
+        code = 0 if leaving.code is None else leaving.code if isinstance(leaving.code, int) else 1
     except BaseException as error:  # noqa: BLE001 - reported on the worker's stderr, then gone
-        os.write(2, f"worker template: could not start the worker: {error}\n".encode(errors="replace"))
-        os._exit(3)
-    os._exit(0)
+        _report(2, f"worker template: could not start the worker: {error}")
+    finally:  # a copy of the template: never back into its loop, whatever happened
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _report(fd: int, message: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, f"{message}\n".encode(errors="replace"))
 
 
 def _keep(worker: int, status_write: int) -> NoReturn:
@@ -174,7 +186,7 @@ class Template:
                     _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
                     worker = os.fork()
             except BaseException as error:  # noqa: BLE001 - never back into the template's loop
-                os.write(fds[2], f"worker template: could not fork the worker: {error}\n".encode(errors="replace"))
+                _report(fds[2], f"worker template: could not fork the worker: {error}")
                 os._exit(3)
             if worker:
                 _keep(worker, status_write)
