@@ -32,12 +32,14 @@ REPEATS = 5
 
 
 @contextlib.contextmanager
-def server_process(latency: float):
-    """The fake OpenAI-compatible server in its own process, so it does not share our GIL."""
-    proc = subprocess.Popen([sys.executable, "-m", "recursive_llm.testing.fake_server", "--latency", str(latency)],
+def server_process(latency: float, lean: bool = False):
+    """The fake OpenAI-compatible server in its own process, so it does not share our GIL; `lean`:
+    benchmarks/lean_server.py instead (a fixed reply, a few tens of microseconds of CPU per request)."""
+    server = [str(Path(__file__).with_name("lean_server.py"))] if lean else ["-m", "recursive_llm.testing.fake_server"]
+    proc = subprocess.Popen([sys.executable, *server, "--latency", str(latency)],
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
     try:
-        yield proc.stdout.readline().split()[-1]  # "fake server: <base url>"
+        yield proc.stdout.readline().split()[-1]  # "fake server: <base url>" / "lean server: <base url>"
     finally:
         proc.terminate()
         proc.wait()

@@ -2,8 +2,9 @@
 
 Run: python benchmarks/speed_limits.py [fanout|capped|serve|cold] ...   (all four by default)
 
-- fanout: N sub-calls at 100 ms over HTTP (the fake server in its own process) at a fixed width:
-  the bare `openai.AsyncOpenAI`, ours with the httpx transport (default), ours with the SDK transport.
+- fanout: N sub-calls at 100 ms over HTTP at a fixed width, against the simulator and against the
+  lean server (benchmarks/lean_server.py), each in its own process: the bare `openai.AsyncOpenAI`,
+  ours with each transport (aiohttp, the default; httpx; the SDK).
 - capped: the fake server answers 429 beyond 8 in flight; 400 sub-calls with the adaptive width:
   requests refused in the first 100 sub-calls and in the rest, and whether every sub-call succeeded.
 - serve: `rlm serve --max-concurrent C` in front of a 100 ms model, 100 small requests C at a time
@@ -70,15 +71,27 @@ def ours_in_tree(src: str, url: str, prompts: int, width: int) -> float:
 
 
 def fanout(prompts: int = 1000, width: int = 64) -> None:
+    """Against the full simulator and against the lean server (benchmarks/lean_server.py), whose own
+    CPU per request is a few percent of the simulator's: what is left above the ideal there is the
+    client's (ours or the bare SDK's) on this machine."""
+    for lean in (False, True):
+        fanout_against(prompts, width, lean)
+
+
+OUR_TRANSPORTS = {"ours, aiohttp transport (the default)": "aiohttp", "ours, httpx transport": "httpx",
+                  "ours, SDK transport": "sdk"}
+
+
+def fanout_against(prompts: int, width: int, lean: bool) -> None:
     ideal = -(-prompts // width) * LATENCY
     # FANOUT_TREES="before=/path/to/src,after=src": ours (SDK transport) from each tree instead, in one run
     trees = [tuple(item.split("=", 1)) for item in os.environ.get("FANOUT_TREES", "").split(",") if item]
-    labels = [f"ours ({tree}), SDK transport" for tree, _ in trees] or ["ours, httpx transport", "ours, SDK transport"]
+    labels = [f"ours ({tree}), SDK transport" for tree, _ in trees] or list(OUR_TRANSPORTS)
     times: dict[str, list[float]] = {"bare openai SDK": [], **{label: [] for label in labels}}
-    with server_process(LATENCY) as url:
+    with server_process(LATENCY, lean=lean) as url:
         if not trees:
-            ours(url, width * 2, width, "httpx")  # warm-up: imports, and the endpoint's width grows to `width`
-            ours(url, width * 2, width, "sdk")
+            for transport in OUR_TRANSPORTS.values():  # warm-up: imports, and the endpoint's width grows
+                ours(url, width * 2, width, transport)
         asyncio.run(bare_openai(url, width * 2, width))
         for _ in range(REPEATS):  # interleaved, so noise hits all alike
             times["bare openai SDK"].append(asyncio.run(bare_openai(url, prompts, width)))
@@ -86,12 +99,13 @@ def fanout(prompts: int = 1000, width: int = 64) -> None:
                 for label, (_, src) in zip(labels, trees):
                     times[label].append(ours_in_tree(src, url, prompts, width))
             else:
-                times["ours, httpx transport"].append(ours(url, prompts, width, "httpx"))
-                times["ours, SDK transport"].append(ours(url, prompts, width, "sdk"))
+                for label, transport in OUR_TRANSPORTS.items():
+                    times[label].append(ours(url, prompts, width, transport))
     os.environ.pop("RLM_OPENAI_TRANSPORT", None)
     bare = statistics.median(times["bare openai SDK"])
-    print(f"\n| {prompts} sub-calls at 100 ms, width {width} (median of {REPEATS}) | seconds | / ideal "
-          f"({ideal:.2f} s) | / bare SDK |\n| --- | --- | --- | --- |")
+    server = "the lean server" if lean else "the simulator"
+    print(f"\n| {prompts} sub-calls at 100 ms, width {width}, against {server} (median of {REPEATS}) | seconds "
+          f"| / ideal ({ideal:.2f} s) | / bare SDK |\n| --- | --- | --- | --- |")
     for label, values in times.items():
         median = statistics.median(values)
         print(f"| {label} | {median:.3f} | {median / ideal:.2f} | {median / bare:.2f} |")
@@ -185,7 +199,7 @@ def cold() -> None:
     from scripted_root import root_then_sub
 
     turns = ["```repl\nprint(len(context))\n```", "FINAL(done)"]
-    times: dict[str, list[float]] = {"httpx": [], "sdk": []}
+    times: dict[str, list[float]] = {"aiohttp": [], "httpx": [], "sdk": []}
     with FakeLLMServer(responder=root_then_sub(turns), latency=LATENCY) as backend:
         for _ in range(REPEATS):
             for transport in times:

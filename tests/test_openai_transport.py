@@ -1,5 +1,6 @@
-"""The two transports of OpenAIClient (plain HTTP with httpx2, the default; the official `openai`
-SDK) give the same completions and the same `ModelError`s for the same server behaviour."""
+"""The three transports of OpenAIClient (plain HTTP with aiohttp, the default, or with httpx2; the
+official `openai` SDK) give the same completions and the same `ModelError`s for the same server
+behaviour."""
 
 from __future__ import annotations
 
@@ -26,20 +27,31 @@ def outcome(transport: str, **server_options):
             return error, server.requests
 
 
-def test_the_default_transport_is_httpx_and_the_sdk_is_available(monkeypatch):
+PLAIN = ("aiohttp", "httpx")  # the transports that post the JSON themselves, each compared with the SDK
+
+
+def test_the_default_transport_is_aiohttp_and_the_others_are_available(monkeypatch):
+    import importlib.util
+
     monkeypatch.delenv("RLM_OPENAI_TRANSPORT", raising=False)
-    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "httpx"
-    monkeypatch.setenv("RLM_OPENAI_TRANSPORT", "sdk")
-    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "sdk"
+    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "aiohttp"
+    for chosen in ("httpx", "sdk"):
+        monkeypatch.setenv("RLM_OPENAI_TRANSPORT", chosen)
+        assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == chosen
+    monkeypatch.delenv("RLM_OPENAI_TRANSPORT")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "aiohttp" else real_find_spec(name, *a))
+    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "httpx"  # aiohttp missing
     with pytest.raises(ValueError, match="unknown transport"):
         OpenAIClient("m", transport="carrier-pigeon")
 
 
-def test_same_completion_and_request_body():
+@pytest.mark.parametrize("transport", PLAIN)
+def test_same_completion_and_request_body(transport):
     reasoning = lambda messages, model: "thinking..."  # noqa: E731
     (ours, our_requests), (sdk, sdk_requests) = (
         outcome(t, reasoning=reasoning, prompt_cache=True, call={"max_tokens": 50, "temperature": 0.0})
-        for t in ("httpx", "sdk"))
+        for t in (transport, "sdk"))
     assert (ours.text, ours.prompt_tokens, ours.completion_tokens, ours.finish_reason, ours.reasoning,
             ours.cached_prompt_tokens) == (sdk.text, sdk.prompt_tokens, sdk.completion_tokens, sdk.finish_reason,
                                            sdk.reasoning, sdk.cached_prompt_tokens)
@@ -47,9 +59,10 @@ def test_same_completion_and_request_body():
     assert our_requests == sdk_requests  # the same JSON body: model, messages, max_tokens, temperature
 
 
+@pytest.mark.parametrize("transport", PLAIN)
 @pytest.mark.parametrize("fault", ["429", "500", "503", "garbage", "drop"])
-def test_same_errors_for_the_same_faults(fault):
-    ours, _ = outcome("httpx", faults=[fault], retry_after="7")
+def test_same_errors_for_the_same_faults(fault, transport):
+    ours, _ = outcome(transport, faults=[fault], retry_after="7")
     sdk, _ = outcome("sdk", faults=[fault], retry_after="7")
     assert isinstance(ours, ModelError) and isinstance(sdk, ModelError)
     assert (ours.retryable, ours.retry_after, ours.status_code) == (sdk.retryable, sdk.retry_after, sdk.status_code)
@@ -61,11 +74,12 @@ def test_same_errors_for_the_same_faults(fault):
         assert kind in str(ours) and kind in str(sdk)
 
 
-def test_same_error_for_a_refused_connection_and_a_timeout():
+@pytest.mark.parametrize("transport", PLAIN)
+def test_same_error_for_a_refused_connection_and_a_timeout(transport):
     async def both(base_url, **options):
         results = []
-        for transport in ("httpx", "sdk"):
-            client = OpenAIClient("m", base_url=base_url, api_key=SECRET, transport=transport)
+        for transport_used in (transport, "sdk"):
+            client = OpenAIClient("m", base_url=base_url, api_key=SECRET, transport=transport_used)
             try:
                 await client.complete(MESSAGES, **options)
             except ModelError as error:
@@ -81,12 +95,13 @@ def test_same_error_for_a_refused_connection_and_a_timeout():
     assert str(ours) == str(sdk) and "timed out" in str(ours) and ours.retryable
 
 
-def test_a_call_over_httpx_does_not_import_the_sdk():
+@pytest.mark.parametrize("transport", PLAIN)
+def test_a_plain_call_does_not_import_the_sdk(transport):
     code = ("import asyncio, sys\n"
             "from recursive_llm.models.openai_client import OpenAIClient\n"
             "from recursive_llm.testing import FakeLLMServer\n"
             "with FakeLLMServer() as server:\n"
-            "    client = OpenAIClient('m', base_url=server.base_url, transport='httpx')\n"
+            f"    client = OpenAIClient('m', base_url=server.base_url, transport={transport!r})\n"
             "    async def go():\n"
             "        try:\n"
             "            return await client.complete([{'role': 'user', 'content': 'hi'}])\n"
@@ -95,3 +110,19 @@ def test_a_call_over_httpx_does_not_import_the_sdk():
             "    print(asyncio.run(go()).text, 'openai' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["echo:", "hi", "False"], done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("transport", PLAIN)
+def test_the_proxy_comes_from_the_environment(transport, monkeypatch):
+    """HTTP_PROXY is used (the fake server stands in for the proxy: it answers the absolute URL it
+    is sent) and NO_PROXY bypasses it, as the SDK's client does."""
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    unreachable = "http://model.invalid:9/v1"  # never resolved when the proxy is used
+    with FakeLLMServer() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url.rsplit("/v1", 1)[0])
+        through_proxy = complete(OpenAIClient("m", base_url=unreachable, api_key=SECRET, transport=transport))
+        monkeypatch.setenv("NO_PROXY", "model.invalid")
+        with pytest.raises(ModelError, match="connection failed"):
+            complete(OpenAIClient("m", base_url=unreachable, api_key=SECRET, transport=transport))
+    assert through_proxy.text.startswith("echo:")

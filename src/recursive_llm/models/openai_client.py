@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -12,7 +13,7 @@ from .base import Completion, Message
 from .errors import from_openai_error
 
 
-TRANSPORTS = ("httpx", "sdk")
+TRANSPORTS = ("aiohttp", "httpx", "sdk")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _prefetched = False
 # (id(event loop), transport, base_url, api key) -> [HTTP client, clients using it, the loop]: see _shared_client
@@ -30,9 +31,21 @@ def http_library():
     return library
 
 
+def default_transport() -> str:
+    """RLM_OPENAI_TRANSPORT, else `aiohttp` (a dependency; its C HTTP parser spends a third of
+    httpx2's CPU per call, benchmarks/speed_limits.py fanout), else `httpx` if aiohttp is missing."""
+    import importlib.util
+
+    chosen = os.environ.get("RLM_OPENAI_TRANSPORT")
+    if chosen:
+        return chosen
+    return "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "httpx"
+
+
 def _prefetch(transport: str) -> None:
-    """Import the transport (the `openai` SDK: 0.6 to 1 s, httpx2: 0.2 s) and build the TLS context in a thread,
-    once per process, so that the first call overlaps it with loading the input and starting the worker."""
+    """Import the transport (the `openai` SDK: 0.6 to 1 s, aiohttp: 0.1 s, httpx2: 0.05 s) and build the
+    TLS context in a thread, once per process, so that the first call overlaps it with loading the
+    input and starting the worker."""
     global _prefetched
     if _prefetched:
         return
@@ -41,6 +54,8 @@ def _prefetch(transport: str) -> None:
     def load() -> None:
         if transport == "sdk":
             import openai  # noqa: F401
+        elif transport == "aiohttp":
+            import aiohttp  # noqa: F401
         else:
             http_library()
 
@@ -48,18 +63,19 @@ def _prefetch(transport: str) -> None:
 
         shared_ssl_context()
 
-    threading.Thread(target=load, name="rlm-httpx-prefetch", daemon=True).start()
+    threading.Thread(target=load, name="rlm-http-prefetch", daemon=True).start()
 
 
 class OpenAIClient:
     """Chat completions over the OpenAI-compatible HTTP API, one attempt per call.
 
-    Two transports with the same semantics (one attempt, errors mapped by `models/errors.py` to the
-    same `ModelError`s, the same messages; tests/test_openai_transport.py): `httpx` (the default)
-    posts the JSON itself with `httpx2`, the HTTP library the SDK runs on (plain `httpx` without
-    it), and never imports the SDK: 40 MB less memory and 0.4 to 0.7 s less to the first call, and
-    as fast at a wide fan-out (benchmarks/speed_limits.py fanout); `sdk` (`transport="sdk"` or
-    RLM_OPENAI_TRANSPORT=sdk) goes through the official `openai` client's low-level `post`.
+    Three transports with the same semantics (one attempt, errors mapped by `models/errors.py` to
+    the same `ModelError`s, the same messages; tests/test_openai_transport.py). `aiohttp` (the
+    default) and `httpx` post the JSON themselves and never import the SDK (30 to 40 MB less memory,
+    0.4 to 0.7 s less to the first call); `aiohttp` has a C HTTP parser and is the fastest at a wide
+    fan-out, `httpx` runs on `httpx2`, the HTTP library the SDK runs on (plain `httpx` without it),
+    as fast as the SDK (benchmarks/speed_limits.py fanout). `sdk` goes through the official `openai`
+    client's low-level `post`. Choose with `transport=` or RLM_OPENAI_TRANSPORT.
     """
 
     remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
@@ -76,10 +92,10 @@ class OpenAIClient:
         self._client: Any = None
         self._shared_key: tuple | None = None
         if transport is None:
-            transport = os.environ.get("RLM_OPENAI_TRANSPORT", "httpx")
+            transport = default_transport()
         if transport not in TRANSPORTS:
-            raise ValueError(f"unknown transport {transport!r}: use 'httpx' (the default: a plain HTTP client, "
-                             f"no SDK import) or 'sdk' (the official openai client)")
+            raise ValueError(f"unknown transport {transport!r}: use 'aiohttp' (the default) or 'httpx' (plain HTTP "
+                             f"clients, no SDK import) or 'sdk' (the official openai client)")
         self.transport = transport
         _prefetch(transport)
 
@@ -112,52 +128,114 @@ class OpenAIClient:
                                       http_client=openai.DefaultAsyncHttpxClient(verify=shared_ssl_context()))
         return self._shared_client(make)
 
+    def _headers(self) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._api_key or 'not-needed'}",
+                   "Content-Type": "application/json", "Accept": "application/json", "User-Agent": "recursive-llm"}
+        for variable, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
+            if os.environ.get(variable):
+                headers[header] = os.environ[variable]
+        return headers
+
     def _http(self):
         def make():
             from .tls import shared_ssl_context
 
             httpx = http_library()
-            headers = {"Authorization": f"Bearer {self._api_key or 'not-needed'}",
-                       "Content-Type": "application/json", "Accept": "application/json",
-                       "User-Agent": "recursive-llm"}
-            for variable, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
-                if os.environ.get(variable):
-                    headers[header] = os.environ[variable]
             # The official client's defaults: 600 s (5 s to connect), up to 1,000 connections.
             return httpx.AsyncClient(
-                base_url=(self.base_url or DEFAULT_BASE_URL).rstrip("/") + "/", headers=headers,
+                base_url=(self.base_url or DEFAULT_BASE_URL).rstrip("/") + "/", headers=self._headers(),
                 verify=shared_ssl_context(), timeout=httpx.Timeout(600.0, connect=5.0),
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100), follow_redirects=True)
         return self._shared_client(make)
 
+    def _aiohttp(self):
+        def make():
+            import aiohttp
+
+            from .tls import shared_ssl_context
+
+            # As the other transports: up to 1,000 connections, redirects followed, the proxy from the
+            # environment (self._proxy); timeouts are per call (_post_aiohttp).
+            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000, ssl=shared_ssl_context()),
+                                         headers=self._headers())
+        return self._shared_client(make)
+
+    @functools.cached_property
+    def _proxy(self) -> str | None:
+        """The endpoint's proxy from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY, read once per
+        client (aiohttp's `trust_env` reads the environment and ~/.netrc on every request: 70% of
+        the transport's CPU per call)."""
+        import urllib.request
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self._chat_url)
+        if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+            return None
+        proxies = urllib.request.getproxies()
+        return proxies.get(parts.scheme) or proxies.get("all")
+
+    @functools.cached_property
+    def _chat_url(self) -> str:
+        return (self.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+
     async def _post(self, body: dict, timeout: float | None) -> dict:
         """One POST of chat/completions; every failure as the `ModelError` the SDK path gives."""
-        from .errors import from_status
+        if self.transport == "aiohttp":
+            status, headers, content = await self._post_aiohttp(body, timeout)
+        else:
+            status, headers, content = await self._post_httpx(body, timeout)
+        if status >= 400:
+            raise self._status_error(status, headers, content)
+        return self._decode(content)
 
+    async def _post_httpx(self, body: dict, timeout: float | None) -> tuple[int, Any, bytes]:
         httpx = http_library()
-
-        label = f"{self.provider} {self.model}"
         try:
             response = await self._http().post(
                 "chat/completions", content=json.dumps(body).encode(),
                 **({"timeout": httpx.Timeout(timeout, connect=min(timeout, 5.0))} if timeout is not None else {}))
         except httpx.TimeoutException:
-            raise ModelError(f"{label}: the request timed out", retryable=True) from None
+            raise self._timed_out() from None
         except httpx.TransportError as error:
-            raise ModelError(f"{label}: connection failed ({error or type(error).__name__})", retryable=True) from None
-        if response.status_code >= 400:
-            detail = f"Error code: {response.status_code}"  # the SDK's message for a status error
-            try:
-                data = json.loads(response.text.strip())
-                error = data.get("error", data) if isinstance(data, dict) else None
-                message = error.get("message") if isinstance(error, dict) else None
-                if isinstance(message, str) and message:
-                    detail += f" - {message}"
-            except ValueError:
-                pass
-            raise from_status(self.provider, self.model, response.status_code, detail, response.headers,
-                              "OPENAI_API_KEY")
-        return self._decode(response.content)
+            raise self._connection_failed(error) from None
+        return response.status_code, response.headers, response.content
+
+    async def _post_aiohttp(self, body: dict, timeout: float | None) -> tuple[int, Any, bytes]:
+        import asyncio
+
+        import aiohttp
+
+        limit = 600.0 if timeout is None else timeout  # like httpx's: to connect (at most 5 s), between reads
+        try:
+            async with self._aiohttp().post(self._chat_url, data=json.dumps(body).encode(), proxy=self._proxy,
+                                            timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(limit, 5.0),
+                                                                          sock_read=limit)) as response:
+                return response.status, response.headers, await response.read()
+        except asyncio.TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
+            raise self._timed_out() from None
+        except aiohttp.ClientError as error:
+            raise self._connection_failed(error) from None
+
+    def _timed_out(self) -> ModelError:
+        return ModelError(f"{self.provider} {self.model}: the request timed out", retryable=True)
+
+    def _connection_failed(self, error: Exception) -> ModelError:
+        return ModelError(f"{self.provider} {self.model}: connection failed ({error or type(error).__name__})",
+                          retryable=True)
+
+    def _status_error(self, status: int, headers: Any, content: bytes) -> ModelError:
+        from .errors import from_status
+
+        detail = f"Error code: {status}"  # the SDK's message for a status error
+        try:
+            data = json.loads(content.decode("utf-8", "replace").strip())
+            error = data.get("error", data) if isinstance(data, dict) else None
+            message = error.get("message") if isinstance(error, dict) else None
+            if isinstance(message, str) and message:
+                detail += f" - {message}"
+        except ValueError:
+            pass
+        return from_status(self.provider, self.model, status, detail, headers, "OPENAI_API_KEY")
 
     def _decode(self, content: bytes) -> dict:
         try:
@@ -189,7 +267,7 @@ class OpenAIClient:
 
     async def complete(self, messages: list[Message], *, max_tokens: int | None = None,
                        temperature: float | None = None, timeout: float | None = None) -> Completion:
-        if self.transport == "httpx":
+        if self.transport != "sdk":
             body: dict[str, Any] = {"model": self.model, "messages": messages}
             if max_tokens is not None:
                 body["max_tokens" if self.base_url else "max_completion_tokens"] = max_tokens
@@ -224,4 +302,4 @@ class OpenAIClient:
             if entry[1] > 0:  # other runs on this loop still use it
                 return
             del _SHARED_CLIENTS[self._shared_key]
-        await (client.aclose() if self.transport == "httpx" else client.close())
+        await (client.aclose() if self.transport == "httpx" else client.close())  # aiohttp, the SDK: close()
