@@ -4,7 +4,7 @@ Run: python benchmarks/speed_limits.py [fanout|capped|serve|cold] ...   (all fou
 
 - fanout: N sub-calls at 100 ms over HTTP at a fixed width, against the simulator and against the
   lean server (benchmarks/lean_server.py), each in its own process: the bare `openai.AsyncOpenAI`,
-  ours with each transport (aiohttp, the default; httpx; the SDK).
+  bare `aiohttp`, ours with each transport (aiohttp, the default; httpx; the SDK).
 - capped: the fake server answers 429 beyond 8 in flight; 400 sub-calls with the adaptive width:
   requests refused in the first 100 sub-calls and in the rest, and whether every sub-call succeeded.
 - serve: `rlm serve --max-concurrent C` in front of a 100 ms model, 100 small requests C at a time
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
 
-from common import bare_openai, percentile, serve_burst, start_serve  # noqa: E402
+from common import bare_aiohttp, bare_openai, percentile, serve_burst, start_serve  # noqa: E402
 from core_overhead import fan_out, server_process  # noqa: E402
 from recursive_llm import RLM  # noqa: E402
 
@@ -87,14 +87,16 @@ def fanout_against(prompts: int, width: int, lean: bool) -> None:
     # FANOUT_TREES="before=/path/to/src,after=src": ours (SDK transport) from each tree instead, in one run
     trees = [tuple(item.split("=", 1)) for item in os.environ.get("FANOUT_TREES", "").split(",") if item]
     labels = [f"ours ({tree}), SDK transport" for tree, _ in trees] or list(OUR_TRANSPORTS)
-    times: dict[str, list[float]] = {"bare openai SDK": [], **{label: [] for label in labels}}
+    times: dict[str, list[float]] = {"bare openai SDK": [], "bare aiohttp": [], **{label: [] for label in labels}}
     with server_process(LATENCY, lean=lean) as url:
         if not trees:
             for transport in OUR_TRANSPORTS.values():  # warm-up: imports, and the endpoint's width grows
                 ours(url, width * 2, width, transport)
         asyncio.run(bare_openai(url, width * 2, width))
+        asyncio.run(bare_aiohttp(url, width * 2, width))
         for _ in range(REPEATS):  # interleaved, so noise hits all alike
             times["bare openai SDK"].append(asyncio.run(bare_openai(url, prompts, width)))
+            times["bare aiohttp"].append(asyncio.run(bare_aiohttp(url, prompts, width)))
             if trees:
                 for label, (_, src) in zip(labels, trees):
                     times[label].append(ours_in_tree(src, url, prompts, width))
