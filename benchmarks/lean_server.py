@@ -31,9 +31,7 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            if len(head) > MAX_HEADER_BYTES:
-                break
+            head = await reader.readuntil(b"\r\n\r\n")  # LimitOverrunError past MAX_HEADER_BYTES
             length = 0
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")

@@ -39,15 +39,23 @@ def from_status(provider: str, model: str, status: int, detail: str, headers=Non
                       status_code=status)
 
 
+def timed_out(provider: str, model: str) -> ModelError:
+    return ModelError(f"{provider} {model}: the request timed out", retryable=True)
+
+
+def connection_failed(provider: str, model: str, cause: object) -> ModelError:
+    return ModelError(f"{provider} {model}: connection failed ({cause})", retryable=True)
+
+
 def from_sdk_error(error: Exception, sdk, provider: str, model: str, key_var: str) -> ModelError:
     """Map an exception of the `openai` or `anthropic` SDK (LiteLLM's errors subclass openai's).
 
     Both SDKs share these class names, so one mapping serves both; `sdk` is the imported module.
     """
     if isinstance(error, sdk.APITimeoutError):
-        return ModelError(f"{provider} {model}: the request timed out", retryable=True)
+        return timed_out(provider, model)
     if isinstance(error, sdk.APIConnectionError):
-        return ModelError(f"{provider} {model}: connection failed ({error.__cause__ or error})", retryable=True)
+        return connection_failed(provider, model, error.__cause__ or error)
     if isinstance(error, sdk.APIStatusError):
         response = getattr(error, "response", None)
         return from_status(provider, model, error.status_code, getattr(error, "message", str(error)),

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ModelError
 from .base import Completion, Message
-from .errors import from_openai_error
+from .errors import connection_failed, from_openai_error, timed_out
 
 
 TRANSPORTS = ("aiohttp", "httpx", "sdk")
@@ -143,7 +143,7 @@ class OpenAIClient:
             httpx = http_library()
             # The official client's defaults: 600 s (5 s to connect), up to 1,000 connections.
             return httpx.AsyncClient(
-                base_url=(self.base_url or DEFAULT_BASE_URL).rstrip("/") + "/", headers=self._headers(),
+                base_url=self._endpoint + "/", headers=self._headers(),
                 verify=shared_ssl_context(), timeout=httpx.Timeout(600.0, connect=5.0),
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100), follow_redirects=True)
         return self._shared_client(make)
@@ -175,8 +175,13 @@ class OpenAIClient:
         return proxies.get(parts.scheme) or proxies.get("all")
 
     @functools.cached_property
+    def _endpoint(self) -> str:
+        """The API root without its trailing slash (api.openai.com's when no base URL is given)."""
+        return (self.base_url or DEFAULT_BASE_URL).rstrip("/")
+
+    @functools.cached_property
     def _chat_url(self) -> str:
-        return (self.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
+        return self._endpoint + "/chat/completions"
 
     async def _post(self, body: dict, timeout: float | None) -> dict:
         """One POST of chat/completions; every failure as the `ModelError` the SDK path gives."""
@@ -195,9 +200,9 @@ class OpenAIClient:
                 "chat/completions", content=json.dumps(body).encode(),
                 **({"timeout": httpx.Timeout(timeout, connect=min(timeout, 5.0))} if timeout is not None else {}))
         except httpx.TimeoutException:
-            raise self._timed_out() from None
+            raise timed_out(self.provider, self.model) from None
         except httpx.TransportError as error:
-            raise self._connection_failed(error) from None
+            raise connection_failed(self.provider, self.model, error or type(error).__name__) from None
         return response.status_code, response.headers, response.content
 
     async def _post_aiohttp(self, body: dict, timeout: float | None) -> tuple[int, Any, bytes]:
@@ -212,16 +217,9 @@ class OpenAIClient:
                                                                           sock_read=limit)) as response:
                 return response.status, response.headers, await response.read()
         except asyncio.TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
-            raise self._timed_out() from None
+            raise timed_out(self.provider, self.model) from None
         except aiohttp.ClientError as error:
-            raise self._connection_failed(error) from None
-
-    def _timed_out(self) -> ModelError:
-        return ModelError(f"{self.provider} {self.model}: the request timed out", retryable=True)
-
-    def _connection_failed(self, error: Exception) -> ModelError:
-        return ModelError(f"{self.provider} {self.model}: connection failed ({error or type(error).__name__})",
-                          retryable=True)
+            raise connection_failed(self.provider, self.model, error or type(error).__name__) from None
 
     def _status_error(self, status: int, headers: Any, content: bytes) -> ModelError:
         from .errors import from_status
