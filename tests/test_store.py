@@ -259,3 +259,24 @@ def test_calls_are_recorded_with_the_iteration_and_cell_that_made_them_and_the_v
               for it in run["iterations_list"] for c in it["cells"]}
     assert placed == {(1, 1): ["sub", "tool"], (1, 2): ["sub", "tool"], (2, 1): ["sub", "tool"]}
     assert run["iterations_list"][0]["reasoning"] == "first I look"
+
+
+def test_a_cells_sub_calls_are_listed_in_the_order_they_are_numbered():
+    """Sub-calls of one batch finish in any order (the store keeps them as they finish); the viewer
+    numbers them as they started and lists them in that same order."""
+    from recursive_llm import RLM
+    from recursive_llm.testing import ScriptedModel
+    from recursive_llm.viewer import nest
+
+    root = ScriptedModel(["```repl\nllm_query_batched(['one', 'two', 'three'])\n```", "FINAL(done)"])
+    result = RLM(model=root, sub_model=ScriptedModel(default=lambda messages: "ok")).completion("q", "text")
+    tree = Store().run_tree(result.run_id)
+    subs = [c for c in tree["calls"] if c["purpose"] == "sub"]
+    for offset, call in enumerate(sorted(subs, key=lambda c: c["messages"][-1]["content"])):
+        call["started_at"] = 1000.0 + offset  # started: one, three, two (alphabetical)
+    tree["calls"].reverse()  # and finished in the reverse order of the rows
+    view = nest(tree)
+    cell = view["runs"][result.run_id]["iterations_list"][0]["cells"][0]
+    listed = [view["calls"][i] for i in cell["calls"]]
+    assert [c["prompt"] for c in listed] == ["one", "three", "two"]
+    assert [c["n"] for c in listed] == sorted(c["n"] for c in listed)

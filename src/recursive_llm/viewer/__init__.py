@@ -43,6 +43,7 @@ def nest(tree: dict[str, Any]) -> dict[str, Any]:
             iterations[(cell["run_id"], cell["iteration"])] = parent
             runs[cell["run_id"]]["iterations_list"].append(parent)
         parent["cells"].append(node)
+    calls.sort(key=lambda c: (c["start"] or 0.0, str(c["id"])))  # as they started: listed and numbered so
     for run_id, run in runs.items():
         run["iterations_list"].sort(key=lambda i: i["ts"])
         cells = sorted((c for it in run["iterations_list"] for c in it["cells"]), key=lambda c: c["end"])
@@ -63,7 +64,7 @@ def nest(tree: dict[str, Any]) -> dict[str, Any]:
             if child["parent_run_id"] == run_id:
                 _place(cells, child["started_at"], "children", child["run_id"])
         _iteration_flags(run, {c["id"]: c for c in calls})
-    for number, call in enumerate(sorted(calls, key=lambda c: (c["start"] or 0.0, str(c["id"]))), start=1):
+    for number, call in enumerate(calls, start=1):
         call["n"] = number  # run-local: #1..#N in the order they started, not the database row
     return {"root_id": tree["root_id"], "generated_at": time.time(), "runs": runs,
             "calls": {c["id"]: c for c in calls}, "totals": _totals(tree["calls"])}
