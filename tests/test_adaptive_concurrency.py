@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -84,6 +85,44 @@ def test_runs_on_different_event_loops_share_one_limit():
     assert endpoint_limit(clients[0]).in_flight == 0
 
 
+async def _batch_through(limit: EndpointLimit, count: int, latency: float = 0.02) -> int:
+    """`count` calls of `latency` seconds started together through `limit`; the most in flight at once."""
+    peak = 0
+
+    async def one() -> None:
+        nonlocal peak
+        started = await limit.acquire()
+        peak = max(peak, limit.in_flight)
+        await asyncio.sleep(latency)
+        limit.release(started, None)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return peak
+
+
+def test_a_repeated_batch_is_sent_in_one_wave_once_the_width_has_grown():
+    """Slow start doubles the width once per round trip, up to what the calls ask for, so the width
+    reaches a batch's size within a few runs. (Growing by one per success while calls waited only
+    halved the shortfall on each run: a batch of 101 was still split in two waves after five runs.)"""
+    async def scenario() -> list[int]:
+        limit = EndpointLimit("unit-demand")
+        return [await _batch_through(limit, 101) for _ in range(4)]
+
+    peaks = asyncio.run(scenario())
+    assert peaks[0] < peaks[1] < 101  # 16, 32, 64 in flight in the first run; 64 to start the second
+    assert peaks[2] == peaks[3] == 101  # from then on the whole batch at once
+
+
+def test_slow_start_doubles_per_round_trip_and_never_past_the_demand():
+    async def scenario() -> tuple[int, float]:
+        limit = EndpointLimit("unit-doubling", start=4)
+        peak = await _batch_through(limit, 40)
+        return peak, limit.limit
+
+    peak, width = asyncio.run(scenario())
+    assert peak > 4 and width <= 40  # grew while calls waited, and only as far as they asked
+
+
 def test_an_overload_halves_the_limit_and_retry_after_pauses_new_starts():
     async def scenario():
         limit = EndpointLimit("unit", start=10)
@@ -102,6 +141,27 @@ def test_an_overload_halves_the_limit_and_retry_after_pauses_new_starts():
         limit.release(started[2], ModelError("500", retryable=True, status_code=500))  # not an overload
         assert limit.limit == 5
         limit.release(started[3], False)
+        assert limit.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_calls_waiting_out_a_retry_after_resume_even_when_the_timer_fires_early():
+    """A loop's timer may fire a little before its time: uvloop (which uvicorn uses when it is
+    installed) counts in milliseconds. The end of a Retry-After pause must still wake the calls
+    queued behind it. (It did not: `rlm serve` on uvloop hung for good on a provider's 429s.)"""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        on_time = loop.call_later
+        loop.call_later = lambda delay, callback, *args: on_time(max(0.0, delay - 0.005), callback, *args)
+        limit = EndpointLimit("unit-early-timer", start=1)
+        first = await limit.acquire()
+        waiting = asyncio.ensure_future(limit.acquire())  # queued: the only slot is taken
+        await asyncio.sleep(0)
+        limit.release(first, ModelError("429", retryable=True, retry_after=0.05, status_code=429))
+        started = await asyncio.wait_for(waiting, 5)  # the slot, once the pause is over
+        assert time.monotonic() >= limit._paused_until
+        limit.release(started, None)
         assert limit.in_flight == 0
 
     asyncio.run(scenario())

@@ -64,10 +64,12 @@ def _identity(client: ModelClient) -> str:
 # Providers differ by orders of magnitude in how many requests they take at once (a local vLLM:
 # hundreds; a low-tier key or a small Ollama box: a handful), so a fixed width is wrong for both.
 # Each endpoint gets one limit for the whole process (every run, every event loop, every `rlm serve`
-# request shares it), found the way TCP finds a path's capacity: start at START_LIMIT, grow by one
-# per success while there is no overload (slow start: doubling per round trip), then by one per
-# round trip; halve on a 429/503/529 (at most once per round trip) and pause new starts for the
-# provider's Retry-After. A run's `max_concurrency` stays its own ceiling on top.
+# request shares it), found the way TCP finds a path's capacity: start at START_LIMIT; while there is
+# no overload (slow start), double once per round trip while calls wait, up to the number of calls
+# that want to be in flight (a batch of 101 is sent in one wave from its second run on; growing by
+# one per success only halved the shortfall on each run); after an overload, grow by one per round
+# trip; halve on a 429/503/529 (at most once per round trip) and pause new starts for the provider's
+# Retry-After. A run's `max_concurrency` stays its own ceiling on top.
 START_LIMIT = 16
 OVERLOAD_STATUS = frozenset({429, 503, 529})
 # No growth while the recent latency is above this many times the best seen (plus 0.1 s): a provider
@@ -94,6 +96,7 @@ class EndpointLimit:
         self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
         self._paused_until = 0.0
         self._last_cut = float("-inf")  # calls started before the last cut do not cut again
+        self._last_doubling = float("-inf")  # nor do they double again in slow start
         self._latency: float | None = None  # moving average of successful calls' latency
         self._best_latency: float | None = None
 
@@ -153,11 +156,11 @@ class EndpointLimit:
         now = time.monotonic()
         resume_in = 0.0
         with self._lock:
-            busy = self.in_flight >= int(self.limit) or bool(self._waiters)
+            demand = self.in_flight + len(self._waiters)  # the calls that want a slot, this one included
             self.in_flight -= 1
             if error is None:
                 self.successes += 1
-                self._grow(now - started if latency is None else latency, busy)
+                self._grow(now - started if latency is None else latency, demand, started, now)
             elif isinstance(error, ModelError) and error.status_code in OVERLOAD_STATUS:
                 self.overloads += 1
                 if started > self._last_cut:  # one cut per round trip: the calls sent together
@@ -169,15 +172,29 @@ class EndpointLimit:
                     resume_in = self._paused_until - now
         if resume_in > 0:
             with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().call_later(resume_in, self._wake)
+                asyncio.get_running_loop().call_later(resume_in, self._resume)
         self._wake()
 
-    def _grow(self, latency: float, busy: bool) -> None:
+    def _resume(self) -> None:
+        """The timer at the end of a Retry-After pause. A timer may fire a little early (uvloop, which
+        uvicorn uses when it is installed, counts in milliseconds): then it is set again for the rest,
+        for `_wake` does nothing while the pause lasts, and the calls queued behind it would wait for ever."""
+        left = self._paused_until - time.monotonic()
+        if left > 0:
+            asyncio.get_running_loop().call_later(left + 0.001, self._resume)
+            return
+        self._wake()
+
+    def _grow(self, latency: float, demand: int, started: float, now: float) -> None:
         self._latency = latency if self._latency is None else 0.9 * self._latency + 0.1 * latency
         self._best_latency = self._latency if self._best_latency is None else min(self._best_latency, self._latency)
-        if not busy or self._latency > _LATENCY_HOLD * self._best_latency + 0.1:
+        if demand < int(self.limit) or self._latency > _LATENCY_HOLD * self._best_latency + 0.1:
             return  # the limit is not what holds calls back, or the provider is slowing down
-        self.limit = min(float(self.ceiling), self.limit + (1.0 if self.slow_start else 1.0 / self.limit))
+        if not self.slow_start:
+            self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
+        elif started > self._last_doubling:  # the first answer of a round trip: double, up to the demand
+            self._last_doubling = now
+            self.limit = min(float(self.ceiling), max(self.limit + 1.0, min(float(demand), 2.0 * self.limit)))
 
 
 _limits: dict[str, EndpointLimit] = {}
