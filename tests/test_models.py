@@ -149,3 +149,40 @@ def test_litellm_over_http():
         with pytest.raises(ModelError) as info:
             complete(client)
         assert info.value.retryable and info.value.status_code == 429
+
+
+CLIENT_KINDS = {"openai aiohttp": lambda url: OpenAIClient("m", base_url=url, api_key=SECRET, transport="aiohttp"),
+                "openai httpx": lambda url: OpenAIClient("m", base_url=url, api_key=SECRET, transport="httpx"),
+                "openai sdk": lambda url: OpenAIClient("m", base_url=url, api_key=SECRET, transport="sdk"),
+                "anthropic": lambda url: AnthropicClient("claude-test", base_url=url.rsplit("/v1", 1)[0],
+                                                         api_key=SECRET)}
+
+
+@pytest.mark.parametrize("kind", CLIENT_KINDS)
+def test_one_model_client_serves_several_event_loops_at_once(kind):
+    """Each `RLM.completion` runs on an event loop of its own, and threads may call one RLM side by
+    side: its model client keeps one HTTP client per loop. (It kept one for all: the second loop's
+    calls failed with "attached to a different loop", and the first run to end closed the client
+    under the others.)"""
+    import threading
+
+    from recursive_llm import RLM
+    from scripted_root import root_then_sub
+
+    code = "r = llm_query_batched([f'#{i}' for i in range(12)])\nprint(sum(x.startswith('sub:') for x in r))"
+    with FakeLLMServer(responder=root_then_sub(["```repl\n" + code + "\n```", "FINAL_VAR(r)"]),
+                       latency=0.05) as server:
+        client = CLIENT_KINDS[kind](server.base_url)
+        rlm = RLM(model=client, sub_model=client, store=None)
+        results: list = []
+        threads = [threading.Thread(target=lambda: results.append(rlm.completion("q", "text")), daemon=True)
+                   for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(results) == 4
+    for result in results:
+        assert result.stopped_reason.value == "final", result
+        assert result.answer.count("sub:") == 12, result.answer

@@ -7,6 +7,7 @@ from typing import Any
 from ..errors import ModelError
 from .base import Completion, Message
 from .errors import from_sdk_error
+from .loop_clients import PerLoop
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -55,21 +56,20 @@ class AnthropicClient:
         self.base_url = base_url
         self.context_window = context_window
         self._api_key = api_key
-        self._client: Any = None
+        self._http_clients = PerLoop()  # one SDK client per event loop (models/loop_clients.py)
 
     def __repr__(self) -> str:
         return f"AnthropicClient(model={self.model!r}, base_url={self.base_url!r})"
 
     def _sdk(self):
-        if self._client is None:
+        def make():
             import anthropic
 
             from .tls import shared_ssl_context
 
-            self._client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0,
-                                                    http_client=anthropic.DefaultAsyncHttpxClient(
-                                                        verify=shared_ssl_context()))
-        return self._client
+            return anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url, max_retries=0,
+                                            http_client=anthropic.DefaultAsyncHttpxClient(verify=shared_ssl_context()))
+        return self._http_clients.get(("anthropic", self.base_url, self._api_key), make)
 
     async def complete(self, messages: list[Message], *, max_tokens: int | None = None,
                        temperature: float | None = None, timeout: float | None = None) -> Completion:
@@ -106,6 +106,4 @@ class AnthropicClient:
                           cached_prompt_tokens=read, cache_write_tokens=written)
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        await self._http_clients.release(lambda client: client.close())

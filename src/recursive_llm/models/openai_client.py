@@ -11,13 +11,12 @@ from typing import Any
 from ..errors import ModelError
 from .base import Completion, Message
 from .errors import connection_failed, from_openai_error, timed_out
+from .loop_clients import PerLoop
 
 
 TRANSPORTS = ("aiohttp", "httpx", "sdk")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _prefetched = False
-# (id(event loop), transport, base_url, api key) -> [HTTP client, clients using it, the loop]: see _shared_client
-_SHARED_CLIENTS: dict[tuple, list] = {}
 
 
 def http_library():
@@ -89,8 +88,7 @@ class OpenAIClient:
         self.context_window = context_window
         self.provider = provider
         self._api_key = api_key
-        self._client: Any = None
-        self._shared_key: tuple | None = None
+        self._http_clients = PerLoop()  # one HTTP client per event loop (models/loop_clients.py)
         if transport is None:
             transport = default_transport()
         if transport not in TRANSPORTS:
@@ -103,20 +101,8 @@ class OpenAIClient:
         return f"OpenAIClient(model={self.model!r}, base_url={self.base_url!r})"
 
     def _shared_client(self, make):
-        """The HTTP client, shared by this event loop's clients of the same transport, endpoint and key
-        while any of them is open: runs side by side (`rlm serve`) reuse its connections instead of
-        each opening its own (and paying the client's construction, ~2.5 ms, per run)."""
-        if self._client is None:
-            import asyncio
-
-            loop = asyncio.get_running_loop()
-            key = (id(loop), self.transport, self.base_url, self._api_key)
-            entry = _SHARED_CLIENTS.get(key)
-            if entry is None or entry[2] is not loop:
-                entry = _SHARED_CLIENTS[key] = [make(), 0, loop]
-            entry[1] += 1
-            self._client, self._shared_key = entry[0], key
-        return self._client
+        """The running loop's HTTP client for this transport, endpoint and key (loop_clients.py)."""
+        return self._http_clients.get((self.transport, self.base_url, self._api_key), make)
 
     def _sdk(self):
         def make():
@@ -290,14 +276,7 @@ class OpenAIClient:
         return self._parse(self._decode(content))
 
     async def aclose(self) -> None:
-        """Close the HTTP client; the next call opens a new one (possibly on another event loop)."""
-        client, self._client = self._client, None
-        if client is None:
-            return
-        entry = _SHARED_CLIENTS.get(self._shared_key)
-        if entry is not None and entry[0] is client:
-            entry[1] -= 1
-            if entry[1] > 0:  # other runs on this loop still use it
-                return
-            del _SHARED_CLIENTS[self._shared_key]
-        await (client.aclose() if self.transport == "httpx" else client.close())  # aiohttp, the SDK: close()
+        """Let go of this loop's HTTP client (the last model client using it closes it); the next
+        call on this loop opens a new one."""
+        await self._http_clients.release(
+            lambda client: client.aclose() if self.transport == "httpx" else client.close())  # aiohttp, SDK: close()
