@@ -88,7 +88,7 @@ def _check_tree(message: Any) -> None:
     while stack:
         value, depth = stack.pop()
         if isinstance(value, str):
-            if _SURROGATE.search(value):
+            if not value.isascii() and _SURROGATE.search(value):  # isascii: a flag, no scan (2M chars: 5 ms)
                 raise ProtocolError("a string with a lone surrogate")
         elif isinstance(value, (dict, list)):
             if depth >= MAX_DEPTH:

@@ -232,7 +232,11 @@ def run(manifest: str, max_captured_chars: int, policy_json: str) -> None:
     while True:
         command = channel.commands.get()
         if command is None or command["op"] == "shutdown":
-            return
+            # Every frame is written (the writer is unbuffered) and the host removes the worker's
+            # directory: nothing is left to finish. Leaving without the interpreter's teardown
+            # (modules, the input's memory, the model's threads and atexit hooks) takes about 9 ms
+            # off every run's close.
+            os._exit(0)
         guard.restore()
         if command["op"] == "exec":
             limit_cell_cpu(command.get("cpu_seconds"))
