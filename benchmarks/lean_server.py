@@ -4,28 +4,46 @@ Content-Length bodies). It spends a few tens of microseconds per request where t
 (`recursive_llm.testing.fake_server`, threads and `http.server`) spends about a millisecond, so on a
 2-core machine it leaves the client's CPU as the only cost beside the latency, as a remote
 provider does. It answers nothing else the simulator does (no faults, no streaming, no scripts).
+With `--responder module:function` (a `function(messages, model) -> str` importable from the
+benchmarks directory), each body is parsed and the reply's content is what the function returns:
+the same replies as the simulator, at a few more microseconds per request.
 
-Run: python benchmarks/lean_server.py [--latency 0.1]   (prints "lean server: <base url>")
+Run: python benchmarks/lean_server.py [--latency 0.1] [--responder peer_speed:respond]
+(prints "lean server: <base url>")
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
-REPLY = json.dumps({"id": "chatcmpl-lean", "object": "chat.completion", "created": 0, "model": "lean",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-            + str(len(REPLY)).encode() + b"\r\n\r\n" + REPLY)
+Responder = Callable[[list[dict], str], str]
+
+
+
+def response(content: str = "ok", model: str = "lean") -> bytes:
+    """One whole HTTP response carrying a chat completion whose message is `content`."""
+    reply = json.dumps({"id": "chatcmpl-lean", "object": "chat.completion", "created": 0, "model": model,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                     "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(reply)).encode() + b"\r\n\r\n" + reply)
+
+
+RESPONSE = response()
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
-async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, latency: float) -> None:
+async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, latency: float,
+                            responder: Responder | None) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -39,10 +57,13 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
                     length = int(value.strip())
             if length > MAX_BODY_BYTES:
                 break
-            if length:
-                await reader.readexactly(length)
+            body = await reader.readexactly(length) if length else b""
+            reply = RESPONSE
+            if responder is not None:
+                request = json.loads(body or b"{}")
+                reply = response(responder(request.get("messages", []), request.get("model", "lean")))
             await asyncio.sleep(latency)
-            writer.write(RESPONSE)
+            writer.write(reply)
             await writer.drain()
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
         pass
@@ -50,8 +71,17 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         writer.close()
 
 
-async def main(latency: float) -> None:
-    server = await asyncio.start_server(lambda r, w: _serve_connection(r, w, latency), "127.0.0.1", 0,
+def load_responder(spec: str | None) -> Responder | None:
+    """"module:function" from the benchmarks directory, or None."""
+    if not spec:
+        return None
+    module, _, function = spec.partition(":")
+    sys.path.insert(0, str(Path(__file__).parent))
+    return getattr(importlib.import_module(module), function)
+
+
+async def main(latency: float, responder: Responder | None = None) -> None:
+    server = await asyncio.start_server(lambda r, w: _serve_connection(r, w, latency, responder), "127.0.0.1", 0,
                                         limit=MAX_HEADER_BYTES, backlog=1024)
     port = server.sockets[0].getsockname()[1]
     print(f"lean server: http://127.0.0.1:{port}/v1", flush=True)
@@ -62,4 +92,6 @@ async def main(latency: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.1)
-    asyncio.run(main(parser.parse_args().latency))
+    parser.add_argument("--responder", help="module:function giving each reply's content (default: \"ok\")")
+    options = parser.parse_args()
+    asyncio.run(main(options.latency, load_responder(options.responder)))

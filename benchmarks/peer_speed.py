@@ -3,11 +3,15 @@
 Run: python benchmarks/peer_speed.py [--venv DIR] [needle] [cold] [memory]   (all three by default)
 
 - needle (warm): 3 root calls and one `llm_query_batched` of 101 sub-calls over a 2M-character
-  haystack (stdlib source with one sentence inserted in the middle), 100 ms per call, a simulator
+  haystack (stdlib source with one sentence inserted in the middle), 100 ms per call, a server
   without a cap: the critical path is 4 model latencies (0.40 s). Each implementation runs the task
-  once untimed in the same process (imports, clients, the adaptive width learns the endpoint), then
-  twice timed; REPEATS rounds of fresh processes, interleaved; the median is reported. A bare
-  `openai.AsyncOpenAI` sending the same calls is the floor this machine allows.
+  twice untimed in the same process (imports, clients; our adaptive width doubles once per round
+  trip, 16 to 32 to 64 in the first run and to 101 in the second), then twice timed; REPEATS rounds
+  of fresh processes, interleaved; the median is reported. A bare `openai.AsyncOpenAI` sending the
+  same calls is the floor this machine allows. Against two servers, each in its own process: the
+  simulator (`recursive_llm.testing.fake_server`), and the lean server (benchmarks/lean_server.py
+  with this file's `respond`: the same replies at a few percent of the simulator's CPU, which on a
+  2-core machine competes with the client's, as a remote provider's does not).
 - cold: the same task as a whole one-question process (`python driver.py`, imports included), timed
   from the parent's fork to the child's exit.
 - memory: a 10M-token (40M-character) `str` as the context, 2 root iterations: the peak of the
@@ -72,7 +76,7 @@ def simulate(port: int) -> None:
 DRIVER = """
 import json, sys, time
 started = time.perf_counter()
-base_url, task, size, warm, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5])
+base_url, task, size, warm, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 {setup}
 corpus = {corpus!r}
 context = (corpus * (size // len(corpus) + 1))[:size]
@@ -80,7 +84,7 @@ if task == "needle":
     context = context[:size // 2] + {needle!r} + context[size // 2:]
 query = f"Find the secret code. TASK {{task}}"
 times, answers = [], []
-if warm:
+for _ in range(warm):
     run(query, context)
 for _ in range(repeats):
     t0 = time.perf_counter()
@@ -143,14 +147,14 @@ def tree_memory_kb(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
-def drive(python: str, script: str, base_url: str, task: str, size: int, warm: bool, repeats: int) -> dict:
+def drive(python: str, script: str, base_url: str, task: str, size: int, warm: int, repeats: int) -> dict:
     """Run one driver process; its result plus wall time and the process tree's peak memory."""
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
         handle.write(script)
     peak = [0, 0]
     try:
         started = time.perf_counter()
-        process = subprocess.Popen([python, handle.name, base_url, task, str(size), "1" if warm else "0",
+        process = subprocess.Popen([python, handle.name, base_url, task, str(size), str(warm),
                                     str(repeats)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env={**os.environ, "RLM_HOME": tempfile.mkdtemp(prefix="rlm-peer-")})
         done = threading.Event()
@@ -202,27 +206,32 @@ def main() -> None:
             setup=SETUP["recursive-llm"].format(src=src), corpus=corpus, needle=NEEDLE))
     simulator = subprocess.Popen([sys.executable, __file__, "--serve", "0"], stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, "PYTHONPATH": SRC})
+    lean = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "lean_server.py"), "--latency", str(LATENCY),
+                             "--responder", "peer_speed:respond"], stdout=subprocess.PIPE, text=True)
     base_url = simulator.stdout.readline().split()[-1]
+    servers = {"the simulator": base_url, "the lean server": lean.stdout.readline().split()[-1]}
     names = list(pythons)
     peers = ["recursive-llm", *(n for n in names if n.startswith("recursive-llm (")), "rlms"]
     try:
         if "needle" in args.parts:
-            warm: dict[str, list[float]] = {n: [] for n in names}
-            for _ in range(REPEATS):  # rounds of fresh processes, interleaved, so noise hits all alike
+            for server, url in servers.items():
+                warm: dict[str, list[float]] = {n: [] for n in names}
+                for _ in range(REPEATS):  # rounds of fresh processes, interleaved, so noise hits all alike
+                    for n in names:
+                        result = drive(pythons[n], scripts[n], url, "needle", 2_000_000, 2, 2)
+                        assert set(result["answers"]) == {"7341"}, (n, result["answers"])
+                        warm[n] += result["times"]
+                medians = {n: statistics.median(warm[n]) for n in names}
+                print(f"\n| needle, warm process, against {server}: 3 root calls + {FANOUT} sub-calls over 2M "
+                      f"characters, 100 ms each (median of {2 * REPEATS}) | seconds | / ideal (0.40 s) | / rlms |\n"
+                      f"| --- | --- | --- | --- |")
                 for n in names:
-                    result = drive(pythons[n], scripts[n], base_url, "needle", 2_000_000, True, 2)
-                    assert set(result["answers"]) == {"7341"}, (n, result["answers"])
-                    warm[n] += result["times"]
-            medians = {n: statistics.median(warm[n]) for n in names}
-            print(f"\n| needle, warm process: 3 root calls + {FANOUT} sub-calls over 2M characters, 100 ms each "
-                  f"(median of {2 * REPEATS}) | seconds | / ideal (0.40 s) | / rlms |\n| --- | --- | --- | --- |")
-            for n in names:
-                print(f"| {n} | {medians[n]:.3f} | {medians[n] / 0.4:.2f} | {medians[n] / medians['rlms']:.2f} |")
+                    print(f"| {n} | {medians[n]:.3f} | {medians[n] / 0.4:.2f} | {medians[n] / medians['rlms']:.2f} |")
         if "cold" in args.parts:
             walls: dict[str, list[float]] = {n: [] for n in peers}
             for _ in range(REPEATS):  # interleaved, so noise hits both alike
                 for n in peers:
-                    result = drive(pythons[n], scripts[n], base_url, "needle", 2_000_000, False, 1)
+                    result = drive(pythons[n], scripts[n], base_url, "needle", 2_000_000, 0, 1)
                     assert result["answers"] == ["7341"], (n, result)
                     walls[n].append(result["wall"])
             haystack = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
@@ -247,7 +256,7 @@ def main() -> None:
             peaks: dict[str, list[dict]] = {n: [] for n in peers}
             for _ in range(3):
                 for n in peers:
-                    result = drive(pythons[n], scripts[n], base_url, "plain", 40_000_000, False, 1)
+                    result = drive(pythons[n], scripts[n], base_url, "plain", 40_000_000, 0, 1)
                     assert result["answers"] == ["40000000"], (n, result["answers"])
                     peaks[n].append(result)
             names = peers
@@ -259,8 +268,9 @@ def main() -> None:
                 rss = statistics.median(r["rss_mb"] for r in peaks[n])
                 print(f"| {n} | {pss:.0f} MB | {rss:.0f} MB | {pss / rlms_pss:.2f} |")
     finally:
-        simulator.terminate()
-        simulator.wait()
+        for process in (simulator, lean):
+            process.terminate()
+            process.wait()
 
 
 if __name__ == "__main__":
