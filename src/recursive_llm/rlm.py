@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from .budget import Budget
 from .config import CallPolicy, Limits, LoopPolicy, RunConfig, WorkerPolicy
 from .errors import ConfigError, RLMError
 from .events import EventLog, Listener
+from .kept_loop import KeptLoop
 from .models.base import ModelClient
 from .result import Result
 from .run import Run, RunState, close_clients, new_run_id  # noqa: F401  (close_clients: for session.py)
@@ -93,6 +95,20 @@ class RLM:
         self.store = store
         # The call cache: None = on when temperature is 0 (identical calls give identical answers).
         self.cache = cache
+        # completion()'s event loop, kept between calls: the next call reuses the provider's connections
+        self._kept_loop = KeptLoop()
+        self._close_loop = weakref.finalize(self, self._kept_loop.close, [root_client, sub_client])
+
+    def close(self) -> None:
+        """Close the connections `completion()` keeps open between calls (also done when the RLM is
+        garbage-collected, or at exit). The RLM can still be used; its next call opens new ones."""
+        self._kept_loop.close([self.root_client, self.sub_client])
+
+    def __enter__(self) -> "RLM":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     @property
     def root_client(self) -> ModelClient:
@@ -128,7 +144,7 @@ class RLM:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(coroutine)
+            return self._kept_loop.run(coroutine)
         # Called from inside an event loop (a notebook, an async app): run on a thread of our own.
         box: dict[str, Any] = {}
 
@@ -195,8 +211,9 @@ class RLM:
             result = await run.execute()
         finally:
             events.close()
-            # a session keeps its configured clients (bound to its loop) for the next question
-            await state.close_clients(configured=environment is None)
+            # a session, and completion()'s kept loop, keep the configured clients (bound to that
+            # loop) for the next question
+            await state.close_clients(configured=environment is None and not self._kept_loop.is_running_here())
         result.trajectory_path = trajectory_path
         result.store_error = "; ".join(filter(None, [getattr(store, "error", None), events.error])) or None
         return result

@@ -165,6 +165,7 @@ class FakeLLMServer:
         self.requests: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections = 0  # TCP connections accepted (a client that reuses its connections opens few)
         self.faults_injected: list[str] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -216,6 +217,10 @@ class FakeLLMServer:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
+    def _connected(self) -> None:
+        with self._lock:
+            self.connections += 1
+
     def _leave(self) -> None:
         with self._lock:
             self.in_flight -= 1
@@ -233,6 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body go out in separate writes; without TCP_NODELAY, Nagle's algorithm and the
         # client's delayed ACK hold the body back by up to 40 ms on every response.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.fake._connected()
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload).encode()
