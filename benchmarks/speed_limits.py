@@ -1,10 +1,12 @@
 """Issue 17: how close to the critical path of its model calls a run gets. Side by side in one run.
 
-Run: python benchmarks/speed_limits.py [fanout|capped|serve|cold] ...   (all four by default)
+Run: python benchmarks/speed_limits.py [fanout|cpu|capped|serve|cold] ...   (fanout, capped, serve, cold by default)
 
 - fanout: N sub-calls at 100 ms over HTTP at a fixed width, against the simulator and against the
   lean server (benchmarks/lean_server.py), each in its own process: the bare `openai.AsyncOpenAI`,
   bare `aiohttp`, ours with each transport (aiohttp, the default; httpx; the SDK).
+- cpu: the fan-out against the lean server with no latency, bare aiohttp and ours: the CPU per call
+  (client and server together) that each wave of answers waits for.
 - capped: the fake server answers 429 beyond 8 in flight; 400 sub-calls with the adaptive width:
   requests refused in the first 100 sub-calls and in the rest, and whether every sub-call succeeded.
 - serve: `rlm serve --max-concurrent C` in front of a 100 ms model, 100 small requests C at a time
@@ -113,6 +115,25 @@ def fanout_against(prompts: int, width: int, lean: bool) -> None:
         print(f"| {label} | {median:.3f} | {median / ideal:.2f} | {median / bare:.2f} |")
 
 
+def cpu(prompts: int = 1000, width: int = 64) -> None:
+    """The same fan-out against the lean server with no latency: the wall time is all the CPU the
+    calls cost, client and server together (2 cores), so wall / prompts is the CPU per call that a
+    wave of `width` answers waits for."""
+    times: dict[str, list[float]] = {"bare aiohttp": [], "ours, aiohttp transport (the default)": []}
+    with server_process(0.0, lean=True) as url:
+        ours(url, width * 2, width, "aiohttp")
+        asyncio.run(bare_aiohttp(url, width * 2, width))
+        for _ in range(REPEATS):
+            times["bare aiohttp"].append(asyncio.run(bare_aiohttp(url, prompts, width)))
+            times["ours, aiohttp transport (the default)"].append(ours(url, prompts, width, "aiohttp"))
+    os.environ.pop("RLM_OPENAI_TRANSPORT", None)
+    print(f"\n| {prompts} sub-calls, no latency, width {width}, against the lean server (median of {REPEATS}) "
+          f"| seconds | CPU per call | a wave of {width} waits |\n| --- | --- | --- | --- |")
+    for label, values in times.items():
+        median = statistics.median(values)
+        print(f"| {label} | {median:.3f} | {median / prompts * 1000:.2f} ms | {median / prompts * width * 1000:.1f} ms |")
+
+
 def capped(cap: int = 8, first: int = 100, rest: int = 300) -> None:
     code = lambda n: (f"r = llm_query_batched([str(i) for i in range({n})])\n"  # noqa: E731
                       f"print(sum(x.startswith('Error') for x in r))")
@@ -219,4 +240,4 @@ def cold() -> None:
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ["fanout", "capped", "serve", "cold"]
     for name in chosen:
-        {"fanout": fanout, "capped": capped, "serve": serve, "cold": cold}[name]()
+        {"fanout": fanout, "cpu": cpu, "capped": capped, "serve": serve, "cold": cold}[name]()
