@@ -91,3 +91,24 @@ def test_closing_from_inside_another_event_loop_still_closes_the_kept_one():
         asyncio.run(elsewhere())
     assert kept.is_closed() and rlm._kept_loop._runner is None
     assert not rlm.root_client._http_clients._held  # its HTTP client was closed on it, not dropped
+
+
+def test_a_collected_rlm_is_closed_by_the_next_call_not_by_the_collector():
+    """A finalizer runs at whatever allocation triggers the garbage collector, in any thread: one that
+    ran the loop to close it inside the start of a new thread deadlocked that thread's starter."""
+    import gc
+
+    from recursive_llm import kept_loop
+
+    with FakeLLMServer(responder=root_then_sub(TURNS), latency=0.02) as server:
+        dropped = RLM(model="m", base_url=server.base_url, api_key="k", store=None)
+        dropped.completion("q", "text")
+        kept = dropped._kept_loop
+        loop = kept._runner.get_loop()
+        del dropped
+        gc.collect()
+        assert not loop.is_closed() and kept in kept_loop._dropped  # noted by the finalizer, nothing more
+        other = RLM(model="m", base_url=server.base_url, api_key="k", store=None)
+        other.completion("q", "text")  # a safe place: closes the collected RLM's loop first
+        assert loop.is_closed() and kept not in kept_loop._dropped
+        other.close()

@@ -14,7 +14,7 @@ from .budget import Budget
 from .config import CallPolicy, Limits, LoopPolicy, RunConfig, WorkerPolicy
 from .errors import ConfigError, RLMError
 from .events import EventLog, Listener
-from .kept_loop import KeptLoop
+from .kept_loop import KeptLoop, drop
 from .models.base import ModelClient
 from .result import Result
 from .run import Run, RunState, close_clients, new_run_id  # noqa: F401  (close_clients: for session.py)
@@ -96,13 +96,14 @@ class RLM:
         # The call cache: None = on when temperature is 0 (identical calls give identical answers).
         self.cache = cache
         # completion()'s event loop, kept between calls: the next call reuses the provider's connections
-        self._kept_loop = KeptLoop()
-        self._close_loop = weakref.finalize(self, self._kept_loop.close, [root_client, sub_client])
+        self._kept_loop = KeptLoop([root_client, sub_client])
+        weakref.finalize(self, drop, self._kept_loop).atexit = False  # the exit closes it (kept_loop.py)
 
     def close(self) -> None:
-        """Close the connections `completion()` keeps open between calls (also done when the RLM is
-        garbage-collected, or at exit). The RLM can still be used; its next call opens new ones."""
-        self._kept_loop.close([self.root_client, self.sub_client])
+        """Close the connections `completion()` keeps open between calls (otherwise closed after
+        the RLM is garbage-collected, or at exit). The RLM can still be used; its next call opens
+        new ones."""
+        self._kept_loop.close()
 
     def __enter__(self) -> "RLM":
         return self
