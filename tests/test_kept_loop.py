@@ -59,10 +59,14 @@ if sys.argv[2] == "fork":  # a child of a process that has used the kept loop: a
         os._exit(0 if rlm.completion("q", "text").answer.count("sub:") == 8 else 1)
     print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 print(rlm.completion("q", "text").answer.count("sub:"), flush=True)
+if sys.argv[2] == "dropped":  # collected before the exit: its loop is only noted, the exit closes it
+    import gc
+    del rlm
+    gc.collect()
 """
 
 
-@pytest.mark.parametrize("ending", ["exit", "fork"])
+@pytest.mark.parametrize("ending", ["exit", "dropped", "fork"])
 def test_a_process_that_never_closes_its_rlm_ends_cleanly(ending, tmp_path):
     """Nothing to close by hand: at exit the kept clients are closed (no "Unclosed client session"),
     and a forked child never uses its parent's connections."""

@@ -107,6 +107,6 @@ def close_dropped() -> None:
 
 @atexit.register
 def _close_all() -> None:
-    _dropped.clear()
+    close_dropped()
     for kept in list(_live):
         kept.close()
