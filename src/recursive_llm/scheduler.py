@@ -66,7 +66,7 @@ def _identity(client: ModelClient) -> str:
 # Each endpoint gets one limit for the whole process (every run, every event loop, every `rlm serve`
 # request shares it), found the way TCP finds a path's capacity: start at START_LIMIT; while there is
 # no overload (slow start), double once per round trip while calls wait, up to the number of calls
-# that want to be in flight (a batch of 101 is sent in one wave from its second run on; growing by
+# that want to be in flight (a batch of 101 is sent in one wave from its third run on; growing by
 # one per success only halved the shortfall on each run); after an overload, grow by one per round
 # trip; halve on a 429/503/529 (at most once per round trip) and pause new starts for the provider's
 # Retry-After. A run's `max_concurrency` stays its own ceiling on top.
