@@ -106,6 +106,62 @@ async def bare_aiohttp(base_url: str, prompts: int, width: int) -> float:
         return time.perf_counter() - started
 
 
+async def bare_asyncio(base_url: str, prompts: int, width: int) -> float:
+    """The same calls from no HTTP library at all: `width` lanes, each one keep-alive connection
+    (opened by its first call, as the others open theirs) on an `asyncio.Protocol` that writes the
+    request in one piece and wakes its lane once Content-Length bytes of body are in. No pool, no
+    timeouts, no TLS, no chunked bodies: not a client anyone should ship, but the floor under every
+    Python asyncio client on this machine. Only for plain-HTTP servers that send Content-Length
+    (the simulator and the lean server do)."""
+    import asyncio
+    import json
+    import time
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url.rstrip("/") + "/chat/completions")
+    loop = asyncio.get_running_loop()
+
+    class Lane(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.buffer, self.reply = b"", None
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            head_end = self.buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self.buffer[:head_end].decode("latin-1").split("\r\n")
+            length = next(int(line.split(":", 1)[1]) for line in head if line.lower().startswith("content-length:"))
+            if len(self.buffer) >= head_end + 4 + length:
+                body, self.buffer = self.buffer[head_end + 4:head_end + 4 + length], b""
+                self.reply.set_result((int(head[0].split()[1]), body))
+
+        def connection_lost(self, error: Exception | None) -> None:
+            if self.reply is not None and not self.reply.done():
+                self.reply.set_exception(error or ConnectionError("the server closed the connection"))
+
+    calls = iter(range(prompts))
+
+    async def lane() -> None:
+        transport, protocol = None, None
+        for i in calls:
+            if transport is None:
+                transport, protocol = await loop.create_connection(Lane, url.hostname, url.port)
+            body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": str(i)}]}).encode()
+            protocol.reply = loop.create_future()
+            transport.write(f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer x\r\n"
+                            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            status, content = await protocol.reply
+            assert status == 200, status
+            json.loads(content)
+        if transport is not None:
+            transport.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(width)))
+    return time.perf_counter() - started
+
+
 def start_serve(backend_url: str, concurrent: int, *, src: str, env: dict | None = None):
     """`rlm serve` in front of `backend_url` on a free loopback port, once /health answers:
     (the process, its URL)."""

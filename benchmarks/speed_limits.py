@@ -4,7 +4,8 @@ Run: python benchmarks/speed_limits.py [fanout|cpu|capped|serve|cold] ...   (fan
 
 - fanout: N sub-calls at 100 ms over HTTP at a fixed width, against the simulator and against the
   lean server (benchmarks/lean_server.py), each in its own process: the bare `openai.AsyncOpenAI`,
-  bare `aiohttp`, ours with each transport (aiohttp, the default; httpx; the SDK).
+  bare `aiohttp`, bare asyncio (no HTTP library: the floor), ours with each transport (aiohttp, the
+  default; httpx; the SDK).
 - cpu: the fan-out against the lean server with no latency, bare aiohttp and ours: the CPU per call
   (client and server together) that each wave of answers waits for.
 - capped: the fake server answers 429 beyond 8 in flight; 400 sub-calls with the adaptive width:
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
 
-from common import bare_aiohttp, bare_openai, percentile, serve_burst, start_serve  # noqa: E402
+from common import bare_aiohttp, bare_asyncio, bare_openai, percentile, serve_burst, start_serve  # noqa: E402
 from core_overhead import fan_out, server_process  # noqa: E402
 from recursive_llm import RLM  # noqa: E402
 
@@ -84,21 +85,27 @@ OUR_TRANSPORTS = {"ours, aiohttp transport (the default)": "aiohttp", "ours, htt
                   "ours, SDK transport": "sdk"}
 
 
+BARE_ASYNCIO = "bare asyncio, no HTTP library (the floor; benchmarks/common.py)"
+
+
 def fanout_against(prompts: int, width: int, lean: bool) -> None:
     ideal = -(-prompts // width) * LATENCY
     # FANOUT_TREES="before=/path/to/src,after=src": ours (SDK transport) from each tree instead, in one run
     trees = [tuple(item.split("=", 1)) for item in os.environ.get("FANOUT_TREES", "").split(",") if item]
     labels = [f"ours ({tree}), SDK transport" for tree, _ in trees] or list(OUR_TRANSPORTS)
-    times: dict[str, list[float]] = {"bare openai SDK": [], "bare aiohttp": [], **{label: [] for label in labels}}
+    times: dict[str, list[float]] = {"bare openai SDK": [], "bare aiohttp": [], BARE_ASYNCIO: [],
+                                     **{label: [] for label in labels}}
     with server_process(LATENCY, lean=lean) as url:
         if not trees:
             for transport in OUR_TRANSPORTS.values():  # warm-up: imports, and the endpoint's width grows
                 ours(url, width * 2, width, transport)
         asyncio.run(bare_openai(url, width * 2, width))
         asyncio.run(bare_aiohttp(url, width * 2, width))
+        asyncio.run(bare_asyncio(url, width * 2, width))
         for _ in range(REPEATS):  # interleaved, so noise hits all alike
             times["bare openai SDK"].append(asyncio.run(bare_openai(url, prompts, width)))
             times["bare aiohttp"].append(asyncio.run(bare_aiohttp(url, prompts, width)))
+            times[BARE_ASYNCIO].append(asyncio.run(bare_asyncio(url, prompts, width)))
             if trees:
                 for label, (_, src) in zip(labels, trees):
                     times[label].append(ours_in_tree(src, url, prompts, width))
@@ -119,12 +126,14 @@ def cpu(prompts: int = 1000, width: int = 64) -> None:
     """The same fan-out against the lean server with no latency: the wall time is all the CPU the
     calls cost, client and server together (2 cores), so wall / prompts is the CPU per call that a
     wave of `width` answers waits for."""
-    times: dict[str, list[float]] = {"bare aiohttp": [], "ours, aiohttp transport (the default)": []}
+    times: dict[str, list[float]] = {"bare aiohttp": [], BARE_ASYNCIO: [], "ours, aiohttp transport (the default)": []}
     with server_process(0.0, lean=True) as url:
         ours(url, width * 2, width, "aiohttp")
         asyncio.run(bare_aiohttp(url, width * 2, width))
+        asyncio.run(bare_asyncio(url, width * 2, width))
         for _ in range(REPEATS):
             times["bare aiohttp"].append(asyncio.run(bare_aiohttp(url, prompts, width)))
+            times[BARE_ASYNCIO].append(asyncio.run(bare_asyncio(url, prompts, width)))
             times["ours, aiohttp transport (the default)"].append(ours(url, prompts, width, "aiohttp"))
     os.environ.pop("RLM_OPENAI_TRANSPORT", None)
     print(f"\n| {prompts} sub-calls, no latency, width {width}, against the lean server (median of {REPEATS}) "
