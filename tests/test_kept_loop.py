@@ -56,6 +56,8 @@ print(rlm.completion("q", "text").answer.count("sub:"), flush=True)
 if sys.argv[2] == "fork":  # a child of a process that has used the kept loop: a loop of its own
     pid = os.fork()
     if pid == 0:
+        import signal
+        signal.alarm(30)  # a child on its parent's loop hangs: fail in 30 s, not at the test's timeout
         os._exit(0 if rlm.completion("q", "text").answer.count("sub:") == 8 else 1)
     print("child", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 print(rlm.completion("q", "text").answer.count("sub:"), flush=True)
