@@ -6,8 +6,8 @@ Run: python benchmarks/speed_limits.py [fanout|cpu|capped|serve|cold] ...   (fan
   lean server (benchmarks/lean_server.py), each in its own process: the bare `openai.AsyncOpenAI`,
   bare `aiohttp`, bare asyncio (no HTTP library: the floor), ours with each transport (aiohttp, the
   default; httpx; the SDK).
-- cpu: the fan-out against the lean server with no latency, bare aiohttp and ours: the CPU per call
-  (client and server together) that each wave of answers waits for.
+- cpu: the fan-out against the lean server with no latency, bare aiohttp, bare asyncio and ours:
+  the CPU per call (client and server together) that each wave of answers waits for.
 - capped: the fake server answers 429 beyond 8 in flight; 400 sub-calls with the adaptive width:
   requests refused in the first 100 sub-calls and in the rest, and whether every sub-call succeeded.
 - serve: `rlm serve --max-concurrent C` in front of a 100 ms model, 100 small requests C at a time
