@@ -85,7 +85,15 @@ OUR_TRANSPORTS = {"ours, aiohttp transport (the default)": "aiohttp", "ours, htt
                   "ours, SDK transport": "sdk"}
 
 
-BARE_ASYNCIO = "bare asyncio, no HTTP library (the floor; benchmarks/common.py)"
+# The clients with no framework around them, each `(base_url, prompts, width) -> seconds`.
+BARE_CLIENTS = {"bare openai SDK": bare_openai, "bare aiohttp": bare_aiohttp,
+                "bare asyncio, no HTTP library (the floor; benchmarks/common.py)": bare_asyncio}
+
+
+def run_bare(clients: list[str], url: str, prompts: int, width: int, times: dict[str, list[float]]) -> None:
+    """One timed run of each of `clients` (keys of BARE_CLIENTS), added to `times`."""
+    for label in clients:
+        times[label].append(asyncio.run(BARE_CLIENTS[label](url, prompts, width)))
 
 
 def fanout_against(prompts: int, width: int, lean: bool) -> None:
@@ -93,19 +101,15 @@ def fanout_against(prompts: int, width: int, lean: bool) -> None:
     # FANOUT_TREES="before=/path/to/src,after=src": ours (SDK transport) from each tree instead, in one run
     trees = [tuple(item.split("=", 1)) for item in os.environ.get("FANOUT_TREES", "").split(",") if item]
     labels = [f"ours ({tree}), SDK transport" for tree, _ in trees] or list(OUR_TRANSPORTS)
-    times: dict[str, list[float]] = {"bare openai SDK": [], "bare aiohttp": [], BARE_ASYNCIO: [],
-                                     **{label: [] for label in labels}}
+    bare_labels = list(BARE_CLIENTS)
+    times: dict[str, list[float]] = {label: [] for label in bare_labels + labels}
     with server_process(LATENCY, lean=lean) as url:
         if not trees:
             for transport in OUR_TRANSPORTS.values():  # warm-up: imports, and the endpoint's width grows
                 ours(url, width * 2, width, transport)
-        asyncio.run(bare_openai(url, width * 2, width))
-        asyncio.run(bare_aiohttp(url, width * 2, width))
-        asyncio.run(bare_asyncio(url, width * 2, width))
+        run_bare(bare_labels, url, width * 2, width, {label: [] for label in bare_labels})  # warm-up
         for _ in range(REPEATS):  # interleaved, so noise hits all alike
-            times["bare openai SDK"].append(asyncio.run(bare_openai(url, prompts, width)))
-            times["bare aiohttp"].append(asyncio.run(bare_aiohttp(url, prompts, width)))
-            times[BARE_ASYNCIO].append(asyncio.run(bare_asyncio(url, prompts, width)))
+            run_bare(bare_labels, url, prompts, width, times)
             if trees:
                 for label, (_, src) in zip(labels, trees):
                     times[label].append(ours_in_tree(src, url, prompts, width))
@@ -126,14 +130,13 @@ def cpu(prompts: int = 1000, width: int = 64) -> None:
     """The same fan-out against the lean server with no latency: the wall time is all the CPU the
     calls cost, client and server together (2 cores), so wall / prompts is the CPU per call that a
     wave of `width` answers waits for."""
-    times: dict[str, list[float]] = {"bare aiohttp": [], BARE_ASYNCIO: [], "ours, aiohttp transport (the default)": []}
+    bare_labels = [label for label, client in BARE_CLIENTS.items() if client is not bare_openai]
+    times: dict[str, list[float]] = {label: [] for label in bare_labels + ["ours, aiohttp transport (the default)"]}
     with server_process(0.0, lean=True) as url:
         ours(url, width * 2, width, "aiohttp")
-        asyncio.run(bare_aiohttp(url, width * 2, width))
-        asyncio.run(bare_asyncio(url, width * 2, width))
+        run_bare(bare_labels, url, width * 2, width, {label: [] for label in bare_labels})  # warm-up
         for _ in range(REPEATS):
-            times["bare aiohttp"].append(asyncio.run(bare_aiohttp(url, prompts, width)))
-            times[BARE_ASYNCIO].append(asyncio.run(bare_asyncio(url, prompts, width)))
+            run_bare(bare_labels, url, prompts, width, times)
             times["ours, aiohttp transport (the default)"].append(ours(url, prompts, width, "aiohttp"))
     os.environ.pop("RLM_OPENAI_TRANSPORT", None)
     print(f"\n| {prompts} sub-calls, no latency, width {width}, against the lean server (median of {REPEATS}) "
