@@ -13,7 +13,7 @@ from recursive_llm import RLM
 from recursive_llm.budget import Budget
 from recursive_llm.config import Limits, RetryPolicy
 from recursive_llm.errors import ModelError
-from recursive_llm.events import EventLog
+from recursive_llm.events import EventLog, read_trajectory
 from recursive_llm.models.openai_client import OpenAIClient
 from recursive_llm.scheduler import START_LIMIT, CallSite, EndpointLimit, Scheduler, endpoint_limit
 from recursive_llm.testing import FakeLLMServer, ScriptedModel
@@ -199,3 +199,32 @@ def test_the_call_budget_still_holds_at_a_wide_fan_out():
                      max_concurrency=256).completion("q", "text")
         assert server.request_count <= 20
     assert result.usage.total.calls <= 20 and result.stopped_reason.value == "budget"
+
+
+def test_a_batch_runs_in_lanes_each_prompt_once_and_in_order():
+    """subcalls.in_lanes: at most `width` calls at once, every item exactly once, the replies in
+    the items' order however the calls finish; and a batch through a run really is that wide."""
+    from recursive_llm.subcalls import Reply, in_lanes
+
+    running, peak, seen = 0, 0, []
+
+    async def call(item: str) -> Reply:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        seen.append(item)
+        await asyncio.sleep(0.001 * (int(item) % 7))  # finishing out of order
+        running -= 1
+        return Reply(text=f"r{item}")
+
+    items = [str(i) for i in range(200)]
+    replies = asyncio.run(in_lanes(items, 16, call))
+    assert [reply.text for reply in replies] == [f"r{i}" for i in range(200)]
+    assert sorted(seen, key=int) == items and peak == 16
+    assert asyncio.run(in_lanes(["1", "2"], 16, call))[1].text == "r2" and peak == 16  # fewer items than lanes
+
+    code = "r = llm_query_batched([f'#{i}' for i in range(40)])\nprint(sum(x.startswith('sub:') for x in r))"
+    with FakeLLMServer(responder=root_then_sub(["```repl\n" + code + "\n```", "FINAL(done)"]), latency=0.05) as server:
+        result = RLM(model="m", base_url=server.base_url, api_key="lanes", max_concurrency=5).completion("q", "text")
+    events = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "llm_start" and e["purpose"] == "sub"]
+    assert result.answer == "done" and len(events) == 40 and max(e["in_flight"] for e in events) == 5
