@@ -1,6 +1,6 @@
-"""The three transports of OpenAIClient (plain HTTP with aiohttp, the default, or with httpx2; the
-official `openai` SDK) give the same completions and the same `ModelError`s for the same server
-behaviour."""
+"""The four transports of OpenAIClient (plain HTTP with our lean pool, the default, with aiohttp or
+with httpx2; the official `openai` SDK) give the same completions and the same `ModelError`s for the
+same server behaviour."""
 
 from __future__ import annotations
 
@@ -27,21 +27,23 @@ def outcome(transport: str, **server_options):
             return error, server.requests
 
 
-PLAIN = ("aiohttp", "httpx")  # the transports that post the JSON themselves, each compared with the SDK
+PLAIN = ("lean", "aiohttp", "httpx")  # the transports that post the JSON themselves, each compared with the SDK
 
 
-def test_the_default_transport_is_aiohttp_and_the_others_are_available(monkeypatch):
+def test_the_default_transport_is_lean_and_the_others_are_available(monkeypatch):
     import importlib.util
 
     monkeypatch.delenv("RLM_OPENAI_TRANSPORT", raising=False)
-    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "aiohttp"
-    for chosen in ("httpx", "sdk"):
+    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "lean"
+    for chosen in ("aiohttp", "httpx", "sdk"):
         monkeypatch.setenv("RLM_OPENAI_TRANSPORT", chosen)
         assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == chosen
     monkeypatch.delenv("RLM_OPENAI_TRANSPORT")
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "aiohttp" else real_find_spec(name, *a))
-    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "httpx"  # aiohttp missing
+    for missing, fallback in (("httptools", "aiohttp"), ("aiohttp", "httpx")):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, missing=missing: None if name == missing else real_find_spec(name, *a))
+        assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == fallback
     with pytest.raises(ValueError, match="unknown transport"):
         OpenAIClient("m", transport="carrier-pigeon")
 

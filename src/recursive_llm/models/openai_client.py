@@ -14,7 +14,7 @@ from .errors import connection_failed, from_openai_error, timed_out
 from .loop_clients import PerLoop
 
 
-TRANSPORTS = ("aiohttp", "httpx", "sdk")
+TRANSPORTS = ("lean", "aiohttp", "httpx", "sdk")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _prefetched = False
 
@@ -31,14 +31,17 @@ def http_library():
 
 
 def default_transport() -> str:
-    """RLM_OPENAI_TRANSPORT, else `aiohttp` (a dependency; its C HTTP parser spends a third of
-    httpx2's CPU per call, benchmarks/speed_limits.py fanout), else `httpx` if aiohttp is missing."""
+    """RLM_OPENAI_TRANSPORT, else `lean` (models/lean_http.py on `httptools`, both dependencies, with
+    aiohttp for proxies and redirects: the least CPU per call, benchmarks/speed_limits.py fanout),
+    else `aiohttp` (its C HTTP parser spends a third of httpx2's CPU per call), else `httpx`."""
     import importlib.util
 
     chosen = os.environ.get("RLM_OPENAI_TRANSPORT")
     if chosen:
         return chosen
-    return "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "httpx"
+    if importlib.util.find_spec("aiohttp") is None:
+        return "httpx"
+    return "lean" if importlib.util.find_spec("httptools") is not None else "aiohttp"
 
 
 def _prefetch(transport: str) -> None:
@@ -53,6 +56,8 @@ def _prefetch(transport: str) -> None:
     def load() -> None:
         if transport == "sdk":
             import openai  # noqa: F401
+        elif transport == "lean":
+            import httptools  # noqa: F401
         elif transport == "aiohttp":
             import aiohttp  # noqa: F401
         else:
@@ -68,13 +73,15 @@ def _prefetch(transport: str) -> None:
 class OpenAIClient:
     """Chat completions over the OpenAI-compatible HTTP API, one attempt per call.
 
-    Three transports with the same semantics (one attempt, errors mapped by `models/errors.py` to
-    the same `ModelError`s, the same messages; tests/test_openai_transport.py). `aiohttp` (the
-    default) and `httpx` post the JSON themselves and never import the SDK (30 to 40 MB less memory,
-    0.4 to 0.7 s less to the first call); `aiohttp` has a C HTTP parser and is the fastest at a wide
-    fan-out, `httpx` runs on `httpx2`, the HTTP library the SDK runs on (plain `httpx` without it),
-    as fast as the SDK (benchmarks/speed_limits.py fanout). `sdk` goes through the official `openai`
-    client's low-level `post`. Choose with `transport=` or RLM_OPENAI_TRANSPORT.
+    Four transports with the same semantics (one attempt, errors mapped by `models/errors.py` to
+    the same `ModelError`s, the same messages; tests/test_openai_transport.py). `lean` (the
+    default), `aiohttp` and `httpx` post the JSON themselves and never import the SDK (30 to 40 MB
+    less memory, 0.4 to 0.7 s less to the first call). `lean` is our own keep-alive pool
+    (models/lean_http.py, httptools's parser) and spends the least CPU per call at a wide fan-out; a
+    proxied endpoint and a redirect go through aiohttp. `aiohttp` has a C HTTP parser; `httpx` runs
+    on `httpx2`, the HTTP library the SDK runs on (plain `httpx` without it), as fast as the SDK
+    (benchmarks/speed_limits.py fanout). `sdk` goes through the official `openai` client's
+    low-level `post`. Choose with `transport=` or RLM_OPENAI_TRANSPORT.
     """
 
     remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
@@ -88,21 +95,24 @@ class OpenAIClient:
         self.context_window = context_window
         self.provider = provider
         self._api_key = api_key
-        self._http_clients = PerLoop()  # one HTTP client per event loop (models/loop_clients.py)
+        self._http_clients = PerLoop()  # the transport's HTTP client per event loop (models/loop_clients.py)
+        self._aiohttp_clients = PerLoop()  # aiohttp's, for the `aiohttp` transport and `lean`'s proxies and redirects
         if transport is None:
             transport = default_transport()
         if transport not in TRANSPORTS:
-            raise ValueError(f"unknown transport {transport!r}: use 'aiohttp' (the default) or 'httpx' (plain HTTP "
-                             f"clients, no SDK import) or 'sdk' (the official openai client)")
+            raise ValueError(f"unknown transport {transport!r}: use 'lean' (the default), 'aiohttp' or 'httpx' (plain "
+                             f"HTTP clients, no SDK import) or 'sdk' (the official openai client)")
         self.transport = transport
         _prefetch(transport)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIClient(model={self.model!r}, base_url={self.base_url!r})"
 
-    def _shared_client(self, make):
-        """The running loop's HTTP client for this transport, endpoint and key (loop_clients.py)."""
-        return self._http_clients.get((self.transport, self.base_url, self._api_key), make)
+    def _shared_client(self, make, kind: str | None = None):
+        """The running loop's HTTP client of `kind` (this transport's by default) for this endpoint
+        and key (loop_clients.py)."""
+        holder = self._aiohttp_clients if kind == "aiohttp" else self._http_clients
+        return holder.get((kind or self.transport, self.base_url, self._api_key), make)
 
     def _sdk(self):
         def make():
@@ -144,6 +154,14 @@ class OpenAIClient:
             # environment (self._proxy); timeouts are per call (_post_aiohttp).
             return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000, ssl=shared_ssl_context()),
                                          headers=self._headers())
+        return self._shared_client(make, "aiohttp")
+
+    def _lean(self):
+        def make():
+            from .lean_http import LeanPool
+            from .tls import shared_ssl_context
+
+            return LeanPool(self._chat_url, self._headers(), ssl_context=shared_ssl_context)
         return self._shared_client(make)
 
     @functools.cached_property
@@ -171,19 +189,37 @@ class OpenAIClient:
 
     async def _post(self, body: dict, timeout: float | None) -> dict:
         """One POST of chat/completions; every failure as the `ModelError` the SDK path gives."""
-        if self.transport == "aiohttp":
-            status, headers, content = await self._post_aiohttp(body, timeout)
+        data = json.dumps(body).encode()
+        if self.transport == "lean" and self._proxy is None:
+            status, headers, content = await self._post_lean(data, timeout)
+            if 300 <= status < 400:  # a redirect: aiohttp follows it, as the other transports do
+                status, headers, content = await self._post_aiohttp(data, timeout)
+        elif self.transport in ("lean", "aiohttp"):
+            status, headers, content = await self._post_aiohttp(data, timeout)
         else:
-            status, headers, content = await self._post_httpx(body, timeout)
+            status, headers, content = await self._post_httpx(data, timeout)
         if status >= 400:
             raise self._status_error(status, headers, content)
         return self._decode(content)
 
-    async def _post_httpx(self, body: dict, timeout: float | None) -> tuple[int, Any, bytes]:
+    async def _post_lean(self, data: bytes, timeout: float | None) -> tuple[int, Any, bytes]:
+        from .lean_http import ResponseRefused
+
+        limit = 600.0 if timeout is None else timeout  # like httpx's: to connect (at most 5 s), between reads
+        try:
+            return await self._lean().post(data, connect_timeout=min(limit, 5.0), read_timeout=limit)
+        except TimeoutError:
+            raise timed_out(self.provider, self.model) from None
+        except ResponseRefused as error:
+            raise ModelError(f"{self.provider} {self.model}: response refused ({error})", retryable=False) from None
+        except OSError as error:  # ConnectionError, ssl.SSLError, socket.gaierror
+            raise connection_failed(self.provider, self.model, error or type(error).__name__) from None
+
+    async def _post_httpx(self, data: bytes, timeout: float | None) -> tuple[int, Any, bytes]:
         httpx = http_library()
         try:
             response = await self._http().post(
-                "chat/completions", content=json.dumps(body).encode(),
+                "chat/completions", content=data,
                 **({"timeout": httpx.Timeout(timeout, connect=min(timeout, 5.0))} if timeout is not None else {}))
         except httpx.TimeoutException:
             raise timed_out(self.provider, self.model) from None
@@ -191,14 +227,14 @@ class OpenAIClient:
             raise connection_failed(self.provider, self.model, error or type(error).__name__) from None
         return response.status_code, response.headers, response.content
 
-    async def _post_aiohttp(self, body: dict, timeout: float | None) -> tuple[int, Any, bytes]:
+    async def _post_aiohttp(self, data: bytes, timeout: float | None) -> tuple[int, Any, bytes]:
         import asyncio
 
         import aiohttp
 
         limit = 600.0 if timeout is None else timeout  # like httpx's: to connect (at most 5 s), between reads
         try:
-            async with self._aiohttp().post(self._chat_url, data=json.dumps(body).encode(), proxy=self._proxy,
+            async with self._aiohttp().post(self._chat_url, data=data, proxy=self._proxy,
                                             timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(limit, 5.0),
                                                                           sock_read=limit)) as response:
                 return response.status, response.headers, await response.read()
@@ -278,5 +314,6 @@ class OpenAIClient:
     async def aclose(self) -> None:
         """Let go of this loop's HTTP client (the last model client using it closes it); the next
         call on this loop opens a new one."""
-        await self._http_clients.release(
-            lambda client: client.aclose() if self.transport == "httpx" else client.close())  # aiohttp, SDK: close()
+        await self._http_clients.release(  # aiohttp, the SDK: close()
+            lambda client: client.aclose() if self.transport in ("httpx", "lean") else client.close())
+        await self._aiohttp_clients.release(lambda client: client.close())
