@@ -4,9 +4,10 @@ Run: python benchmarks/speed_limits.py [fanout|cpu|capped|serve|cold] ...   (fan
 
 - fanout: N sub-calls at 100 ms over HTTP at a fixed width, against the simulator and against the
   lean server (benchmarks/lean_server.py), each in its own process: the bare `openai.AsyncOpenAI`,
-  bare `aiohttp`, bare asyncio (no HTTP library: the floor), ours with each transport (aiohttp, the
-  default; httpx; the SDK).
-- cpu: the fan-out against the lean server with no latency, bare aiohttp, bare asyncio and ours:
+  bare `aiohttp`, bare asyncio (no HTTP library: the floor), ours with each transport (lean, the
+  default; aiohttp; httpx; the SDK).
+- cpu: the fan-out against the lean server with no latency, bare aiohttp, bare asyncio and ours
+  (lean and aiohttp transports):
   the CPU per call (client and server together) that each wave of answers waits for.
 - capped: the fake server answers 429 beyond 8 in flight; 400 sub-calls with the adaptive width:
   requests refused in the first 100 sub-calls and in the rest, and whether every sub-call succeeded.
@@ -47,9 +48,12 @@ REPEATS = int(os.environ.get("REPEATS", "3"))
 LATENCY = 0.1
 
 
-def ours(base_url: str, prompts: int, width: int, transport: str) -> float:
-    """core_overhead.fan_out through one OpenAI transport."""
-    os.environ["RLM_OPENAI_TRANSPORT"] = transport
+def ours(base_url: str, prompts: int, width: int, transport: str | None) -> float:
+    """core_overhead.fan_out through one OpenAI transport (None: the package's default)."""
+    if transport is None:
+        os.environ.pop("RLM_OPENAI_TRANSPORT", None)
+    else:
+        os.environ["RLM_OPENAI_TRANSPORT"] = transport
     return fan_out(base_url, prompts, width)
 
 
@@ -58,17 +62,18 @@ import sys
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(1, sys.argv[2])
 from speed_limits import ours
-url, prompts, width = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-ours(url, width * 2, width, "sdk")
-print(ours(url, prompts, width, "sdk"))
+url, prompts, width, transport = sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] or None
+ours(url, width * 2, width, transport)
+print(ours(url, prompts, width, transport))
 """
 
 
 def ours_in_tree(src: str, url: str, prompts: int, width: int) -> float:
-    """Ours (SDK transport) with the package from another source tree, in a process of its own (after
-    one warm-up run in it)."""
+    """Ours with the package from another source tree, in a process of its own (after one warm-up
+    run in it), through FANOUT_TRANSPORT (by default that tree's default transport)."""
+    src = str(Path(src).resolve())  # the child checks that its package comes from this path
     done = subprocess.run([sys.executable, "-c", OURS_IN_TREE, src, str(ROOT / "benchmarks"), url, str(prompts),
-                           str(width)], capture_output=True, text=True, check=True,
+                           str(width), os.environ.get("FANOUT_TRANSPORT", "")], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT / 'tests'}", "RLM_BENCH_SRC": src})
     return float(done.stdout.strip().splitlines()[-1])
 
@@ -81,7 +86,8 @@ def fanout(prompts: int = 1000, width: int = 64) -> None:
         fanout_against(prompts, width, lean)
 
 
-OUR_TRANSPORTS = {"ours, aiohttp transport (the default)": "aiohttp", "ours, httpx transport": "httpx",
+OUR_TRANSPORTS = {"ours, lean transport (the default)": "lean", "ours, aiohttp transport": "aiohttp",
+                  "ours, httpx transport": "httpx",
                   "ours, SDK transport": "sdk"}
 
 
@@ -98,9 +104,11 @@ def run_bare(clients: list[str], url: str, prompts: int, width: int, times: dict
 
 def fanout_against(prompts: int, width: int, lean: bool) -> None:
     ideal = -(-prompts // width) * LATENCY
-    # FANOUT_TREES="before=/path/to/src,after=src": ours (SDK transport) from each tree instead, in one run
+    # FANOUT_TREES="before=/path/to/src,after=src": ours from each tree instead, in one run (through
+    # FANOUT_TRANSPORT, else each tree's default transport)
     trees = [tuple(item.split("=", 1)) for item in os.environ.get("FANOUT_TREES", "").split(",") if item]
-    labels = [f"ours ({tree}), SDK transport" for tree, _ in trees] or list(OUR_TRANSPORTS)
+    through = os.environ.get("FANOUT_TRANSPORT") or "its default"
+    labels = [f"ours ({tree}), {through} transport" for tree, _ in trees] or list(OUR_TRANSPORTS)
     bare_labels = list(BARE_CLIENTS)
     times: dict[str, list[float]] = {label: [] for label in bare_labels + labels}
     with server_process(LATENCY, lean=lean) as url:
@@ -131,13 +139,16 @@ def cpu(prompts: int = 1000, width: int = 64) -> None:
     calls cost, client and server together (2 cores), so wall / prompts is the CPU per call that a
     wave of `width` answers waits for."""
     bare_labels = [label for label, client in BARE_CLIENTS.items() if client is not bare_openai]
-    times: dict[str, list[float]] = {label: [] for label in bare_labels + ["ours, aiohttp transport (the default)"]}
+    transports = {label: transport for label, transport in OUR_TRANSPORTS.items() if transport in ("lean", "aiohttp")}
+    times: dict[str, list[float]] = {label: [] for label in bare_labels + list(transports)}
     with server_process(0.0, lean=True) as url:
-        ours(url, width * 2, width, "aiohttp")
+        for transport in transports.values():
+            ours(url, width * 2, width, transport)
         run_bare(bare_labels, url, width * 2, width, {label: [] for label in bare_labels})  # warm-up
         for _ in range(REPEATS):
             run_bare(bare_labels, url, prompts, width, times)
-            times["ours, aiohttp transport (the default)"].append(ours(url, prompts, width, "aiohttp"))
+            for label, transport in transports.items():
+                times[label].append(ours(url, prompts, width, transport))
     os.environ.pop("RLM_OPENAI_TRANSPORT", None)
     print(f"\n| {prompts} sub-calls, no latency, width {width}, against the lean server (median of {REPEATS}) "
           f"| seconds | CPU per call | a wave of {width} waits |\n| --- | --- | --- | --- |")
@@ -234,7 +245,7 @@ def cold() -> None:
     from scripted_root import root_then_sub
 
     turns = ["```repl\nprint(len(context))\n```", "FINAL(done)"]
-    times: dict[str, list[float]] = {"aiohttp": [], "httpx": [], "sdk": []}
+    times: dict[str, list[float]] = {"lean": [], "aiohttp": [], "httpx": [], "sdk": []}
     with FakeLLMServer(responder=root_then_sub(turns), latency=LATENCY) as backend:
         for _ in range(REPEATS):
             for transport in times:
