@@ -318,3 +318,33 @@ def test_https_is_verified_against_the_trusted_certificates(self_signed, monkeyp
             monkeypatch.delenv("SSL_CERT_FILE")
             shared_ssl_context.cache_clear()
     assert server.connections == 1  # (the refused handshake never reached a handler) one connection, three calls
+
+
+def test_an_answer_that_comes_before_the_whole_request_is_sent_retires_the_connection():
+    """A server that answers 413 after reading only the head, saying keep-alive: the rest of the
+    body is still in the client's buffers, so that connection must not carry the next request."""
+    done = threading.Event()
+
+    def serve(conn, index):
+        if index == 0:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += conn.rfile.read(1)
+            conn.send(framed(b'{"error": {"message": "too large"}}', status="413 Payload Too Large"))
+            done.wait(10)  # reads nothing more: the client's write buffer stays full
+            return
+        keep_alive(framed(completion_json("next")))(conn, index)
+
+    async def go(url):
+        client = OpenAIClient("m", base_url=url, transport="lean")
+        try:
+            with pytest.raises(ModelError, match="HTTP 413"):
+                await client.complete([{"role": "user", "content": "x" * 30_000_000}], timeout=5)
+            return (await client.complete(MESSAGES, timeout=2)).text
+        finally:
+            done.set()
+            await client.aclose()
+
+    with RawServer(serve) as server:
+        assert asyncio.run(go(f"http://127.0.0.1:{server.port}/v1")) == "next"
+    assert server.connections == 2

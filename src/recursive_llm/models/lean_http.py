@@ -149,7 +149,10 @@ class _Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self._keep_alive and not self.closed
+        """Kept alive, still open, and the whole request sent (a server may answer, say with a 413,
+        before it has read the body: the rest of it must not run into the next request)."""
+        return (self._keep_alive and not self.closed and self.transport is not None
+                and self.transport.get_write_buffer_size() == 0)
 
     def _finish(self, *, keep_alive: bool) -> None:
         body = b"".join(self._body)
