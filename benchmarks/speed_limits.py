@@ -73,7 +73,8 @@ def ours_in_tree(src: str, url: str, prompts: int, width: int) -> float:
     run in it), through FANOUT_TRANSPORT (by default that tree's default transport)."""
     src = str(Path(src).resolve())  # the child checks that its package comes from this path
     done = subprocess.run([sys.executable, "-c", OURS_IN_TREE, src, str(ROOT / "benchmarks"), url, str(prompts),
-                           str(width), os.environ.get("FANOUT_TRANSPORT", "")], capture_output=True, text=True, check=True,
+                           str(width), os.environ.get("FANOUT_TRANSPORT", "")],
+                          capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT / 'tests'}", "RLM_BENCH_SRC": src})
     return float(done.stdout.strip().splitlines()[-1])
 

@@ -186,7 +186,8 @@ def test_chunked_close_delimited_and_gzip_bodies():
 
 
 def test_an_informational_answer_before_the_real_one_is_skipped():
-    with RawServer(keep_alive(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + framed(completion_json("real")))) as server:
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+    with RawServer(keep_alive(hints + framed(completion_json("real")))) as server:
         assert calls(f"http://127.0.0.1:{server.port}/v1", 2) == (["real", "real"], None)
 
 

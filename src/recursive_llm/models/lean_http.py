@@ -210,7 +210,8 @@ class LeanPool:
         self._idle: list[_Connection] = []
         self._closed = False
 
-    async def post(self, body: bytes, *, connect_timeout: float, read_timeout: float) -> tuple[int, dict[str, str], bytes]:
+    async def post(self, body: bytes, *, connect_timeout: float,
+                   read_timeout: float) -> tuple[int, dict[str, str], bytes]:
         """POST `body`: (status, headers with lower-case names, body). Raises TimeoutError,
         ConnectionError or OSError (no answer), ResponseRefused (an answer it will not read)."""
         request = b"%s%d\r\n\r\n%s" % (self._head, len(body), body)
