@@ -285,7 +285,7 @@ def test_a_header_with_a_line_break_is_refused_before_anything_is_sent():
     with RawServer(keep_alive(framed(completion_json()))) as server:
         client = OpenAIClient("m", base_url=f"http://127.0.0.1:{server.port}/v1", api_key="sk\r\nX-Evil: 1",
                               transport="lean")
-        with pytest.raises(ValueError, match="line break"):
+        with pytest.raises(ValueError, match="the Authorization header holds a line break; check the API key"):
             asyncio.run(client.complete(MESSAGES))
     assert server.requests == []
 

@@ -204,8 +204,10 @@ class LeanPool:
                    if name.lower() not in ("host", "content-length", "accept-encoding")),
                  "Accept-Encoding: identity", "Content-Length: "]
         for line in lines:
-            if "\r" in line or "\n" in line:
-                raise ValueError("a request header holds a line break")
+            if "\r" in line or "\n" in line:  # header injection: refused before anything is sent
+                name = line.partition(":")[0] if ":" in line else "the request line"
+                raise ValueError(f"the {name} header holds a line break; check the API key, the base URL "
+                                 f"and OPENAI_ORG_ID / OPENAI_PROJECT_ID")
         self._head = "\r\n".join(lines).encode("latin-1")
         self._idle: list[_Connection] = []
         self._closed = False
