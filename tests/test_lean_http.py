@@ -195,8 +195,20 @@ def test_a_status_error_carries_its_retry_after_and_keeps_the_connection():
     reply = framed(b'{"error": {"message": "slow down"}}', "Retry-After: 3", status="429 Too Many Requests")
     with RawServer(keep_alive(reply)) as server:
         texts, error = calls(f"http://127.0.0.1:{server.port}/v1")
-    assert "HTTP 429" in str(error) and "slow down" in str(error)
-    assert (error.retryable, error.retry_after, error.status_code) == (True, 3.0, 429)
+        assert "HTTP 429" in str(error) and "slow down" in str(error)
+        assert (error.retryable, error.retry_after, error.status_code) == (True, 3.0, 429)
+
+        async def twice(url):
+            client = OpenAIClient("m", base_url=url, transport="lean")
+            try:
+                for _ in range(2):
+                    with pytest.raises(ModelError, match="HTTP 429"):
+                        await client.complete(MESSAGES)
+            finally:
+                await client.aclose()
+
+        asyncio.run(twice(f"http://127.0.0.1:{server.port}/v1"))
+    assert server.connections == 2  # one per client: the second 429 came on the first one's connection
 
 
 @pytest.mark.parametrize("hostile", ["huge body", "huge head", "gzip bomb", "unknown encoding", "not http",

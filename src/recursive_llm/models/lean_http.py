@@ -27,10 +27,13 @@ import zlib
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import httptools
+
 MAX_HEAD_BYTES = 64 * 1024  # a response's status line and headers
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a response's body (after decoding): far above any chat completion
 MAX_IDLE_CONNECTIONS = 1000  # kept open per pool; the scheduler bounds how many are in use
 KEEPALIVE_EXPIRY_S = 4.0  # an idle connection older than this is closed, not reused
+_BODY_TOO_LARGE = "the response's body is over {:,} bytes"
 
 
 class ResponseRefused(Exception):
@@ -41,10 +44,6 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection; `exchange` sends a request and waits for its whole response."""
 
     def __init__(self) -> None:
-        import httptools
-
-        self._parser_type = httptools.HttpResponseParser
-        self._parser_error = httptools.HttpParserError
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0  # when it went back to the pool
@@ -55,7 +54,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # asyncio sets TCP_NODELAY itself
-        self._parser = self._parser_type(self)  # one per connection: llhttp reads message after message
+        self._parser = httptools.HttpResponseParser(self)  # one per connection: llhttp reads message after message
 
     def data_received(self, data: bytes) -> None:
         self._last_read = time.monotonic()
@@ -64,7 +63,7 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except self._parser_error as error:  # httptools raises it for a callback's exception too
+        except httptools.HttpParserError as error:  # raised for a callback's exception too
             self._fail(self._refusal or ConnectionError(f"malformed HTTP response ({error})"))
 
     def eof_received(self) -> bool:
@@ -84,9 +83,7 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:
         if self._reply is None or self._reply.done():  # a second answer in the bytes of the first
-            self._keep_alive = False
-            self.close()
-            self._refuse("the server sent an answer nobody asked for")
+            self._refuse("the server sent an answer nobody asked for")  # data_received closes the connection
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
@@ -109,7 +106,7 @@ class _Connection(asyncio.Protocol):
             chunk = self._decoder.decompress(chunk, MAX_BODY_BYTES + 1 - self._body_bytes)
         self._body_bytes += len(chunk)
         if self._body_bytes > MAX_BODY_BYTES:
-            self._refuse(f"the response's body is over {MAX_BODY_BYTES:,} bytes")
+            self._refuse(_BODY_TOO_LARGE.format(MAX_BODY_BYTES))
         self._body.append(chunk)
 
     def _refuse(self, why: str) -> None:
@@ -159,7 +156,7 @@ class _Connection(asyncio.Protocol):
         if self._decoder is not None:
             body += self._decoder.flush()
             if len(body) > MAX_BODY_BYTES:
-                self._fail(ResponseRefused(f"the response's body is over {MAX_BODY_BYTES:,} bytes"))
+                self._fail(ResponseRefused(_BODY_TOO_LARGE.format(MAX_BODY_BYTES)))
                 return
         self._keep_alive = keep_alive
         self._reply.set_result((self._status, self._headers, body))  # type: ignore[union-attr]

@@ -44,6 +44,13 @@ def default_transport() -> str:
     return "lean" if importlib.util.find_spec("httptools") is not None else "aiohttp"
 
 
+def _timeouts(timeout: float | None) -> tuple[float, float]:
+    """(to connect, between reads) for a call's `timeout`, as httpx's: at most 5 s to connect;
+    the official client's 600 s when there is none."""
+    limit = 600.0 if timeout is None else timeout
+    return min(limit, 5.0), limit
+
+
 def _prefetch(transport: str) -> None:
     """Import the transport (the `openai` SDK: 0.6 to 1 s, aiohttp: 0.1 s, httpx2: 0.05 s) and build the
     TLS context in a thread, once per process, so that the first call overlaps it with loading the
@@ -205,9 +212,9 @@ class OpenAIClient:
     async def _post_lean(self, data: bytes, timeout: float | None) -> tuple[int, Any, bytes]:
         from .lean_http import ResponseRefused
 
-        limit = 600.0 if timeout is None else timeout  # like httpx's: to connect (at most 5 s), between reads
+        connect, read = _timeouts(timeout)
         try:
-            return await self._lean().post(data, connect_timeout=min(limit, 5.0), read_timeout=limit)
+            return await self._lean().post(data, connect_timeout=connect, read_timeout=read)
         except TimeoutError:
             raise timed_out(self.provider, self.model) from None
         except ResponseRefused as error:
@@ -232,11 +239,11 @@ class OpenAIClient:
 
         import aiohttp
 
-        limit = 600.0 if timeout is None else timeout  # like httpx's: to connect (at most 5 s), between reads
+        connect, read = _timeouts(timeout)
         try:
             async with self._aiohttp().post(self._chat_url, data=data, proxy=self._proxy,
-                                            timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(limit, 5.0),
-                                                                          sock_read=limit)) as response:
+                                            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect,
+                                                                          sock_read=read)) as response:
                 return response.status, response.headers, await response.read()
         except asyncio.TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
             raise timed_out(self.provider, self.model) from None
