@@ -82,6 +82,22 @@ def test_a_terminal_stdin_is_not_read_as_the_input(tmp_path):
     assert closed.returncode == 3 and "no input: give --context PATH" in closed.stderr
 
 
+def test_an_early_exit_never_crashes_in_the_transport_prefetch():
+    """`rlm ask` with no input builds the model client (which starts importing its transport and
+    loading the TLS certificates in a thread) and stops at once. With that thread a daemon, the
+    interpreter finalized under it and the process died of SIGSEGV or SIGBUS in about a third of
+    the runs (exit 3 in the others); every run must end with exit 3 and the message."""
+    args = [sys.executable, "-m", "recursive_llm", "ask", "q", "--model", "m", "--base-url", "http://127.0.0.1:9/v1"]
+    codes = []
+    for _ in range(6):
+        wave = [subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                for _ in range(4)]
+        for process in wave:
+            _, stderr = process.communicate(timeout=120)
+            codes.append((process.returncode, b"no input: give --context PATH" in stderr))
+    assert codes == [(3, True)] * len(codes), codes
+
+
 def test_ctrl_c_names_the_run_then_resume_says_replayed_and_live(tmp_path):
     gate = tmp_path / "hang"
     gate.write_text("x")
