@@ -45,8 +45,8 @@ def default_transport() -> str:
 
 
 def _timeouts(timeout: float | None) -> tuple[float, float]:
-    """(to connect, between reads) for a call's `timeout`, as httpx's: at most 5 s to connect;
-    the official client's 600 s when there is none."""
+    """(to connect, between reads) for a call's `timeout`, in every plain transport (lean, aiohttp,
+    httpx): at most 5 s to connect; the official client's 600 s when there is none."""
     limit = 600.0 if timeout is None else timeout
     return min(limit, 5.0), limit
 
@@ -148,10 +148,9 @@ class OpenAIClient:
             from .tls import shared_ssl_context
 
             httpx = http_library()
-            # The official client's defaults: 600 s (5 s to connect), up to 1,000 connections.
+            # The official client's defaults: up to 1,000 connections; timeouts are per call (_post_httpx).
             return httpx.AsyncClient(
-                base_url=self._endpoint + "/", headers=self._headers(),
-                verify=shared_ssl_context(), timeout=httpx.Timeout(600.0, connect=5.0),
+                base_url=self._endpoint + "/", headers=self._headers(), verify=shared_ssl_context(),
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100), follow_redirects=True)
         return self._shared_client(make)
 
@@ -228,10 +227,10 @@ class OpenAIClient:
 
     async def _post_httpx(self, data: bytes, timeout: float | None) -> tuple[int, Any, bytes]:
         httpx = http_library()
+        connect, read = _timeouts(timeout)
         try:
-            response = await self._http().post(
-                "chat/completions", content=data,
-                **({"timeout": httpx.Timeout(timeout, connect=min(timeout, 5.0))} if timeout is not None else {}))
+            response = await self._http().post("chat/completions", content=data,
+                                               timeout=httpx.Timeout(read, connect=connect))
         except httpx.TimeoutException:
             raise timed_out(self.provider, self.model) from None
         except httpx.TransportError as error:
