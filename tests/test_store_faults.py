@@ -133,6 +133,30 @@ def test_a_full_disk_under_rlm_home_never_loses_the_answer(small_disk, doc):
     assert json.loads(listed.stdout.splitlines()[-1])["run_id"] == json.loads(first.stdout)["run_id"]
 
 
+def test_a_disk_that_fills_during_a_run_keeps_the_answer_and_says_so(small_disk, doc):
+    """The tests above fail the store when it opens; here it opens fine and the disk fills at the
+    run's first model call, so every later write (calls, iterations, the run's end) fails: the
+    answer comes back, and the store says once that it could not be written (issue 32)."""
+    home = small_disk / "home"
+    respond = root_then_sub(BATCH_TURNS)
+
+    def filling(messages: list[dict], model: str) -> str:
+        if not (small_disk / "filler").exists():
+            fill(small_disk)
+        return respond(messages, model)
+
+    with FakeLLMServer(responder=filling) as server:
+        done = ask(server, doc, home)
+        paid = len(server.requests)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["answer"].startswith("sub:combine:") and result["stopped_reason"] == "final" and paid == 10
+    assert "could not be written" in result["store_error"], result["store_error"]
+    warnings = [line for line in done.stderr.splitlines() if "run store" in line]
+    assert len(warnings) == 1 and "could not be written" in warnings[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_read_only_rlm_home_never_loses_the_answer(small_disk, doc):
     home = small_disk / "home"
     with FakeLLMServer(responder=root_then_sub(BATCH_TURNS)) as server:
