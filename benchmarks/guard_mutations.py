@@ -4,7 +4,8 @@ Each mutation below is one small, plausible weakening of a security or money che
 for a path test, a prefix of the bearer token, a retried 400, a sandbox layer switched off behind
 another). The script copies this checkout to a temporary directory, applies the mutations one at a
 time there (the checkout itself is never touched), runs the tests named for each, and reports
-whether they noticed (`caught`: a test failed) or not (`SURVIVED`). Issue 32.
+whether they noticed (`caught`: a test failed) or not (`SURVIVED`; `SKIPPED` when its tests were
+skipped on this machine, e.g. the full-disk test without root). Issue 32.
 
     python benchmarks/guard_mutations.py            # every mutation
     python benchmarks/guard_mutations.py token retry  # those whose name contains a word
@@ -14,7 +15,8 @@ A new guard gets a line in MUTATIONS: (name, file under src/recursive_llm, old t
 tests). Every occurrence of the old text in the file is replaced; a mutation whose old text is
 missing (the code moved) or whose result does not compile stops the script before anything runs.
 Before the mutations, the named tests run once unmutated and must pass. Exit status: 0 when every
-mutation was caught, 1 when one survived or its tests could not run, 2 for a broken definition.
+mutation was caught, 1 when one survived or its tests were skipped or could not run, 2 for a
+broken definition.
 """
 
 from __future__ import annotations
@@ -78,10 +80,10 @@ MUTATIONS = [
              "len(prompts) >= HOST_BOUNDS.max_batch_prompts",
              (G + "test_the_hosts_batch_limit_holds_at_the_limit_and_one_past_it",)),
     # -- retries (items 5, 6, 9) --
-    Mutation("retry-after-ignored", "scheduler.py", "if isinstance(error, ModelError) and error.retry_after is not None:",
-             "if False:", (G + "test_retry_after_is_honoured_on_server_errors",)),
-    Mutation("retry-after-read-only-on-429", "models/errors.py", "parse_retry_after(headers) if retryable else None",
-             "parse_retry_after(headers) if status == 429 else None", (G + "test_retry_after_is_honoured_on_server_errors",)),
+    Mutation("retry-after-ignored", "scheduler.py", "and error.retry_after is not None:", "and False:",
+             (G + "test_retry_after_is_honoured_on_server_errors",)),
+    Mutation("retry-after-read-only-on-429", "models/errors.py", "parse_retry_after(headers) if retryable else",
+             "parse_retry_after(headers) if status == 429 else", (G + "test_retry_after_is_honoured_on_server_errors",)),
     Mutation("retry-400", "models/errors.py", "RETRYABLE_STATUS = {", "RETRYABLE_STATUS = {400, ",
              (G + "test_a_request_the_provider_refused_is_sent_exactly_once",)),
     Mutation("retry-422", "models/errors.py", "RETRYABLE_STATUS = {", "RETRYABLE_STATUS = {422, ",
@@ -114,7 +116,7 @@ MUTATIONS = [
 
 class Outcome(NamedTuple):
     mutation: Mutation
-    verdict: str  # caught, SURVIVED, ERROR
+    verdict: str  # caught, SURVIVED, SKIPPED (its tests could not run here), ERROR
     detail: str
     seconds: float
 
@@ -154,11 +156,15 @@ def copy_checkout(into: Path) -> Path:
     return into
 
 
+SKIPPED = -2  # run_tests' code when the tests passed only because some were skipped: they judged nothing
+
+
 def run_tests(copy: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[int, str]:
-    """(pytest's exit code, the names of the tests that failed or its last lines)."""
+    """(pytest's exit code, or SKIPPED; the names of the tests that failed, the skips' reasons, or
+    pytest's last lines)."""
     for cache in (copy / "src").rglob("__pycache__"):  # a stale .pyc of another mutation must never run
         shutil.rmtree(cache, ignore_errors=True)
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-rfE", "-p", "no:cacheprovider", *tests]
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-rfEs", "-p", "no:cacheprovider", *tests]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPATH", None)  # the copy's conftest sets it to the copy's src
     try:
@@ -166,6 +172,9 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout_s: float) -> tuple[int
     except subprocess.TimeoutExpired:
         return -1, f"the tests ran over {timeout_s:.0f} s"
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", done.stdout, re.MULTILINE)
+    skipped = re.findall(r"^SKIPPED \[\d+\] (.+)$", done.stdout, re.MULTILINE)
+    if done.returncode == 0 and skipped:
+        return SKIPPED, "skipped: " + "; ".join(skipped)
     tail = " | ".join(done.stdout.strip().splitlines()[-3:])
     return done.returncode, ", ".join(failed) or tail
 
@@ -179,7 +188,7 @@ def judge(copy: Path, mutation: Mutation, texts: tuple[str, str], timeout_s: flo
         code, detail = run_tests(copy, mutation.tests, timeout_s)
     finally:
         path.write_text(original, encoding="utf-8")
-    verdict = {0: "SURVIVED", 1: "caught"}.get(code, "ERROR")
+    verdict = {0: "SURVIVED", 1: "caught", SKIPPED: "SKIPPED"}.get(code, "ERROR")
     if verdict == "ERROR":
         detail = f"pytest exit code {code}: {detail}"
     return Outcome(mutation, verdict, detail, time.monotonic() - started)
@@ -205,10 +214,11 @@ def main() -> int:
         if not args.skip_baseline:
             tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
             code, detail = run_tests(copy, tests, args.timeout)
-            if code != 0:
+            if code not in (0, SKIPPED):
                 print(f"the named tests fail without any mutation (pytest exit code {code}): {detail}")
                 return 1
-            print(f"baseline: the {len(tests)} named tests pass unmutated")
+            skips = f" ({detail})" if code == SKIPPED else ""
+            print(f"baseline: the {len(tests)} named tests pass unmutated{skips}")
         outcomes = []
         for mutation in chosen:
             outcome = judge(copy, mutation, texts[mutation.name], args.timeout)

@@ -184,7 +184,8 @@ class StatusServer:
                 status = owner.statuses.pop(0) if owner.statuses else 200
                 body = json.dumps({"error": {"message": f"status {status}", "type": "error"}} if status != 200 else {
                     "id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                 "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
