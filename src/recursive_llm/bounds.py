@@ -16,6 +16,7 @@ _DEFAULTS = {
     "max_pending_chars": 128_000_000,
     "max_answer_chars": 1_000_000,
     "max_recorded_chars": 200_000,
+    "max_message_bytes": 80_000_000,
 }
 
 
@@ -32,6 +33,11 @@ class HostBounds(namedtuple("HostBounds", _DEFAULTS, defaults=tuple(_DEFAULTS.va
     - `max_answer_chars`: a final answer (`FINAL`, `FINAL_VAR`, the `answer` dict).
     - `max_recorded_chars`: one message or response as written to the trajectory and the store
       (the rest is replaced by a note with its length; the cache key still covers all of it).
+    - `max_message_bytes`: one message from the worker as sent (UTF-8 JSON). The host refuses a
+      frame whose declared length is over it before reading a byte of its body (decoding a frame
+      holds it about three times over), and the worker refuses to send one. A call of
+      `max_call_chars` of plain text fits; text beyond ASCII takes 2 to 4 bytes a character, so
+      such a call meets this bound first.
     """
 
     __slots__ = ()

@@ -57,14 +57,21 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def encode(message: dict[str, Any]) -> bytes:
+class FrameTooLarge(ProtocolError):
+    """A message that does not fit in one frame; nothing was sent."""
+
+
+def encode(message: dict[str, Any], limit: int | None = None) -> bytes:
+    """One frame; FrameTooLarge over `limit` bytes (default MAX_FRAME_BYTES: the worker's own
+    messages have the host's smaller bound, HostBounds.max_message_bytes)."""
+    limit = MAX_FRAME_BYTES if limit is None else limit
     text = json.dumps(message, ensure_ascii=False, default=str)
     try:
         body = text.encode("utf-8")
     except UnicodeEncodeError:  # print('\ud800') in a cell must not kill the worker
         body = json.dumps(_clean(message), ensure_ascii=False, default=str).encode("utf-8")
-    if len(body) > MAX_FRAME_BYTES:
-        raise ProtocolError(f"message of {len(body):,} bytes exceeds the {MAX_FRAME_BYTES:,}-byte limit")
+    if len(body) > limit:
+        raise FrameTooLarge(f"message of {len(body):,} bytes exceeds the {limit:,}-byte limit")
     return HEADER.pack(len(body)) + body
 
 
