@@ -255,6 +255,13 @@ class SubCalls:
         except (ValueError, KeyError, TypeError, OSError, sqlite3.Error) as error:
             return failed(f"{name} failed: {type(error).__name__}: {error}")
 
+    def _redact(self) -> Callable[[str], str]:
+        """Removes the secrets the host knows (the environment's, this run's API keys) from a text."""
+        from .redaction import Redactor
+
+        config = self.config
+        return Redactor([config.api_key, *(getattr(c, "_api_key", None) for c in (config.root_client, config.sub_client))])
+
     async def _user_tool(self, name: str, arguments: str) -> Reply:
         from .tools import ToolFailure, record
 
@@ -265,8 +272,9 @@ class SubCalls:
         at = {"iteration": where.iteration, "cell": where.cell}
         try:
             result = await tool.call(arguments, self.state.budget.cap_timeout(self.config.calls.call_timeout_s))
-        except ToolFailure as error:
-            record(self.state, self.emit, name, arguments, started, None, str(error), **at)
-            return failed(str(error))
+        except ToolFailure as error:  # its text goes to model code, which can send it anywhere
+            message = self._redact()(str(error))
+            record(self.state, self.emit, name, arguments, started, None, message, **at)
+            return failed(message)
         record(self.state, self.emit, name, arguments, started, result, None, **at)
         return Reply(text=result)
