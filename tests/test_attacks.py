@@ -533,6 +533,12 @@ ATTACKS = [
         body = b'{{"op": "call", "id": 99, "kind": "llm", "prompts": ["' + b'x' * 200_000_000 + b'"]}}'
         channel._writer.write(struct.pack('>I', len(body)) + body)""",
            lambda o: o.host_growth_mb < 200 and "WorkerCrash" in o.out, options={"cell_timeout_s": 30.0}),
+    Attack("protocol_frame_of_tiny_values", """
+        import struct
+        channel = llm_query.__self__._call_host.__self__
+        body = b'{{"op": "call", "id": 99, "kind": "llm", "prompts": ["q"], "context": [' + b'[],' * 12_000_000 + b'[]]}}'
+        channel._writer.write(struct.pack('>I', len(body)) + body)""",
+           lambda o: o.host_growth_mb < 200 and "WorkerCrash" in o.out, options={"cell_timeout_s": 30.0}),
     Attack("tool_hangs_past_its_timeout", """
         import threading
         errors = []

@@ -17,6 +17,7 @@ _DEFAULTS = {
     "max_answer_chars": 1_000_000,
     "max_recorded_chars": 200_000,
     "max_message_bytes": 80_000_000,
+    "max_message_values": 1_000_000,
 }
 
 
@@ -38,6 +39,9 @@ class HostBounds(namedtuple("HostBounds", _DEFAULTS, defaults=tuple(_DEFAULTS.va
       holds it about three times over), and the worker refuses to send one. A call of
       `max_call_chars` of plain text fits; text beyond ASCII takes 2 to 4 bytes a character, so
       such a call meets this bound first.
+    - `max_message_values`: JSON values (lists, dicts, their items) in one message from the
+      worker, counted before it is decoded (decoded, each costs 30-180 bytes: a frame of
+      `[[],[],...]` would hold 20 times its size). Past it, as past `max_message_bytes`.
     """
 
     __slots__ = ()

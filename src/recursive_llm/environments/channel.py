@@ -16,7 +16,7 @@ from ..errors import EnvironmentFailure
 from .base import SubCallHandler
 from .process import kill_session, stop_process
 from ..bounds import HOST_BOUNDS
-from .protocol import HEADER, ProtocolError, decode_body, encode, validate_worker_message
+from .protocol import HEADER, ProtocolError, decode_body, encode, validate_worker_message, within_values
 
 STDERR_TAIL_BYTES = 64 * 1024  # the host keeps this much of the worker's stderr (for start failures)
 START_LOG_WAIT_S = 2.0  # how long a failed start waits for the worker's last words on stderr
@@ -95,6 +95,8 @@ class WorkerChannel:
             body = await self.process.stdout.readexactly(size)
         except asyncio.IncompleteReadError:
             raise EOFError("the worker closed its channel") from None
+        if not within_values(body, HOST_BOUNDS.max_message_values):  # refused before it is decoded
+            raise ProtocolError(f"a message of more than {HOST_BOUNDS.max_message_values:,} JSON values")
         return validate_worker_message(decode_body(body))
 
     async def _read_forever(self) -> None:

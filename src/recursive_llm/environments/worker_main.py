@@ -49,9 +49,9 @@ class HostChannel:
         self.commands: "queue.Queue[dict | None]" = queue.Queue()
 
     def send(self, message: dict) -> None:
-        """One message to the host; FrameTooLarge (nothing sent) over HostBounds.max_message_bytes,
-        which the host would refuse as a broken worker."""
-        frame = encode(message, HOST_BOUNDS.max_message_bytes)
+        """One message to the host; FrameTooLarge (nothing sent) over HostBounds.max_message_bytes
+        or max_message_values, which the host would refuse as a broken worker's."""
+        frame = encode(message, HOST_BOUNDS.max_message_bytes, HOST_BOUNDS.max_message_values)
         with self._send_lock:
             self._writer.write(frame)
             self._writer.flush()
@@ -107,8 +107,9 @@ class HostChannel:
         except protocol.FrameTooLarge as error:
             with self._pending_lock:
                 self._pending.pop(call_id, None)
-            raise ValueError(f"this call is too large to send to the host ({error}); send less text at once, "
-                             f"or text with fewer characters beyond ASCII (they take 2 to 4 bytes)") from None
+            raise ValueError(f"this call is too large to send to the host ({error}); send less at once: less "
+                             f"text (beyond ASCII a character takes 2 to 4 bytes), or a large context as one "
+                             f"text (json.dumps) rather than as many small values") from None
         event.wait()
         return box[0]
 
