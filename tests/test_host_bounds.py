@@ -168,3 +168,25 @@ def test_replies_too_large_for_one_frame_come_back_as_errors(monkeypatch):
     result = RLM(model=root, sub_model=sub).completion("q", "some text")
     assert result.answer == "done"
     assert "Error: the replies to this call are too large to send" in outputs(root)
+
+
+def test_a_context_sent_with_every_prompt_is_counted_with_every_prompt(monkeypatch):
+    """`rlm_query(prompt, context=...)` at max depth sends the sub-model both in one message; a call
+    around the REPL with many prompts and one context is counted as it would be sent."""
+    bounds(monkeypatch, max_call_chars=5_000)
+    code = ("call_host = llm_query.__self__._call_host\n"
+            "print('many:', call_host('llm', ['q'] * 8, None, 'c' * 1_000)[0])\n"
+            "print('few:', call_host('llm', ['q'] * 3, None, 'c' * 1_000))\n"
+            "print('one:', rlm_query('what is it?', context=['a', 'b']))")
+    sub = ScriptedModel(default="ok")
+    root = ScriptedModel([repl(code), "FINAL(done)"])
+    result = RLM(model=root, sub_model=sub).completion("q", "some text")
+    seen = outputs(root)
+    assert result.answer == "done"
+    assert ("many: {'ok': False, 'error': 'sub-call refused: its prompts hold 8,192 characters, over the limit of "
+            "5,000 per call (each of the 8 prompts carries the 1,000-character context)") in seen
+    assert "few: [{'ok': True, 'text': 'ok'}, {'ok': True, 'text': 'ok'}, {'ok': True, 'text': 'ok'}]" in seen
+    assert "one: ok" in seen
+    sent = [call[-1]["content"] for call in sub.calls]
+    assert len(sent) == 4 and sent[0] == "q\n\n<context>\n" + "c" * 1_000 + "\n</context>"
+    assert sent[3] == "what is it?\n\n<context>\na\n\nb\n</context>"  # a list context as text

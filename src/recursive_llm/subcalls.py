@@ -158,7 +158,8 @@ class SubCalls:
                    if size > HOST_BOUNDS.max_call_chars else
                    f"the sub-calls already waiting hold {state.pending_chars:,} characters of prompts")
             if call.context_text is not None:
-                why += f" (each of the {len(call.prompts):,} prompts carries the {len(call.context_text):,}-character context)"
+                why += (f" (each of the {len(call.prompts):,} prompts carries the "
+                        f"{len(call.context_text):,}-character context)")
             return [failed(f"sub-call refused: {why}; send less text at once")] * len(call.prompts)
         state.pending_chars += size
         try:
@@ -260,7 +261,8 @@ class SubCalls:
         from .redaction import Redactor
 
         config = self.config
-        return Redactor([config.api_key, *(getattr(c, "_api_key", None) for c in (config.root_client, config.sub_client))])
+        clients = (config.root_client, config.sub_client)
+        return Redactor([config.api_key, *(getattr(client, "_api_key", None) for client in clients)])
 
     async def _user_tool(self, name: str, arguments: str) -> Reply:
         from .tools import ToolFailure, record
