@@ -1,8 +1,9 @@
 """`HostBounds`: what one run's model code can make the host hold, start or write.
 
 Apart from config.py (which lists it with the other settings) because the sandboxed worker checks
-these bounds too, before it sends anything, and imports this module when a cell first calls
-`llm_query` or `FINAL`: a named tuple, without config's dataclasses (35 ms of every worker start).
+these bounds too, before it sends anything (its channel checks every message it sends against
+them, so it imports this module at its start): a named tuple, without config's dataclasses (35 ms
+of every worker start).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import contextvars
 import functools
 import inspect
 import json
+import os
 import secrets
 import threading
 import time
@@ -48,6 +49,10 @@ class ToolThreads:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self._start_empty()
+        os.register_at_fork(after_in_child=self._start_empty)  # a forked child has none of the threads
+
+    def _start_empty(self) -> None:
         self._lock = threading.Lock()
         self._running = 0
         self._waiting: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
