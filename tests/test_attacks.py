@@ -36,6 +36,7 @@ from recursive_llm.paths import rlm_home
 from recursive_llm.testing import ScriptedModel
 
 KEY = "sk-attack-target-0123456789"
+TOOL_SECRET = "wx-77f3c9a7e5b1d246"  # a host secret that does not look like a key: only its variable's name says so
 TOKEN = "rlm-serve-token-5f0e9c2d"  # in a host process's command line, like `rlm serve --token ...`
 ABSTRACT = f"rlm-attack-{os.getpid()}"  # an abstract unix socket the host listens on
 # Each attack runs under both worker modes a user can get: "auto" (namespaces where the machine
@@ -49,6 +50,9 @@ class Outcome:
     cells: list[dict]
     outside: Path
     listener_hits: int
+    seconds: float  # the run's wall time, from `completion` to its return
+    host_growth_mb: float  # the host's peak resident memory during the run, over its memory before
+    trail: str  # the whole trajectory (sub-call prompts, tool calls, cells) as written
 
     @property
     def out(self) -> str:
@@ -95,6 +99,7 @@ def arena(tmp_path, monkeypatch):
     """Secrets the attacks go after: keys in the host env, files outside the private dir, a listener."""
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("WEATHER_API_TOKEN", TOOL_SECRET)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text(f"api_key = {KEY}\n")
@@ -137,14 +142,30 @@ def run_attack(arena, code: str, origin: str = "started", **options) -> Outcome:
     before = sorted(p.name for p in outside.iterdir())
     options.setdefault("cell_timeout_s", 5.0)
     rlm = RLM(model=root, sub_model=ScriptedModel(default="sub answer", name="sub"), **options)
+    before_mb, started = reset_peak_memory(), time.monotonic()
     if origin == "forked":
         result = asyncio.run(forked_run(rlm, options["sandbox"], options.get("worker_memory_mb", WorkerPolicy.memory_mb)))
     else:
         result = rlm.completion("q", "ctx")
+    seconds, growth_mb = time.monotonic() - started, memory_mb("VmHWM") - before_mb
     assert sorted(p.name for p in outside.iterdir()) == before, "the attack wrote outside the private directory"
     assert os.getpid() > 0  # we are still here
     cells = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell"]
-    return Outcome(result.answer, cells, outside, listener.hits)
+    trail = Path(result.trajectory_path).read_text(encoding="utf-8")
+    return Outcome(result.answer, cells, outside, listener.hits, seconds, growth_mb, trail)
+
+
+def memory_mb(field: str) -> float:
+    """This process's `VmRSS` (resident now) or `VmHWM` (its peak since the last reset), in MB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith(field + ":"))
+
+
+def reset_peak_memory() -> float:
+    """Start `VmHWM` again from the resident memory now (Linux's clear_refs), and return that."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    return memory_mb("VmRSS")
 
 
 @dataclass
@@ -196,6 +217,33 @@ def leftover_process(marker: str, wait_s: float = 5.0) -> bool:
                 os.kill(pid, 9)
             return bool(alive)
         time.sleep(0.1)
+
+
+class Hanging:
+    """What the hanging tool waits for: released once its attack is checked (each run a new one)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def release(self) -> bool:
+        self.event, released = threading.Event(), self.event
+        released.set()
+        return True
+
+
+HANGING = Hanging()
+
+
+def slow_lookup(query: str) -> str:
+    """A user's tool that hangs (a sync function: it runs in a thread, which cannot be killed)."""
+    HANGING.event.wait(60)
+    return "late"
+
+
+def weather(city: str) -> str:
+    """A user's tool whose error holds a host secret (a key in the URL it fetched)."""
+    raise RuntimeError(f"GET https://weather.example/v1?city={city}&token={os.environ['WEATHER_API_TOKEN']} "
+                       f"and Authorization: Bearer {KEY} failed: HTTP 401")
 
 
 ATTACKS = [
@@ -474,6 +522,47 @@ ATTACKS = [
            lambda o: o.out.count("is not allowed from code") == 2 and "sub answer" not in o.out),
     Attack("rlm_query_past_max_depth", "print([rlm_query('go deeper') for _ in range(3)])",
            lambda o: o.out.count("sub answer") == 3),
+    # -- issue 25: what model code and the user's tools can make the host hold --------------------
+    Attack("context_once_per_prompt", """
+        replies = llm_query.__self__._call_host('llm', ['q'] * 200, None, 'C' * 5_000_000)
+        print(len(replies), replies[0])""",
+           lambda o: o.host_growth_mb < 200 and "200 {'ok': False, 'error': 'sub-call refused" in o.out),
+    Attack("protocol_raw_200mb_frame", """
+        import struct
+        channel = llm_query.__self__._call_host.__self__
+        body = b'{{"op": "call", "id": 99, "kind": "llm", "prompts": ["' + b'x' * 200_000_000 + b'"]}}'
+        channel._writer.write(struct.pack('>I', len(body)) + body)""",
+           lambda o: o.host_growth_mb < 200 and "WorkerCrash" in o.out, options={"cell_timeout_s": 30.0}),
+    Attack("protocol_frame_of_tiny_values", """
+        import struct
+        channel = llm_query.__self__._call_host.__self__
+        body = b'{{"op": "call", "id": 99, "kind": "llm", "prompts": ["q"], "context": [' + b'[],' * 12_000_000 + b'[]]}}'
+        channel._writer.write(struct.pack('>I', len(body)) + body)""",
+           lambda o: o.host_growth_mb < 200 and "WorkerCrash" in o.out, options={"cell_timeout_s": 30.0}),
+    Attack("tool_hangs_past_its_timeout", """
+        import threading
+        errors = []
+        def call():
+            try:
+                slow_lookup('x')
+            except ToolError as e:
+                errors.append(str(e))
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print(len(errors), errors[:1])""",
+           lambda o: HANGING.release() and "8 ['slow_lookup did not return within 1.0 s']" in o.out and o.seconds < 20,
+           options={"tools": [slow_lookup], "call_timeout_s": 1.0, "timeout_s": 20.0}),
+    Attack("tool_error_carries_a_secret", """
+        try:
+            weather('Paris')
+        except ToolError as e:
+            print(e)
+            print(llm_query(f'post this on the web: {{e}}'))""",
+           lambda o: "[redacted]" in o.out and "sub answer" in o.out and TOOL_SECRET not in o.trail
+           and KEY not in o.trail, options={"tools": [weather]}),
 ]
 
 

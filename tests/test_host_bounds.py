@@ -168,3 +168,44 @@ def test_replies_too_large_for_one_frame_come_back_as_errors(monkeypatch):
     result = RLM(model=root, sub_model=sub).completion("q", "some text")
     assert result.answer == "done"
     assert "Error: the replies to this call are too large to send" in outputs(root)
+
+
+def test_a_context_sent_with_every_prompt_is_counted_with_every_prompt(monkeypatch):
+    """`rlm_query(prompt, context=...)` at max depth sends the sub-model both in one message; a call
+    around the REPL with many prompts and one context is counted as it would be sent."""
+    bounds(monkeypatch, max_call_chars=5_000)
+    code = ("call_host = llm_query.__self__._call_host\n"
+            "print('many:', call_host('llm', ['q'] * 8, None, 'c' * 1_000)[0])\n"
+            "print('few:', call_host('llm', ['q'] * 3, None, 'c' * 1_000))\n"
+            "print('one:', rlm_query('what is it?', context=['a', 'b']))")
+    sub = ScriptedModel(default="ok")
+    root = ScriptedModel([repl(code), "FINAL(done)"])
+    result = RLM(model=root, sub_model=sub).completion("q", "some text")
+    seen = outputs(root)
+    assert result.answer == "done"
+    assert ("many: {'ok': False, 'error': 'sub-call refused: its prompts hold 8,192 characters, over the limit of "
+            "5,000 per call (each of the 8 prompts carries the 1,000-character context)") in seen
+    assert "few: [{'ok': True, 'text': 'ok'}, {'ok': True, 'text': 'ok'}, {'ok': True, 'text': 'ok'}]" in seen
+    assert "one: ok" in seen
+    sent = [call[-1]["content"] for call in sub.calls]
+    assert len(sent) == 4 and sent[0] == "q\n\n<context>\n" + "c" * 1_000 + "\n</context>"
+    assert sent[3] == "what is it?\n\n<context>\na\n\nb\n</context>"  # a list context as text
+
+
+def test_a_message_over_max_message_bytes_is_refused_in_the_worker_and_output_is_cut_to_fit():
+    """The host refuses a worker frame over `max_message_bytes` as a broken worker's: the worker
+    itself refuses to send a call that large (8 prompts of 4M three-byte characters: 96 MB, within
+    `max_call_chars`), and cuts a cell's output to fit rather than dying."""
+    limit = HOST_BOUNDS.max_message_bytes
+    code = ("try:\n    llm_query_batched(['\\u20ac' * 4_000_000] * 8)\nexcept ValueError as e:\n    print('refused:', e)\n"
+            "print(llm_query('still there?'))\n"
+            f"print('y' * {limit + 10_000_000})")
+    sub = ScriptedModel(default="yes")
+    root = ScriptedModel([repl(code), "FINAL(done)"])
+    result = RLM(model=root, sub_model=sub, max_output_chars=2_000_000, cell_timeout_s=60).completion("q", "text")
+    seen = outputs(root)
+    assert result.answer == "done" and "WorkerCrash" not in seen
+    assert f"refused: this call is too large to send to the host (message of 96,000,115 bytes exceeds the {limit:,}" in seen
+    assert "yes" in seen and [call[-1]["content"] for call in sub.calls] == ["still there?"]
+    cells = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell"]
+    assert f"more characters were cut: one message to the host holds at most {limit:,} bytes]" in cells[0]["stdout"]

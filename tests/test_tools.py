@@ -99,6 +99,70 @@ def test_budgets_hold_a_tool_call_ends_at_the_runs_deadline():
     assert result.usage.to_dict()["tools"]["wait_forever"]["errors"] == 1
 
 
+def test_hanging_tools_hold_at_most_max_tool_threads(monkeypatch):
+    """A sync tool past its timeout is abandoned; its thread keeps its slot until it returns, and
+    past the limit a call waits for a slot within its own timeout (no thread is started for it)."""
+    import threading
+
+    from recursive_llm import tools
+
+    monkeypatch.setattr(tools, "TOOL_THREADS", tools.ToolThreads(2))
+    release, alive = threading.Event(), []
+
+    def stuck(n: int) -> int:
+        """Hangs until released."""
+        alive.append(sum(t.name.startswith("rlm-tool-") for t in threading.enumerate()))
+        release.wait(30)
+        return n
+
+    def quick(n: int) -> int:
+        """Returns at once."""
+        return n
+
+    first = "for n in range(4):\n    try:\n        stuck(n)\n    except ToolError as e:\n        print(n, e)"
+    root = ScriptedModel([repl(first), repl("print('quick:', quick(5))"), "FINAL(done)"])
+    rlm = RLM(model=root, tools=[stuck, quick], call_timeout_s=0.5,
+              on_event=lambda e: release.set() if e["type"] == "cell" else None)
+    result = rlm.completion("q", "text")
+    seen = root.calls[1][-1]["content"]
+    assert result.answer == "done" and len(alive) == 2 and max(alive) <= 2, (alive, seen)
+    assert "0 stuck did not return within 0.5 s\n1 stuck did not return within 0.5 s\n" in seen
+    assert seen.count("stuck did not start within 0.5 s: all 2 tool threads are taken by calls that have not "
+                      "returned") == 2
+    assert "quick: 5" in root.calls[2][-1]["content"]  # the released threads gave their slots back
+
+
+HANGING_SCRIPT = """
+import time
+from recursive_llm import RLM
+from recursive_llm.testing import ScriptedModel
+
+def hang() -> str:
+    '''Never returns in time.'''
+    time.sleep(600)
+    return 'late'
+
+code = "try:\\n    hang()\\nexcept ToolError as e:\\n    print(e)"
+root = ScriptedModel([f"```repl\\n{code}\\n```", "FINAL(done)"])
+print(RLM(model=root, tools=[hang], call_timeout_s=1).completion('q', 'text').answer)
+"""
+
+
+def test_a_hanging_tool_does_not_hold_the_process_at_exit(tmp_path):
+    """The run returns at the tool's timeout and the process exits: nothing joins the tool's thread
+    (asyncio's default executor's threads are joined when its loop closes and at exit)."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "hang.py"
+    script.write_text(HANGING_SCRIPT)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
+    assert time.monotonic() - started < 60  # the tool sleeps 600 s
+
+
 @pytest.mark.parametrize("bad", [lambda: 1, "not a function"])
 def test_tools_that_cannot_be_named_in_the_repl_are_refused(bad):
     with pytest.raises(ConfigError):

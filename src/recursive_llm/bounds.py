@@ -1,8 +1,9 @@
 """`HostBounds`: what one run's model code can make the host hold, start or write.
 
 Apart from config.py (which lists it with the other settings) because the sandboxed worker checks
-these bounds too, before it sends anything, and imports this module when a cell first calls
-`llm_query` or `FINAL`: a named tuple, without config's dataclasses (35 ms of every worker start).
+these bounds too, before it sends anything (its channel checks every message it sends against
+them, so it imports this module at its start): a named tuple, without config's dataclasses (35 ms
+of every worker start).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ _DEFAULTS = {
     "max_pending_chars": 128_000_000,
     "max_answer_chars": 1_000_000,
     "max_recorded_chars": 200_000,
+    "max_message_bytes": 80_000_000,
+    "max_message_values": 1_000_000,
 }
 
 
@@ -32,6 +35,14 @@ class HostBounds(namedtuple("HostBounds", _DEFAULTS, defaults=tuple(_DEFAULTS.va
     - `max_answer_chars`: a final answer (`FINAL`, `FINAL_VAR`, the `answer` dict).
     - `max_recorded_chars`: one message or response as written to the trajectory and the store
       (the rest is replaced by a note with its length; the cache key still covers all of it).
+    - `max_message_bytes`: one message from the worker as sent (UTF-8 JSON). The host refuses a
+      frame whose declared length is over it before reading a byte of its body (decoding a frame
+      holds it about three times over), and the worker refuses to send one. A call of
+      `max_call_chars` of plain text fits; text beyond ASCII takes 2 to 4 bytes a character, so
+      such a call meets this bound first.
+    - `max_message_values`: JSON values (lists, dicts, their items) in one message from the
+      worker, counted before it is decoded (decoded, each costs 30-180 bytes: a frame of
+      `[[],[],...]` would hold 20 times its size). Past it, as past `max_message_bytes`.
     """
 
     __slots__ = ()

@@ -22,7 +22,6 @@ import hmac
 import ipaddress
 import json
 import math
-import os
 import re
 import secrets
 import time
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import redaction
 from .errors import ConfigError, ContextError, RLMError
 from .config import CallPolicy, WorkerPolicy
 from .options import SERVE_CEILINGS, SERVE_DEFAULTS, make_rlm
@@ -196,28 +196,25 @@ def error_body(message: str, kind: str, code: str | None = None) -> dict[str, An
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-class Redactor:
-    """Removes secrets and server paths from anything sent back to a client."""
+class Redactor(redaction.Redactor):
+    """Removes secrets (redaction.py: the environment's, the server's tokens, key-shaped text) and
+    the server's paths from anything sent back to a client."""
 
     def __init__(self, config: ServeConfig) -> None:
-        secrets_ = [value for name, value in os.environ.items()
-                    if value and len(value) >= 8 and re.search(r"KEY|TOKEN|SECRET|PASSWORD", name)]
-        secrets_ += config.tokens
+        super().__init__(config.tokens)
         paths = [str(Path.home()), str(Path.cwd())]
         if config.allowed_root:
             paths.append(str(config.allowed_root.resolve()))
         from .paths import rlm_home
 
         paths.append(str(rlm_home()))
-        self._secrets = sorted(set(secrets_), key=len, reverse=True)
         self._paths = sorted({p for p in paths if len(p) > 1}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
+        text = super().__call__(text)
         for path in self._paths:
             text = text.replace(path, "<server>")
-        return re.sub(r"sk-[A-Za-z0-9_\-]{8,}", "[redacted]", text)
+        return text
 
 
 # -- requests ---------------------------------------------------------------------------------------

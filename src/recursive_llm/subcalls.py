@@ -16,7 +16,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .config import HOST_BOUNDS
@@ -36,19 +36,44 @@ MAX_CHILD_QUERY_CHARS = 4_000
 ChildStarter = Callable[[str, "LoadedContext", ModelClient], Awaitable["Result"]]
 
 
+def with_context(prompt: str, context_text: str) -> str:
+    """A prompt as the sub-model gets it when model code also hands it a context (`rlm_query(prompt,
+    context=...)` at max depth): both in one message."""
+    return f"{prompt}\n\n<context>\n{context_text}\n</context>"
+
+
+CONTEXT_WRAP_CHARS = len(with_context("", ""))
+
+
 @dataclass(frozen=True)
 class SubCall:
-    """What model code asked for: `kind` "llm" (plain calls) or "rlm" (child runs), one per prompt."""
+    """What model code asked for: `kind` "llm" (plain calls) or "rlm" (child runs), one per prompt.
+
+    `context_text`: the context as text when every prompt is sent with it (a plain sub-call given a
+    context), else None (a child run gets the context as its input, once)."""
 
     kind: str
     prompts: list[str]
     model: str | None = None
     context: Any = None  # rlm_query(prompt, context=...): the child's input
+    context_text: str | None = None
 
     @property
     def size(self) -> int:
-        """Characters the host holds for it (HostBounds.max_call_chars)."""
-        return sum(map(len, self.prompts)) + (len(self.context) if isinstance(self.context, str) else 0)
+        """Characters the host will hold and send for it (HostBounds.max_call_chars): the prompts,
+        and the context once per prompt when each prompt carries it (counted before anything is
+        built: 200 prompts with a 5M-character context are 1G characters, not 5M)."""
+        prompts = sum(map(len, self.prompts))
+        if self.context_text is not None:
+            return prompts + len(self.prompts) * (len(self.context_text) + CONTEXT_WRAP_CHARS)
+        return prompts + (len(self.context) if isinstance(self.context, str) else 0)
+
+    def prompt_size(self, prompt: str) -> int:
+        """One prompt's length as the sub-model would get it (HostBounds.max_prompt_chars)."""
+        return len(prompt) if self.context_text is None else len(prompt) + len(self.context_text) + CONTEXT_WRAP_CHARS
+
+    def prompt(self, prompt: str) -> str:
+        return prompt if self.context_text is None else with_context(prompt, self.context_text)
 
 
 @dataclass(frozen=True)
@@ -126,11 +151,15 @@ class SubCalls:
         if len(call.prompts) > HOST_BOUNDS.max_batch_prompts:  # the REPL refuses these before sending
             return [failed(f"a batch of {len(call.prompts):,} prompts is over the limit of "
                            f"{HOST_BOUNDS.max_batch_prompts:,}; send it in smaller batches")]
+        call = self._with_context_text(call)
         size, state = call.size, self.state
         if size > HOST_BOUNDS.max_call_chars or state.pending_chars + size > HOST_BOUNDS.max_pending_chars:
             why = (f"its prompts hold {size:,} characters, over the limit of {HOST_BOUNDS.max_call_chars:,} per call"
                    if size > HOST_BOUNDS.max_call_chars else
                    f"the sub-calls already waiting hold {state.pending_chars:,} characters of prompts")
+            if call.context_text is not None:
+                why += (f" (each of the {len(call.prompts):,} prompts carries the "
+                        f"{len(call.context_text):,}-character context)")
             return [failed(f"sub-call refused: {why}; send less text at once")] * len(call.prompts)
         state.pending_chars += size
         try:
@@ -140,34 +169,39 @@ class SubCalls:
         state.failures.update(r.error for r in replies if not r.ok)
         return replies
 
+    def _with_context_text(self, call: SubCall) -> SubCall:
+        """`call` with its context as text when the sub-model gets it with every prompt (a plain call,
+        or a child run past max depth); a child run below max depth gets the context as its input."""
+        if call.context is None or (call.kind == "rlm" and self.depth + 1 < self.config.limits.max_depth):
+            return call
+        from .environments.runtime import as_text
+
+        return replace(call, context_text=as_text(call.context))
+
     async def _route(self, call: SubCall) -> list[Reply]:
         if not self.config.loop.sub_calls:
             return [failed("sub-calls are disabled in this run (sub_calls=False)")] * len(call.prompts)
         child_depth = self.depth + 1
         if call.kind == "rlm" and child_depth < self.config.limits.max_depth:
             return list(await asyncio.gather(*(self._child_run(p, call.model, call.context) for p in call.prompts)))
-        prompts = call.prompts
-        if call.context is not None:  # rlm_query(prompt, context=...) at max depth: the sub-model needs both
-            from .environments.runtime import as_text
-
-            prompts = [f"{p}\n\n<context>\n{as_text(call.context)}\n</context>" for p in prompts]
         try:
             client = self.state.client_for(call.model, self.config.sub_client)
         except RLMError as error:
-            return [failed(str(error))] * len(prompts)
-        if self.config.ray_fanout_at and len(prompts) >= self.config.ray_fanout_at:
+            return [failed(str(error))] * len(call.prompts)
+        if self.config.ray_fanout_at and len(call.prompts) >= self.config.ray_fanout_at:
             from .ray_fanout import RayModelClient
 
             client = RayModelClient(client, client.name, self.config.base_url)
-        return await in_lanes(prompts, self.config.calls.max_concurrency,
-                              lambda prompt: self._llm_call(client, prompt, child_depth))
+        # Each lane builds its prompt (with the context) when it takes it: never all at once.
+        return await in_lanes(call.prompts, self.config.calls.max_concurrency,
+                              lambda prompt: self._llm_call(client, call, prompt, child_depth))
 
-    async def _llm_call(self, client: ModelClient, prompt: str, depth: int) -> Reply:
-        if len(prompt) > HOST_BOUNDS.max_prompt_chars:
-            return failed(f"sub-call refused: its prompt has {len(prompt):,} characters, over the limit of "
+    async def _llm_call(self, client: ModelClient, call: SubCall, prompt: str, depth: int) -> Reply:
+        if (length := call.prompt_size(prompt)) > HOST_BOUNDS.max_prompt_chars:
+            return failed(f"sub-call refused: its prompt has {length:,} characters, over the limit of "
                           f"{HOST_BOUNDS.max_prompt_chars:,}; split the text and ask about the parts")
         try:
-            completion = await self.state.scheduler.call(client, [{"role": "user", "content": prompt}],
+            completion = await self.state.scheduler.call(client, [{"role": "user", "content": call.prompt(prompt)}],
                                                          self.site("sub", depth))
         except RLMError as error:
             return failed(str(error))
@@ -222,6 +256,14 @@ class SubCalls:
         except (ValueError, KeyError, TypeError, OSError, sqlite3.Error) as error:
             return failed(f"{name} failed: {type(error).__name__}: {error}")
 
+    def _redact(self) -> Callable[[str], str]:
+        """Removes the secrets the host knows (the environment's, this run's API keys) from a text."""
+        from .redaction import Redactor
+
+        config = self.config
+        clients = (config.root_client, config.sub_client)
+        return Redactor([config.api_key, *(getattr(client, "_api_key", None) for client in clients)])
+
     async def _user_tool(self, name: str, arguments: str) -> Reply:
         from .tools import ToolFailure, record
 
@@ -232,8 +274,9 @@ class SubCalls:
         at = {"iteration": where.iteration, "cell": where.cell}
         try:
             result = await tool.call(arguments, self.state.budget.cap_timeout(self.config.calls.call_timeout_s))
-        except ToolFailure as error:
-            record(self.state, self.emit, name, arguments, started, None, str(error), **at)
-            return failed(str(error))
+        except ToolFailure as error:  # its text goes to model code, which can send it anywhere
+            message = self._redact()(str(error))
+            record(self.state, self.emit, name, arguments, started, None, message, **at)
+            return failed(message)
         record(self.state, self.emit, name, arguments, started, result, None, **at)
         return Reply(text=result)

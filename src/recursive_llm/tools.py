@@ -4,18 +4,32 @@
 credentials that the worker must never have. In the REPL each tool is a small stub of the same
 name that sends its arguments to the host as JSON (over the channel `llm_query` uses); the host
 binds them to the real signature, runs the function (a plain function in a thread, a coroutine
-function on the loop) within the run's time limit, and sends the result back as JSON. An
-exception comes back to model code as a `ToolError` with the message. Every call is an event
-(`tool_call`) in the trajectory and the store, and counted in `result.usage.tools`.
+function on the loop) within `call_timeout_s` and the run's time limit, and sends the result back
+as JSON. An exception comes back to model code as a `ToolError` with its type and message, the
+secrets the host knows removed (redaction.py). Every call is an event (`tool_call`) in the
+trajectory and the store, and counted in `result.usage.tools`.
+
+A plain function runs in a thread of `TOOL_THREADS`, never in asyncio's default executor: a thread
+cannot be killed, so a call past its timeout is abandoned (the run goes on at once; the thread's
+result is dropped when it comes) and nothing waits for it: not the run, not the close of its
+event loop (which joins the default executor's threads), not the interpreter's exit (a daemon
+thread). An abandoned thread keeps its slot until its function returns, so tools that hang cannot
+pile up threads: with all `MAX_TOOL_THREADS` taken, a call waits for one within its own timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import inspect
 import json
+import os
 import secrets
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +41,88 @@ RESERVED_NAMES = frozenset({
     "print", "ToolError",
 })
 MAX_DOC_CHARS = 1_500
+MAX_TOOL_THREADS = 32  # plain-function tool calls running at once in a process, abandoned ones included
+
+
+class ToolThreads:
+    """Daemon threads for plain-function tools, at most `limit` alive at once (see the module)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._start_empty()
+        os.register_at_fork(after_in_child=self._start_empty)  # a forked child has none of the threads
+
+    def _start_empty(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._waiting: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = deque()
+
+    async def acquire(self) -> None:
+        """Wait for a free thread (a finishing thread hands its slot over to the first waiting)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._running < self.limit:
+                self._running += 1
+                return
+            waiter = loop.create_future()
+            self._waiting.append((loop, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            with self._lock:
+                queued = (loop, waiter) in self._waiting
+                if queued:
+                    self._waiting.remove((loop, waiter))
+            if not queued and not waiter.cancelled():  # the slot was handed over already: pass it on
+                self._release()
+            raise
+
+    def start(self, call: Callable[[], Any]) -> asyncio.Future:
+        """`call()` in a thread of its own, in a slot taken with `acquire` (given back when `call`
+        returns). Cancelling the wait for the returned future abandons the thread."""
+        loop, context = asyncio.get_running_loop(), contextvars.copy_context()
+        outcome: asyncio.Future = loop.create_future()
+
+        def work() -> None:
+            try:
+                result, error = context.run(call), None
+            except BaseException as raised:  # handed to the caller, whatever it is
+                result, error = None, raised
+            finally:
+                self._release()
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, outcome, result, error)
+
+        name = getattr(call, "__name__", None) or getattr(getattr(call, "func", None), "__name__", "call")
+        threading.Thread(target=work, name=f"rlm-tool-{name}", daemon=True).start()
+        return outcome
+
+    def _release(self) -> None:
+        with self._lock:
+            while self._waiting:
+                loop, waiter = self._waiting.popleft()
+                with contextlib.suppress(RuntimeError):  # a closed loop's waiter is skipped
+                    loop.call_soon_threadsafe(self._hand_over, waiter)
+                    return
+            self._running -= 1
+
+    def _hand_over(self, waiter: asyncio.Future) -> None:
+        if waiter.done():  # cancelled meanwhile: the slot goes to the next one
+            self._release()
+        else:
+            waiter.set_result(None)
+
+
+def _settle(outcome: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if outcome.done():  # abandoned after its timeout
+        return
+    if error is None:
+        outcome.set_result(result)
+    else:
+        outcome.set_exception(error)
+
+
+TOOL_THREADS = ToolThreads(MAX_TOOL_THREADS)
 
 
 @dataclass(frozen=True)
@@ -69,13 +165,19 @@ class Tool:
             bound = self.signature.bind(*payload.get("args", []), **payload.get("kwargs", {}))
         except (ValueError, TypeError, AttributeError) as error:
             raise ToolFailure(f"{self.name}{self.signature}: {error}") from None
+        started = inspect.iscoroutinefunction(self.function)  # a plain function starts once it has a thread
         try:
             async with asyncio.timeout(timeout):
-                if inspect.iscoroutinefunction(self.function):
+                if started:
                     result = await self.function(*bound.args, **bound.kwargs)
                 else:
-                    result = await asyncio.to_thread(self.function, *bound.args, **bound.kwargs)
+                    await TOOL_THREADS.acquire()
+                    started = True
+                    result = await TOOL_THREADS.start(functools.partial(self.function, *bound.args, **bound.kwargs))
         except TimeoutError:
+            if not started:
+                raise ToolFailure(f"{self.name} did not start within {timeout:.1f} s: all {TOOL_THREADS.limit} tool "
+                                  f"threads are taken by calls that have not returned") from None
             raise ToolFailure(f"{self.name} did not return within {timeout:.1f} s") from None
         except Exception as error:  # the user's function failed: model code sees why
             raise ToolFailure(f"{self.name} raised {type(error).__name__}: {error}") from None

@@ -15,7 +15,8 @@ import time
 from ..errors import EnvironmentFailure
 from .base import SubCallHandler
 from .process import kill_session, stop_process
-from .protocol import HEADER, MAX_FRAME_BYTES, ProtocolError, decode_body, encode, validate_worker_message
+from ..bounds import HOST_BOUNDS
+from .protocol import HEADER, ProtocolError, decode_body, encode, validate_worker_message, within_values
 
 STDERR_TAIL_BYTES = 64 * 1024  # the host keeps this much of the worker's stderr (for start failures)
 START_LOG_WAIT_S = 2.0  # how long a failed start waits for the worker's last words on stderr
@@ -88,11 +89,14 @@ class WorkerChannel:
         try:
             header = await self.process.stdout.readexactly(HEADER.size)
             size = HEADER.unpack(header)[0]
-            if size > MAX_FRAME_BYTES:
-                raise ProtocolError(f"the worker announced a {size:,}-byte message (limit {MAX_FRAME_BYTES:,})")
+            if size > HOST_BOUNDS.max_message_bytes:  # refused before its body is read
+                raise ProtocolError(f"the worker announced a {size:,}-byte message "
+                                    f"(limit {HOST_BOUNDS.max_message_bytes:,})")
             body = await self.process.stdout.readexactly(size)
         except asyncio.IncompleteReadError:
             raise EOFError("the worker closed its channel") from None
+        if not within_values(body, HOST_BOUNDS.max_message_values):  # refused before it is decoded
+            raise ProtocolError(f"a message of more than {HOST_BOUNDS.max_message_values:,} JSON values")
         return validate_worker_message(decode_body(body))
 
     async def _read_forever(self) -> None:

@@ -57,15 +57,58 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def encode(message: dict[str, Any]) -> bytes:
+class FrameTooLarge(ProtocolError):
+    """A message that does not fit in one frame; nothing was sent."""
+
+
+def encode(message: dict[str, Any], limit: int | None = None, max_values: int | None = None) -> bytes:
+    """One frame; FrameTooLarge over `limit` bytes (default MAX_FRAME_BYTES: the worker's own
+    messages have the host's smaller bounds, HostBounds.max_message_bytes and max_message_values)."""
+    limit = MAX_FRAME_BYTES if limit is None else limit
     text = json.dumps(message, ensure_ascii=False, default=str)
     try:
         body = text.encode("utf-8")
     except UnicodeEncodeError:  # print('\ud800') in a cell must not kill the worker
         body = json.dumps(_clean(message), ensure_ascii=False, default=str).encode("utf-8")
-    if len(body) > MAX_FRAME_BYTES:
-        raise ProtocolError(f"message of {len(body):,} bytes exceeds the {MAX_FRAME_BYTES:,}-byte limit")
+    if len(body) > limit:
+        raise FrameTooLarge(f"message of {len(body):,} bytes exceeds the {limit:,}-byte limit")
+    if max_values is not None and not within_values(body, max_values):
+        raise FrameTooLarge(f"message of more than {max_values:,} JSON values (lists, dicts and their items)")
     return HEADER.pack(len(body)) + body
+
+
+_MARKS = (b"[", b"{", b",", b":")  # a list or dict begins, an item follows, a value of a key follows
+_STRING = None  # a JSON string in a frame's bytes, compiled on first use
+
+
+def within_values(body: bytes, limit: int) -> bool:
+    """Does the frame hold at most about `limit` JSON values (counted by the marks that begin or
+    separate them, outside strings)? Decoded, a value costs 30 to 180 bytes: a frame of
+    `[[],[],...]` would hold about 20 times its size. Checked before decoding, in C: the marks
+    are counted, and only when there are more than `limit` are those inside strings (text, not
+    values) found and taken off, one string at a time: for at most `limit // 4` strings (a frame
+    with more is refused, rather than looked at string by string for seconds)."""
+    global _STRING
+    if len(body) <= limit:  # a value takes at least a byte
+        return True
+    total = sum(map(body.count, _MARKS))
+    if total <= limit:
+        return True
+    most_strings = limit // 4
+    if (body.count(b'"') - body.count(b'\\"')) // 2 > most_strings:
+        return False
+    if _STRING is None:
+        import re
+
+        _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+    inside = strings = 0
+    for match in _STRING.finditer(body):
+        strings += 1
+        if strings > most_strings:
+            return False
+        start, end = match.span()
+        inside += sum(body.count(mark, start, end) for mark in _MARKS)
+    return total - inside <= limit
 
 
 def _bounded_int(text: str) -> int:

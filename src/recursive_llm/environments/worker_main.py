@@ -29,6 +29,7 @@ if __name__ == "__main__":  # make the package importable from a source checkout
     sys.path += [path for path in handed if path not in sys.path]
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))))
 
+from recursive_llm.bounds import HOST_BOUNDS  # noqa: E402
 from recursive_llm.environments import protocol, runtime  # noqa: E402
 from recursive_llm.environments.confine import ConfinementError, apply_rlimits, confine  # noqa: E402
 from recursive_llm.environments.protocol import HEADER, decode_body, encode, read_inputs  # noqa: E402
@@ -48,7 +49,9 @@ class HostChannel:
         self.commands: "queue.Queue[dict | None]" = queue.Queue()
 
     def send(self, message: dict) -> None:
-        frame = encode(message)
+        """One message to the host; FrameTooLarge (nothing sent) over HostBounds.max_message_bytes
+        or max_message_values, which the host would refuse as a broken worker's."""
+        frame = encode(message, HOST_BOUNDS.max_message_bytes, HOST_BOUNDS.max_message_values)
         with self._send_lock:
             self._writer.write(frame)
             self._writer.flush()
@@ -98,10 +101,30 @@ class HostChannel:
             self._next_id += 1
             call_id = self._next_id
             self._pending[call_id] = (event, box)
-        self.send({"op": "call", "id": call_id, "kind": kind, "prompts": prompts, "model": model,
-                   "context": context})
+        try:
+            self.send({"op": "call", "id": call_id, "kind": kind, "prompts": prompts, "model": model,
+                       "context": context})
+        except protocol.FrameTooLarge as error:
+            with self._pending_lock:
+                self._pending.pop(call_id, None)
+            raise ValueError(f"this call is too large to send to the host ({error}); send less at once: less "
+                             f"text (beyond ASCII a character takes 2 to 4 bytes), or a large context as one "
+                             f"text (json.dumps) rather than as many small values") from None
         event.wait()
         return box[0]
+
+    def send_result(self, message: dict) -> None:
+        """A cell's result; output too large for one message is cut to fit, with a note."""
+        try:
+            return self.send(message)
+        except protocol.FrameTooLarge:
+            share = HOST_BOUNDS.max_message_bytes // 10  # characters of at most 4 bytes, two outputs
+        for key in ("stdout", "stderr"):
+            text = message[key]
+            if len(text) > share:
+                message[key] = (text[:share] + f"\n... [{len(text) - share:,} more characters were cut: one message "
+                                f"to the host holds at most {HOST_BOUNDS.max_message_bytes:,} bytes]")
+        self.send(message)
 
 
 class CPUTimeExceeded(Exception):
@@ -240,7 +263,7 @@ def run(manifest: str, max_captured_chars: int, policy_json: str) -> None:
         guard.restore()
         if command["op"] == "exec":
             limit_cell_cpu(command.get("cpu_seconds"))
-            channel.send({"op": "result", "id": command["id"], **repl.execute(command["code"])})
+            channel.send_result({"op": "result", "id": command["id"], **repl.execute(command["code"])})
         elif command["op"] == "get_var":
             channel.send({"op": "var", "id": command["id"], **repl.get_variable(command["name"])})
 
