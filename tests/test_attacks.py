@@ -384,16 +384,25 @@ ATTACKS = [
            options={"worker_memory_mb": 768, "cell_timeout_s": 30.0}),
     Attack("cpu_spin", "while True:\n    pass", lambda o: "Time" in o.out or "CPU" in o.out,
            options={"cell_timeout_s": 2.0}),
+    # The limit, not the disk's speed: reserving 4 GiB (fallocate) and writing one byte past 4 GiB
+    # (a sparse file) each meet the file-size limit or the private tmpfs's size at once; writing
+    # 1 GiB for real raced the cell timeout on a loaded machine.
     Attack("disk_fill", """
         import os
-        written = 0
+        path = os.path.join(os.environ.get('TMPDIR', '.'), 'fill.bin')
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            with open(os.path.join(os.environ.get('TMPDIR', '.'), 'fill.bin'), 'wb') as f:
-                while written < 4 * 2**30:
-                    f.write(b'x' * 2**24); written += 2**24
+            os.posix_fallocate(fd, 0, 4 * 2**30)
+            print('reserved 4 GiB')
         except OSError as e:
-            print('stopped at', written // 2**20, 'MB:', type(e).__name__)""",
-           lambda o: "stopped at" in o.out, needs="separation"),
+            print('reserve stopped:', type(e).__name__, e.errno)
+        try:
+            os.pwrite(fd, b'x', 4 * 2**30)
+            print('wrote past 4 GiB')
+        except OSError as e:
+            print('write stopped:', type(e).__name__, e.errno)
+        os.close(fd)""",
+           lambda o: "reserve stopped" in o.out and "write stopped" in o.out, needs="separation"),
     Attack("file_descriptors", """
         import os
         fds = []
