@@ -156,3 +156,65 @@ def test_the_worker_tests_pass_as_an_unprivileged_user_from_a_0700_checkout(unpr
     summary = done.stdout[-4000:]
     assert done.returncode == 0, summary + done.stderr[-2000:]
     assert " passed" in summary and " failed" not in summary
+
+
+FORK_ONE = textwrap.dedent("""
+    import asyncio
+    from recursive_llm.environments import template as worker_template
+    from recursive_llm.environments.sandbox import Limits, plan_isolation
+    from recursive_llm.environments.worker import WORKER_SCRIPT, WorkerEnvironment
+
+    async def no_calls(*args):
+        return []
+
+    async def main():
+        plan = plan_isolation("auto")
+        print("namespaces", plan.namespaces)
+        template = worker_template.WorkerTemplate(plan, Limits(),
+                                                  worker_template.python_argv_for_template(str(WORKER_SCRIPT)))
+        await template.start()
+        worker = WorkerEnvironment("the forked input", no_calls, sandbox="auto", template=template)
+        try:
+            await worker.start()
+            done = await worker.execute("print(context)", 10)
+            print("output", done.stdout.strip(), done.error)
+        finally:
+            await worker.close()
+            await template.close()
+
+    asyncio.run(main())
+    """)
+
+
+def test_an_unprivileged_template_forks_workers_from_a_venv_in_a_private_tmp_directory(unprivileged_user):
+    """Issue 25: `rlm serve` as an unprivileged user, its venv in a 0700 directory under /tmp:
+    every forked worker failed with `mount <server>/venv: Invalid argument` (the package's
+    site-packages was bound on top of the venv's bind, and a worker in bubblewrap's nested user
+    namespace may not bind a mount with locked child mounts). The venv is the system Python's,
+    with this checkout's package copied into its site-packages, as `pip install` puts it."""
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system is None:
+        pytest.skip("no system python3 for the unprivileged user (ours lives under /root, 0700)")
+    user = unprivileged_user
+    parent = Path(tempfile.mkdtemp(prefix="rlm-deploy-venv-"))  # 0700, under the system's /tmp
+    try:
+        os.chown(parent, *user)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(parent), "LANG": "C.UTF-8"}
+        made = subprocess.run([*_as_user(user), system, "-m", "venv", "--without-pip", str(parent / "venv")],
+                              env=env, capture_output=True, text=True, timeout=120)
+        if made.returncode != 0:
+            pytest.skip(f"the system python3 cannot make a venv: {made.stderr.strip()[-300:]}")
+        site = next((parent / "venv" / "lib").glob("python3*/site-packages"))
+        shutil.copytree(CHECKOUT / "src" / "recursive_llm", site / "recursive_llm",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        (parent / "fork_one.py").write_text(FORK_ONE)
+        for path in [parent, *parent.rglob("*")]:
+            os.lchown(path, *user)
+        done = subprocess.run([*_as_user(user), str(parent / "venv" / "bin" / "python"), str(parent / "fork_one.py")],
+                              cwd=parent, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+    if "namespaces False" in done.stdout:
+        pytest.skip("bubblewrap namespaces do not work for an unprivileged user here")
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "output the forked input None" in done.stdout, done.stdout + done.stderr[-3000:]

@@ -128,6 +128,7 @@ ASK = ["ask", "q", "--context", "x", "--model", "m", "--base-url", "http://127.0
 
 
 @pytest.mark.parametrize("command", [[*SERVE, "--max-body-mb"], [*SERVE, "--shutdown-grace"], [*SERVE, "--idle-timeout"],
+                                     [*SERVE, "--body-timeout"],
                                      [*SERVE, "--timeout"], [*SERVE, "--max-cost"], [*ASK, "--max-file-mb"],
                                      [*ASK, "--timeout"], [*ASK, "--temperature"]], ids=lambda c: c[0] + c[-1])
 @pytest.mark.parametrize("value", ["nan", "inf"])
@@ -355,3 +356,125 @@ def _loaded_worker_dirs(host_pid: int) -> list[str]:
     pattern = os.path.join(tempfile.gettempdir(), f"rlm-worker-{host_pid}-*")
     return [d for d in glob.glob(pattern) + glob.glob(os.path.join(pattern, f"rlm-worker-{host_pid}-*"))
             if os.path.isdir(os.path.join(d, "input")) and os.listdir(os.path.join(d, "input"))]
+
+
+# -- issue 25: transport-level attacks ---------------------------------------------------------------
+def _heavy_body() -> bytes:
+    """A chat request whose context is a 7.4 MB dict of 120,000 small entries: cheap to send,
+    expensive to parse and walk."""
+    context = {f"key-{i}": [i, "a value of some text", {"n": i, "ok": True}] for i in range(120_000)}
+    body = json.dumps({"model": "rlm", "messages": [QUESTION], "context": context}).encode()
+    assert len(body) > 7_000_000
+    return body
+
+
+def test_a_full_server_refuses_heavy_bodies_before_parsing_them_and_health_stays_fast(tree):
+    """Every slot busy, six 7.4 MB dict contexts at once: each is answered 429 without being parsed,
+    and /health answers within 1 s while they are in flight (it took 7-10 s when every body was
+    parsed before the capacity check). The run holding the slot finishes and none is left running."""
+    from recursive_llm.store import Store
+
+    root, _ = tree
+    slow = ["```repl\nprint(llm_query('a'))\n```", "FINAL(done)"]
+    with FakeLLMServer(responder=root_then_sub(slow), latency=2.0) as backend:  # holds the slot for 6 s
+        server = Served("--max-concurrent", "1", backend_url=backend.base_url, root=root,
+                        env={"RLM_SERVE_TOKEN": TOKEN})
+        try:
+            holder = threading.Thread(target=lambda: post(served=server, body={
+                "model": "rlm", "messages": [QUESTION], "context": "text"}), daemon=True)
+            holder.start()
+            deadline = time.time() + 30
+            while time.time() < deadline and httpx.get(server.url + "/health", timeout=10).json()["active"] < 1:
+                time.sleep(0.05)
+            heavy, statuses = _heavy_body(), []
+            senders = [threading.Thread(target=lambda: statuses.append(post(server, heavy).status_code), daemon=True)
+                       for _ in range(6)]
+            slowest = 0.0
+            with httpx.Client(timeout=30) as probe:  # made before: its own setup is not the server's latency
+                probe.get(server.url + "/health")
+                for sender in senders:
+                    sender.start()
+                while any(sender.is_alive() for sender in senders):
+                    started = time.perf_counter()
+                    assert probe.get(server.url + "/health").status_code == 200
+                    slowest = max(slowest, time.perf_counter() - started)
+                    time.sleep(0.05)
+            holder.join(60)
+            runs = Store().list_runs()
+        finally:
+            stderr = server.stop()
+    assert slowest < 1.0, f"/health took {slowest:.2f} s while the heavy bodies were in flight"
+    assert statuses == [429] * 6, statuses
+    assert [r["status"] for r in runs] == ["final"], runs  # finished, not left running
+    assert "Traceback" not in stderr
+
+
+def test_a_client_that_hangs_up_mid_body_leaves_no_traceback_and_no_500(served):
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", served.port)) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                         + b"\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n" + b'{"model": "rlm"')
+            time.sleep(0.3)
+    assert httpx.get(served.url + "/health", timeout=10).status_code == 200
+    stderr = served.stop()
+    assert "Traceback" not in stderr and "ClientDisconnect" not in stderr, stderr[-3000:]
+    posts = [line for line in stderr.splitlines() if "POST /v1/chat/completions" in line]
+    assert len(posts) == 3 and all(" 499 " in line for line in posts), posts
+
+
+def test_a_path_cannot_write_a_forged_line_into_the_access_log(served):
+    forged = "2026-01-01T00:00:00 GET /v1/models 200 run=- 0.001s"
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(b"GET /x%0a" + forged.replace(" ", "%20").encode() + b"%0d%0a HTTP/1.1\r\nHost: x\r\n"
+                     b"Connection: close\r\n\r\n")
+        assert _closed_by_server(sock).startswith(b"HTTP/1.1 ")
+    stderr = served.stop()
+    assert not any(line.startswith(forged) for line in stderr.splitlines()), stderr
+    assert "GET /x%0A2026-01-01T00:00:00%20GET%20/v1/models" in stderr
+
+
+def test_a_trickled_body_is_cut_at_the_body_deadline_and_connections_are_capped(backend, tree):
+    """One byte every 0.5 s stays under the 2 s idle timeout for ever; the body deadline (3 s) ends
+    each such request with 408 and closes it, and a connection beyond --max-connections is answered
+    503 at once instead of being held."""
+    root, _ = tree
+    server = Served("--idle-timeout", "2", "--body-timeout", "3", "--max-connections", "12", "--max-concurrent", "2",
+                    backend_url=backend.base_url, root=root, env={"RLM_SERVE_TOKEN": TOKEN})
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(12):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                         + b"\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+            sock.setblocking(False)
+            socks.append(sock)
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", server.port)) as extra:  # the 13th: refused, not held
+            refused = _closed_by_server(extra)
+        assert refused.startswith(b"HTTP/1.1 503") and b"too many open connections" in refused, refused[:300]
+        answers = {sock: b"" for sock in socks}
+        closed: set[socket.socket] = set()
+        deadline = time.time() + 30  # the test's own limit; the server's deadline is 3 s
+        while len(closed) < len(socks) and time.time() < deadline:
+            for sock in socks:
+                if sock in closed:
+                    continue
+                try:
+                    sock.send(b" ")
+                    while chunk := sock.recv(65536):
+                        answers[sock] += chunk
+                    closed.add(sock)  # recv returned b"": the server closed it
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed.add(sock)
+            time.sleep(0.5)
+        assert len(closed) == len(socks), f"{len(socks) - len(closed)} trickling connections still open after 30 s"
+        assert all(answer.startswith(b"HTTP/1.1 408") and b"took more than 3 s" in answer
+                   for answer in answers.values()), list(answers.values())[:2]
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200  # room again
+    finally:
+        for sock in socks:
+            sock.close()
+        stderr = server.stop()
+    assert "Traceback" not in stderr

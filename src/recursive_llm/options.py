@@ -23,7 +23,8 @@ SERVE_CEILINGS: dict[str, Any] = {"max_iterations": 20, "max_depth": 1, "max_llm
                                   "max_tokens": None, "max_cost_usd": None, "timeout_s": 600.0}
 # How `rlm serve` listens and admits requests unless told otherwise (`server.ServeConfig`'s defaults).
 SERVE_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 8000, "max_concurrent": 8, "max_body_mb": 10,
-                                  "shutdown_grace_s": 30.0, "idle_timeout_s": 30.0}
+                                  "shutdown_grace_s": 30.0, "idle_timeout_s": 30.0, "body_timeout_s": 60.0,
+                                  "max_connections": 128}
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,14 @@ def _serve_options(click) -> dict[str, Option]:  # serving (rlm serve, rlm mcp)
                                "show_default": True,
                                "help": "Seconds a connection may send nothing (no request headers, or a stalled "
                                "body) before it is closed."}),
+        "body_timeout": Option(("--body-timeout",), {"type": positive, "default": SERVE_DEFAULTS["body_timeout_s"],
+                               "show_default": True,
+                               "help": "Seconds a request's whole body may take to arrive (408 after), however "
+                               "steadily it trickles in."}),
+        "max_connections": Option(("--max-connections",), {"type": positive_int,
+                                  "default": SERVE_DEFAULTS["max_connections"], "show_default": True,
+                                  "help": "Open connections at once; more are answered 503 and closed. Bodies "
+                                  "being read take at most this times --max-body-mb of memory."}),
         "allowed_root": Option(("--allowed-root",), {"type": click.Path(file_okay=False, path_type=Path),
                                "default": None, "help": "Directory whose files requests may name in context.files "
                                "(nothing outside it)."}),

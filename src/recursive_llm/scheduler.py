@@ -20,7 +20,7 @@ from .config import HOST_BOUNDS, RetryPolicy
 from .errors import BudgetExceeded, ModelError
 from .events import EventLog
 from .models.base import Completion, Message, ModelClient
-from .usage import TokenUsage, UsageSummary
+from .usage import TokenUsage, UsageSummary, checked_usage
 
 if TYPE_CHECKING:
     from .store import ReplayBook, Store
@@ -334,6 +334,7 @@ class Scheduler:
                 self.in_flight -= 1
             if endpoint is not None:
                 endpoint.release(started, None)
+        completion = await checked_usage(completion, messages, reservation.max_output_tokens)
         cost = cost_usd(client.name, completion.prompt_tokens, completion.completion_tokens,
                         cached_tokens=completion.cached_prompt_tokens, cache_write_tokens=completion.cache_write_tokens)
         tokens = completion.prompt_tokens + completion.completion_tokens

@@ -9,7 +9,8 @@ and then the answer as `chat.completion.chunk` server-sent events.
 Safety: a bearer token (required to bind anything but loopback; from the environment or a file,
 never only argv), a request-body limit, budgets a client can lower but never raise (`ServeLimits.
 clamp`), a limit on concurrent runs (429 past it), error messages with no keys or server paths,
-timeouts for idle and slow connections, a call cache per client, and a graceful shutdown that lets
+timeouts for idle and slow connections and a deadline for a whole body, a cap on open
+connections, a call cache per client, and a graceful shutdown that lets
 running requests finish. Text that arrives over the network is text: only `context.files` names
 files, and only under the allowed root. Every malformed request gets a 400 with the reason.
 """
@@ -37,6 +38,8 @@ from .options import SERVE_CEILINGS, SERVE_DEFAULTS, make_rlm
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_JSON_DEPTH = 64  # deeper request bodies are refused (400) before anything walks them
 MAX_NAME_CHARS = 4096  # a context.files entry (PATH_MAX); each part at most 255 (NAME_MAX)
+PARSE_IN_THREAD_BYTES = 256 * 1024  # larger bodies are parsed off the event loop
+CLIENT_GONE = 499  # the access log's status for a client that hung up mid-body (nginx's "client closed request")
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,10 @@ class ServeConfig:
     # A connection that sends nothing (or not a whole request's headers) for this long is closed;
     # a body that stops arriving for this long gets 408; an idle keep-alive connection is closed.
     idle_timeout_s: float = SERVE_DEFAULTS["idle_timeout_s"]
+    # A request's whole body must arrive within this (a body trickled in under the idle timeout
+    # held its connection for ever); more open connections than `max_connections` get 503.
+    body_timeout_s: float = SERVE_DEFAULTS["body_timeout_s"]
+    max_connections: int = SERVE_DEFAULTS["max_connections"]
     access_log: bool = False  # one line per request on stderr (`rlm serve` turns it on)
 
     def __post_init__(self) -> None:
@@ -145,9 +152,11 @@ class ServeConfig:
             raise ConfigError(f"--allowed-root {self.allowed_root} is not a directory")
         if self.max_concurrent < 1:
             raise ConfigError("--max-concurrent must be at least 1")
-        if not (isinstance(self.idle_timeout_s, (int, float)) and math.isfinite(self.idle_timeout_s)
-                and self.idle_timeout_s > 0):
-            raise ConfigError("--idle-timeout must be a positive number of seconds")
+        for flag, seconds in (("--idle-timeout", self.idle_timeout_s), ("--body-timeout", self.body_timeout_s)):
+            if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+                raise ConfigError(f"{flag} must be a positive number of seconds")
+        if self.max_connections < self.max_concurrent:
+            raise ConfigError("--max-connections must be at least --max-concurrent")
 
     def client_of(self, authorization: str) -> str | None:
         """The cache namespace of the client whose token this header carries, or None when it
@@ -466,13 +475,17 @@ def create_app(config: ServeConfig):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _read_body(request, config.max_body_bytes, config.idle_timeout_s)
-        args = parse_request(body, config)
-        args["client"] = request.state.client
-        if state["active"] >= config.max_concurrent:
+        raw = await _read_body(request, config)
+        if state["active"] >= config.max_concurrent:  # before the body is parsed: a full server parses nothing
             raise RequestError(429, f"the server is running {config.max_concurrent} requests, its limit; retry shortly",
                                "rate_limit_error", "too_many_requests", headers={"Retry-After": "1"})
-        state["active"] += 1
+        state["active"] += 1  # the slot is this request's from now on, while its body is parsed too
+        try:
+            args = await _parse_body(raw, config)
+        except BaseException:
+            state["active"] -= 1
+            raise
+        args["client"] = request.state.client
         completion_id = "chatcmpl-" + secrets.token_hex(12)
         if args["stream"]:
             request.state.streaming = True  # logged when the stream ends, with its run id
@@ -567,25 +580,47 @@ class Guard:
             log_access(scope["method"], scope["path"], status, run_id, started)
 
 
-async def _read_body(request, limit: int, idle_timeout_s: float) -> dict[str, Any]:
+async def _read_body(request, config: ServeConfig) -> bytes:
+    """The request's body, unparsed: at most `max_body_bytes` (413), each chunk within the idle
+    timeout and the whole within `body_timeout_s` (408 and the connection closed: a body trickled
+    in one byte at a time held its connection for ever); a client that hangs up mid-body is 499,
+    logged as such, with no traceback."""
+    from starlette.requests import ClientDisconnect
+
     received = bytearray()
     chunks = request.stream().__aiter__()
+    deadline = time.monotonic() + config.body_timeout_s
     while True:
-        try:  # a client that stops sending its body holds a connection: not longer than the idle timeout
-            chunk = await asyncio.wait_for(chunks.__anext__(), idle_timeout_s)
+        left = deadline - time.monotonic()
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), max(0.0, min(config.idle_timeout_s, left)))
         except StopAsyncIteration:
             break
         except asyncio.TimeoutError:
-            raise RequestError(408, f"the request body stopped arriving for {idle_timeout_s:g} s",
-                               code="request_timeout", headers={"Connection": "close"}) from None
+            why = (f"the request body took more than {config.body_timeout_s:g} s to arrive"
+                   if left <= config.idle_timeout_s else
+                   f"the request body stopped arriving for {config.idle_timeout_s:g} s")
+            raise RequestError(408, why, code="request_timeout", headers={"Connection": "close"}) from None
+        except ClientDisconnect:
+            raise RequestError(CLIENT_GONE, "the client disconnected before its whole request body arrived",
+                               code="client_disconnected") from None
         received += chunk
-        if len(received) > limit:
-            raise RequestError(413, f"request body over the {limit:,}-byte limit", code="body_too_large")
-    body = _parse_json(bytes(received))
-    if not isinstance(body, dict):
-        raise RequestError(400, "the request body must be a JSON object")
-    check_body(body)
-    return body
+        if len(received) > config.max_body_bytes:
+            raise RequestError(413, f"request body over the {config.max_body_bytes:,}-byte limit", code="body_too_large")
+    return bytes(received)
+
+
+async def _parse_body(raw: bytes, config: ServeConfig) -> dict[str, Any]:
+    """A request's arguments from its raw body (`parse_request`); a large body is parsed in a
+    thread, so the event loop goes on answering (`/health`, other requests' streams)."""
+    def parse() -> dict[str, Any]:
+        body = _parse_json(raw)
+        if not isinstance(body, dict):
+            raise RequestError(400, "the request body must be a JSON object")
+        check_body(body)
+        return parse_request(body, config)
+
+    return parse() if len(raw) < PARSE_IN_THREAD_BYTES else await asyncio.to_thread(parse)
 
 
 def _store_for(stores: dict[str, Any], client: str | None):
@@ -745,8 +780,15 @@ def log_access(method: str, path: str, status: int, run_id: str | None, started:
 
     elapsed = time.perf_counter() - started
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    print(f"{stamp} {method} {path[:200]} {status} run={run_id or '-'} {elapsed:.3f}s"
+    print(f"{stamp} {method} {_printable(path[:200])} {status} run={run_id or '-'} {elapsed:.3f}s"
           + (" stream" if streamed else ""), file=sys.stderr, flush=True)
+
+
+def _printable(path: str) -> str:
+    """`path` with every character but printable ASCII percent-encoded: a decoded `%0a` in a path
+    wrote a forged line into the access log."""
+    return re.sub(r"[^\x21-\x7e]", lambda found: "".join(f"%{byte:02X}" for byte in
+                                                          found.group().encode("utf-8", "surrogatepass")), path)
 
 
 def _version() -> str:
@@ -769,15 +811,33 @@ def uvicorn_config(app, config: ServeConfig):
     import uvicorn
 
     return uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", http=idle_timeout_h11(
-        config.idle_timeout_s), timeout_keep_alive=max(1, math.ceil(min(config.idle_timeout_s, 5))),
+        config.idle_timeout_s, config.max_connections), timeout_keep_alive=max(1, math.ceil(min(config.idle_timeout_s, 5))),
         timeout_graceful_shutdown=config.shutdown_grace_s)
 
 
-def idle_timeout_h11(idle_timeout_s: float):
+def _no_delay(transport) -> None:
+    """TCP_NODELAY on a connection's socket (a response's head and body go out in separate writes)."""
+    import socket
+
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+TOO_MANY_CONNECTIONS = json.dumps(error_body("the server has too many open connections; retry shortly",
+                                              "server_error", "too_many_connections")).encode()
+
+
+def idle_timeout_h11(idle_timeout_s: float, max_connections: int):
     """uvicorn's h11 protocol, plus a timer it lacks: a connection that has not sent a whole request's
     headers within `idle_timeout_s` of connecting (or of its last response) is closed. uvicorn's own
     keep-alive timer only starts after a first response, so a silent connection, or one that sends
-    headers a byte at a time, would otherwise stay open for ever."""
+    headers a byte at a time, would otherwise stay open for ever. And a cap: a connection beyond
+    `max_connections` open ones is answered 503 (OpenAI-shaped, `Retry-After: 1`) and closed at once,
+    before it is read (uvicorn's own `limit_concurrency` waits for a request's headers)."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class IdleTimeoutH11(H11Protocol):
@@ -785,15 +845,17 @@ def idle_timeout_h11(idle_timeout_s: float):
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                import socket
-
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:
-                    pass
+            if len(self.connections) > max_connections:
+                self._refuse()
+                return
+            _no_delay(transport)
             self._arm()
+
+        def _refuse(self) -> None:
+            self.transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                 b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                                 + str(len(TOO_MANY_CONNECTIONS)).encode() + b"\r\n\r\n" + TOO_MANY_CONNECTIONS)
+            self.transport.close()
 
         def _arm(self) -> None:
             self._disarm()

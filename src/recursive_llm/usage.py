@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+import math
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .models.base import Completion
+
+# What a provider reports is checked against what is possible before it counts (`checked_usage`).
+# The floor of a text's tokens: no token of o200k_base or cl100k_base is longer than 128 bytes
+# (measured over both vocabularies: 100,000 spaces are 782 tokens), so N bytes are at least
+# ceil(N / 128) tokens whatever the text. That floor is loose (English is about 4 bytes a token),
+# so a report under one token per SUSPICIOUS_BYTES_PER_TOKEN bytes, which honest providers give
+# only for text that is mostly runs of whitespace or punctuation, is checked against the text's
+# offline o200k_base count: no major provider's tokenizer needs fewer than half of the tokens
+# o200k_base needs (it is among the most compact; Claude's, Llama 3's, Qwen's need as many or more),
+# so a count below half of it is raised to half of it.
+MAX_BYTES_PER_TOKEN = 128
+SUSPICIOUS_BYTES_PER_TOKEN = 8
+# At most one token per byte (byte-level BPE, byte fallback) plus a chat template's tokens per
+# message (budget.prompt_token_bound) plus what a provider adds on its own (a system prompt of its
+# own, tool scaffolding): this allowance.
+PROVIDER_PROMPT_ALLOWANCE = 4096
+MAX_REPORTED_TOKENS = 10**9  # a call's count above this is no count (and would overflow the store)
 
 
 @dataclass
@@ -88,3 +111,75 @@ class UsageSummary:
             "by_depth": {str(d): u.to_dict() for d, u in sorted(self.by_depth.items())},
             "tools": {name: u.to_dict() for name, u in sorted(self.tools.items())},
         }
+
+
+def reported_count(value: Any) -> int:
+    """A provider's token count as a whole number of at least 0: a non-negative int (bools, strings,
+    NaN, infinities and other junk are 0; finite floats are truncated), at most MAX_REPORTED_TOKENS."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        return 0
+    return min(max(int(value), 0), MAX_REPORTED_TOKENS)
+
+
+def _size(texts: list[str]) -> int:
+    return sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
+
+
+def _floor(reported: Any, texts: list[str]) -> int:
+    """The fewest tokens `texts` can be: ceil(bytes / 128), or half their offline o200k_base count
+    when `reported` is suspiciously low (see SUSPICIOUS_BYTES_PER_TOKEN). Runs in a thread."""
+    size = _size(texts)
+    floor = -(-size // MAX_BYTES_PER_TOKEN)
+    if reported_count(reported) * SUSPICIOUS_BYTES_PER_TOKEN < size:
+        from .context.tokens import TokenizerUnavailable, count_tokens
+
+        try:
+            floor = max(floor, sum(count_tokens(text) for text in texts) // 2)
+        except TokenizerUnavailable:
+            pass
+    return floor
+
+
+def _is_plausible(reported: Any, texts: list[str]) -> bool:
+    """A whole count at least one token per SUSPICIOUS_BYTES_PER_TOKEN bytes (no count needed)."""
+    return (type(reported) is int and 0 <= reported <= MAX_REPORTED_TOKENS
+            and reported * SUSPICIOUS_BYTES_PER_TOKEN >= _size(texts))
+
+
+async def checked_usage(completion: "Completion", messages: list[dict],
+                        max_output_tokens: int | None) -> "Completion":
+    """`completion` with its usage clamped to what is possible for the prompt that was sent and the
+    reply that came back (issue 25: negative counts let a 50,000-token budget make 42 calls instead
+    of 5, and 10M cached tokens of a 50K prompt made a cost of -93.89 USD). Every provider's
+    completion passes through here (`Scheduler._attempt`) before it counts against a budget or is
+    recorded:
+
+    - prompt: at least the floor of the sent text (`_floor`), at most one token per byte plus the
+      template's tokens per message plus PROVIDER_PROMPT_ALLOWANCE;
+    - completion: at least the floor of the text and reasoning that came back, at most the output
+      cap the call was sent with (the most a provider may produce);
+    - cached and cache-written tokens: never negative, together never more than the prompt.
+
+    Counting tokens offline (only for a suspiciously low report) runs in a thread, off the loop."""
+    from .budget import prompt_token_bound
+
+    sent = [str(m.get("content", "")) for m in messages]
+    received = [text for text in (completion.text, completion.reasoning) if text]
+    prompt_floor = 0 if _is_plausible(completion.prompt_tokens, sent) else None
+    output_floor = 0 if _is_plausible(completion.completion_tokens, received) else None
+    if prompt_floor is None or output_floor is None:
+        prompt_floor, output_floor = await asyncio.to_thread(
+            lambda: (_floor(completion.prompt_tokens, sent) if prompt_floor is None else 0,
+                     _floor(completion.completion_tokens, received) if output_floor is None else 0))
+    prompt = _clamp(completion.prompt_tokens, prompt_floor, prompt_token_bound(messages) + PROVIDER_PROMPT_ALLOWANCE)
+    output = _clamp(completion.completion_tokens, output_floor, max_output_tokens or MAX_REPORTED_TOKENS)
+    cached = min(reported_count(completion.cached_prompt_tokens), prompt)
+    written = min(reported_count(completion.cache_write_tokens), prompt - cached)
+    return replace(completion, prompt_tokens=prompt, completion_tokens=output, cached_prompt_tokens=cached,
+                   cache_write_tokens=written)
+
+
+def _clamp(value: Any, floor: int, ceiling: int) -> int:
+    return min(max(reported_count(value), floor), max(ceiling, floor))

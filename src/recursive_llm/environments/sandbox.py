@@ -93,6 +93,15 @@ def _ancestors(path: str) -> list[str]:
     return ["/" + "/".join(parts[1:i]) for i in range(2, len(parts))]
 
 
+def _outermost(paths: list[str]) -> list[str]:
+    """`paths` without those inside another of them: one bind shows its subdirectories already, and
+    a bind below another bind is a mount with a parent mount, which a worker forked without root
+    could not bind again (the kernel refuses a non-recursive bind of a mount whose child mounts are
+    locked, as a nested user namespace's are: EINVAL, issue 25: a venv under a private directory
+    in /tmp with its site-packages bound on top of it)."""
+    return [p for p in paths if not any(p.startswith(q + "/") for q in paths if q != p)]
+
+
 def bwrap_command(*, context_dir: str, private_mb: int, drop_uid: bool, template: bool = False) -> list[str]:
     """The bubblewrap prefix that runs a command inside the sandbox. `template`: the worker
     template (template_main.py), which keeps its capabilities (in an unprivileged user namespace
@@ -111,7 +120,7 @@ def bwrap_command(*, context_dir: str, private_mb: int, drop_uid: bool, template
     command += ["--proc", "/proc", "--dev", "/dev",
                 "--perms", "1777", "--size", str(private_mb * 1024 * 1024), "--tmpfs", SANDBOX_TMP]
     covered = [*binds, SANDBOX_TMP]
-    extra = [r for r in _python_roots() if not any(r == d or r.startswith(d + "/") for d in binds)]
+    extra = _outermost([r for r in _python_roots() if not any(r == d or r.startswith(d + "/") for d in binds)])
     made: set[str] = set()
     for path in [*extra, context_dir]:
         for parent in _ancestors(path):  # bwrap would create missing parents as 0700

@@ -7,6 +7,7 @@ from typing import Any
 from ..errors import ModelError
 from .base import Completion, Message
 from .errors import from_sdk_error
+from ..usage import reported_count
 from .loop_clients import PerLoop
 
 DEFAULT_MAX_TOKENS = 4096
@@ -96,11 +97,13 @@ class AnthropicClient:
         thinking = "\n\n".join(getattr(block, "thinking", "") for block in blocks
                                 if getattr(block, "type", "") == "thinking" and getattr(block, "thinking", ""))
         usage = getattr(response, "usage", None)
-        read = getattr(usage, "cache_read_input_tokens", 0) or 0
-        written = getattr(usage, "cache_creation_input_tokens", 0) or 0
+        # Whole numbers before they are added (a forged string or NaN would not add up); the
+        # scheduler clamps the sum to what is possible (usage.checked_usage).
+        read = reported_count(getattr(usage, "cache_read_input_tokens", 0))
+        written = reported_count(getattr(usage, "cache_creation_input_tokens", 0))
         # Anthropic's input_tokens leaves out the cached ones; ours counts every input token.
         return Completion(text=text, model=self.name,
-                          prompt_tokens=(getattr(usage, "input_tokens", 0) or 0) + read + written,
+                          prompt_tokens=reported_count(getattr(usage, "input_tokens", 0)) + read + written,
                           completion_tokens=getattr(usage, "output_tokens", 0) or 0,
                           finish_reason=getattr(response, "stop_reason", None), reasoning=thinking or None,
                           cached_prompt_tokens=read, cache_write_tokens=written)

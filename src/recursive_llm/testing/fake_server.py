@@ -133,20 +133,25 @@ class FakeLLMServer:
                  fault_kinds: tuple[str, ...] = ("429", "500", "503", "garbage", "drop"), seed: int = 0,
                  retry_after: str = "0", hang_seconds: float = 30.0, port: int = 0,
                  tokens_per_second: float | None = None, max_concurrency: int | None = None,
-                 reasoning: Responder | None = None, prompt_cache: bool = False) -> None:
+                 reasoning: Responder | None = None, prompt_cache: bool = False,
+                 usage: dict[str, Any] | None = None) -> None:
         """`latency`: seconds per request, or a function drawing them (a distribution);
         `prompt_cache`: the providers' prompt caches (see `PromptCache`), reported in usage;
         `reasoning`: a second responder whose text is sent as the reply's separate reasoning, the
         way reasoning models' servers do (OpenAI-compatible: `reasoning_content`; Anthropic: a
         `thinking` block before the text);
         `tokens_per_second`: generation speed, adding completion tokens / speed to each reply;
-        `max_concurrency`: requests beyond it get 429 with `retry_after`, like a provider's limit."""
+        `max_concurrency`: requests beyond it get 429 with `retry_after`, like a provider's limit;
+        `usage`: forged usage, a hostile provider's: these fields replace those of the usage each reply
+        reports (OpenAI's names on /chat/completions, Anthropic's on /messages), e.g.
+        `{"prompt_tokens": -10**6}` or `{"prompt_tokens_details": {"cached_tokens": 10**7}}`."""
         for fault in [*(faults or []), *fault_kinds]:
             if fault not in FAULT_KINDS:
                 raise ValueError(f"unknown fault {fault!r}; choose from {FAULT_KINDS}")
         self.responder = responder
         self.reasoning = reasoning
         self.prompt_cache = PromptCache() if prompt_cache else None
+        self.forged_usage = dict(usage or {})
         self.latency = latency
         self.tokens_per_second = tokens_per_second
         self.max_concurrency = max_concurrency
@@ -338,7 +343,8 @@ class _Handler(BaseHTTPRequestHandler):
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens,
-                      **({"prompt_tokens_details": {"cached_tokens": cached}} if cache is not None else {})},
+                      **({"prompt_tokens_details": {"cached_tokens": cached}} if cache is not None else {}),
+                      **self.fake.forged_usage},
         })
 
     def _stream_chat(self, text: str, model: str, prompt_tokens: int, completion_tokens: int) -> None:
@@ -378,7 +384,8 @@ class _Handler(BaseHTTPRequestHandler):
             "id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant", "model": model,
             "content": blocks, "stop_reason": "end_turn", "stop_sequence": None,
             "usage": {"input_tokens": total - read - written, "output_tokens": _tokens(text),
-                      "cache_read_input_tokens": read, "cache_creation_input_tokens": written},
+                      "cache_read_input_tokens": read, "cache_creation_input_tokens": written,
+                      **self.fake.forged_usage},
         })
 
 
