@@ -157,7 +157,7 @@ def _load_inputs(params: dict, context) -> list:
 
 
 def _read_schema(path: Path | str | None):
-    from .answers import AnswerSchema
+    from .answer_schema import AnswerSchema
     from .errors import ConfigError
 
     if path is None:

@@ -314,6 +314,19 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
                             f"{str(response_format.get('type'))[:40]!r}")
 
 
+async def answer_schema(schema: dict[str, Any] | None):
+    """The response format's schema, checked in a thread (within its bounds, references only inside
+    it: `answer_schema.py`) after the request took its slot: a bad one is a 400 naming the problem."""
+    if schema is None:
+        return None
+    from .answer_schema import AnswerSchema
+
+    try:
+        return await asyncio.to_thread(AnswerSchema, schema)
+    except ConfigError as error:
+        raise RequestError(400, f"response_format.json_schema.schema: {error}") from None
+
+
 def _text(content: Any) -> str:
     if content is None:
         return ""
@@ -476,6 +489,11 @@ def create_app(config: ServeConfig):
             raise RequestError(429, f"the server is running {config.max_concurrent} requests, its limit; retry shortly",
                                "rate_limit_error", "too_many_requests", headers={"Retry-After": "1"})
         state["active"] += 1
+        try:
+            args["schema"] = await answer_schema(args["schema"])
+        except BaseException:
+            state["active"] -= 1
+            raise
         completion_id = "chatcmpl-" + secrets.token_hex(12)
         if args["stream"]:
             request.state.streaming = True  # logged when the stream ends, with its run id
