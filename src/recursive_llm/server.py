@@ -37,6 +37,7 @@ from .options import SERVE_CEILINGS, SERVE_DEFAULTS, make_rlm
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_JSON_DEPTH = 64  # deeper request bodies are refused (400) before anything walks them
 MAX_NAME_CHARS = 4096  # a context.files entry (PATH_MAX); each part at most 255 (NAME_MAX)
+LARGE_BODY_BYTES = 1 << 20  # request bodies parsed and checked in a thread (json.loads still holds the GIL)
 
 
 @dataclass(frozen=True)
@@ -602,7 +603,13 @@ async def _read_body(request, limit: int, idle_timeout_s: float) -> dict[str, An
         received += chunk
         if len(received) > limit:
             raise RequestError(413, f"request body over the {limit:,}-byte limit", code="body_too_large")
-    body = _parse_json(bytes(received))
+    if len(received) > LARGE_BODY_BYTES:  # a 10 MB body takes about a second to parse and walk: not on the loop
+        return await asyncio.to_thread(_checked_body, bytes(received))
+    return _checked_body(bytes(received))
+
+
+def _checked_body(raw: bytes) -> dict[str, Any]:
+    body = _parse_json(raw)
     if not isinstance(body, dict):
         raise RequestError(400, "the request body must be a JSON object")
     check_body(body)
