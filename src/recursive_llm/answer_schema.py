@@ -70,7 +70,12 @@ class AnswerSchema:
             self.json_schema: dict = schema.model_json_schema()
         elif isinstance(schema, dict):
             self.json_schema = schema
-            self._validator_class, self._registry, self._patterns = _checked(schema, bounds)
+            try:
+                self._validator_class, self._registry, self._patterns = _checked(schema, bounds)
+            except ConfigError:
+                raise
+            except Exception as error:  # a stranger's schema is a 400 in `rlm serve`, whatever is wrong with it
+                raise ConfigError(f"the schema cannot be used ({type(error).__name__}: {str(error)[:300]})") from None
         else:
             raise ConfigError("schema must be a pydantic model class or a JSON schema (a dict), got "
                               f"{type(schema).__name__}")
@@ -184,7 +189,10 @@ def _walk_references(schema: dict, registry: Any) -> tuple[set[str], set[str]]:
     spec = referencing.jsonschema.specification_with(dialect, default=referencing.jsonschema.DRAFT202012)
     patterns: set[str] = set()
     keywords: set[str] = set()
-    stack = [(schema, registry.resolver_with_root(spec.create_resource(schema)))]
+    from jsonschema_specifications import REGISTRY as META_SCHEMAS
+
+    known = META_SCHEMAS.combine(registry)  # as validation sees it (jsonschema adds the meta-schemas too)
+    stack = [(schema, known.resolver_with_root(spec.create_resource(schema)))]
     while stack:
         node, resolver = stack.pop()
         if isinstance(node, list):

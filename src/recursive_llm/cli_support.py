@@ -164,7 +164,7 @@ def _read_schema(path: Path | str | None):
         return None
     try:
         schema = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise ConfigError(f"--schema {path}: not a JSON schema file ({error})") from None
     if not isinstance(schema, dict):
         raise ConfigError(f"--schema {path}: a JSON schema is an object, e.g. {{\"type\": \"object\", ...}}")
