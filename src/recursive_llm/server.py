@@ -461,6 +461,7 @@ def create_app(config: ServeConfig):
     from .environments.pool import serve_with_pool  # pre-started workers, one per request (issue 17)
     serve_with_pool(app, size=config.max_concurrent, sandbox=config.sandbox)
     state: dict[str, Any] = {"active": 0, "started": time.time(), "stores": {}}  # stores: _store_for
+    _request_model()  # built now (0.2 s), not on the event loop while the first request waits with the others
 
     async def close_stores() -> None:
         for store in state["stores"].values():
