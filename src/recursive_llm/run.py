@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import answers, prompts
-from .answer_schema import AnswerSchema
 from .budget import Budget
 from .compaction import Compactor
 from .config import RunConfig
@@ -30,6 +29,7 @@ from .subcalls import SubCalls
 from .usage import UsageSummary
 
 if TYPE_CHECKING:
+    from .answer_schema import AnswerSchema
     from .context.loader import LoadedContext
 
 # (answer, why the run stopped, error)
