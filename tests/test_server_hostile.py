@@ -478,3 +478,163 @@ def test_a_trickled_body_is_cut_at_the_body_deadline_and_connections_are_capped(
             sock.close()
         stderr = server.stop()
     assert "Traceback" not in stderr
+# -- issue 25: a client's JSON schema never fetches, stalls the server or leaves a run `running` -----
+SCHEMA_REPLIES = {  # what the root model answers, by the question's marker
+    "Q-backtrack": 'FINAL({"code": "' + "a" * 29 + '!"})',  # `re` backtracks 2^29 ways on it
+    "Q-digits": "FINAL(" + "1" * 5_000 + ")",  # before: ValueError, a 500, the run left `running`
+    "Q-deep": "FINAL(" + "[" * 100_000 + "]" * 100_000 + ")",  # before: RecursionError, the same
+}
+
+
+def _schema_responder(messages: list[dict], model: str) -> str:
+    from scripted_root import is_root
+
+    if not is_root(messages):
+        return "sub"
+    asked = messages[1]["content"]
+    return next(reply for marker, reply in SCHEMA_REPLIES.items() if marker in asked)
+
+
+@pytest.fixture
+def schema_served(tree):
+    with FakeLLMServer(responder=_schema_responder) as backend:
+        server = Served(backend_url=backend.base_url, root=tree[0], env={"RLM_SERVE_TOKEN": TOKEN})
+        yield server
+        server.stop()
+
+
+class HealthWatch:
+    """Polls /health every 0.1 s while an attack is in flight; `slowest` is its slowest answer (no answer: inf)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.times, self._stop = url, [], threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> "HealthWatch":
+        self._client = httpx.Client(timeout=5)  # one connection, opened before the attack: only answers are timed
+        self._client.get(self.url + "/health")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._client.close()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                answered = self._client.get(self.url + "/health").status_code == 200
+            except httpx.HTTPError:
+                answered = False
+            self.times.append(time.monotonic() - started if answered else float("inf"))
+            time.sleep(0.1)
+
+    @property
+    def slowest(self) -> float:
+        return max(self.times)
+
+
+def _typed(question: str, schema: dict) -> dict:
+    return {"model": "rlm", "messages": [{"role": "user", "content": question}], "context": "some text",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}}
+
+
+def _post_all(served, bodies: list[dict]) -> list[httpx.Response]:
+    """The requests at once, each on its own connection."""
+    replies: list = [None] * len(bodies)
+
+    def send(index: int) -> None:
+        try:
+            replies[index] = httpx.post(served.url + "/v1/chat/completions", json=bodies[index], timeout=60,
+                                        headers={"Authorization": f"Bearer {TOKEN}"})
+        except httpx.HTTPError as error:
+            replies[index] = error
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return replies
+
+
+def _statuses() -> list[str]:
+    from recursive_llm.store import Store
+
+    return sorted(run["status"] for run in Store().list_runs())
+
+
+def test_a_schema_reference_is_never_fetched_and_one_outside_the_schema_is_a_400(schema_served):
+    """Before: `{"$ref": "http://127.0.0.1:PORT/x.json"}` made the server connect there (SSRF) and hang
+    while it stayed silent; a file: or missing reference was a 500 with the run left `running`."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.settimeout(0.2)
+    accepted: list = []
+
+    def accept() -> None:
+        while silent.fileno() != -1:
+            try:
+                accepted.append(silent.accept()[0])
+            except OSError:
+                continue
+    threading.Thread(target=accept, daemon=True).start()
+    port = silent.getsockname()[1]
+    refs = [f"http://127.0.0.1:{port}/x.json", "file:///etc/passwd", "#/$defs/missing", "other.json"]
+    try:
+        with HealthWatch(schema_served.url) as health:
+            replies = _post_all(schema_served, [_typed("Q-digits", {"$ref": ref}) for ref in refs])
+            time.sleep(0.5)
+    finally:
+        silent.close()
+    for reply in replies:
+        assert isinstance(reply, httpx.Response) and reply.status_code == 400, reply
+        assert "does not point inside the schema" in reply.json()["error"]["message"]
+    assert not accepted  # nothing connected to the address the schema named
+    assert health.slowest < 1.0, health.times
+    assert _statuses() == []  # refused before any run started
+
+
+def test_a_huge_schema_is_a_400_naming_the_bound_and_the_server_keeps_answering(schema_served):
+    """Before: a 9.3 MB schema with 150,000 properties held the event loop for 51 s."""
+    huge = {"type": "object", "properties": {f"property_{i:06d}": {"type": "string", "description": "a field"}
+                                             for i in range(150_000)}}
+    repeated = {"type": "string", "pattern": "(?:(?:a{1000}){1000}){1000}"}  # `regex` would expand it
+    with HealthWatch(schema_served.url) as health:
+        replies = _post_all(schema_served, [_typed("Q-digits", huge), _typed("Q-digits", repeated)])
+    assert [reply.status_code for reply in replies] == [400, 400], replies
+    huge_refused = replies[0].json()["error"]["message"]  # its keys pass the text bound first
+    assert "the schema has more than 500,000 characters of text, the limit" in huge_refused
+    assert "over the limit of 10,000" in replies[1].json()["error"]["message"]
+    assert health.slowest < 1.0, health.times
+    assert _statuses() == []
+
+
+def test_a_backtracking_pattern_never_blocks_the_server(schema_served):
+    """Before: `"pattern": "^(a+)+$"` against a 29-character answer blocked /health for 16-19 s.
+    `^(a|a)*$` backtracks in the `regex` module as well: its check gives up at its deadline."""
+    patterns = ["^(a+)+$", "^(a|a)*$"]
+    bodies = [_typed("Q-backtrack", {"type": "object", "properties": {"code": {"type": "string", "pattern": p}},
+                                     "required": ["code"]}) for p in patterns]
+    with HealthWatch(schema_served.url) as health:
+        replies = _post_all(schema_served, bodies)
+    for reply in replies:
+        assert isinstance(reply, httpx.Response) and reply.status_code == 502, reply
+        assert "did not match the schema after 3 tries" in reply.json()["error"]["message"]
+    assert "does not match '^(a+)+$'" in replies[0].json()["error"]["message"]
+    assert "took over 2 s" in replies[1].json()["error"]["message"]
+    assert health.slowest < 1.0, health.times
+    assert _statuses() == ["error", "error"]
+
+
+def test_a_typed_answer_the_parser_cannot_take_ends_the_run_not_the_request(schema_served):
+    """Before: an answer of 5,000 digits or nested 100,000 deep was a 500 and left the run `running`."""
+    with HealthWatch(schema_served.url) as health:
+        replies = _post_all(schema_served, [_typed("Q-digits", {"type": "integer"}),
+                                            _typed("Q-deep", {"type": "array"})])
+    for reply, told in zip(replies, ["a number of 5,000 digits", "nested more than 64 levels"]):
+        assert isinstance(reply, httpx.Response) and reply.status_code == 502, reply
+        assert "did not match the schema after 3 tries" in reply.json()["error"]["message"]
+        assert told in reply.json()["error"]["message"]
+    assert health.slowest < 1.0, health.times
+    assert _statuses() == ["error", "error"]

@@ -7,18 +7,16 @@ request at a limit. Whatever its source, every answer passes `accept` before the
 with it: an answer that is too large, or made of the error texts of failed sub-calls, is refused
 with a message for the model (an error is never an answer). With a schema (`completion(...,
 schema=...)`), the answer must also be JSON that validates: the model is told the validation
-errors and tries again, a bounded number of times.
+errors and tries again, a bounded number of times (the schema and the check: `answer_schema.py`).
 """
 
 from __future__ import annotations
 
-import ast
-import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import prompts
+from .answer_schema import AnswerSchema
 from .config import HOST_BOUNDS
 from .parsing import FinalAnswer, truncate_output
 
@@ -41,72 +39,6 @@ async def resolve(env: Any, final: FinalAnswer, *, with_code: bool = False) -> t
     return None, f"FINAL_VAR failed: {value['error']}. Define the variable in a ```repl block first."
 
 
-class AnswerSchema:
-    """What a typed answer must be: a pydantic model class, or a JSON schema (a dict)."""
-
-    def __init__(self, schema: Any) -> None:
-        from .errors import ConfigError
-
-        self.model: Any = None
-        if isinstance(schema, type) and hasattr(schema, "model_validate") and hasattr(schema, "model_json_schema"):
-            self.model = schema
-            self.json_schema: dict = schema.model_json_schema()
-        elif isinstance(schema, dict):
-            import jsonschema
-
-            try:
-                jsonschema.validators.validator_for(schema).check_schema(schema)
-            except jsonschema.SchemaError as error:
-                raise ConfigError(f"the schema is not a valid JSON schema: {error.message}") from None
-            self.json_schema = schema
-        else:
-            raise ConfigError("schema must be a pydantic model class or a JSON schema (a dict), got "
-                              f"{type(schema).__name__}")
-
-    def prompt_note(self) -> str:
-        return prompts.SCHEMA_NOTE.format(schema=json.dumps(self.json_schema, indent=1)[:6_000])
-
-    def validate(self, answer: str) -> tuple[Any, str | None]:
-        """`(the parsed value, None)` or `(None, the errors in words)`."""
-        value, problem = _as_json(answer)
-        if problem is not None:
-            return None, problem
-        if self.model is not None:
-            from pydantic import ValidationError
-
-            try:
-                return self.model.model_validate(value), None
-            except ValidationError as error:
-                return None, "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
-                                       for e in error.errors()[:10])
-        import jsonschema
-
-        errors = sorted(jsonschema.validators.validator_for(self.json_schema)(self.json_schema).iter_errors(value),
-                        key=lambda e: list(e.path))
-        if errors:
-            return None, "; ".join(f"{'.'.join(map(str, e.path)) or '(top)'}: {e.message}" for e in errors[:10])
-        return value, None
-
-
-_JSON_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(?P<body>.*?)\n\s*```\s*$", re.DOTALL | re.IGNORECASE)
-
-
-def _as_json(answer: str) -> tuple[Any, str | None]:
-    """The answer as data: JSON (a ```json fence around it is fine), or the Python literal that
-    `FINAL_VAR` of a dict or list produces."""
-    text = answer.strip()
-    fenced = _JSON_FENCE.match(text)
-    if fenced:
-        text = fenced.group("body").strip()
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError as error:
-        try:
-            return ast.literal_eval(text), None
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            return None, f"it is not JSON ({error.msg} at line {error.lineno}, column {error.colno})"
-
-
 @dataclass
 class Gate:
     """The gate one run's answers pass: `accept` for every answer; with a schema, `parsed` is the
@@ -120,11 +52,11 @@ class Gate:
     gave_up: str | None = None
     _last_problem: str | None = field(default=None, repr=False)
 
-    def accept(self, answer: str | None) -> tuple[str | None, str | None]:
+    async def accept(self, answer: str | None) -> tuple[str | None, str | None]:
         answer, refused = accept(answer, self.failures)
         if answer is None or self.schema is None:
             return answer, refused
-        value, problem = self.schema.validate(answer)
+        value, problem = await self.schema.check(answer)
         if problem is None:
             self.parsed = value
             return answer, None

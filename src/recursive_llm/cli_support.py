@@ -157,14 +157,14 @@ def _load_inputs(params: dict, context) -> list:
 
 
 def _read_schema(path: Path | str | None):
-    from .answers import AnswerSchema
+    from .answer_schema import AnswerSchema
     from .errors import ConfigError
 
     if path is None:
         return None
     try:
         schema = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise ConfigError(f"--schema {path}: not a JSON schema file ({error})") from None
     if not isinstance(schema, dict):
         raise ConfigError(f"--schema {path}: a JSON schema is an object, e.g. {{\"type\": \"object\", ...}}")

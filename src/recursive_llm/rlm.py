@@ -22,7 +22,7 @@ from .scheduler import Scheduler
 from .usage import UsageSummary
 
 if TYPE_CHECKING:
-    from .answers import AnswerSchema
+    from .answer_schema import AnswerSchema
     from .context.loader import LoadedContext
     from .session import Session
 
@@ -167,12 +167,13 @@ class RLM:
                           run_config: dict[str, Any] | None = None, **load_options: Any) -> Result:
         """See `completion`. `resume_from`: a run id whose recorded calls are replayed (in order, for
         free) before live calls continue; `run_config`: what `rlm ask --resume` needs to redo the run."""
-        from .answers import AnswerSchema
+        from .answer_schema import AnswerSchema
         from .context.loader import load_inputs
 
         if not isinstance(query, str) or not query.strip():
             raise RLMError("the query is empty: pass the question to answer as `query`")
-        answer_schema = AnswerSchema(schema) if schema is not None else None
+        answer_schema = schema if isinstance(schema, AnswerSchema) or schema is None else (
+            await asyncio.to_thread(AnswerSchema, schema))  # a large schema's check never holds the loop
         sources = ([] if context is None else [context]) + list(contexts or [])
         inputs = load_inputs(sources or [""], **load_options)
         return await self.run_inputs(query, inputs, resume_from=resume_from, run_config=run_config,

@@ -29,6 +29,7 @@ from .subcalls import SubCalls
 from .usage import UsageSummary
 
 if TYPE_CHECKING:
+    from .answer_schema import AnswerSchema
     from .context.loader import LoadedContext
 
 # (answer, why the run stopped, error)
@@ -103,7 +104,7 @@ class Run:
 
     def __init__(self, state: RunState, *, query: str, inputs: list[LoadedContext], depth: int, run_id: str,
                  parent_run_id: str | None, root_client: ModelClient, environment: Any = None,
-                 turn_note: str | None = None, schema: answers.AnswerSchema | None = None) -> None:
+                 turn_note: str | None = None, schema: AnswerSchema | None = None) -> None:
         self.state = state
         self.config = state.config
         self.environment = environment  # given by a session: already started, and left open
@@ -259,7 +260,7 @@ class Run:
                 final, problem = await answers.resolve(env, parsed.final, with_code=bool(parsed.code_blocks))
                 if problem:
                     outputs.append(problem)
-            final, refused = self.gate.accept(final)
+            final, refused = await self.gate.accept(final)
             if refused:
                 outputs.append(refused)
                 rejected = refused
@@ -312,7 +313,7 @@ class Run:
         self.emit("fallback", reason=f"{idle_turns} replies in a row without working code or an answer",
                   strategy="map_reduce", chunk_chars=chunk_chars)
         outputs, final, _ = await self._run_blocks(env, [map_reduce_code(self.query, chunk_chars)])
-        final, refused = self.gate.accept(final)
+        final, refused = await self.gate.accept(final)
         if final is not None:
             return final, StopReason.FINAL, None
         if refused:
@@ -339,7 +340,7 @@ class Run:
         answer = None
         if parsed.final is not None:
             answer, _ = await answers.resolve(env, parsed.final)
-        answer, refused = self.gate.accept(answer if answer is not None else reply.strip() or None)
+        answer, refused = await self.gate.accept(answer if answer is not None else reply.strip() or None)
         if refused:
             self.emit("final_ask_failed", error=refused)
         return answer

@@ -320,6 +320,19 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
                             f"{str(response_format.get('type'))[:40]!r}")
 
 
+async def answer_schema(schema: dict[str, Any] | None):
+    """The response format's schema, checked in a thread (within its bounds, references only inside
+    it: `answer_schema.py`) after the request took its slot: a bad one is a 400 naming the problem."""
+    if schema is None:
+        return None
+    from .answer_schema import AnswerSchema
+
+    try:
+        return await asyncio.to_thread(AnswerSchema, schema)
+    except ConfigError as error:
+        raise RequestError(400, f"response_format.json_schema.schema: {error}") from None
+
+
 def _text(content: Any) -> str:
     if content is None:
         return ""
@@ -453,6 +466,7 @@ def create_app(config: ServeConfig):
     from .environments.pool import serve_with_pool  # pre-started workers, one per request (issue 17)
     serve_with_pool(app, size=config.max_concurrent, sandbox=config.sandbox)
     state: dict[str, Any] = {"active": 0, "started": time.time(), "stores": {}}  # stores: _store_for
+    _request_model()  # built now (0.2 s), not on the event loop while the first request waits with the others
 
     async def close_stores() -> None:
         for store in state["stores"].values():
@@ -482,6 +496,7 @@ def create_app(config: ServeConfig):
         state["active"] += 1  # the slot is this request's from now on, while its body is parsed too
         try:
             args = await _parse_body(raw, config)
+            args["schema"] = await answer_schema(args["schema"])
         except BaseException:
             state["active"] -= 1
             raise

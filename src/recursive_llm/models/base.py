@@ -7,10 +7,23 @@ budgets and concurrency live in `recursive_llm.scheduler`, never in a client. A 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """A JSON escape such as `\\ud800` decodes to a lone surrogate, which UTF-8 cannot carry: the
+    store, the trajectory and the next request would fail on it."""
+    return not text.isascii() and _LONE_SURROGATE.search(text) is not None
+
+
+def unicode_text(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text) if has_lone_surrogate(text) else text
 
 
 @dataclass
@@ -27,6 +40,12 @@ class Completion:
     # it (Anthropic's cache_creation_input_tokens).
     cached_prompt_tokens: int = 0
     cache_write_tokens: int = 0
+
+    def __post_init__(self) -> None:  # every provider's reply enters here: text the rest can write
+        if isinstance(self.text, str):
+            self.text = unicode_text(self.text)
+        if isinstance(self.reasoning, str):
+            self.reasoning = unicode_text(self.reasoning)
 
 
 @runtime_checkable
