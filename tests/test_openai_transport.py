@@ -53,6 +53,21 @@ def test_the_default_transport_is_httpx_and_the_sdk_is_opt_in(monkeypatch):
             OpenAIClient("m")
 
 
+def test_calls_are_spread_over_clients_of_at_most_pool_width_in_flight():
+    from recursive_llm.models.openai_client import POOL_WIDTH, Pools
+
+    made = []
+    pools = Pools(lambda: made.append(object()) or made[-1])
+    held = [pools.acquire() for _ in range(2 * POOL_WIDTH + 3)]
+    assert [index for index, _ in held] == [0] * POOL_WIDTH + [1] * POOL_WIDTH + [2] * 3
+    assert [client for _, client in held[:POOL_WIDTH]] == [made[0]] * POOL_WIDTH and len(made) == 3
+    pools.release(0)
+    assert pools.acquire()[0] == 0  # the first client with room, not a fourth
+    for index, _ in held[1:]:
+        pools.release(index)
+    assert [pools.acquire()[0] for _ in range(3)] == [0, 0, 0]  # calls one at a time: one client
+
+
 @pytest.mark.parametrize("transport", PLAIN)
 def test_same_completion_and_request_body(transport):
     reasoning = lambda messages, model: "thinking..."  # noqa: E731

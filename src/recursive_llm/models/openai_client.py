@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ModelError
@@ -60,6 +61,40 @@ def _prefetch(transport: str) -> None:
             pass  # an unusable SSL_CERT_FILE: the first call reports it
 
     threading.Thread(target=load, name="rlm-http-prefetch").start()
+
+
+POOL_WIDTH = 16  # calls in flight per httpx2 client (Pools)
+
+
+class Pools:
+    """The `httpx` transport's httpx2 clients for one endpoint and key on one event loop, each with
+    at most POOL_WIDTH calls in flight: a call takes the first client with room, a new one when none
+    has. httpcore2's pool looks at each of its connections twice per request; at 64 calls in
+    flight through one client that was 1,750 of a call's 3,700 Python function calls, and with
+    clients of 16 it is 370 (docs/BENCHMARKS.md, issue 26). Calls one at a time use one client,
+    one connection."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._clients: list[Any] = []
+        self._in_flight: list[int] = []
+
+    def acquire(self) -> tuple[int, Any]:
+        """(index, client) for the next call; give the index back with `release`."""
+        index = next((i for i, count in enumerate(self._in_flight) if count < POOL_WIDTH), len(self._clients))
+        if index == len(self._clients):
+            self._clients.append(self._make())
+            self._in_flight.append(0)
+        self._in_flight[index] += 1
+        return index, self._clients[index]
+
+    def release(self, index: int) -> None:
+        self._in_flight[index] -= 1
+
+    async def aclose(self) -> None:
+        clients, self._clients, self._in_flight = self._clients, [], []
+        for client in clients:
+            await client.aclose()
 
 
 class OpenAIClient:
@@ -120,18 +155,18 @@ class OpenAIClient:
                 headers[header] = os.environ[variable]
         return headers
 
-    def _http(self):
+    def _http(self) -> Pools:
         def make():
             import httpx2
 
             from .tls import shared_ssl_context
 
-            # The official client's defaults: up to 1,000 connections, proxies from the environment
-            # (trust_env); timeouts are per call (_post).
+            # Proxies from the environment (trust_env); timeouts are per call (_post).
             return httpx2.AsyncClient(
                 base_url=self._endpoint + "/", headers=self._headers(), verify=shared_ssl_context(), trust_env=True,
-                limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100), follow_redirects=True)
-        return self._shared_client(make)
+                limits=httpx2.Limits(max_connections=POOL_WIDTH, max_keepalive_connections=POOL_WIDTH),
+                follow_redirects=True)
+        return self._shared_client(lambda: Pools(make))
 
     @functools.cached_property
     def _endpoint(self) -> str:
@@ -143,14 +178,18 @@ class OpenAIClient:
         import httpx2
 
         connect, read = _timeouts(timeout)
+        pools = self._http()
+        index, client = pools.acquire()
         try:
-            async with self._http().stream("POST", "chat/completions", content=json.dumps(body).encode(),
-                                           timeout=httpx2.Timeout(read, connect=connect)) as response:
+            async with client.stream("POST", "chat/completions", content=json.dumps(body).encode(),
+                                     timeout=httpx2.Timeout(read, connect=connect)) as response:
                 status, headers, content = response.status_code, response.headers, await self._read(response)
         except httpx2.TimeoutException:
             raise timed_out(self.provider, self.model) from None
         except httpx2.TransportError as error:
             raise connection_failed(self.provider, self.model, error or type(error).__name__) from None
+        finally:
+            pools.release(index)
         if status >= 400:
             raise self._status_error(status, headers, content)
         return self._decode(content)
