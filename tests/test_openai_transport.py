@@ -325,6 +325,9 @@ def test_a_ca_only_in_the_systems_store_is_trusted(authority, request):
     with pytest.raises(ModelError, match="certificate is not trusted.*SSL_CERT_FILE") as untrusted:
         calls(url)
     assert not untrusted.value.retryable
+    with pytest.raises(ModelError, match="certificate is not trusted") as untrusted:
+        anthropic_call(url)
+    assert not untrusted.value.retryable
     request.getfixturevalue("in_the_system_store")
     assert fields(calls(url)[0])["n"] == "1" and fields(anthropic_call(url))["n"] == "2"
 
