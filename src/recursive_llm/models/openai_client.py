@@ -69,10 +69,10 @@ POOL_WIDTH = 16  # calls in flight per httpx2 client (Pools)
 class Pools:
     """The `httpx` transport's httpx2 clients for one endpoint and key on one event loop, each with
     at most POOL_WIDTH calls in flight: a call takes the first client with room, a new one when none
-    has. httpcore2's pool looks at each of its connections twice per request; at 64 calls in
-    flight through one client that was 1,750 of a call's 3,700 Python function calls, and with
-    clients of 16 it is 370 (docs/BENCHMARKS.md, issue 26). Calls one at a time use one client,
-    one connection."""
+    has. httpcore2's pool looks at each of its connections twice per request: at 64 calls in
+    flight through one client that was 1,750 of a call's 3,900 Python function calls; with clients
+    of 16, 570 of 2,700 (docs/BENCHMARKS.md, issue 26). Calls one at a time use one client, one
+    connection."""
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self._make = make
