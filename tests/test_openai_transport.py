@@ -315,7 +315,7 @@ def in_the_system_store(authority):
         shared_ssl_context.cache_clear()
         yield url
     finally:
-        installed.unlink()
+        installed.unlink()  # --fresh: a plain run would leave the removed CA's links dangling
         subprocess.run(["update-ca-certificates", "--fresh"], check=True, capture_output=True, timeout=120)
 
 
