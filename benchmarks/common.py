@@ -80,32 +80,6 @@ async def bare_openai(base_url: str, prompts: int, width: int) -> float:
     return elapsed
 
 
-async def bare_aiohttp(base_url: str, prompts: int, width: int) -> float:
-    """The same calls as `bare_openai` from `aiohttp` alone (the HTTP library of our default
-    transport), `width` in flight: the floor of a Python client with a C HTTP parser."""
-    import asyncio
-    import json
-    import time
-
-    import aiohttp
-
-    url = base_url.rstrip("/") + "/chat/completions"
-    semaphore = asyncio.Semaphore(width)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     headers={"Authorization": "Bearer x"}) as session:
-        async def one(i: int) -> None:
-            async with semaphore:
-                body = {"model": "bench", "messages": [{"role": "user", "content": str(i)}]}
-                async with session.post(url, data=json.dumps(body).encode(),
-                                        headers={"Content-Type": "application/json"}) as response:
-                    assert response.status == 200, response.status
-                    json.loads(await response.read())
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(prompts)))
-        return time.perf_counter() - started
-
-
 async def bare_asyncio(base_url: str, prompts: int, width: int) -> float:
     """The same calls from no HTTP library at all: `width` lanes, each one keep-alive connection
     (opened by its first call, as the others open theirs) on an `asyncio.Protocol` that writes the

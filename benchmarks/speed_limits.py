@@ -4,10 +4,9 @@ Run: python benchmarks/speed_limits.py [fanout|cpu|capped|serve|cold] ...   (fan
 
 - fanout: N sub-calls at 100 ms over HTTP at a fixed width, against the simulator and against the
   lean server (benchmarks/lean_server.py), each in its own process: the bare `openai.AsyncOpenAI`,
-  bare `aiohttp`, bare asyncio (no HTTP library: the floor), ours with each transport (lean, the
-  default; aiohttp; httpx; the SDK).
-- cpu: the fan-out against the lean server with no latency, bare aiohttp, bare asyncio and ours
-  (lean and aiohttp transports):
+  bare asyncio (no HTTP library: the floor), ours with each transport (httpx, the default: httpx2;
+  the SDK, on the same library).
+- cpu: the fan-out against the lean server with no latency, bare asyncio and ours (httpx transport):
   the CPU per call (client and server together) that each wave of answers waits for.
 - capped: the fake server answers 429 beyond 8 in flight; 400 sub-calls with the adaptive width:
   requests refused in the first 100 sub-calls and in the rest, and whether every sub-call succeeded.
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
 
-from common import bare_aiohttp, bare_asyncio, bare_openai, percentile, serve_burst, start_serve  # noqa: E402
+from common import bare_asyncio, bare_openai, percentile, serve_burst, start_serve  # noqa: E402
 from core_overhead import fan_out, server_process  # noqa: E402
 from recursive_llm import RLM  # noqa: E402
 
@@ -87,13 +86,11 @@ def fanout(prompts: int = 1000, width: int = 64) -> None:
         fanout_against(prompts, width, lean)
 
 
-OUR_TRANSPORTS = {"ours, lean transport (the default)": "lean", "ours, aiohttp transport": "aiohttp",
-                  "ours, httpx transport": "httpx",
-                  "ours, SDK transport": "sdk"}
+OUR_TRANSPORTS = {"ours, httpx transport (the default)": "httpx", "ours, SDK transport": "sdk"}
 
 
 # The clients with no framework around them, each `(base_url, prompts, width) -> seconds`.
-BARE_CLIENTS = {"bare openai SDK": bare_openai, "bare aiohttp": bare_aiohttp,
+BARE_CLIENTS = {"bare openai SDK": bare_openai,
                 "bare asyncio, no HTTP library (the floor; benchmarks/common.py)": bare_asyncio}
 
 
@@ -140,7 +137,7 @@ def cpu(prompts: int = 1000, width: int = 64) -> None:
     calls cost, client and server together (2 cores), so wall / prompts is the CPU per call that a
     wave of `width` answers waits for."""
     bare_labels = [label for label, client in BARE_CLIENTS.items() if client is not bare_openai]
-    transports = {label: transport for label, transport in OUR_TRANSPORTS.items() if transport in ("lean", "aiohttp")}
+    transports = {label: transport for label, transport in OUR_TRANSPORTS.items() if transport == "httpx"}
     times: dict[str, list[float]] = {label: [] for label in bare_labels + list(transports)}
     with server_process(0.0, lean=True) as url:
         for transport in transports.values():
@@ -246,7 +243,7 @@ def cold() -> None:
     from scripted_root import root_then_sub
 
     turns = ["```repl\nprint(len(context))\n```", "FINAL(done)"]
-    times: dict[str, list[float]] = {"lean": [], "aiohttp": [], "httpx": [], "sdk": []}
+    times: dict[str, list[float]] = {"httpx": [], "sdk": []}
     with FakeLLMServer(responder=root_then_sub(turns), latency=LATENCY) as backend:
         for _ in range(REPEATS):
             for transport in times:

@@ -24,7 +24,7 @@ def rlm_home(tmp_path, monkeypatch):
     monkeypatch.setenv("RLM_HOME", str(tmp_path / "home"))
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx", "sdk"])
+@pytest.mark.parametrize("transport", ["httpx", "sdk"])
 def test_the_next_completion_reuses_the_providers_connections(transport, monkeypatch):
     monkeypatch.setenv("RLM_OPENAI_TRANSPORT", transport)
     with FakeLLMServer(responder=root_then_sub(TURNS), latency=0.02) as server:

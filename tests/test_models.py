@@ -151,8 +151,7 @@ def test_litellm_over_http():
         assert info.value.retryable and info.value.status_code == 429
 
 
-CLIENT_KINDS = {"openai aiohttp": lambda url: OpenAIClient("m", base_url=url, api_key=SECRET, transport="aiohttp"),
-                "openai httpx": lambda url: OpenAIClient("m", base_url=url, api_key=SECRET, transport="httpx"),
+CLIENT_KINDS = {"openai httpx": lambda url: OpenAIClient("m", base_url=url, api_key=SECRET, transport="httpx"),
                 "openai sdk": lambda url: OpenAIClient("m", base_url=url, api_key=SECRET, transport="sdk"),
                 "anthropic": lambda url: AnthropicClient("claude-test", base_url=url.rsplit("/v1", 1)[0],
                                                          api_key=SECRET)}

@@ -1,12 +1,23 @@
-"""The four transports of OpenAIClient (plain HTTP with our lean pool, the default, with aiohttp or
-with httpx2; the official `openai` SDK) give the same completions and the same `ModelError`s for the
-same server behaviour."""
+"""OpenAIClient's transports (`httpx`, the default: plain HTTP with httpx2; `sdk`: the official
+`openai` client on the same library) give the same completions and the same `ModelError`s for the
+same server behaviour; and the default transport against real server software (uvicorn, tinyproxy:
+tests/real_http.py): idle connections the server dropped, a server that closes after every reply,
+proxies, the system's trust store and the CA variables, redirects, response bounds."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import socketserver
+import ssl
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +25,7 @@ from recursive_llm.errors import ModelError
 from recursive_llm.models.openai_client import OpenAIClient
 from recursive_llm.testing import FakeLLMServer
 
+import real_http
 from test_models import MESSAGES, SECRET, complete  # the same request and helper as the SDK tests
 
 
@@ -27,25 +39,33 @@ def outcome(transport: str, **server_options):
             return error, server.requests
 
 
-PLAIN = ("lean", "aiohttp", "httpx")  # the transports that post the JSON themselves, each compared with the SDK
+PLAIN = ("httpx",)  # the transports that post the JSON themselves, each compared with the SDK
 
 
-def test_the_default_transport_is_lean_and_the_others_are_available(monkeypatch):
-    import importlib.util
-
+def test_the_default_transport_is_httpx_and_the_sdk_is_opt_in(monkeypatch):
     monkeypatch.delenv("RLM_OPENAI_TRANSPORT", raising=False)
-    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "lean"
-    for chosen in ("aiohttp", "httpx", "sdk"):
-        monkeypatch.setenv("RLM_OPENAI_TRANSPORT", chosen)
-        assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == chosen
-    monkeypatch.delenv("RLM_OPENAI_TRANSPORT")
-    real_find_spec = importlib.util.find_spec
-    for missing, fallback in (("httptools", "aiohttp"), ("aiohttp", "httpx")):
-        monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda name, *a, missing=missing: None if name == missing else real_find_spec(name, *a))
-        assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == fallback
-    with pytest.raises(ValueError, match="unknown transport"):
-        OpenAIClient("m", transport="carrier-pigeon")
+    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "httpx"
+    monkeypatch.setenv("RLM_OPENAI_TRANSPORT", "sdk")
+    assert OpenAIClient("m", base_url="http://127.0.0.1:9/v1").transport == "sdk"
+    for removed in ("lean", "aiohttp"):  # issue 26: one HTTP stack
+        monkeypatch.setenv("RLM_OPENAI_TRANSPORT", removed)
+        with pytest.raises(ValueError, match="unknown transport.*RLM_OPENAI_TRANSPORT"):
+            OpenAIClient("m")
+
+
+def test_calls_are_spread_over_clients_of_at_most_pool_width_in_flight():
+    from recursive_llm.models.openai_client import POOL_WIDTH, Pools
+
+    made = []
+    pools = Pools(lambda: made.append(object()) or made[-1])
+    held = [pools.acquire() for _ in range(2 * POOL_WIDTH + 3)]
+    assert [index for index, _ in held] == [0] * POOL_WIDTH + [1] * POOL_WIDTH + [2] * 3
+    assert [client for _, client in held[:POOL_WIDTH]] == [made[0]] * POOL_WIDTH and len(made) == 3
+    pools.release(0)
+    assert pools.acquire()[0] == 0  # the first client with room, not a fourth
+    for index, _ in held[1:]:
+        pools.release(index)
+    assert [pools.acquire()[0] for _ in range(3)] == [0, 0, 0]  # calls one at a time: one client
 
 
 @pytest.mark.parametrize("transport", PLAIN)
@@ -128,3 +148,242 @@ def test_the_proxy_comes_from_the_environment(transport, monkeypatch):
         with pytest.raises(ModelError, match="connection failed"):
             complete(OpenAIClient("m", base_url=unreachable, api_key=SECRET, transport=transport))
     assert through_proxy.text.startswith("echo:")
+
+
+# The default transport against real server software (tests/real_http.py).
+
+needs_tinyproxy = pytest.mark.skipif(shutil.which("tinyproxy") is None,
+                                     reason="tinyproxy is not installed (apt-get install tinyproxy; .ci/run does)")
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_or_ca_from_the_host(monkeypatch):
+    """Each test sets the proxy and CA variables it means; the TLS context is rebuilt for each."""
+    from recursive_llm.models.tls import shared_ssl_context
+
+    for name in PROXY_VARIABLES + CA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    shared_ssl_context.cache_clear()
+    yield
+    shared_ssl_context.cache_clear()
+
+
+def fields(text: str) -> dict[str, str]:
+    """`FINAL(port=1 via=- n=2)` (real_http.app's answer) or its inside as {"port": "1", ...}."""
+    inside = text.removeprefix("FINAL(").removesuffix(")")
+    return dict(item.split("=", 1) for item in inside.split())
+
+
+def calls(base_url: str, count: int = 1, *, width: int = 1, pause: float = 0.0, client=None) -> list[str]:
+    """`count` completions on one client and one event loop, `width` at a time; `pause` seconds of
+    `time.sleep` between calls (the loop does not run meanwhile)."""
+    client = client or OpenAIClient("m", base_url=base_url, api_key=SECRET)
+
+    async def go() -> list[str]:
+        gate = asyncio.Semaphore(width)
+
+        async def one() -> str:
+            async with gate:
+                return (await client.complete(MESSAGES)).text
+        try:
+            if width == 1:
+                texts = []
+                for index in range(count):
+                    if index:
+                        time.sleep(pause)
+                    texts.append(await one())
+                return texts
+            return list(await asyncio.gather(*(one() for _ in range(count))))
+        finally:
+            await client.aclose()
+    return asyncio.run(go())
+
+
+def test_an_idle_connection_the_server_dropped_is_never_an_error():
+    """uvicorn drops a keep-alive connection idle for 1 s without notice; `RLM.completion` twice,
+    1.5 s apart, the kept event loop idle in between, no retries: both answer, the second over a
+    new connection."""
+    from recursive_llm import RLM
+
+    with real_http.uvicorn("--timeout-keep-alive", "1") as url:
+        rlm = RLM(model="m", base_url=url, api_key=SECRET, max_retries=0, store=None)
+        try:
+            first = rlm.completion("q", "text").answer
+            time.sleep(1.5)
+            second = rlm.completion("q", "text").answer
+        finally:
+            rlm.close()
+    assert fields(first)["port"] != fields(second)["port"]  # uvicorn had closed the first connection
+
+
+def closes_without_notice(port: int) -> bool:
+    """Whether the server on `port` answers a keep-alive request without `Connection: close` and then
+    closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}")
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+    head = reply.split(b"\r\n\r\n", 1)[0].lower()
+    return head.startswith(b"http/1.1 200") and b"connection: close" not in head
+
+
+@needs_tinyproxy
+def test_a_server_that_closes_after_every_reply_fails_no_call():
+    """tinyproxy as a reverse proxy closes the connection after every reply without saying so:
+    200 calls 16 at a time all answer."""
+    with real_http.uvicorn() as upstream:
+        origin = upstream.rsplit("/v1", 1)[0]
+        with real_http.tinyproxy(f'ReversePath "/" "{origin}/"', "ReverseOnly Yes") as port:
+            assert closes_without_notice(port)
+            texts = calls(f"http://127.0.0.1:{port}/v1", 200, width=16)
+    assert len(texts) == 200 and all("tinyproxy" in fields(text)["via"] for text in texts)
+
+
+@needs_tinyproxy
+@pytest.mark.parametrize("scheme", ["http://", ""])  # a proxy without a scheme is http://
+def test_an_http_endpoint_through_an_http_proxy(scheme, monkeypatch):
+    with real_http.uvicorn() as url, real_http.tinyproxy() as port:
+        monkeypatch.setenv("HTTP_PROXY", f"{scheme}127.0.0.1:{port}")
+        texts = calls(url, 6)
+    assert [("tinyproxy" in fields(text)["via"]) for text in texts] == [True] * 6
+
+
+def test_no_proxy_with_a_cidr_range(monkeypatch):
+    with real_http.uvicorn() as url:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{real_http.free_port()}")  # nothing listens there
+        with pytest.raises(ModelError, match="connection failed"):
+            calls(url)  # the proxy is used
+        monkeypatch.setenv("NO_PROXY", "10.0.0.0/8,127.0.0.0/8")
+        assert fields(calls(url)[0])["via"] == "-"  # straight to the server
+
+
+def test_a_307_sends_the_post_once_to_each_address():
+    with real_http.uvicorn() as url:
+        text = calls(url.replace("/v1", "/v1/moved"))[0]
+    assert fields(text)["n"] == "2"  # the POST to /v1/moved/..., then the one to /v1/...
+
+
+@pytest.mark.parametrize("path", ["huge", "bomb"])
+def test_a_response_over_the_bound_is_refused_and_not_retried(path, monkeypatch):
+    from recursive_llm.models import openai_client
+
+    monkeypatch.setattr(openai_client, "MAX_BODY_BYTES", 100_000)
+    with real_http.uvicorn() as url:
+        with pytest.raises(ModelError, match="response refused.*over 100,000 bytes") as refused:
+            calls(url.replace("/v1", f"/v1/{path}"))
+        assert fields(calls(url)[0])["n"] == "2"  # a normal answer is read whole
+    assert not refused.value.retryable
+
+
+@pytest.fixture
+def authority(tmp_path):
+    """A CA trusted nowhere yet, and uvicorn serving HTTPS with a certificate it signed: (CA file, base URL)."""
+    ca, certificate, key = real_http.certificate_authority(tmp_path)
+    with real_http.uvicorn("--ssl-keyfile", str(key), "--ssl-certfile", str(certificate), scheme="https") as url:
+        yield ca, url
+
+
+def anthropic_call(base_url: str) -> str:
+    from recursive_llm.models.anthropic_client import AnthropicClient
+
+    async def go() -> str:
+        client = AnthropicClient("m", base_url=base_url.removesuffix("/v1"), api_key=SECRET)
+        try:
+            return (await client.complete(MESSAGES)).text
+        finally:
+            await client.aclose()
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def in_the_system_store(authority):
+    """The CA installed in the system's trust store (Debian's update-ca-certificates), removed afterwards."""
+    if os.geteuid() != 0 or shutil.which("update-ca-certificates") is None:
+        pytest.skip("installing a CA in the system's store needs root and update-ca-certificates (Debian)")
+    from recursive_llm.models.tls import shared_ssl_context
+
+    ca, url = authority
+    installed = Path("/usr/local/share/ca-certificates") / f"recursive-llm-test-{os.getpid()}.crt"
+    installed.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ca, installed)
+    try:
+        subprocess.run(["update-ca-certificates"], check=True, capture_output=True, timeout=120)
+        shared_ssl_context.cache_clear()
+        yield url
+    finally:
+        installed.unlink()  # --fresh: a plain run would leave the removed CA's links dangling
+        subprocess.run(["update-ca-certificates", "--fresh"], check=True, capture_output=True, timeout=120)
+
+
+def test_a_ca_only_in_the_systems_store_is_trusted(authority, request):
+    """Not trusted before it is installed (not retryable); trusted after, by both providers' clients."""
+    _, url = authority
+    with pytest.raises(ModelError, match="certificate is not trusted.*SSL_CERT_FILE") as untrusted:
+        calls(url)
+    assert not untrusted.value.retryable
+    with pytest.raises(ModelError, match="certificate is not trusted") as untrusted:
+        anthropic_call(url)
+    assert not untrusted.value.retryable
+    request.getfixturevalue("in_the_system_store")
+    assert fields(calls(url)[0])["n"] == "1" and fields(anthropic_call(url))["n"] == "2"
+
+
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"])
+def test_the_ca_bundle_variables_are_honoured(variable, authority, monkeypatch):
+    ca, url = authority
+    monkeypatch.setenv(variable, str(ca))
+    assert fields(calls(url)[0])["n"] == "1" and fields(anthropic_call(url))["n"] == "2"
+    monkeypatch.setenv(variable, str(ca.parent / "missing.pem"))
+    from recursive_llm.models.tls import shared_ssl_context
+
+    shared_ssl_context.cache_clear()
+    with pytest.raises(ModelError, match=f"{variable}=.*missing.pem cannot be used.*unset it"):
+        calls(url)
+
+
+class CountingServer(socketserver.ThreadingTCPServer):
+    """Counts the connections it accepts; with `tls`, shakes hands with it, else closes at once."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
+        self.accepted = 0
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                outer.accepted += 1
+                if tls is not None:
+                    with contextlib.suppress(OSError), tls.wrap_socket(self.request, server_side=True):
+                        pass
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_a_certificate_error_is_not_retried(tls, tmp_path):
+    """A run with 3 retries: one connection when the certificate is not trusted; four when the
+    server just hangs up (retryable), so the count is the client's attempts."""
+    from recursive_llm import RLM
+
+    context = None
+    if tls:
+        _, certificate, key = real_http.certificate_authority(tmp_path)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate, key)
+    server = CountingServer(context)
+    try:
+        rlm = RLM(model="m", base_url=f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}/v1",
+                  api_key=SECRET, max_retries=3, store=None)
+        result = rlm.completion("q", "text")
+        rlm.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not result.ok and ("certificate is not trusted" if tls else "connection failed") in result.error
+    assert server.accepted == (1 if tls else 4)

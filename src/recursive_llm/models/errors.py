@@ -44,6 +44,14 @@ def timed_out(provider: str, model: str) -> ModelError:
 
 
 def connection_failed(provider: str, model: str, cause: object) -> ModelError:
+    """A failed connection is retried, except a certificate that is not trusted: that fails the same
+    way every time, and the message says where trusted authorities come from (models/tls.py)."""
+    from .tls import is_certificate_error
+
+    if isinstance(cause, BaseException) and is_certificate_error(cause):
+        return ModelError(f"{provider} {model}: the server's certificate is not trusted ({cause}): install its "
+                          f"certificate authority in the system's trust store, or set SSL_CERT_FILE or "
+                          f"REQUESTS_CA_BUNDLE to a PEM bundle that holds it", retryable=False)
     return ModelError(f"{provider} {model}: connection failed ({cause})", retryable=True)
 
 

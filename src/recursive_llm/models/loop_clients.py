@@ -1,6 +1,6 @@
 """HTTP clients per event loop, shared by the model clients that talk to the same endpoint.
 
-An HTTP client (aiohttp, httpx, the openai and anthropic SDKs) belongs to the event loop it was
+An HTTP client (httpx2's, the openai and anthropic SDKs') belongs to the event loop it was
 made on. One model client can be used on several loops, one after the other or at once: every
 `RLM.completion` runs on a loop of its own, and threads may call one `RLM` side by side. So a model
 client holds one HTTP client per loop (`PerLoop`), and model clients of the same kind, endpoint and

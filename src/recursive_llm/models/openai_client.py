@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ModelError
@@ -14,47 +15,29 @@ from .errors import connection_failed, from_openai_error, timed_out
 from .loop_clients import PerLoop
 
 
-TRANSPORTS = ("lean", "aiohttp", "httpx", "sdk")
+TRANSPORTS = ("httpx", "sdk")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MAX_BODY_BYTES = 64 * 1024 * 1024  # a response's body (after decoding): far above any chat completion
 _prefetched = False
 
 
-def http_library():
-    """The HTTP client library of the `httpx` transport: `httpx2` (the fork the `openai` SDK itself
-    runs on, installed with it) when it is installed, else `httpx` (the same API). On this machine
-    plain `httpx` 0.29 took 4.4x as long as `httpx2` for 300 calls 64 wide."""
-    try:
-        import httpx2 as library
-    except ImportError:
-        import httpx as library
-    return library
-
-
 def default_transport() -> str:
-    """RLM_OPENAI_TRANSPORT, else `lean` (models/lean_http.py on `httptools`, both dependencies, with
-    aiohttp for proxies and redirects: the least CPU per call, benchmarks/speed_limits.py fanout),
-    else `aiohttp` (its C HTTP parser spends a third of httpx2's CPU per call), else `httpx`."""
-    import importlib.util
-
-    chosen = os.environ.get("RLM_OPENAI_TRANSPORT")
-    if chosen:
-        return chosen
-    if importlib.util.find_spec("aiohttp") is None:
-        return "httpx"
-    return "lean" if importlib.util.find_spec("httptools") is not None else "aiohttp"
+    """RLM_OPENAI_TRANSPORT, else `httpx`: the JSON posted with `httpx2`, the HTTP library the
+    official SDKs run on. `sdk` (the official client itself, on the same library) is opt-in."""
+    return os.environ.get("RLM_OPENAI_TRANSPORT") or "httpx"
 
 
 def _timeouts(timeout: float | None) -> tuple[float, float]:
-    """(to connect, between reads) for a call's `timeout`, in every plain transport (lean, aiohttp,
-    httpx): at most 5 s to connect; the official client's 600 s when there is none."""
+    """(to connect, between reads) for a call's `timeout`: at most 5 s to connect; the official
+    client's 600 s when there is none."""
     limit = 600.0 if timeout is None else timeout
     return min(limit, 5.0), limit
 
 
 def _prefetch(transport: str) -> None:
-    """Import the transport (the `openai` SDK: 0.6 to 1 s, aiohttp: 0.1 s, httpx2: 0.05 s) and build the
-    TLS context in a thread, once per process, so that the first call overlaps it with loading the
-    input and starting the worker.
+    """Import the transport (the `openai` SDK: 0.6 to 1 s, httpx2: 0.05 s) and build the TLS context
+    in a thread, once per process, so that the first call overlaps it with loading the input and
+    starting the worker.
 
     The thread is not a daemon: a process that ends early (`rlm ask` with no input) waits for it.
     A daemon thread still inside an extension module's import or OpenSSL's certificate loading while
@@ -67,32 +50,64 @@ def _prefetch(transport: str) -> None:
     def load() -> None:
         if transport == "sdk":
             import openai  # noqa: F401
-        elif transport == "lean":
-            import httptools  # noqa: F401
-        elif transport == "aiohttp":
-            import aiohttp  # noqa: F401
         else:
-            http_library()
+            import httpx2  # noqa: F401
 
         from .tls import shared_ssl_context
 
-        shared_ssl_context()
+        try:
+            shared_ssl_context()
+        except ModelError:
+            pass  # an unusable SSL_CERT_FILE: the first call reports it
 
     threading.Thread(target=load, name="rlm-http-prefetch").start()
+
+
+POOL_WIDTH = 16  # calls in flight per httpx2 client (Pools)
+
+
+class Pools:
+    """The `httpx` transport's httpx2 clients for one endpoint and key on one event loop, each with
+    at most POOL_WIDTH calls in flight: a call takes the first client with room, a new one when none
+    has. httpcore2's pool looks at each of its connections twice per request: at 64 calls in
+    flight through one client that was 1,750 of a call's 3,900 Python function calls; with clients
+    of 16, 570 of 2,700 (docs/BENCHMARKS.md, issue 26). Calls one at a time use one client, one
+    connection."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._clients: list[Any] = []
+        self._in_flight: list[int] = []
+
+    def acquire(self) -> tuple[int, Any]:
+        """(index, client) for the next call; give the index back with `release`."""
+        index = next((i for i, count in enumerate(self._in_flight) if count < POOL_WIDTH), len(self._clients))
+        if index == len(self._clients):
+            self._clients.append(self._make())
+            self._in_flight.append(0)
+        self._in_flight[index] += 1
+        return index, self._clients[index]
+
+    def release(self, index: int) -> None:
+        self._in_flight[index] -= 1
+
+    async def aclose(self) -> None:
+        clients, self._clients, self._in_flight = self._clients, [], []
+        for client in clients:
+            await client.aclose()
 
 
 class OpenAIClient:
     """Chat completions over the OpenAI-compatible HTTP API, one attempt per call.
 
-    Four transports with the same semantics (one attempt, errors mapped by `models/errors.py` to
-    the same `ModelError`s, the same messages; tests/test_openai_transport.py). `lean` (the
-    default), `aiohttp` and `httpx` post the JSON themselves and never import the SDK (30 to 40 MB
-    less memory, 0.4 to 0.7 s less to the first call). `lean` is our own keep-alive pool
-    (models/lean_http.py, httptools's parser) and spends the least CPU per call at a wide fan-out; a
-    proxied endpoint and a redirect go through aiohttp. `aiohttp` has a C HTTP parser; `httpx` runs
-    on `httpx2`, the HTTP library the SDK runs on (plain `httpx` without it), as fast as the SDK
-    (benchmarks/speed_limits.py fanout). `sdk` goes through the official `openai` client's
-    low-level `post`. Choose with `transport=` or RLM_OPENAI_TRANSPORT.
+    The default transport, `httpx`, posts the JSON with `httpx2` (the HTTP library the official
+    SDKs run on) and never imports the SDK (30 to 40 MB less memory, 0.4 to 0.7 s less to the first
+    call). Its pool drops a connection the server closed while it was idle; proxies come from the
+    environment as `httpx2` reads them (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY with CIDR
+    ranges); the trusted certificate authorities from models/tls.py. `sdk` (opt-in: `transport=` or
+    RLM_OPENAI_TRANSPORT) goes through the official `openai` client's low-level `post` on the same
+    library, with the same semantics: the same `ModelError`s for the same failures
+    (models/errors.py; tests/test_openai_transport.py).
     """
 
     remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
@@ -107,23 +122,20 @@ class OpenAIClient:
         self.provider = provider
         self._api_key = api_key
         self._http_clients = PerLoop()  # the transport's HTTP client per event loop (models/loop_clients.py)
-        self._aiohttp_clients = PerLoop()  # aiohttp's, for the `aiohttp` transport and `lean`'s proxies and redirects
         if transport is None:
             transport = default_transport()
         if transport not in TRANSPORTS:
-            raise ValueError(f"unknown transport {transport!r}: use 'lean' (the default), 'aiohttp' or 'httpx' (plain "
-                             f"HTTP clients, no SDK import) or 'sdk' (the official openai client)")
+            raise ValueError(f"unknown transport {transport!r}: use 'httpx' (the default: plain HTTP with httpx2, "
+                             f"no SDK import) or 'sdk' (the official openai client); check RLM_OPENAI_TRANSPORT")
         self.transport = transport
         _prefetch(transport)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIClient(model={self.model!r}, base_url={self.base_url!r})"
 
-    def _shared_client(self, make, kind: str | None = None):
-        """The running loop's HTTP client of `kind` (this transport's by default) for this endpoint
-        and key (loop_clients.py)."""
-        holder = self._aiohttp_clients if kind == "aiohttp" else self._http_clients
-        return holder.get((kind or self.transport, self.base_url, self._api_key), make)
+    def _shared_client(self, make):
+        """The running loop's HTTP client of this transport for this endpoint and key (loop_clients.py)."""
+        return self._http_clients.get((self.transport, self.base_url, self._api_key), make)
 
     def _sdk(self):
         def make():
@@ -143,115 +155,56 @@ class OpenAIClient:
                 headers[header] = os.environ[variable]
         return headers
 
-    def _http(self):
+    def _http(self) -> Pools:
         def make():
-            from .tls import shared_ssl_context
-
-            httpx = http_library()
-            # The official client's defaults: up to 1,000 connections; timeouts are per call (_post_httpx).
-            return httpx.AsyncClient(
-                base_url=self._endpoint + "/", headers=self._headers(), verify=shared_ssl_context(),
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100), follow_redirects=True)
-        return self._shared_client(make)
-
-    def _aiohttp(self):
-        def make():
-            import aiohttp
+            import httpx2
 
             from .tls import shared_ssl_context
 
-            # As the other transports: up to 1,000 connections, redirects followed, the proxy from the
-            # environment (self._proxy); timeouts are per call (_post_aiohttp).
-            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000, ssl=shared_ssl_context()),
-                                         headers=self._headers())
-        return self._shared_client(make, "aiohttp")
-
-    def _lean(self):
-        def make():
-            from .lean_http import LeanPool
-            from .tls import shared_ssl_context
-
-            return LeanPool(self._chat_url, self._headers(), ssl_context=shared_ssl_context)
-        return self._shared_client(make)
-
-    @functools.cached_property
-    def _proxy(self) -> str | None:
-        """The endpoint's proxy from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY and NO_PROXY, read once per
-        client (aiohttp's `trust_env` reads the environment and ~/.netrc on every request: 70% of
-        the transport's CPU per call)."""
-        import urllib.request
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(self._chat_url)
-        if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
-            return None
-        proxies = urllib.request.getproxies()
-        return proxies.get(parts.scheme) or proxies.get("all")
+            # Proxies from the environment (trust_env); timeouts are per call (_post).
+            return httpx2.AsyncClient(
+                base_url=self._endpoint + "/", headers=self._headers(), verify=shared_ssl_context(), trust_env=True,
+                limits=httpx2.Limits(max_connections=POOL_WIDTH, max_keepalive_connections=POOL_WIDTH),
+                follow_redirects=True)
+        return self._shared_client(lambda: Pools(make))
 
     @functools.cached_property
     def _endpoint(self) -> str:
         """The API root without its trailing slash (api.openai.com's when no base URL is given)."""
         return (self.base_url or DEFAULT_BASE_URL).rstrip("/")
 
-    @functools.cached_property
-    def _chat_url(self) -> str:
-        return self._endpoint + "/chat/completions"
-
     async def _post(self, body: dict, timeout: float | None) -> dict:
         """One POST of chat/completions; every failure as the `ModelError` the SDK path gives."""
-        data = json.dumps(body).encode()
-        if self.transport == "lean" and self._proxy is None:
-            status, headers, content = await self._post_lean(data, timeout)
-            if 300 <= status < 400:  # a redirect: aiohttp follows it, as the other transports do
-                status, headers, content = await self._post_aiohttp(data, timeout)
-        elif self.transport in ("lean", "aiohttp"):
-            status, headers, content = await self._post_aiohttp(data, timeout)
-        else:
-            status, headers, content = await self._post_httpx(data, timeout)
+        import httpx2
+
+        connect, read = _timeouts(timeout)
+        pools = self._http()
+        index, client = pools.acquire()
+        try:
+            async with client.stream("POST", "chat/completions", content=json.dumps(body).encode(),
+                                     timeout=httpx2.Timeout(read, connect=connect)) as response:
+                status, headers, content = response.status_code, response.headers, await self._read(response)
+        except httpx2.TimeoutException:
+            raise timed_out(self.provider, self.model) from None
+        except httpx2.TransportError as error:
+            raise connection_failed(self.provider, self.model, error or type(error).__name__) from None
+        finally:
+            pools.release(index)
         if status >= 400:
             raise self._status_error(status, headers, content)
         return self._decode(content)
 
-    async def _post_lean(self, data: bytes, timeout: float | None) -> tuple[int, Any, bytes]:
-        from .lean_http import ResponseRefused
-
-        connect, read = _timeouts(timeout)
-        try:
-            return await self._lean().post(data, connect_timeout=connect, read_timeout=read)
-        except TimeoutError:
-            raise timed_out(self.provider, self.model) from None
-        except ResponseRefused as error:
-            raise ModelError(f"{self.provider} {self.model}: response refused ({error})", retryable=False) from None
-        except OSError as error:  # ConnectionError, ssl.SSLError, socket.gaierror
-            raise connection_failed(self.provider, self.model, error or type(error).__name__) from None
-
-    async def _post_httpx(self, data: bytes, timeout: float | None) -> tuple[int, Any, bytes]:
-        httpx = http_library()
-        connect, read = _timeouts(timeout)
-        try:
-            response = await self._http().post("chat/completions", content=data,
-                                               timeout=httpx.Timeout(read, connect=connect))
-        except httpx.TimeoutException:
-            raise timed_out(self.provider, self.model) from None
-        except httpx.TransportError as error:
-            raise connection_failed(self.provider, self.model, error or type(error).__name__) from None
-        return response.status_code, response.headers, response.content
-
-    async def _post_aiohttp(self, data: bytes, timeout: float | None) -> tuple[int, Any, bytes]:
-        import asyncio
-
-        import aiohttp
-
-        connect, read = _timeouts(timeout)
-        try:
-            async with self._aiohttp().post(self._chat_url, data=data, proxy=self._proxy,
-                                            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect,
-                                                                          sock_read=read)) as response:
-                return response.status, response.headers, await response.read()
-        except asyncio.TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
-            raise timed_out(self.provider, self.model) from None
-        except aiohttp.ClientError as error:
-            raise connection_failed(self.provider, self.model, error or type(error).__name__) from None
+    async def _read(self, response) -> bytes:
+        """The response's body, decoded, refused (not retried) past MAX_BODY_BYTES: a server that
+        sends without end, or a small gzip that inflates to gigabytes, costs no more memory than that."""
+        chunks, size = [], 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ModelError(f"{self.provider} {self.model}: response refused (its body is over "
+                                 f"{MAX_BODY_BYTES:,} bytes)", retryable=False)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _status_error(self, status: int, headers: Any, content: bytes) -> ModelError:
         from .errors import from_status
@@ -324,6 +277,5 @@ class OpenAIClient:
     async def aclose(self) -> None:
         """Let go of this loop's HTTP client (the last model client using it closes it); the next
         call on this loop opens a new one."""
-        await self._http_clients.release(  # aiohttp, the SDK: close()
-            lambda client: client.aclose() if self.transport in ("httpx", "lean") else client.close())
-        await self._aiohttp_clients.release(lambda client: client.close())
+        await self._http_clients.release(  # the SDK: close()
+            lambda client: client.aclose() if self.transport == "httpx" else client.close())
