@@ -17,11 +17,14 @@ import click
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_CONFIG, EXIT_LIMIT, EXIT_FAILED = 0, 1, 2, 3, 4, 5, 6
 
 
+EXIT_NOT_FOUND = 8  # the run looked at the whole input and found no answer to the question
 EXIT_INTERRUPTED = 130
 
 
+# One exit code per result.StopReason (a test holds every reason to having one).
 _EXIT_BY_STOP = {"final": EXIT_OK, "max_iterations": EXIT_LIMIT, "budget": EXIT_LIMIT,
-                 "timeout": EXIT_LIMIT, "error": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}
+                 "timeout": EXIT_LIMIT, "error": EXIT_FAILED, "not_found": EXIT_NOT_FOUND,
+                 "interrupted": EXIT_INTERRUPTED}
 
 
 def _err(message: str) -> None:
@@ -137,9 +140,7 @@ def _prepare_model(params: dict) -> None:
     resolved = params.get("model") or _default_model_name()
     notice = embedded_notice(params.get("model"), resolved)
     if "fallback_after" in params and params["fallback_after"] is None:
-        del params["fallback_after"]  # the library's default
-        if notice:  # a 135M model does not write working RLM code: go to the map-reduce program at once
-            params["fallback_after"] = 1
+        del params["fallback_after"]  # the library's default: at once for the embedded model (fallback.py)
     if notice and not params.get("quiet"):
         _err(notice)
 

@@ -20,7 +20,7 @@ from .compaction import Compactor
 from .config import RunConfig
 from .errors import BudgetExceeded, ConfigError, ModelError, RLMError
 from .events import EventLog
-from .fallback import chunk_chars_for, map_reduce_code
+from .fallback import chunk_chars_for, is_weak, map_reduce_code
 from .models.base import Message, ModelClient
 from .parsing import parse_reply, truncate_output
 from .result import Result, StopReason
@@ -236,6 +236,8 @@ class Run:
         limits = self.config.limits
         idle_turns = 0
         rejected: str | None = None  # why the last answer the model gave was not accepted
+        if self.config.loop.fallback_after == 0:  # a root model known not to write RLM code
+            return await self._fallback(env, f"{self.root_client.name} is known not to write RLM code")
         while self.iterations < limits.max_iterations:
             self.iterations += 1
             await self.compactor.keep_within_window(env, messages, iteration=self.iterations, query=self.query)
@@ -274,7 +276,7 @@ class Run:
             # small models write code that never works, and would otherwise spin to the limit.
             idle_turns = 0 if any_worked else idle_turns + 1
             if self.config.loop.fallback_after and idle_turns >= self.config.loop.fallback_after:
-                return await self._fallback(env, idle_turns)
+                return await self._fallback(env, f"{idle_turns} replies in a row without working code or an answer")
             content = self.style.turn_message(outputs=outputs, iteration=self.iterations, query=self.query,
                                               max_iterations=limits.max_iterations,
                                               had_code=bool(parsed.code_blocks or parsed.final))
@@ -306,12 +308,13 @@ class Run:
                 break
         return outputs, None, any_worked
 
-    async def _fallback(self, env, idle_turns: int) -> Outcome:
+    async def _fallback(self, env, reason: str) -> Outcome:
         self.used_fallback = True
-        chunk_chars = chunk_chars_for(self.config.sub_client.context_window)
-        self.emit("fallback", reason=f"{idle_turns} replies in a row without working code or an answer",
-                  strategy="map_reduce", chunk_chars=chunk_chars)
-        outputs, final, _ = await self._run_blocks(env, [map_reduce_code(self.query, chunk_chars)])
+        weak = is_weak(self.config.sub_client)
+        chunk_chars = chunk_chars_for(self.config.sub_client.context_window, weak=weak)
+        self.emit("fallback", reason=reason, strategy="map_reduce", chunk_chars=chunk_chars)
+        code = map_reduce_code(self.query, chunk_chars, strict=weak)
+        outputs, final, worked = await self._run_blocks(env, [code])
         final, refused = self.gate.accept(final)
         if final is not None:
             return final, StopReason.FINAL, None
@@ -319,6 +322,9 @@ class Run:
             outputs.append(refused)
         if (stop := self._budget_stop()) is not None:
             return None, stop[1], "\n".join(outputs)
+        if worked and not refused:  # the program ran to its end and no chunk answered
+            return None, StopReason.NOT_FOUND, ("nothing in the input answers the question (the map-reduce "
+                                                "program asked about each part of it)")
         return None, StopReason.ERROR, "the map-reduce fallback did not produce an answer: " + "\n".join(outputs)
 
     async def _ask_for_final(self, env, messages: list[Message], stopped: StopReason) -> str | None:
