@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from . import __version__, options as opt
-from .cli_support import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _chat_loop, _check_model, _default_model_shown,
+from .cli_support import (EXIT_FAILED, EXIT_OK, _chat_loop, _check_model, _default_model_shown,
                           _err, _exits, _fail, _load_inputs, _new_run_params, _open_store, _prepare_model,
                           _print_result, _read_context, _read_schema, _resolve_run, _resume_params,
                           _stdin_as_input, _inputs)
@@ -85,9 +85,11 @@ def chat(**params) -> None:
     session = opt.make_rlm(opt.declared(params)).session(context, **load_options)
     try:
         exit_code = _chat_loop(session, params)
-    except KeyboardInterrupt:
-        _err("Interrupted.")
-        exit_code = EXIT_INTERRUPTED
+    except KeyboardInterrupt as error:  # as in `rlm ask`: the run is recorded as interrupted, and named
+        run_id = session.interrupted_run_id
+        _fail(error, params["as_json"], "Interrupted." + (f" Continue it later with: rlm ask --resume {run_id} "
+                                                         f"(in a new REPL: the session's variables are gone)"
+                                                         if run_id else ""))
     finally:
         session.close()
     sys.exit(exit_code)

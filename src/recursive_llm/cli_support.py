@@ -212,7 +212,7 @@ def _chat_loop(session, params: dict) -> int:
         if not question.strip():
             continue
         try:
-            result = session.ask(question)
+            result = session.ask(question, run_config=_chat_run_params(params, question))
         except RLMError as error:
             _err(f"Error: {error}")
             exit_code = exit_code_of(error)
@@ -222,6 +222,13 @@ def _chat_loop(session, params: dict) -> int:
             _err(_summary(result))
         if result.stopped_reason != "final":
             exit_code = _EXIT_BY_STOP.get(result.stopped_reason, EXIT_INTERNAL)
+
+
+def _chat_run_params(params: dict, question: str) -> dict:
+    """What `rlm ask --resume` needs to redo one question of `rlm chat` (as `_new_run_params`)."""
+    saved, _ = _new_run_params(params)
+    saved["cli"]["question"] = question
+    return saved
 
 
 # Options that only change how a run is shown (or are secret); the rest is saved so --resume can redo it.

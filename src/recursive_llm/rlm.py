@@ -184,11 +184,11 @@ class RLM:
     async def run_inputs(self, query: str, inputs: list[LoadedContext], *, resume_from: str | None = None,
                          run_config: dict[str, Any] | None = None, environment: Any = None,
                          session_id: str | None = None, turn_note: str | None = None,
-                         schema: AnswerSchema | None = None) -> Result:
+                         schema: AnswerSchema | None = None, run_id: str | None = None) -> Result:
         """One top-level run over loaded inputs. A session passes its long-lived, started
-        `environment` (kept open afterwards), its id and a note for the root prompt; `schema`
-        types the answer."""
-        run_id = new_run_id()
+        `environment` (kept open afterwards), its id, a note for the root prompt and the run's id
+        (so that it can name a run it interrupts); `schema` types the answer."""
+        run_id = run_id or new_run_id()
         trajectory_path = (self.trajectory_dir or _default_trajectory_dir()) / f"{run_id}.jsonl"
         listeners = [self.on_event] if self.on_event else []
         if self.verbose:

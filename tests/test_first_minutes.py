@@ -1,0 +1,55 @@
+"""Issue 27, "the first ten minutes": habits that broke, each through the real interface (the CLI
+as a subprocess, a pty for Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+from recursive_llm.testing import FakeLLMServer
+from scripted_root import is_root, root_then_sub
+from test_cli_habits import _pty_run, _read_until_exit, rlm
+
+
+def test_ctrl_c_in_chat_mid_question_is_recorded_and_names_the_resume(tmp_path):
+    """As in `rlm ask`: exit 130, `Continue it later with: rlm ask --resume <id>`, the run recorded as
+    interrupted with its iteration and time; no "Task was destroyed" and no traceback."""
+    gate = tmp_path / "hang"
+    gate.write_text("x")
+    turns = ["```repl\nprint(len(context))\n```", "FINAL(all done)"]
+    base = root_then_sub(turns)
+
+    def responder(messages, model):
+        if is_root(messages) and sum(1 for m in messages if m["role"] == "assistant") == 1:
+            while gate.exists():  # the second root call hangs until the test lets it go
+                time.sleep(0.05)
+        return base(messages, model)
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("some text\n")
+    with FakeLLMServer(responder=responder) as server:
+        pid, master = _pty_run(["chat", "--context", str(doc), "--model", "m", "--base-url", server.base_url],
+                               {**os.environ, "TERM": "xterm"})
+        os.write(master, b"How long is it?\n")
+        deadline = time.time() + 60
+        while len(server.requests) < 2 and time.time() < deadline:  # root, then the hanging root call
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.write(master, b"\x03")  # Ctrl-C on the terminal
+        output, code = _read_until_exit(pid, master, time.time() + 60)
+        assert code == 130, output
+        assert "Task was destroyed" not in output and "Traceback" not in output and "Event loop" not in output
+        match = re.search(r"Continue it later with: rlm ask --resume (\d{8}-\d{6}-[0-9a-f]+)", output)
+        assert match, output
+        run_id = match.group(1)
+        listed = [json.loads(line) for line in rlm("logs", "--json").stdout.splitlines()]
+        assert [(r["run_id"], r["status"]) for r in listed] == [(run_id, "interrupted")]
+        assert listed[0]["iterations"] == 2 and listed[0]["duration_s"] is not None
+        gate.unlink()
+        resumed = rlm("ask", "--resume", run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout == "all done\n"
+    assert "1 replayed + 1 live model calls" in resumed.stderr
