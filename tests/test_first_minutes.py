@@ -53,3 +53,16 @@ def test_ctrl_c_in_chat_mid_question_is_recorded_and_names_the_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout == "all done\n"
     assert "1 replayed + 1 live model calls" in resumed.stderr
+
+
+def test_doctor_names_the_default_model_that_ask_uses_after_keys_set(tmp_path):
+    env = {"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "", "OPENAI_BASE_URL": "", "RLM_MODEL": ""}
+    assert "default model: local" in rlm("doctor", env=env).stdout
+    assert rlm("keys", "set", "openai", stdin="sk-test-stored-key\n", env=env).returncode == 0
+    shown = rlm("doctor", env=env).stdout
+    assert "default model: gpt-5-mini" in shown, shown
+    assert "OPENAI_API_KEY: from the key store (rlm keys)" in shown and "sk-test" not in shown
+    # and `rlm ask` uses that model: its key check passes and it announces no embedded model
+    done = rlm("ask", "q", "--context", "-", "--max-llm-calls", "1", "--timeout", "20", stdin="x", env=env)
+    assert "embedded model" not in done.stderr
+    assert [json.loads(line)["model"] for line in rlm("logs", "--json").stdout.splitlines()] == ["gpt-5-mini"]

