@@ -66,3 +66,18 @@ def test_doctor_names_the_default_model_that_ask_uses_after_keys_set(tmp_path):
     done = rlm("ask", "q", "--context", "-", "--max-llm-calls", "1", "--timeout", "20", stdin="x", env=env)
     assert "embedded model" not in done.stderr
     assert [json.loads(line)["model"] for line in rlm("logs", "--json").stdout.splitlines()] == ["gpt-5-mini"]
+
+
+def test_logs_filters_say_nothing_matches_and_refuse_an_unknown_status(tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("some text\n")
+    assert "No runs recorded yet" in rlm("logs").stderr
+    with FakeLLMServer(responder=root_then_sub(["FINAL(done)"])) as server:
+        assert rlm("ask", "q", "--context", str(doc), "--model", "m", "--base-url", server.base_url).returncode == 0
+    bogus = rlm("logs", "--status", "bogus")
+    assert bogus.returncode == 2 and "'bogus' is not one of" in bogus.stderr and "not_found" in bogus.stderr
+    for args, named in ((["-q", "nomatch"], "--query 'nomatch'"), (["--status", "timeout"], "--status 'timeout'")):
+        done = rlm("logs", *args)
+        assert done.returncode == 0 and "No runs recorded yet" not in done.stderr
+        assert f"No recorded run matches {named}" in done.stderr
+    assert len(rlm("logs", "--status", "final", "--json").stdout.splitlines()) == 1

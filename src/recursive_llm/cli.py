@@ -20,10 +20,14 @@ from pathlib import Path
 import click
 
 from . import __version__, options as opt
+from .result import STOP_REASONS
 from .cli_support import (EXIT_FAILED, EXIT_OK, _chat_loop, _check_model, _default_model_shown,
                           _err, _exits, _fail, _load_inputs, _new_run_params, _open_store, _prepare_model,
                           _print_result, _read_context, _read_schema, _resolve_run, _resume_params,
                           _stdin_as_input, _inputs)
+
+
+RUN_STATUSES = ("running", *STOP_REASONS)  # a run in the store: running, or how it stopped
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -97,8 +101,7 @@ def chat(**params) -> None:
 
 @main.group(invoke_without_command=True)
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--status", default=None,
-              help="final, max_iterations, budget, timeout, error, running or interrupted.")
+@click.option("--status", type=click.Choice(RUN_STATUSES), default=None, help="Only runs with this status.")
 @click.option("--model", default=None, help="Only runs with this root model.")
 @click.option("--query", "-q", "query", default=None, help="Only runs whose question contains this text.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run, on stdout.")
@@ -115,7 +118,7 @@ def logs(ctx: click.Context, limit: int, status: str | None, model: str | None, 
             click.echo(json.dumps(run, ensure_ascii=False))
         return
     if not runs:
-        _err("No runs recorded yet (they are kept in $RLM_HOME/rlm.db).")
+        _err(_no_runs_note(status, model, query))
         return
     from rich.console import Console
     from rich.table import Table
@@ -367,6 +370,14 @@ def doctor() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def _no_runs_note(status: str | None, model: str | None, query: str | None) -> str:
+    """Why `rlm logs` lists nothing: no run at all, or none that matches the filters given."""
+    if not _open_store().list_runs(limit=1):
+        return "No runs recorded yet (they are kept in $RLM_HOME/rlm.db)."
+    given = [f"--{name} {value!r}" for name, value in (("status", status), ("model", model), ("query", query)) if value]
+    return f"No recorded run matches {' '.join(given)}; `rlm logs` with no filter lists the latest runs."
 
 
 def _calls_cell(run: dict) -> str:
