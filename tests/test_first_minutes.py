@@ -81,3 +81,46 @@ def test_logs_filters_say_nothing_matches_and_refuse_an_unknown_status(tmp_path)
         assert done.returncode == 0 and "No runs recorded yet" not in done.stderr
         assert f"No recorded run matches {named}" in done.stderr
     assert len(rlm("logs", "--status", "final", "--json").stdout.splitlines()) == 1
+
+
+def test_serve_on_a_busy_port_is_one_clear_error_and_the_banner_names_the_model(tmp_path):
+    import signal
+    import socket
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as holder:  # another process's listening port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "recursive_llm", "serve", "--port", str(port), "--model", "m",
+                               "--base-url", "http://127.0.0.1:9/v1"], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    assert done.returncode == 4, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in done.stderr and "--port N" in done.stderr
+    assert "http://" not in done.stderr  # no listening URL before the error
+    assert "Future exception" not in done.stderr and "Traceback" not in done.stderr
+    # the model from OPENAI_BASE_URL: the banner says which, and lists what GET /v1/models lists
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "RLM_MODEL": "", "RLM_WORKER_POOL": "0"}
+    process = subprocess.Popen([sys.executable, "-m", "recursive_llm", "serve", "--port", str(port)],
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        banner = process.stderr.readline()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                listed = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert f"rlm serve: http://127.0.0.1:{port}/v1 (models: rlm, rlm/default; `rlm` is the model served at " \
+           f"OPENAI_BASE_URL (http://127.0.0.1:9/v1)" in banner, banner
+    assert "rlm, )" not in banner
+    assert [m["id"] for m in listed["data"]] == ["rlm", "rlm/default"]

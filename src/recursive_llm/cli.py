@@ -202,7 +202,7 @@ def serve(**params) -> None:
     from .errors import ConfigError
 
     try:
-        from .server import ServeConfig, ServeLimits, read_token_file, serve as run_server
+        from .server import ServeConfig, ServeLimits, bind_socket, read_token_file, serve as run_server
     except ImportError:  # pragma: no cover
         raise ConfigError("rlm serve needs the server extra: pip install 'recursive-llm-repl[server]'") from None
     tokens = [params["token"]] if params["token"] else []
@@ -222,11 +222,24 @@ def serve(**params) -> None:
                          limits=limits, access_log=params["access_log"])
     if params["model"] is not None:
         _check_model(params)  # an unknown model or a missing key fails now, not per request
+    else:
+        from .keys import apply_stored_keys
+
+        apply_stored_keys()  # the default model is the one `rlm ask` would use
     config.check()
-    _err(f"rlm serve: http://{config.host}:{config.port}/v1 (models: rlm, " + ", ".join(
-        f"rlm/{m}" for m in ([config.model] if config.model else []) + config.extra_models) + ")"
-         + ("" if config.tokens else "; no token: loopback only"))
-    run_server(config)
+    sock = bind_socket(config)  # a port in use is exit 4 here, before the banner and any worker
+    _err(_serve_banner(config, sock.getsockname()[1]))
+    run_server(config, sock)
+
+
+def _serve_banner(config, port: int) -> str:
+    """`rlm serve: http://127.0.0.1:8000/v1 (models: rlm = gpt-5-mini, rlm/claude-sonnet-4-5)`."""
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    from .server import allowed_models
+
+    names = ["rlm", *(f"rlm/{name}" for name in allowed_models(config))]  # what GET /v1/models lists
+    return (f"rlm serve: http://{host}:{port}/v1 (models: {', '.join(names)}; `rlm` is "
+            f"{config.model or _default_model_shown()})" + ("" if config.tokens else "; no token: loopback only"))
 
 
 @main.command("mcp")
