@@ -124,3 +124,28 @@ def test_serve_on_a_busy_port_is_one_clear_error_and_the_banner_names_the_model(
            f"OPENAI_BASE_URL (http://127.0.0.1:9/v1)" in banner, banner
     assert "rlm, )" not in banner
     assert [m["id"] for m in listed["data"]] == ["rlm", "rlm/default"]
+
+
+SHOW_CONTEXT = ["```repl\nprint('CONTEXT:', context)\n```", "FINAL(done)"]
+
+
+def test_batch_takes_the_files_shape_of_serve_and_refuses_the_other(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("the staging server is called kestrel\n")
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"id": "a", "query": "q", "context": {"files": ["docs/notes.txt"]}}) + "\n")
+    seen = []
+
+    def responder(messages, model):
+        seen.append(messages[-1]["content"])
+        return root_then_sub(SHOW_CONTEXT)(messages, model)
+
+    with FakeLLMServer(responder=responder) as server:
+        done = rlm("batch", str(tasks), "--model", "m", "--base-url", server.base_url)
+        assert done.returncode == 0, done.stderr
+        assert any("CONTEXT: the staging server is called kestrel" in text for text in seen)
+        tasks.write_text(json.dumps({"id": "b", "query": "q", "context": {"path": "docs/notes.txt"}}) + "\n")
+        refused = rlm("batch", str(tasks), "--model", "m", "--base-url", server.base_url)
+    assert refused.returncode == 3
+    assert '"context": {"path": ...} is not an input shape' in refused.stderr
+    assert '{"files": ["docs/notes.txt"]}' in refused.stderr
