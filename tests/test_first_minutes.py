@@ -149,3 +149,43 @@ def test_batch_takes_the_files_shape_of_serve_and_refuses_the_other(tmp_path):
     assert refused.returncode == 3
     assert '"context": {"path": ...} is not an input shape' in refused.stderr
     assert '{"files": ["docs/notes.txt"]}' in refused.stderr
+
+
+def test_key_errors_name_the_provider_and_only_options_the_command_takes(tmp_path):
+    env = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "RLM_MODEL": ""}
+    asked = rlm("ask", "q", "--context", "-", "-m", "gpt-5-mini", stdin="x", env=env)
+    assert asked.returncode == 4 and "`rlm keys set openai`, or --api-key" in asked.stderr
+    for command in (["serve"], ["mcp"]):
+        done = rlm(*command, "-m", "gpt-5-mini", env=env)
+        assert done.returncode == 4, done.stderr
+        assert "`rlm keys set openai`" in done.stderr and "--api-key" not in done.stderr
+        assert "<provider>" not in done.stderr
+        assert rlm(*command, "--api-key", "k", env=env).returncode == 2  # they refuse it, as before
+
+
+def test_json_usage_errors_are_json(tmp_path):
+    for args in (["ask", "q", "--json", "--max-iterations", "0"], ["ask", "q", "--json", "--no-such-option"],
+                 ["logs", "--json", "--status", "bogus"]):
+        done = rlm(*args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        error = json.loads(done.stdout)["error"]
+        assert error["exit_code"] == 2 and error["type"] in ("BadParameter", "NoSuchOption", "UsageError")
+        assert error["message"]
+    assert not rlm("ask", "q", "--no-such-option").stdout  # without --json: click's text on stderr
+
+
+def test_a_code_reply_at_the_iteration_limit_is_not_printed_as_the_answer(tmp_path):
+    code = "```repl\nprint(context[:10])\n```"
+    doc = tmp_path / "doc.txt"
+    doc.write_text("some text\n")
+    with FakeLLMServer(responder=root_then_sub([code])) as server:
+        done = rlm("ask", "q", "--context", str(doc), "--model", "m", "--base-url", server.base_url,
+                   "--max-iterations", "1", "--json")
+    assert done.returncode == 5, done.stderr
+    result = json.loads(done.stdout)
+    assert result["answer"] is None and result["stopped_reason"] == "max_iterations"
+    prose = "The text says: some text."
+    with FakeLLMServer(responder=root_then_sub([code, prose])) as server:
+        done = rlm("ask", "q", "--context", str(doc), "--model", "m", "--base-url", server.base_url,
+                   "--max-iterations", "1")
+    assert done.returncode == 5 and done.stdout == prose + "\n"  # a prose reply still is the best answer

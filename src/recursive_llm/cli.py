@@ -30,7 +30,24 @@ from .cli_support import (EXIT_FAILED, EXIT_OK, _chat_loop, _check_model, _defau
 RUN_STATUSES = ("running", *STOP_REASONS)  # a run in the store: running, or how it stopped
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The `rlm` group: under --json, a usage error (a bad option, value or argument) is JSON on
+    stdout like every other error, with exit code 2."""
+
+    def main(self, args=None, *rest, **options):
+        self._raw_args = list(args) if args is not None else sys.argv[1:]
+        return super().main(args, *rest, **options)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            if "--json" not in getattr(self, "_raw_args", ()):
+                raise
+            _fail(error, as_json=True, note=error.format_message())
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=__version__, prog_name="rlm")
 def main() -> None:
     """Recursive Language Models: ask questions about inputs far larger than a model's window."""

@@ -49,13 +49,20 @@ def _fail(error: BaseException, as_json: bool = False, note: str | None = None):
     code = exit_code_of(error)
     from .preflight import friendlier
 
-    message = note or ("interrupted" if isinstance(error, KeyboardInterrupt) else friendlier(str(error)))
+    message = note or ("interrupted" if isinstance(error, KeyboardInterrupt)
+                       else friendlier(str(error), api_key_option=_takes_api_key()))
     if as_json:
         click.echo(json.dumps({"error": {"type": type(error).__name__, "message": message, "exit_code": code}},
                               ensure_ascii=False))
     else:
         _err(("" if isinstance(error, KeyboardInterrupt) else "Error: ") + message)
     sys.exit(code)
+
+
+def _takes_api_key() -> bool:
+    """Whether the command being run has an --api-key option (`serve` and `mcp` refuse one)."""
+    context = click.get_current_context(silent=True)
+    return context is None or any(param.name == "api_key" for param in context.command.params)
 
 
 def _exits(function):

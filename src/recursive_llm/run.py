@@ -345,7 +345,13 @@ class Run:
         answer = None
         if parsed.final is not None:
             answer, _ = await answers.resolve(env, parsed.final)
-        answer, refused = self.gate.accept(answer if answer is not None else reply.strip() or None)
+        elif not parsed.code_blocks:  # a reply in prose is its answer; code that was never run is not
+            answer = parsed.visible.strip() or None
+        if answer is None:
+            self.emit("final_ask_failed", error="the reply to the final-answer request had no answer: "
+                      + ("only code, which is not run at a limit" if parsed.code_blocks else "it was empty"))
+            return None
+        answer, refused = self.gate.accept(answer)
         if refused:
             self.emit("final_ask_failed", error=refused)
         return answer
