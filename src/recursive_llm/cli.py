@@ -4,7 +4,8 @@ progress and errors to stderr (under `--json`, errors are JSON on stdout).
 
 Exit codes: 0 answered; 1 internal error; 2 usage error; 3 bad input; 4 bad configuration (unknown
 model, missing key); 5 stopped at a limit (iterations, budget, time; the best answer so far is
-still printed); 6 the run failed (provider error, no answer); 130 interrupted.
+still printed); 6 the run failed (provider error, no answer); 8 not found (nothing in the input
+answers the question); 130 interrupted.
 """
 
 from __future__ import annotations

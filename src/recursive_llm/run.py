@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 Outcome = tuple["str | None", StopReason, "str | None"]
 
 
+FALLBACK_ITERATION = 0  # root turns count from 1; the map-reduce program's cell is recorded under 0
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
@@ -115,6 +118,9 @@ class Run:
         self.parent_run_id = parent_run_id
         self.root_client = root_client
         self.iterations = 0
+        # The iteration the running cells are recorded under: the root turn's, or FALLBACK_ITERATION
+        # for the map-reduce program's cell (no model reply: the viewer shows it as its own entry).
+        self.cell_iteration: int | None = None
         self.current_cell: int | None = None  # the index of the cell running now (sub-calls come from it)
         self.used_fallback = False
         self.started = time.monotonic()
@@ -133,8 +139,12 @@ class Run:
     def site(self, purpose: str, depth: int | None = None) -> CallSite:
         """Where a call comes from: root calls carry the iteration; sub-calls, which come from the
         cell that is running (a run runs one cell at a time), the iteration and the cell's index."""
+        iteration = self._iteration_of_cells() if purpose == "sub" else self.iterations or None
         return CallSite(run_id=self.run_id, depth=self.depth if depth is None else depth, purpose=purpose,
-                        iteration=self.iterations or None, cell=self.current_cell if purpose == "sub" else None)
+                        iteration=iteration, cell=self.current_cell if purpose == "sub" else None)
+
+    def _iteration_of_cells(self) -> int | None:
+        return self.cell_iteration if self.cell_iteration is not None else (self.iterations or None)
 
     @property
     def handle_subcall(self):
@@ -296,7 +306,7 @@ class Run:
             finally:
                 self.current_cell = None
             any_worked = any_worked or (cell.ran and cell.error is None)
-            self.emit("cell", iteration=self.iterations, index=index, code=code, stdout=cell.stdout,
+            self.emit("cell", iteration=self._iteration_of_cells() or 0, index=index, code=code, stdout=cell.stdout,
                       stderr=cell.stderr, error=cell.error, final=cell.final, timed_out=cell.timed_out,
                       restarted=cell.restarted, duration_s=round(cell.duration_s, 4))
             note = prompts.VARIABLES_LOST_NOTE if cell.restarted else None
@@ -314,7 +324,11 @@ class Run:
         chunk_chars = chunk_chars_for(self.config.sub_client.context_window, weak=weak)
         self.emit("fallback", reason=reason, strategy="map_reduce", chunk_chars=chunk_chars)
         code = map_reduce_code(self.query, chunk_chars, strict=weak)
-        outputs, final, worked = await self._run_blocks(env, [code])
+        self.cell_iteration = FALLBACK_ITERATION
+        try:
+            outputs, final, worked = await self._run_blocks(env, [code])
+        finally:
+            self.cell_iteration = None
         final, refused = self.gate.accept(final)
         if final is not None:
             return final, StopReason.FINAL, None
