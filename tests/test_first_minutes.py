@@ -10,7 +10,7 @@ import sys
 import time
 
 from recursive_llm.testing import FakeLLMServer
-from scripted_root import is_root, root_then_sub
+from scripted_root import hanging_second_turn, root_then_sub
 from test_cli_habits import _pty_run, _read_until_exit, rlm
 
 
@@ -20,13 +20,7 @@ def test_ctrl_c_in_chat_mid_question_is_recorded_and_names_the_resume(tmp_path):
     gate = tmp_path / "hang"
     gate.write_text("x")
     turns = ["```repl\nprint(len(context))\n```", "FINAL(all done)"]
-    base = root_then_sub(turns)
-
-    def responder(messages, model):
-        if is_root(messages) and sum(1 for m in messages if m["role"] == "assistant") == 1:
-            while gate.exists():  # the second root call hangs until the test lets it go
-                time.sleep(0.05)
-        return base(messages, model)
+    responder = hanging_second_turn(turns, gate)  # the second root call hangs until the test lets it go
 
     doc = tmp_path / "doc.txt"
     doc.write_text("some text\n")

@@ -110,8 +110,9 @@ def test_the_loop_runs_when_the_user_asks_for_it():
 
 
 def test_capable_models_keep_their_turns():
-    assert auto_fallback_after(ScriptedModel()) == 3
-    assert auto_fallback_after(weak("x")) == 0
+    assert auto_fallback_after("auto", ScriptedModel()) == 3
+    assert auto_fallback_after("auto", weak("x")) == 0
+    assert auto_fallback_after(None, weak("x")) is None and auto_fallback_after(2, weak("x")) == 2
 
 
 @pytest.mark.parametrize("reply, found", [

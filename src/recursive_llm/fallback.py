@@ -19,10 +19,12 @@ _CHARS_PER_TOKEN = 3  # conservative, so a chunk plus the question fits the sub-
 _PROMPT_OVERHEAD_TOKENS = 900
 
 
-def auto_fallback_after(root_client: Any) -> int:
+def auto_fallback_after(value: int | None | str, root_client: Any) -> int | None:
     """`fallback_after="auto"`: 0 (the program at once, no root turn) for a root model known not to
     write RLM code (a client with `writes_code = False`: the embedded SmolLM2-135M), else the
-    loop policy's default (a few idle turns first)."""
+    loop policy's default (a few idle turns first). Any other value is the user's."""
+    if value != "auto":
+        return value  # type: ignore[return-value]
     return 0 if is_weak(root_client) else LoopPolicy.fallback_after
 
 

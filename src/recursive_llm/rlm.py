@@ -70,15 +70,13 @@ class RLM:
             raise ConfigError("ray_fanout_at needs the sub-model as a model string (Ray workers rebuild the client)")
         root_client = resolve_model(model, base_url=base_url, api_key=api_key)
         sub_client = resolve_model(sub_model, base_url=base_url, api_key=api_key) if sub_model is not None else root_client
-        if fallback_after == "auto":
-            fallback_after = auto_fallback_after(root_client)
         try:
             limits = Limits(max_iterations=max_iterations, max_depth=max_depth, max_llm_calls=max_llm_calls,
                             max_tokens=max_tokens, max_cost_usd=max_cost_usd, timeout_s=timeout_s)
             calls = CallPolicy(max_concurrency=max_concurrency, max_retries=max_retries, call_timeout_s=call_timeout_s,
                                max_output_tokens=max_output_tokens, temperature=temperature)
             loop = LoopPolicy(max_output_chars=max_output_chars, cell_timeout_s=cell_timeout_s, compact_at=compact_at,
-                              fallback_after=fallback_after, root_context_window=root_context_window,
+                              fallback_after=auto_fallback_after(fallback_after, root_client), root_context_window=root_context_window,
                               system_prompt=system_prompt, sub_calls=sub_calls, schema_retries=schema_retries,
                               prompt_style=prompt_style)
             worker = WorkerPolicy(environment=environment, sandbox=sandbox, memory_mb=worker_memory_mb)
