@@ -132,3 +132,14 @@ def test_every_stop_reason_has_an_exit_code_and_only_final_is_zero():
     for reason in StopReason:
         assert reason.value in _EXIT_BY_STOP
         assert (_EXIT_BY_STOP[reason.value] == EXIT_OK) is (reason is StopReason.FINAL)
+
+
+def test_logs_show_names_the_program_s_entry(tmp_path):
+    from recursive_llm.store import Store
+    from recursive_llm.viewer import trajectory_text
+
+    model = weak(lambda m: "Frankfurt" if "Frankfurt" in prompt_of(m) else "NOT FOUND")
+    result = RLM(model=model, environment="local").completion("Where does the staging server run?", HELLO)
+    shown = trajectory_text(Store().run_tree(result.run_id))
+    assert "-- map-reduce fallback (the built-in program)" in shown and "-- iteration 0" not in shown
+    assert " · 0 iterations · " in shown
