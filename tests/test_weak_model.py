@@ -113,6 +113,9 @@ def test_capable_models_keep_their_turns():
     assert auto_fallback_after("auto", ScriptedModel()) == 3
     assert auto_fallback_after("auto", weak("x")) == 0
     assert auto_fallback_after(None, weak("x")) is None and auto_fallback_after(2, weak("x")) == 2
+    # SmolLM2 served elsewhere is the same weak model
+    assert auto_fallback_after("auto", ScriptedModel(name="ollama/smollm2:135m")) == 0
+    assert auto_fallback_after("auto", ScriptedModel(name="smollm2")) == 0
 
 
 @pytest.mark.parametrize("reply, found", [

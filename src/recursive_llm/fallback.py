@@ -39,9 +39,20 @@ def chunk_chars_for(window_tokens: int | None, weak: bool = False) -> int:
     return min(fits, STRICT_CHUNK_CHARS) if weak else fits
 
 
+# Models known not to write RLM code wherever they are served (llama.cpp, Ollama, ...): SmolLM2,
+# the embedded model's family (`ollama/smollm2:135m`, a llama.cpp server's `smollm2` alias).
+KNOWN_WEAK_NAMES = ("smollm2", "smollm-")
+
+
 def is_weak(client: Any) -> bool:
-    """A model known not to write RLM code (and to invent answers): `writes_code = False`."""
-    return getattr(client, "writes_code", True) is False
+    """A model known not to write RLM code (and to invent answers): a client that says so
+    (`writes_code = False`: the embedded model), or one of `KNOWN_WEAK_NAMES`; a client that says
+    `writes_code = True` (a GGUF of the user's own) is taken at its word."""
+    says = getattr(client, "writes_code", None)
+    if says is not None:
+        return says is False
+    name = str(getattr(client, "name", "")).lower().rsplit("/", 1)[-1]
+    return any(weak in name for weak in KNOWN_WEAK_NAMES)
 
 
 def map_reduce_code(query: str, chunk_chars: int, strict: bool = False) -> str:
