@@ -146,3 +146,12 @@ def test_logs_show_names_the_program_s_entry(tmp_path):
     shown = trajectory_text(Store().run_tree(result.run_id))
     assert "-- map-reduce fallback (the built-in program)" in shown and "-- iteration 0" not in shown
     assert " · 0 iterations · " in shown
+
+
+def test_the_readme_shows_what_a_not_found_run_prints():
+    """README's console example is the message a run prints (through `rlm ask`'s "Stopped:" line)."""
+    from pathlib import Path
+
+    result = make(weak("x")).completion("What is the CEO's salary?", HELLO)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"Stopped: not_found ({result.error})" in readme

@@ -338,7 +338,7 @@ class Run:
             return None, stop[1], "\n".join(outputs)
         if worked and not refused:  # the program ran to its end and no chunk answered
             why = [line.split("NOT FOUND: ", 1)[1] for line in "\n".join(outputs).splitlines() if "NOT FOUND: " in line]
-            return None, StopReason.NOT_FOUND, f"nothing in the input answers the question ({(why or ['no answer'])[-1]})"
+            return None, StopReason.NOT_FOUND, f"nothing in the input answers the question: {(why or ['no answer'])[-1]}"
         return None, StopReason.ERROR, "the map-reduce fallback did not produce an answer: " + "\n".join(outputs)
 
     async def _ask_for_final(self, env, messages: list[Message], stopped: StopReason) -> str | None:

@@ -113,7 +113,8 @@ def run(text: str, query: str, chunk_chars: int, ask: Ask, strict: bool = False)
     chunks = chunks_to_ask(text, query, chunk_chars, strict)
     print(f"map-reduce fallback: {len(text):,} characters, asking about {len(chunks)} chunk(s)")
     if not chunks or not text.strip():
-        print(f"map-reduce fallback: {NOT_FOUND}: no part of the input is about the question")
+        print(f"map-reduce fallback: {NOT_FOUND}: no part of the input shares a word with the question; a weak "
+              f"model is asked only about parts that do")
         return None
     notes = ask([part_prompt(query, chunk, i + 1, len(chunks)) for i, chunk in enumerate(chunks)])
     failed = [n for n in notes if n.startswith("Error:")]
