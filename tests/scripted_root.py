@@ -17,3 +17,19 @@ def root_then_sub(root_turns: list[str], sub_reply=lambda prompt: f"sub:{prompt}
         return sub_reply(messages[-1]["content"])
 
     return respond
+
+
+def hanging_second_turn(root_turns: list[str], gate):
+    """`root_then_sub(root_turns)`, whose second root call hangs while the file `gate` exists (a
+    test presses Ctrl-C meanwhile, then removes the gate to let a resumed run through)."""
+    import time
+
+    base = root_then_sub(root_turns)
+
+    def respond(messages: list[dict], model: str) -> str:
+        if is_root(messages) and sum(1 for m in messages if m["role"] == "assistant") == 1:
+            while gate.exists():
+                time.sleep(0.05)
+        return base(messages, model)
+
+    return respond

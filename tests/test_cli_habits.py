@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from recursive_llm.testing import FakeLLMServer
-from scripted_root import is_root, root_then_sub
+from scripted_root import hanging_second_turn, root_then_sub
 
 SHOW_CONTEXT = ["```repl\nprint('CONTEXT:', context)\n```", "FINAL(done)"]
 
@@ -102,13 +102,7 @@ def test_ctrl_c_names_the_run_then_resume_says_replayed_and_live(tmp_path):
     gate = tmp_path / "hang"
     gate.write_text("x")
     turns = ["```repl\nparts = llm_query_batched(['a', 'b', 'c'])\nprint(parts)\n```", "FINAL(all done)"]
-    base = root_then_sub(turns)
-
-    def responder(messages, model):
-        if is_root(messages) and sum(1 for m in messages if m["role"] == "assistant") == 1:
-            while gate.exists():  # the second root call hangs until the test lets it go
-                time.sleep(0.05)
-        return base(messages, model)
+    responder = hanging_second_turn(turns, gate)  # the second root call hangs until the test lets it go
 
     doc = tmp_path / "doc.txt"
     doc.write_text("some text\n")

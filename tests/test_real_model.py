@@ -96,7 +96,8 @@ def test_streaming_from_the_real_server(llama_server):
 
 
 def test_timeouts_are_retried_then_reported(llama_server):
-    rlm = RLM(model=ALIAS, base_url=llama_server, max_iterations=2, call_timeout_s=0.001, max_retries=1)
+    rlm = RLM(model=ALIAS, base_url=llama_server, max_iterations=2, call_timeout_s=0.001, max_retries=1,
+              fallback_after=None)  # the root loop's calls, not the map-reduce program SmolLM2 gets by default
     result = rlm.completion("q", "some text")
     assert result.stopped_reason == "error" and result.answer is None
     errors = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "llm_error"]

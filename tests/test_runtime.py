@@ -74,10 +74,13 @@ def test_map_reduce_fallback_chunks_and_combines():
 
     def host(kind, prompts, model, context):
         calls.append(prompts)
-        return [{"ok": True, "text": "note"} for _ in prompts]
+        return [{"ok": True, "text": f"note {i}" if len(prompts) > 1 else "combined"} for i in range(len(prompts))]
 
     repl = REPL("line\n" * 1000, host)
     out = repl.execute("_map_reduce('q?', chunk_chars=1000)")
     assert len(calls[0]) == 5 and all("q?" in p for p in calls[0])
-    assert "Using these notes" in calls[-1][0]
-    assert out["stdout"].endswith("'note'\n")
+    assert "Using only these notes" in calls[-1][0] and all(f"note {i}" in calls[-1][0] for i in range(5))
+    assert out["stdout"].endswith("'combined'\n")
+    calls.clear()  # the same answer from every chunk is that answer: nothing to combine
+    same = REPL("line\n" * 1000, lambda kind, prompts, model, context: [{"ok": True, "text": "note"}] * len(prompts))
+    assert same.execute("_map_reduce('q?', chunk_chars=1000)")["stdout"].endswith("'note'\n")

@@ -1,7 +1,8 @@
 """`rlm batch`: many RLM tasks from a JSONL file, on this machine or across a Ray cluster.
 
-Each line of the tasks file is `{"id": ..., "query": ..., "context": <text or data> | {"path": ...}}`
-(paths relative to the tasks file; optional "model"). Results are appended to the results file as
+Each line of the tasks file is `{"id": ..., "query": ..., "context": <text or data> | {"files": [...]}}`
+(`{"files": [...]}` is the shape `rlm serve` takes too; paths relative to the tasks file; optional
+"model"). The old `{"path": ...}` is refused with that fix, never read as data. Results are appended to the results file as
 each task finishes, one JSON line each, so a crashed or interrupted batch loses nothing: a rerun
 skips every task that already has a finished result and runs the rest. Every run is also recorded
 in the run store, as any run is.
@@ -23,7 +24,7 @@ from typing import Any
 
 from .errors import ContextError
 
-FINISHED = ("final", "max_iterations", "budget", "timeout")
+FINISHED = ("final", "max_iterations", "budget", "timeout", "not_found")
 
 
 @dataclass
@@ -51,13 +52,26 @@ def read_tasks(path: Path) -> list[dict[str, Any]]:
             if task["id"] in seen:
                 raise ContextError(f"{path} line {number}: the id {task['id']!r} is used twice")
             seen.add(task["id"])
-            context = task["context"]
-            if isinstance(context, dict) and set(context) == {"path"}:
-                task["context"] = {"path": str((path.parent / context["path"]).resolve())}
+            task["context"] = _files_resolved(task["context"], path, number)
             tasks.append(task)
     if not tasks:
         raise ContextError(f"{path} has no tasks")
     return tasks
+
+
+def _files_resolved(context: Any, path: Path, number: int) -> Any:
+    """`{"files": ["a.txt", "dir"]}` with each path made absolute (relative to the tasks file);
+    other text or data as it is; the shape of another tool (`{"path": ...}`) is an error, not data."""
+    where = f"{path} line {number}"
+    if isinstance(context, dict) and set(context) == {"path"}:
+        raise ContextError(f'{where}: "context": {{"path": ...}} is not an input shape; name files as '
+                           f'{{"files": ["{context["path"]}"]}} (the shape rlm serve takes too)')
+    if not (isinstance(context, dict) and set(context) == {"files"}):
+        return context
+    files = context["files"]
+    if not (isinstance(files, list) and files and all(isinstance(f, str) and f.strip() for f in files)):
+        raise ContextError(f'{where}: "files" is a non-empty list of paths, e.g. {{"files": ["notes.txt"]}}')
+    return {"files": [str((path.parent / name).resolve()) for name in files]}
 
 
 def finished_ids(results: Path) -> set[str]:
@@ -79,11 +93,13 @@ async def run_task(task: dict[str, Any], options: BatchOptions) -> dict[str, Any
     from .options import make_rlm
 
     context = task["context"]
-    if isinstance(context, dict) and set(context) == {"path"}:
-        context = Path(context["path"])
+    files = [Path(name) for name in context["files"]] if isinstance(context, dict) and set(context) == {"files"} else None
     try:
         rlm = make_rlm(options.values, model=task.get("model") or options.values.get("model"))
-        result = await rlm.acompletion(task["query"], context)
+        if files is not None:
+            result = await rlm.acompletion(task["query"], files[0], contexts=files[1:])
+        else:
+            result = await rlm.acompletion(task["query"], context)
     except RLMError as error:
         return {"id": task["id"], "answer": None, "stopped_reason": "error", "error": str(error)}
     return {"id": task["id"], "answer": result.answer, "stopped_reason": result.stopped_reason,

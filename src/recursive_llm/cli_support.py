@@ -17,11 +17,14 @@ import click
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT, EXIT_CONFIG, EXIT_LIMIT, EXIT_FAILED = 0, 1, 2, 3, 4, 5, 6
 
 
+EXIT_NOT_FOUND = 8  # the run looked at the whole input and found no answer to the question
 EXIT_INTERRUPTED = 130
 
 
+# One exit code per result.StopReason (a test holds every reason to having one).
 _EXIT_BY_STOP = {"final": EXIT_OK, "max_iterations": EXIT_LIMIT, "budget": EXIT_LIMIT,
-                 "timeout": EXIT_LIMIT, "error": EXIT_FAILED, "interrupted": EXIT_INTERRUPTED}
+                 "timeout": EXIT_LIMIT, "error": EXIT_FAILED, "not_found": EXIT_NOT_FOUND,
+                 "interrupted": EXIT_INTERRUPTED}
 
 
 def _err(message: str) -> None:
@@ -46,13 +49,20 @@ def _fail(error: BaseException, as_json: bool = False, note: str | None = None):
     code = exit_code_of(error)
     from .preflight import friendlier
 
-    message = note or ("interrupted" if isinstance(error, KeyboardInterrupt) else friendlier(str(error)))
+    message = note or ("interrupted" if isinstance(error, KeyboardInterrupt)
+                       else friendlier(str(error), api_key_option=_takes_api_key()))
     if as_json:
         click.echo(json.dumps({"error": {"type": type(error).__name__, "message": message, "exit_code": code}},
                               ensure_ascii=False))
     else:
         _err(("" if isinstance(error, KeyboardInterrupt) else "Error: ") + message)
     sys.exit(code)
+
+
+def _takes_api_key() -> bool:
+    """Whether the command being run has an --api-key option (`serve` and `mcp` refuse one)."""
+    context = click.get_current_context(silent=True)
+    return context is None or any(param.name == "api_key" for param in context.command.params)
 
 
 def _exits(function):
@@ -137,9 +147,7 @@ def _prepare_model(params: dict) -> None:
     resolved = params.get("model") or _default_model_name()
     notice = embedded_notice(params.get("model"), resolved)
     if "fallback_after" in params and params["fallback_after"] is None:
-        del params["fallback_after"]  # the library's default
-        if notice:  # a 135M model does not write working RLM code: go to the map-reduce program at once
-            params["fallback_after"] = 1
+        del params["fallback_after"]  # the library's default: at once for the embedded model (fallback.py)
     if notice and not params.get("quiet"):
         _err(notice)
 
@@ -211,7 +219,7 @@ def _chat_loop(session, params: dict) -> int:
         if not question.strip():
             continue
         try:
-            result = session.ask(question)
+            result = session.ask(question, run_config=_chat_run_params(params, question))
         except RLMError as error:
             _err(f"Error: {error}")
             exit_code = exit_code_of(error)
@@ -221,6 +229,13 @@ def _chat_loop(session, params: dict) -> int:
             _err(_summary(result))
         if result.stopped_reason != "final":
             exit_code = _EXIT_BY_STOP.get(result.stopped_reason, EXIT_INTERNAL)
+
+
+def _chat_run_params(params: dict, question: str) -> dict:
+    """What `rlm ask --resume` needs to redo one question of `rlm chat` (as `_new_run_params`)."""
+    saved, _ = _new_run_params(params)
+    saved["cli"]["question"] = question
+    return saved
 
 
 # Options that only change how a run is shown (or are secret); the rest is saved so --resume can redo it.

@@ -111,7 +111,9 @@ class LoopPolicy:
 
     max_output_chars: int = 20_000  # a turn's code output shown to the model
     cell_timeout_s: float = 120.0  # compute time of one cell
-    fallback_after: int | None = 3  # idle replies before the map-reduce fallback (None: never)
+    # idle replies before the map-reduce fallback (None: never; 0: at once, with no root turn, for a
+    # root model known not to write RLM code: RLM(...) picks 0 for the embedded model by default)
+    fallback_after: int | None = 3
     compact_at: float | None = 0.85  # fraction of the root window at which earlier turns are compacted
     root_context_window: int | None = None  # the root model's window, when it is not known
     system_prompt: str | None = None  # the user's own root system prompt
@@ -124,7 +126,7 @@ class LoopPolicy:
     def __post_init__(self) -> None:
         _check_all(self, {"max_output_chars": (True, 200, True, False), "cell_timeout_s": (False, 0, False, False),
                           "schema_retries": (True, 0, True, False),
-                          "fallback_after": (True, 1, True, True), "compact_at": (False, 0, False, True),
+                          "fallback_after": (True, 0, True, True), "compact_at": (False, 0, False, True),
                           "root_context_window": (True, 1, True, True)})
         if self.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt_style {self.prompt_style!r}: use 'default' or 'reference' (the "

@@ -122,9 +122,9 @@ def _loop_options(click) -> dict[str, Option]:  # how calls and the loop behave
                               "help": "Sampling temperature of every call."}, rlm="temperature"),
         "cache": Option(("--cache/--no-cache",), {"default": None, "help": "Answer identical model calls from the run "
                         "store instead of paying again (default: on at temperature 0)."}, rlm="cache"),
-        "fallback_after": Option(("--fallback-after",), {"type": click.IntRange(min=1), "default": None,
+        "fallback_after": Option(("--fallback-after",), {"type": click.IntRange(min=0), "default": None,
                                  "metavar": "N", "help": "After N replies with no working code and no answer, run "
-                                 "the built-in map-reduce program (default 3; 1 for the embedded model)."},
+                                 "the built-in map-reduce program (default 3; 0, at once, for the embedded model)."},
                                  rlm="fallback_after"),
         "prompt_style": Option(("--prompt-style",), {"type": click.Choice(list(PROMPT_STYLES)),
                                "default": LoopPolicy.prompt_style, "show_default": True, "help": "reference: the prompts of the "

@@ -71,7 +71,14 @@ def embedded_notice(model: str | None, resolved: str) -> str | None:
             f"(gpt-5-mini, claude-sonnet-4-5, ollama/<name>, <name> --base-url URL).")
 
 
-def friendlier(message: str) -> str:
-    """Library messages mention `api_key=`, which a CLI user cannot pass: name what they can do."""
-    return (message.replace("(or pass api_key=...)", "(or `rlm keys set <provider>`, or --api-key)")
-            .replace("with base_url=...", "with --base-url URL").replace("pass api_key=", "pass --api-key "))
+def friendlier(message: str, api_key_option: bool = True) -> str:
+    """Library messages mention `api_key=`, which a CLI user cannot pass: name what they can do, with
+    the provider's name in `rlm keys set` and `--api-key` only where the command takes it."""
+    from .keys import PROVIDERS
+
+    provider = next((name for name, variable in PROVIDERS.items() if f"set {variable}" in message), None)
+    store = f"`rlm keys set {provider}`" if provider else "`rlm keys set openai|anthropic`"
+    option = ", or --api-key" if api_key_option else ""
+    return (message.replace("(or pass api_key=...)", f"(or {store}{option})")
+            .replace("with base_url=...", "with --base-url URL")
+            .replace("pass api_key=", "pass --api-key " if api_key_option else "set the key "))

@@ -18,6 +18,8 @@ class StopReason(str, Enum):
     BUDGET = "budget"  # calls, tokens or cost ran out
     TIMEOUT = "timeout"  # the run's wall-time limit
     ERROR = "error"  # a provider or environment failure, or no usable answer
+    # the map-reduce program asked about every part of the input and no part answered the question
+    NOT_FOUND = "not_found"
     INTERRUPTED = "interrupted"  # cancelled (Ctrl-C, a client gone): only in the record, never a Result
 
     @classmethod

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .budget import Budget
 from .config import CallPolicy, Limits, LoopPolicy, RunConfig, WorkerPolicy
 from .errors import ConfigError, RLMError
+from .fallback import auto_fallback_after
 from .events import EventLog, Listener
 from .kept_loop import KeptLoop, drop
 from .models.base import ModelClient
@@ -52,7 +53,7 @@ class RLM:
         temperature: float | None = CallPolicy.temperature,
         # how the root loop behaves (config.LoopPolicy)
         max_output_chars: int = LoopPolicy.max_output_chars, cell_timeout_s: float = LoopPolicy.cell_timeout_s,
-        fallback_after: int | None = LoopPolicy.fallback_after, schema_retries: int = LoopPolicy.schema_retries,
+        fallback_after: int | None | str = "auto", schema_retries: int = LoopPolicy.schema_retries,
         compact_at: float | None = LoopPolicy.compact_at, root_context_window: int | None = LoopPolicy.root_context_window,
         system_prompt: str | None = LoopPolicy.system_prompt, prompt_style: str = LoopPolicy.prompt_style,
         sub_calls: bool = LoopPolicy.sub_calls,
@@ -65,22 +66,22 @@ class RLM:
         from .models.resolver import resolve_model
         from .tools import tools_of
 
+        if ray_fanout_at is not None and not isinstance(sub_model if sub_model is not None else model, str):
+            raise ConfigError("ray_fanout_at needs the sub-model as a model string (Ray workers rebuild the client)")
+        root_client = resolve_model(model, base_url=base_url, api_key=api_key)
+        sub_client = resolve_model(sub_model, base_url=base_url, api_key=api_key) if sub_model is not None else root_client
         try:
             limits = Limits(max_iterations=max_iterations, max_depth=max_depth, max_llm_calls=max_llm_calls,
                             max_tokens=max_tokens, max_cost_usd=max_cost_usd, timeout_s=timeout_s)
             calls = CallPolicy(max_concurrency=max_concurrency, max_retries=max_retries, call_timeout_s=call_timeout_s,
                                max_output_tokens=max_output_tokens, temperature=temperature)
             loop = LoopPolicy(max_output_chars=max_output_chars, cell_timeout_s=cell_timeout_s, compact_at=compact_at,
-                              fallback_after=fallback_after, root_context_window=root_context_window,
+                              fallback_after=auto_fallback_after(fallback_after, root_client), root_context_window=root_context_window,
                               system_prompt=system_prompt, sub_calls=sub_calls, schema_retries=schema_retries,
                               prompt_style=prompt_style)
             worker = WorkerPolicy(environment=environment, sandbox=sandbox, memory_mb=worker_memory_mb)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        if ray_fanout_at is not None and not isinstance(sub_model if sub_model is not None else model, str):
-            raise ConfigError("ray_fanout_at needs the sub-model as a model string (Ray workers rebuild the client)")
-        root_client = resolve_model(model, base_url=base_url, api_key=api_key)
-        sub_client = resolve_model(sub_model, base_url=base_url, api_key=api_key) if sub_model is not None else root_client
         try:
             self.config = RunConfig(root_client=root_client, sub_client=sub_client, limits=limits, calls=calls,
                                     loop=loop, worker=worker, allowed_models=allowed_models,
@@ -182,11 +183,11 @@ class RLM:
     async def run_inputs(self, query: str, inputs: list[LoadedContext], *, resume_from: str | None = None,
                          run_config: dict[str, Any] | None = None, environment: Any = None,
                          session_id: str | None = None, turn_note: str | None = None,
-                         schema: AnswerSchema | None = None) -> Result:
+                         schema: AnswerSchema | None = None, run_id: str | None = None) -> Result:
         """One top-level run over loaded inputs. A session passes its long-lived, started
-        `environment` (kept open afterwards), its id and a note for the root prompt; `schema`
-        types the answer."""
-        run_id = new_run_id()
+        `environment` (kept open afterwards), its id, a note for the root prompt and the run's id
+        (so that it can name a run it interrupts); `schema` types the answer."""
+        run_id = run_id or new_run_id()
         trajectory_path = (self.trajectory_dir or _default_trajectory_dir()) / f"{run_id}.jsonl"
         listeners = [self.on_event] if self.on_event else []
         if self.verbose:

@@ -20,7 +20,7 @@ from .compaction import Compactor
 from .config import RunConfig
 from .errors import BudgetExceeded, ConfigError, ModelError, RLMError
 from .events import EventLog
-from .fallback import chunk_chars_for, map_reduce_code
+from .fallback import chunk_chars_for, is_weak, map_reduce_code
 from .models.base import Message, ModelClient
 from .parsing import parse_reply, truncate_output
 from .result import Result, StopReason
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 # (answer, why the run stopped, error)
 Outcome = tuple["str | None", StopReason, "str | None"]
+
+
+FALLBACK_ITERATION = 0  # root turns count from 1; the map-reduce program's cell is recorded under 0
 
 
 def new_run_id() -> str:
@@ -116,6 +119,9 @@ class Run:
         self.parent_run_id = parent_run_id
         self.root_client = root_client
         self.iterations = 0
+        # The iteration the running cells are recorded under: the root turn's, or FALLBACK_ITERATION
+        # for the map-reduce program's cell (no model reply: the viewer shows it as its own entry).
+        self.cell_iteration: int | None = None
         self.current_cell: int | None = None  # the index of the cell running now (sub-calls come from it)
         self.used_fallback = False
         self.started = time.monotonic()
@@ -134,8 +140,12 @@ class Run:
     def site(self, purpose: str, depth: int | None = None) -> CallSite:
         """Where a call comes from: root calls carry the iteration; sub-calls, which come from the
         cell that is running (a run runs one cell at a time), the iteration and the cell's index."""
+        iteration = self._iteration_of_cells() if purpose == "sub" else self.iterations or None
         return CallSite(run_id=self.run_id, depth=self.depth if depth is None else depth, purpose=purpose,
-                        iteration=self.iterations or None, cell=self.current_cell if purpose == "sub" else None)
+                        iteration=iteration, cell=self.current_cell if purpose == "sub" else None)
+
+    def _iteration_of_cells(self) -> int | None:
+        return self.cell_iteration if self.cell_iteration is not None else (self.iterations or None)
 
     @property
     def handle_subcall(self):
@@ -237,6 +247,8 @@ class Run:
         limits = self.config.limits
         idle_turns = 0
         rejected: str | None = None  # why the last answer the model gave was not accepted
+        if self.config.loop.fallback_after == 0:  # a root model known not to write RLM code
+            return await self._fallback(env, f"{self.root_client.name} is known not to write RLM code")
         while self.iterations < limits.max_iterations:
             self.iterations += 1
             await self.compactor.keep_within_window(env, messages, iteration=self.iterations, query=self.query)
@@ -275,7 +287,7 @@ class Run:
             # small models write code that never works, and would otherwise spin to the limit.
             idle_turns = 0 if any_worked else idle_turns + 1
             if self.config.loop.fallback_after and idle_turns >= self.config.loop.fallback_after:
-                return await self._fallback(env, idle_turns)
+                return await self._fallback(env, f"{idle_turns} replies in a row without working code or an answer")
             content = self.style.turn_message(outputs=outputs, iteration=self.iterations, query=self.query,
                                               max_iterations=limits.max_iterations,
                                               had_code=bool(parsed.code_blocks or parsed.final))
@@ -295,7 +307,7 @@ class Run:
             finally:
                 self.current_cell = None
             any_worked = any_worked or (cell.ran and cell.error is None)
-            self.emit("cell", iteration=self.iterations, index=index, code=code, stdout=cell.stdout,
+            self.emit("cell", iteration=self._iteration_of_cells() or 0, index=index, code=code, stdout=cell.stdout,
                       stderr=cell.stderr, error=cell.error, final=cell.final, timed_out=cell.timed_out,
                       restarted=cell.restarted, duration_s=round(cell.duration_s, 4))
             note = prompts.VARIABLES_LOST_NOTE if cell.restarted else None
@@ -307,12 +319,17 @@ class Run:
                 break
         return outputs, None, any_worked
 
-    async def _fallback(self, env, idle_turns: int) -> Outcome:
+    async def _fallback(self, env, reason: str) -> Outcome:
         self.used_fallback = True
-        chunk_chars = chunk_chars_for(self.config.sub_client.context_window)
-        self.emit("fallback", reason=f"{idle_turns} replies in a row without working code or an answer",
-                  strategy="map_reduce", chunk_chars=chunk_chars)
-        outputs, final, _ = await self._run_blocks(env, [map_reduce_code(self.query, chunk_chars)])
+        weak = is_weak(self.config.sub_client)
+        chunk_chars = chunk_chars_for(self.config.sub_client.context_window, weak=weak)
+        self.emit("fallback", reason=reason, strategy="map_reduce", chunk_chars=chunk_chars)
+        code = map_reduce_code(self.query, chunk_chars, strict=weak)
+        self.cell_iteration = FALLBACK_ITERATION
+        try:
+            outputs, final, worked = await self._run_blocks(env, [code])
+        finally:
+            self.cell_iteration = None
         final, refused = await self.gate.accept(final)
         if final is not None:
             return final, StopReason.FINAL, None
@@ -320,6 +337,9 @@ class Run:
             outputs.append(refused)
         if (stop := self._budget_stop()) is not None:
             return None, stop[1], "\n".join(outputs)
+        if worked and not refused:  # the program ran to its end and no chunk answered
+            why = [line.split("NOT FOUND: ", 1)[1] for line in "\n".join(outputs).splitlines() if "NOT FOUND: " in line]
+            return None, StopReason.NOT_FOUND, f"nothing in the input answers the question: {(why or ['no answer'])[-1]}"
         return None, StopReason.ERROR, "the map-reduce fallback did not produce an answer: " + "\n".join(outputs)
 
     async def _ask_for_final(self, env, messages: list[Message], stopped: StopReason) -> str | None:
@@ -340,7 +360,13 @@ class Run:
         answer = None
         if parsed.final is not None:
             answer, _ = await answers.resolve(env, parsed.final)
-        answer, refused = await self.gate.accept(answer if answer is not None else reply.strip() or None)
+        elif not parsed.code_blocks:  # a reply in prose is its answer; code that was never run is not
+            answer = parsed.visible.strip() or None
+        if answer is None:
+            self.emit("final_ask_failed", error="the reply to the final-answer request had no answer: "
+                      + ("only code, which is not run at a limit" if parsed.code_blocks else "it was empty"))
+            return None
+        answer, refused = await self.gate.accept(answer)
         if refused:
             self.emit("final_ask_failed", error=refused)
         return answer

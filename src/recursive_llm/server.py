@@ -17,6 +17,7 @@ files, and only under the allowed root. Every malformed request gets a 400 with 
 
 
 import asyncio
+import errno
 import functools
 import hashlib
 import hmac
@@ -25,6 +26,7 @@ import json
 import math
 import re
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -812,13 +814,33 @@ def _version() -> str:
     return __version__
 
 
-def serve(config: ServeConfig) -> None:
-    """Run the server until SIGINT/SIGTERM; running requests get `shutdown_grace_s` to finish."""
+def bind_socket(config: ServeConfig) -> socket.socket:
+    """The server's listening socket, bound before anything starts (no worker, no banner), so that
+    a port in use is one clear error (ConfigError, exit 4) rather than uvicorn's log line after it."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as error:
+        sock.close()
+        busy = error.errno == errno.EADDRINUSE
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: "
+                          + ("the port is in use by another process; pick a free one with --port N, or stop "
+                             "that process" if busy else f"{error.strerror or error}; check --host and --port")) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(config: ServeConfig, sock: socket.socket | None = None) -> None:
+    """Run the server until SIGINT/SIGTERM; running requests get `shutdown_grace_s` to finish.
+    `sock`: the socket from `bind_socket` (bound here when not given)."""
     import uvicorn
 
+    sock = sock or bind_socket(config)
     app = create_app(config)
     server = uvicorn.Server(uvicorn_config(app, config))
-    server.run()
+    server.run(sockets=[sock])
 
 
 def uvicorn_config(app, config: ServeConfig):

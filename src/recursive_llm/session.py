@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import RLMError
+from .run import new_run_id
 
 if TYPE_CHECKING:
     from .result import Result
@@ -45,14 +46,27 @@ class Session:
         self._thread.start()
         self._environment = None
         self._closed = False
+        self._idle = threading.Event()  # set while no question is being answered
+        self._idle.set()
+        self.interrupted_run_id: str | None = None  # the run a Ctrl-C in `ask` interrupted
 
     # -- asking ---------------------------------------------------------------------------------
-    def ask(self, question: str) -> "Result":
-        """Answer one question in this session (blocking)."""
-        return self._submit(self._ask(question)).result()
+    def ask(self, question: str, *, run_config: dict[str, Any] | None = None) -> "Result":
+        """Answer one question in this session (blocking). Ctrl-C (KeyboardInterrupt) while it runs
+        cancels the run and waits until it is recorded as interrupted (`interrupted_run_id`), then
+        goes on up; `run_config` is added to what the store keeps of the run (for a resume)."""
+        run_id = new_run_id()
+        future = self._submit(self._ask(question, run_id, run_config))
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()  # cancels the run's task on the session's loop
+            self._idle.wait(timeout=60)  # the run records itself as interrupted (run.Run.execute)
+            self.interrupted_run_id = run_id
+            raise
 
     async def aask(self, question: str) -> "Result":
-        return await asyncio.wrap_future(self._submit(self._ask(question)))
+        return await asyncio.wrap_future(self._submit(self._ask(question, new_run_id(), None)))
 
     def _submit(self, coroutine):
         if self._closed:
@@ -60,7 +74,14 @@ class Session:
             raise RLMError("this session is closed; start a new one with rlm.session(...)")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
-    async def _ask(self, question: str) -> "Result":
+    async def _ask(self, question: str, run_id: str, run_config: dict[str, Any] | None) -> "Result":
+        self._idle.clear()
+        try:
+            return await self._answer(question, run_id, run_config)
+        finally:
+            self._idle.set()
+
+    async def _answer(self, question: str, run_id: str, run_config: dict[str, Any] | None) -> "Result":
         from .environments import make_environment
 
         if not isinstance(question, str) or not question.strip():
@@ -75,9 +96,9 @@ class Session:
             summary = "; ".join(f"{i + 1}. {h['question'][:80]!r}" for i, h in enumerate(self.history[-10:]))
             note = TURN_NOTE.format(number=len(self.history) + 1, summary=summary)
         result = await self.rlm.run_inputs(question, self.inputs, environment=self._environment,
-                                           session_id=self.session_id, turn_note=note,
+                                           session_id=self.session_id, turn_note=note, run_id=run_id,
                                            run_config={"query": question, "session_id": self.session_id,
-                                                       "turn": len(self.history) + 1})
+                                                       "turn": len(self.history) + 1, **(run_config or {})})
         self.history.append({"question": question, "answer": result.answer, "run_id": result.run_id,
                              "stopped_reason": result.stopped_reason})
         return result

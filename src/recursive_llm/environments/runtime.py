@@ -297,31 +297,14 @@ class REPL:
             self._final = _bounded_answer(str(name))
 
     # -- the weak-model fallback (see recursive_llm.fallback) ------------------------------------
-    def map_reduce(self, query: str, chunk_chars: int) -> str:
-        """Ask the sub-model about every chunk of `context` in parallel, then combine the notes."""
-        text = as_text(self.namespace.get("context"))
-        chunks = split_at_lines(text, chunk_chars) or [""]
-        print(f"map-reduce fallback: {len(text):,} characters in {len(chunks)} chunk(s)")
-        notes = self.llm_query_batched([
-            f"Here is part {i + 1} of {len(chunks)} of a larger input.\n\n<part>\n{chunk}\n</part>\n\n"
-            f"Using only this part, answer or gather facts for: {query}\n"
-            f"If this part has nothing relevant, reply exactly: NOTHING RELEVANT"
-            for i, chunk in enumerate(chunks)])
-        useful = [n for n in notes if not n.startswith("Error:") and "NOTHING RELEVANT" not in n.upper()]
-        failed = sum(n.startswith("Error:") for n in notes)
-        print(f"{len(useful)} chunk(s) had relevant notes, {failed} failed")
-        if failed == len(notes):
-            raise SubCallError(f"every chunk's sub-call failed; first error: {notes[0]}")
-        if len(chunks) == 1 and useful:
-            return useful[0]
-        combined = "\n\n".join(f"[notes {i + 1}] {n}" for i, n in enumerate(useful)) or "(no part was relevant)"
-        while len(combined) > chunk_chars and len(useful) > 1:  # reduce the notes until they fit
-            groups = split_at_lines(combined, chunk_chars) or [""]
-            useful = self.llm_query_batched([
-                f"Condense these notes, keeping every fact relevant to: {query}\n\n{g}" for g in groups])
-            combined = "\n\n".join(useful)
-        return self.llm_query(f"Notes taken from the parts of a larger input:\n\n{combined}\n\n"
-                              f"Using these notes, answer: {query}")
+    def map_reduce(self, query: str, chunk_chars: int, strict: bool = False) -> str | None:
+        """Ask the sub-model about every chunk of `context` (a table as rows of text), each allowed
+        to say NOT FOUND, and combine what they found; None: no chunk answered (map_reduce.py)."""
+        from . import map_reduce
+
+        context = self.namespace.get("context")
+        text = map_reduce.as_rows_text(context) if isinstance(context, helpers.Table) else as_text(context)
+        return map_reduce.run(text, query, chunk_chars, self.llm_query_batched, strict=strict)
 
     # -- cells ----------------------------------------------------------------------------------
     def get_variable(self, name: str) -> dict:

