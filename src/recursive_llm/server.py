@@ -33,6 +33,7 @@ from typing import Any
 from .errors import ConfigError, ContextError, RLMError
 from .config import CallPolicy, WorkerPolicy
 from .options import SERVE_CEILINGS, SERVE_DEFAULTS, make_rlm
+from .serve_runs import NO_RETRY
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_JSON_DEPTH = 64  # deeper request bodies are refused (400) before anything walks them
@@ -258,16 +259,7 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
         raise RequestError(400, f"invalid request: {where[:200]}: {first['msg']}") from None
     root_model = resolve_model_name(request.model, config)
     texts = [(m.role, _text(m.content)) for m in request.messages]
-    users = [i for i, (role, _) in enumerate(texts) if role == "user"]
-    if not users or not texts[users[-1]][1].strip():
-        raise RequestError(400, "the last user message is the question, and there is none (or it is empty)")
-    last = users[-1]
-    instructions = "\n".join(text for role, text in texts if role in ("system", "developer") and text.strip())
-    query = texts[last][1] if not instructions else f"{instructions}\n\n{texts[last][1]}"
-    if request.context is not None:
-        context = load_request_context(request.context, config)
-    else:
-        query, context = _context_from_messages(texts, last, query)
+    query, context = _query_and_context(texts, request.context, config)
     limits = config.limits.clamp(request.rlm)
     return {"model": root_model, "query": query, "context": context, "limits": limits, "stream": request.stream,
             "temperature": request.temperature, "max_output_tokens": request.max_tokens,
@@ -275,27 +267,19 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
             "schema": response_schema(request.response_format)}
 
 
-def _context_from_messages(texts: list[tuple[str, str]], last: int, query: str) -> tuple[str, Any]:
-    """The input when the request has no `context` field (chat clients such as `llm` cannot add one):
-    the earlier user/assistant/tool messages; else, in a single message, everything before the question,
-    which is its last paragraph (after the last blank line) or, with no blank line, its last line.
-    Text is always text, never a path."""
+def _query_and_context(texts: list[tuple[str, str]], field: Any, config: ServeConfig) -> tuple[str, Any]:
+    """The root model's query and the run's input: the `context` field, else the messages, by the
+    rules of `serve_messages` (the input is always text there, never a path)."""
     from .context.loader import load_context_value
+    from .serve_messages import NoQuestion, query_and_input
 
-    earlier = [text for i, (role, text) in enumerate(texts) if i != last and role in ("user", "assistant", "tool")
-               and text.strip()]
-    if earlier:
-        return query, load_context_value(earlier[0] if len(earlier) == 1 else earlier)
-    message = texts[last][1].strip()
-    parts = re.split(r"\n[ \t]*\n", message)
-    if len(parts) < 2:  # no blank line: the last line is the question (`cat f | llm "q"` joins with a space)
-        parts = message.split("\n")
-    if len(parts) < 2 or not parts[-1].strip():
-        raise RequestError(400, "no context: send it in the `context` field, as earlier messages, or in the same "
-                                "message before the question (the question is the last paragraph, after a blank "
-                                "line, or the last line)")
-    question, body = parts[-1].strip(), message[:len(message) - len(parts[-1])].strip()
-    return query[:len(query) - len(texts[last][1])] + question, load_context_value(body)
+    try:
+        query, inputs = query_and_input(texts, field is not None)
+    except NoQuestion as error:
+        raise RequestError(400, str(error)) from None
+    if field is not None:
+        return query, load_request_context(field, config)
+    return query, load_context_value(inputs[0] if len(inputs) == 1 else inputs)
 
 
 def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -439,7 +423,6 @@ def _parse_json(raw: bytes) -> Any:
 # -- the app ----------------------------------------------------------------------------------------
 def create_app(config: ServeConfig):
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
 
     config.check()
     redact = Redactor(config)
@@ -462,33 +445,76 @@ def create_app(config: ServeConfig):
 
     @app.get("/v1/models")
     async def models():
-        created = int(state["started"])
-        names = ["rlm", *(f"rlm/{name}" for name in allowed_models(config))]
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
-                                            "owned_by": "recursive-llm"} for name in names]}
+        return {"object": "list", "data": [_model_entry(name, state) for name in _served_names(config)]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        if name not in _served_names(config):
+            raise RequestError(404, f"model {name[:200]!r} is not served here; GET /v1/models lists the ones that are",
+                               code="model_not_found")
+        return _model_entry(name, state)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await _read_body(request, config.max_body_bytes, config.idle_timeout_s)
         args = parse_request(body, config)
-        args["client"] = request.state.client
-        if state["active"] >= config.max_concurrent:
-            raise RequestError(429, f"the server is running {config.max_concurrent} requests, its limit; retry shortly",
-                               "rate_limit_error", "too_many_requests", headers={"Retry-After": "1"})
-        state["active"] += 1
-        completion_id = "chatcmpl-" + secrets.token_hex(12)
-        if args["stream"]:
-            request.state.streaming = True  # logged when the stream ends, with its run id
-            return StreamingResponse(_stream(config, args, completion_id, redact, state),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        try:
-            result = await _run(config, args, None, state["stores"])
-        finally:
-            state["active"] -= 1
-        request.state.run_id = result.run_id
-        return JSONResponse(_completion_body(result, args, completion_id, redact))
+        return await _answer(request, args, (config, state, redact), "chatcmpl-", _completion_body, _stream)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        from . import serve_responses
+
+        body = await _read_body(request, config.max_body_bytes, config.idle_timeout_s)
+        args = parse_request(serve_responses.chat_body(body), config)
+        args["echo"] = serve_responses.echo(body)
+        return await _answer(request, args, (config, state, redact), "resp_", serve_responses.response_body,
+                             serve_responses.stream)
 
     return app
+
+
+def _served_names(config: ServeConfig) -> list[str]:
+    return ["rlm", *(f"rlm/{name}" for name in allowed_models(config))]
+
+
+def _model_entry(name: str, state: dict[str, Any]) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": int(state["started"]), "owned_by": "recursive-llm"}
+
+
+async def _answer(request, args: dict[str, Any], server: tuple, prefix: str, body_of, stream_of):
+    """Admit one request's run (429 past the limit, with a Retry-After from the runs in flight), then
+    answer it: a body from `body_of(result, args, id, redact)`, or the stream of `stream_of`. A client
+    that leaves stops its run."""
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from .serve_runs import ClientGone, RunClock, unless_client_leaves
+
+    config, state, redact = server
+    args["client"] = request.state.client
+    clock = state.setdefault("clock", RunClock())
+    if state["active"] >= config.max_concurrent:
+        raise RequestError(429, f"the server is running {config.max_concurrent} requests, its limit; retry shortly",
+                           "rate_limit_error", "too_many_requests", headers={"Retry-After": clock.retry_after()})
+    state["active"] += 1
+    args["ticket"], args["created"] = clock.start(), int(time.time())
+    answer_id = prefix + secrets.token_hex(12)
+    if args["stream"]:
+        request.state.streaming = True  # logged when the stream ends, with its run id
+        return StreamingResponse(stream_of(config, args, answer_id, redact, state),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        result = await unless_client_leaves(request.receive, _run(config, args, None, state["stores"]))
+    except ClientGone as gone:
+        return JSONResponse(error_body(str(gone), "invalid_request_error", "client_closed_request"), status_code=499)
+    finally:
+        _release(state, args)
+    request.state.run_id = result.run_id
+    return JSONResponse(body_of(result, args, answer_id, redact))
+
+
+def _release(state: dict[str, Any], args: dict[str, Any]) -> None:
+    state["active"] -= 1
+    state["clock"].end(args["ticket"])
 
 
 def _add_error_handlers(app, redact: "Redactor") -> None:
@@ -631,11 +657,13 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event, stores: dict
     except ConfigError as error:
         raise RequestError(400, f"bad configuration: {error}") from None
     except RLMError as error:
-        raise RequestError(502, f"the run failed: {error}", "server_error") from None
+        raise RequestError(502, f"the run failed: {error}", "server_error", headers=NO_RETRY) from None
 
 
 def _finish_reason(result) -> str:
-    return "stop" if result.stopped_reason == "final" else "length"
+    """`stop` for every answer, a best answer at a limit included: it is whole (`length` would tell
+    clients it was cut, and the SDK's `parse` raises on it); `rlm.stopped_reason` says why it ended."""
+    return "stop"
 
 
 def _usage(result) -> dict[str, int]:
@@ -651,11 +679,17 @@ def _rlm_info(result, redact) -> dict[str, Any]:
             "store_error": redact(result.store_error) if getattr(result, "store_error", None) else None}
 
 
-def _completion_body(result, args, completion_id: str, redact) -> dict[str, Any]:
+def require_answer(result, redact) -> None:
+    """RequestError 502 for a run that ended without an answer; the client is told not to retry (a
+    retry is another paid run, and the same input fails the same way)."""
     if result.answer is None:
         raise RequestError(502, redact(f"the run ended ({result.stopped_reason}) without an answer: {result.error}"),
-                           "server_error")
-    return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": args["requested"],
+                           "server_error", "run_failed", headers=NO_RETRY)
+
+
+def _completion_body(result, args, completion_id: str, redact) -> dict[str, Any]:
+    require_answer(result, redact)
+    return {"id": completion_id, "object": "chat.completion", "created": args["created"], "model": args["requested"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": _content(result, args)},
                          "finish_reason": _finish_reason(result), "logprobs": None}],
             "usage": _usage(result), "rlm": _rlm_info(result, redact)}
@@ -670,8 +704,10 @@ def _content(result, args) -> str:
     return result.answer
 
 
-def _chunk(completion_id: str, model: str, delta: dict, finish: str | None = None, **extra) -> str:
-    payload = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+def _chunk(completion_id: str, args: dict[str, Any], delta: dict, finish: str | None = None, **extra) -> str:
+    """One chunk; every chunk of a stream has the same `created`."""
+    payload = {"id": completion_id, "object": "chat.completion.chunk", "created": args["created"],
+               "model": args["requested"],
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
@@ -697,19 +733,17 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
 
     task = asyncio.create_task(_run(config, args, on_event, state["stores"]))
     try:
-        yield _chunk(completion_id, model, {"role": "assistant", "content": ""})
+        yield _chunk(completion_id, args, {"role": "assistant", "content": ""})
         while not task.done() or not queue.empty():
             getter = asyncio.create_task(queue.get())
             done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
-                yield _chunk(completion_id, model, {}, rlm_event=getter.result())
+                yield _chunk(completion_id, args, {}, rlm_event=getter.result())
             else:
                 getter.cancel()
         try:
             result = task.result()
-            if result.answer is None:
-                raise RequestError(502, f"the run ended ({result.stopped_reason}) without an answer: {result.error}",
-                                   "server_error")
+            require_answer(result, redact)
         except RequestError as error:
             yield f"data: {json.dumps(error_body(redact(error.message), error.kind, error.code))}\n\n"
             yield "data: [DONE]\n\n"
@@ -721,10 +755,10 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
             return
         answer = _content(result, args)
         for start in range(0, len(answer), 200):
-            yield _chunk(completion_id, model, {"content": answer[start:start + 200]})
-        yield _chunk(completion_id, model, {}, _finish_reason(result), rlm=_rlm_info(result, redact))
+            yield _chunk(completion_id, args, {"content": answer[start:start + 200]})
+        yield _chunk(completion_id, args, {}, _finish_reason(result), rlm=_rlm_info(result, redact))
         if args["include_usage"]:
-            payload = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
+            payload = {"id": completion_id, "object": "chat.completion.chunk", "created": args["created"],
                        "model": model, "choices": [], "usage": _usage(result)}
             yield f"data: {json.dumps(payload)}\n\n"
         yield "data: [DONE]\n\n"
@@ -735,7 +769,7 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
-        state["active"] -= 1
+        _release(state, args)
         if config.access_log:
             log_access("POST", "/v1/chat/completions", 200, seen.get("run_id"), started, streamed=True)
 
