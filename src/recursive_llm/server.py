@@ -520,12 +520,21 @@ def _release(state: dict[str, Any], args: dict[str, Any]) -> None:
 def _add_error_handlers(app, redact: "Redactor") -> None:
     """Every error a client sees is an OpenAI-style JSON body, redacted (never a bare 500)."""
     from fastapi import Request
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from fastapi.responses import JSONResponse
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, error: RequestError):
         return JSONResponse(error_body(redact(error.message), error.kind, error.code), status_code=error.status,
                             headers=error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):  # 404, 405: the clients' shape too
+        from .serve_responses import route_error
+
+        message, code = route_error(request.method, request.url.path, error.status_code, str(error.detail))
+        return JSONResponse(error_body(message, "invalid_request_error", code), status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, error: Exception):  # a bug of ours: still JSON, still redacted

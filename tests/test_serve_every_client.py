@@ -1,0 +1,268 @@
+"""Issue 28: `rlm serve` serves every client as it comes. One request is at most one paid run (a
+failed run is not retried, a client that leaves stops its run), the input is found where each
+client puts it, the Responses API, and errors in the clients' shapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from recursive_llm.serve_messages import query_and_input
+from recursive_llm.testing import FakeLLMServer
+from scripted_root import is_root, root_then_sub
+from test_server import TOKEN, TURNS, Served, backend, served  # noqa: F401  (fixtures)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FIND_KESTREL = ["```repl\nimport re\nfound = re.search(r'server is called (\\w+)', context)\n"
+                "answer = found.group(1) if found else 'not found'\n```", "FINAL_VAR(answer)"]
+
+
+def roots_started(backend: FakeLLMServer) -> int:
+    """Runs started at the model server: root conversations at their first turn."""
+    return sum(1 for r in backend.requests
+               if is_root(r["messages"]) and not any(m["role"] == "assistant" for m in r["messages"]))
+
+
+def first_root_prompt(backend: FakeLLMServer) -> str:
+    first = next(r["messages"] for r in backend.requests if is_root(r["messages"]))
+    return "\n".join(str(m["content"]) for m in first)
+
+
+def serve(backend: FakeLLMServer, tmp_path: Path, *args: str) -> Served:
+    root = tmp_path / "allowed"
+    root.mkdir(exist_ok=True)
+    return Served(*args, backend_url=backend.base_url, root=root, env={"RLM_SERVE_TOKEN": TOKEN})
+
+
+# -- 2. one request, one paid run --------------------------------------------------------------------
+def test_a_failed_run_costs_one_run_with_the_sdks_default_retries(tmp_path):
+    """Every model call fails (the server's own retries included): a client that does not retry
+    measures what one run costs at the model server; the SDK's defaults (2 retries) cost the same."""
+    with FakeLLMServer(faults=["500"] * 200, fault_kinds=()) as backend:
+        server = serve(backend, tmp_path)
+        try:
+            ask = {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "extra_body": {"context": "x"}}
+            with pytest.raises(openai.APIStatusError):
+                server.client().chat.completions.create(**ask)  # max_retries=0
+            one_run = backend.request_count
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key=TOKEN)  # the SDK's default: 2 retries
+            with pytest.raises(openai.APIStatusError) as failed:
+                client.chat.completions.create(**ask)
+            chat = backend.request_count - one_run
+            with pytest.raises(openai.APIStatusError) as failed_too:
+                client.responses.create(model="rlm", input="q", extra_body={"context": "x"})
+            responses = backend.request_count - one_run - chat
+        finally:
+            server.stop()
+    assert failed.value.status_code == 502 and failed.value.response.headers["x-should-retry"] == "false"
+    assert failed_too.value.status_code == 502
+    assert one_run > 0 and chat == one_run and responses == one_run
+
+
+def test_a_client_that_gives_up_stops_its_run(tmp_path):
+    turns = ["```repl\nprint(len(context))\n```"] * 12 + ["FINAL(done)"]  # 13 calls of 0.5 s: 6.5 s
+    with FakeLLMServer(responder=root_then_sub(turns), latency=0.5) as backend:
+        server = serve(backend, tmp_path)
+        try:
+            client = server.client(timeout=1.5)
+            with pytest.raises(openai.APITimeoutError):
+                client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": "q"}],
+                                               extra_body={"context": "some text"})
+            with pytest.raises(openai.APITimeoutError):
+                with client.responses.create(model="rlm", input="q", stream=True,
+                                             extra_body={"context": "some text"}) as events:
+                    for _ in events:
+                        pass
+            time.sleep(7)  # longer than a whole run would take
+            calls = backend.request_count
+        finally:
+            server.stop()
+    assert roots_started(backend) == 2
+    assert calls <= 2 * 5, calls  # each stopped within a call or two of its client leaving, not 13 calls on
+
+
+def test_a_full_server_says_when_to_retry_from_the_runs_in_flight():
+    from recursive_llm.serve_runs import RunClock
+
+    clock = RunClock()
+    assert clock.retry_after() == "1"
+    first = clock.start()
+    clock._started[first] -= 5.5  # a run that has been going for 5.5 s, and none has ended yet
+    assert clock.retry_after() == "6"
+    clock.end(first)  # it took 5.5 s: the next one, 1 s in, likely needs 4.5 more
+    second = clock.start()
+    clock._started[second] -= 1
+    assert clock.retry_after() == "5"
+
+
+# -- 3. the input, where each client puts it -------------------------------------------------------
+@pytest.mark.skipif(shutil.which("llm") is None, reason="simonw's llm CLI is not installed (pip install llm)")
+@pytest.mark.parametrize("piped", ["hello", "last-paragraph"])
+def test_llm_finds_a_needle_in_the_last_paragraph_of_a_piped_file(tmp_path, piped):
+    text = (EXAMPLES / "hello.txt").read_text() if piped == "hello" else \
+        "Intro paragraph.\n\nMiddle paragraph about billing.\n\nThe staging server is called kestrel.\n"
+    with FakeLLMServer(responder=root_then_sub(FIND_KESTREL)) as backend:
+        server = serve(backend, tmp_path)
+        try:
+            home = tmp_path / "llm-home"
+            home.mkdir()
+            (home / "extra-openai-models.yaml").write_text(
+                f"- model_id: rlm\n  model_name: rlm\n  api_base: \"{server.url}/v1\"\n  api_key_name: rlm\n")
+            env = {**os.environ, "LLM_USER_PATH": str(home)}
+            subprocess.run(["llm", "keys", "set", "rlm", "--value", TOKEN], env=env, check=True, timeout=60)
+            (tmp_path / "notes.txt").write_text(text)
+            done = subprocess.run(["bash", "-c", f"cat {tmp_path / 'notes.txt'} | llm -m rlm --no-stream "
+                                                 f"'What is the staging server called?'"],
+                                  capture_output=True, text=True, env=env, timeout=120)
+        finally:
+            server.stop()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "kestrel"
+    assert "What is the staging server called?" in first_root_prompt(backend)
+
+
+# The messages the clients send (captured from dspy 3's ChatAdapter and llama-index's default text-QA
+# template through OpenAILike(is_chat_model=True)), with a document and a question filled in.
+DOC = "\n\n".join(f"Paragraph {i} of the handbook." for i in range(300)) + "\n\nThe staging server is called kestrel."
+DSPY = [{"role": "system", "content": "Your input fields are:\n1. `context` (str):\n2. `question` (str):\nYour output "
+         "fields are:\n1. `answer` (str):\nAll interactions will be structured in the following way, with the "
+         "appropriate values filled in.\n\n[[ ## context ## ]]\n{context}\n\n[[ ## question ## ]]\n{question}\n\n"
+         "[[ ## answer ## ]]\n{answer}\n\n[[ ## completed ## ]]\nIn adhering to this structure, your objective is: "
+         "\n        Given the fields `context`, `question`, produce the fields `answer`."},
+        {"role": "user", "content": f"[[ ## context ## ]]\n{DOC}\n\n[[ ## question ## ]]\nWhat is the staging "
+         "server called?\n\nRespond with the corresponding output fields, starting with the field `[[ ## answer "
+         "## ]]`, and then ending with the marker for `[[ ## completed ## ]]`."}]
+LLAMA_INDEX = [{"role": "system", "content": "You are an expert Q&A system that is trusted around the world.\nAlways "
+                "answer the query using the provided context information, and not prior knowledge.\nSome rules to "
+                "follow:\n1. Never directly reference the given context in your answer.\n2. Avoid statements like "
+                "'Based on the context, ...' or 'The context information ...' or anything along those lines."},
+               {"role": "user", "content": f"Context information is below.\n---------------------\n{DOC}\n"
+                "---------------------\nGiven the context information and not prior knowledge, answer the query.\n"
+                "Query: What is the staging server called?\nAnswer: "}]
+STUFFED_SYSTEM = [{"role": "system", "content": "Use the following pieces of context to answer the question.\n\n" + DOC},
+                  {"role": "user", "content": "What is the staging server called?"}]
+
+
+@pytest.mark.parametrize("messages", [DSPY, LLAMA_INDEX, STUFFED_SYSTEM], ids=["dspy", "llama-index", "system-doc"])
+def test_each_clients_message_shape_keeps_instructions_question_and_input(messages):
+    texts = [(m["role"], m["content"]) for m in messages]
+    query, inputs = query_and_input(texts, has_context=False)
+    assert "What is the staging server called?" in query
+    assert any("The staging server is called kestrel." in text for text in inputs)  # the whole document
+    assert "Paragraph 150 of the handbook" not in query  # the document is not in the root prompt
+    system = messages[0]["content"]
+    if len(system) < 8_000:
+        assert system in query  # the client's instructions, intact
+
+
+def test_dspy_shape_through_the_server(tmp_path):
+    with FakeLLMServer(responder=root_then_sub(FIND_KESTREL)) as backend:
+        server = serve(backend, tmp_path)
+        try:
+            reply = server.client().chat.completions.create(model="rlm", messages=DSPY)
+        finally:
+            server.stop()
+    assert reply.choices[0].message.content == "kestrel"
+    prompt = first_root_prompt(backend)
+    assert "What is the staging server called?" in prompt and "[[ ## completed ## ]]" in prompt
+    assert "Paragraph 150 of the handbook" not in prompt
+
+
+def test_one_short_message_is_the_question_and_the_input():
+    query, inputs = query_and_input([("user", "Just this?")], has_context=False)
+    assert (query, inputs) == ("Just this?", ["Just this?"])
+    query, inputs = query_and_input([("system", "Be brief."), ("user", "q")], has_context=True)
+    assert (query, inputs) == ("Be brief.\n\nq", [])
+
+
+# -- 1. the Responses API ----------------------------------------------------------------------------
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+        "additionalProperties": False}
+
+
+def test_responses_api_plain_items_instructions_schema_and_stream(served, backend):
+    client = served.client()
+    plain = client.responses.create(model="rlm", input="What is it about?", extra_body={"context": "a report"})
+    items = client.responses.create(
+        model="rlm", instructions="Answer in one line.",
+        input=[{"role": "user", "content": "The staging server is called kestrel."},
+               {"role": "user", "content": [{"type": "input_text", "text": "What is it called?"}]}])
+    with client.responses.stream(model="rlm", input="q", extra_body={"context": "a report"}) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert plain.output_text == "the answer is 42" and plain.status == "completed"
+    assert plain.usage.total_tokens > 0 and plain.usage.input_tokens > 0
+    assert items.output_text == "the answer is 42" and items.instructions == "Answer in one line."
+    roots = [r["messages"] for r in backend.requests if is_root(r["messages"])]
+    assert any("Answer in one line." in m[-1]["content"] and "What is it called?" in m[-1]["content"] for m in roots)
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds
+    assert final.output_text == "the answer is 42" and final.usage.total_tokens > 0
+
+
+def test_responses_api_json_schema(tmp_path):
+    with FakeLLMServer(responder=lambda messages, model: 'FINAL({"city": "Lyon"})') as backend:
+        server = serve(backend, tmp_path)
+        try:
+            reply = server.client().responses.create(
+                model="rlm", input="Which city?", extra_body={"context": "Lyon."},
+                text={"format": {"type": "json_schema", "name": "city", "schema": CITY, "strict": True}})
+        finally:
+            server.stop()
+    assert json.loads(reply.output_text) == {"city": "Lyon"}
+
+
+def test_responses_api_errors_in_its_shape(tmp_path):
+    with FakeLLMServer(faults=["500"] * 200, fault_kinds=()) as backend:
+        server = serve(backend, tmp_path)
+        try:
+            client = server.client()
+            events = [e for e in client.responses.create(model="rlm", input="q", stream=True,
+                                                         extra_body={"context": "x"})]
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.responses.create(model="rlm", input="q", previous_response_id="resp_1")
+        finally:
+            server.stop()
+    assert events[-1].type == "response.failed" and events[-1].response.error.message.startswith("the run")
+    assert "previous_response_id" in str(refused.value)
+
+
+# -- 5. shapes ---------------------------------------------------------------------------------------
+def test_unknown_routes_and_models_answer_in_the_openai_shape(served):
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    missing = httpx.get(served.url + "/v1/nothing", headers=headers, timeout=10)
+    wrong_method = httpx.get(served.url + "/v1/chat/completions", headers=headers, timeout=10)
+    legacy = httpx.post(served.url + "/v1/completions", headers=headers, json={"model": "rlm", "prompt": "q"},
+                        timeout=10)
+    model = served.client().models.retrieve("rlm")
+    with pytest.raises(openai.NotFoundError) as unknown:
+        served.client().models.retrieve("gpt-4")
+    for response, status in ((missing, 404), (wrong_method, 405), (legacy, 404)):
+        assert response.status_code == status and set(response.json()) == {"error"}, response.text
+        assert response.json()["error"]["message"]
+    assert "chat" in legacy.json()["error"]["message"] and "is_chat_model" in legacy.json()["error"]["message"]
+    assert model.id == "rlm" and "not served here" in str(unknown.value)
+
+
+def test_one_created_per_stream_and_stop_at_a_budget(tmp_path):
+    turns = ["```repl\nprint(1)\n```"] * 3 + ["FINAL(best so far)"]
+    with FakeLLMServer(responder=root_then_sub(turns), latency=0.6) as backend:
+        server = serve(backend, tmp_path)
+        try:
+            chunks = list(server.client().chat.completions.create(
+                model="rlm", messages=[{"role": "user", "content": "q"}], stream=True,
+                extra_body={"context": "x", "rlm": {"max_iterations": 2}}))
+        finally:
+            server.stop()
+    assert len({chunk.created for chunk in chunks}) == 1 and len(chunks) > 3
+    finished = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finished[-1].choices[0].finish_reason == "stop"
+    assert finished[-1].model_extra["rlm"]["stopped_reason"] == "max_iterations"
