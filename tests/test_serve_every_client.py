@@ -266,3 +266,26 @@ def test_one_created_per_stream_and_stop_at_a_budget(tmp_path):
     finished = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finished[-1].choices[0].finish_reason == "stop"
     assert finished[-1].model_extra["rlm"]["stopped_reason"] == "max_iterations"
+
+
+def test_cors_preflight_and_answers_for_an_allowed_origin(tmp_path):
+    with FakeLLMServer(responder=root_then_sub(TURNS)) as backend:
+        server = serve(backend, tmp_path, "--cors-origin", "http://localhost:3000")
+        try:
+            preflight = httpx.options(server.url + "/v1/chat/completions", timeout=10, headers={
+                "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type,x-stainless-os"})
+            other = httpx.options(server.url + "/v1/chat/completions", timeout=10, headers={
+                "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+            answer = httpx.post(server.url + "/v1/chat/completions", timeout=60, headers={
+                "Origin": "http://localhost:3000", "Authorization": f"Bearer {TOKEN}"},
+                json={"model": "rlm", "messages": [{"role": "user", "content": "q"}], "context": "x"})
+            no_token = httpx.get(server.url + "/v1/models", timeout=10, headers={"Origin": "http://localhost:3000"})
+        finally:
+            server.stop()
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert no_token.status_code == 401 and no_token.headers["access-control-allow-origin"] == "http://localhost:3000"

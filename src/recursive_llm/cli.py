@@ -187,7 +187,7 @@ def export(run_ids: tuple[str, ...], fmt: str, output, all_depths: bool) -> None
 @main.command()
 @opt.take("host", "port", "model", "extra_models", "sub_model", "base_url", "token_file", "token", "idle_timeout",
           "allowed_root", "max_concurrent", "max_body_mb", *opt.LIMITS, "sandbox", "shutdown_grace", "access_log",
-          command="serve")
+          "cors_origins", command="serve")
 @_exits
 def serve(**params) -> None:
     """Serve RLMs over an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models).
@@ -214,7 +214,7 @@ def serve(**params) -> None:
                          max_concurrent=params["max_concurrent"], max_body_bytes=int(params["max_body_mb"] * 1e6),
                          sandbox=params["sandbox"], extra_models=list(params["extra_models"]),
                          shutdown_grace_s=params["shutdown_grace"], idle_timeout_s=params["idle_timeout"],
-                         limits=limits, access_log=params["access_log"])
+                         limits=limits, access_log=params["access_log"], cors_origins=list(params["cors_origins"]))
     if params["model"] is not None:
         _check_model(params)  # an unknown model or a missing key fails now, not per request
     config.check()

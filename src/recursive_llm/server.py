@@ -129,6 +129,7 @@ class ServeConfig:
     # a body that stops arriving for this long gets 408; an idle keep-alive connection is closed.
     idle_timeout_s: float = SERVE_DEFAULTS["idle_timeout_s"]
     access_log: bool = False  # one line per request on stderr (`rlm serve` turns it on)
+    cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call (CORS); "*": any
 
     def __post_init__(self) -> None:
         if isinstance(self.limits, dict):
@@ -543,8 +544,15 @@ def _add_error_handlers(app, redact: "Redactor") -> None:
 
 
 def _add_guards(app, config: ServeConfig) -> None:
-    """The bearer token, the body limit, and one access-log line per request (outermost)."""
+    """The bearer token, the body limit, and one access-log line per request; outside them CORS, when
+    origins are allowed: a browser's preflight (which carries no token) is answered before the token
+    is asked for, and every answer to an allowed origin carries its `Access-Control-*` headers."""
     app.add_middleware(Guard, config=config)
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["Retry-After", "x-should-retry"], max_age=600)
 
 
 class Guard:
