@@ -289,3 +289,38 @@ def test_cors_preflight_and_answers_for_an_allowed_origin(tmp_path):
     assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
     assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "http://localhost:3000"
     assert no_token.status_code == 401 and no_token.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
+# -- 4. parameters -----------------------------------------------------------------------------------
+def test_a_forced_function_is_the_answers_schema_and_comes_back_as_its_call(tmp_path):
+    tool = {"type": "function", "function": {"name": "final_result", "parameters": CITY}}
+    with FakeLLMServer(responder=lambda messages, model: 'FINAL({"city": "Lyon"})') as backend:
+        server = serve(backend, tmp_path)
+        try:
+            client = server.client()
+            ask = {"model": "rlm", "messages": [{"role": "user", "content": "Which city?"}],
+                   "extra_body": {"context": "Lyon."}, "tools": [tool]}
+            named = client.chat.completions.create(
+                **ask, tool_choice={"type": "function", "function": {"name": "final_result"}})
+            required = client.chat.completions.create(**ask, tool_choice="required")
+            streamed = [c for c in client.chat.completions.create(**ask, tool_choice="required", stream=True)
+                        if c.choices]
+            refused = {}
+            for name, value in (("tool_choice", "auto"), ("n", 2), ("stop", ["\n"]), ("seed", 1), ("top_p", 0.5)):
+                extra = {"tools": [tool], "tool_choice": value} if name == "tool_choice" else {name: value}
+                with pytest.raises(openai.BadRequestError) as error:
+                    client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": "q"}],
+                                                   extra_body={"context": "x"}, **extra)
+                refused[name] = str(error.value)
+        finally:
+            server.stop()
+    for reply in (named, required):
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        call = choice.message.tool_calls[0]
+        assert call.function.name == "final_result" and json.loads(call.function.arguments) == {"city": "Lyon"}
+    calls = [c.choices[0].delta.tool_calls for c in streamed if c.choices[0].delta.tool_calls]
+    assert json.loads(calls[0][0].function.arguments) == {"city": "Lyon"}
+    assert streamed[-1].choices[0].finish_reason == "tool_calls"
+    for name, message in refused.items():
+        assert f"{'tools' if name == 'tool_choice' else name}:" in message, message

@@ -33,6 +33,7 @@ from typing import Any
 from .errors import ConfigError, ContextError, RLMError
 from .config import CallPolicy, WorkerPolicy
 from .options import SERVE_CEILINGS, SERVE_DEFAULTS, make_rlm
+from . import serve_params
 from .serve_runs import NO_RETRY
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -262,10 +263,11 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
     texts = [(m.role, _text(m.content)) for m in request.messages]
     query, context = _query_and_context(texts, request.context, config)
     limits = config.limits.clamp(request.rlm)
-    return {"model": root_model, "query": query, "context": context, "limits": limits, "stream": request.stream,
-            "temperature": request.temperature, "max_output_tokens": request.max_tokens,
-            "include_usage": bool((request.stream_options or {}).get("include_usage")), "requested": request.model,
-            "schema": response_schema(request.response_format)}
+    return serve_params.apply(body, {
+        "model": root_model, "query": query, "context": context, "limits": limits, "stream": request.stream,
+        "temperature": request.temperature, "max_output_tokens": request.max_tokens,
+        "include_usage": bool((request.stream_options or {}).get("include_usage")), "requested": request.model,
+        "schema": response_schema(request.response_format)})
 
 
 def _query_and_context(texts: list[tuple[str, str]], field: Any, config: ServeConfig) -> tuple[str, Any]:
@@ -677,12 +679,6 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event, stores: dict
         raise RequestError(502, f"the run failed: {error}", "server_error", headers=NO_RETRY) from None
 
 
-def _finish_reason(result) -> str:
-    """`stop` for every answer, a best answer at a limit included: it is whole (`length` would tell
-    clients it was cut, and the SDK's `parse` raises on it); `rlm.stopped_reason` says why it ended."""
-    return "stop"
-
-
 def _usage(result) -> dict[str, int]:
     total = result.usage.total
     return {"prompt_tokens": total.prompt_tokens, "completion_tokens": total.completion_tokens,
@@ -706,9 +702,9 @@ def require_answer(result, redact) -> None:
 
 def _completion_body(result, args, completion_id: str, redact) -> dict[str, Any]:
     require_answer(result, redact)
+    message, finish = serve_params.message(args, _content(result, args))  # text, or a forced function's call
     return {"id": completion_id, "object": "chat.completion", "created": args["created"], "model": args["requested"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": _content(result, args)},
-                         "finish_reason": _finish_reason(result), "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": _usage(result), "rlm": _rlm_info(result, redact)}
 
 
@@ -770,10 +766,12 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
             yield f"data: {json.dumps(error_body(message, 'server_error', 'internal_error'))}\n\n"
             yield "data: [DONE]\n\n"
             return
-        answer = _content(result, args)
-        for start in range(0, len(answer), 200):
-            yield _chunk(completion_id, args, {"content": answer[start:start + 200]})
-        yield _chunk(completion_id, args, {}, _finish_reason(result), rlm=_rlm_info(result, redact))
+        message, finish = serve_params.message(args, _content(result, args))
+        if message["content"] is None:  # a forced function's call, in one delta
+            yield _chunk(completion_id, args, {"tool_calls": [{"index": 0, **message["tool_calls"][0]}]})
+        for start in range(0, len(message["content"] or ""), 200):
+            yield _chunk(completion_id, args, {"content": message["content"][start:start + 200]})
+        yield _chunk(completion_id, args, {}, finish, rlm=_rlm_info(result, redact))
         if args["include_usage"]:
             payload = {"id": completion_id, "object": "chat.completion.chunk", "created": args["created"],
                        "model": model, "choices": [], "usage": _usage(result)}
