@@ -324,3 +324,28 @@ def test_a_forced_function_is_the_answers_schema_and_comes_back_as_its_call(tmp_
     assert streamed[-1].choices[0].finish_reason == "tool_calls"
     for name, message in refused.items():
         assert f"{'tools' if name == 'tool_choice' else name}:" in message, message
+
+
+def test_max_tokens_bounds_the_answer_not_the_runs_calls(tmp_path):
+    long_answer = "FINAL(" + " ".join(f"word{i}" for i in range(200)) + ")"
+    with FakeLLMServer(responder=lambda messages, model: long_answer) as backend:
+        server = serve(backend, tmp_path)
+        try:
+            client = server.client()
+            chat = client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": "q"}],
+                                                  max_tokens=10, extra_body={"context": "x"})
+            newer = client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": "q"}],
+                                                   max_completion_tokens=10, extra_body={"context": "x"})
+            whole = client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": "q"}],
+                                                   extra_body={"context": "x"})
+            response = client.responses.create(model="rlm", input="q", max_output_tokens=16,
+                                               extra_body={"context": "x"})
+        finally:
+            server.stop()
+    for reply in (chat, newer):
+        assert reply.choices[0].finish_reason == "length"
+        assert reply.choices[0].message.content.startswith("word0 word1") and len(reply.choices[0].message.content) < 60
+    assert whole.choices[0].finish_reason == "stop" and whole.choices[0].message.content.endswith("word199")
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+    assert all(r.get("max_tokens") not in (10, 16) and r.get("max_completion_tokens") not in (10, 16)
+               for r in backend.requests)  # the model calls were not cut

@@ -8,7 +8,10 @@ refused with a 400 naming them when they do not (never dropped without a word).
   run cannot call the client's functions and wait for their results.
 - `n` (1 only), `stop`, `seed`, `top_p` (1 only), `logprobs`: refused otherwise; a run gives one
   answer and cannot promise a seed or a stop sequence across its calls.
-- `max_completion_tokens` is `max_tokens`.
+- `max_tokens` (or `max_completion_tokens`) bounds the answer, as it does a model's reply: a
+  longer text answer is cut there with `finish_reason: "length"`. It is not applied to the run's
+  model calls (a root model writing code, or a sub-call, cut short is a failed step, not a shorter
+  answer). A JSON answer (`response_format`, a forced function) is never cut.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def apply(body: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise RequestError(400, "max_completion_tokens must be a positive whole number")
         args["max_output_tokens"] = limit
+    args["answer_tokens"], args["max_output_tokens"] = args.get("max_output_tokens"), None
     forced = forced_function(body.get("tools"), body.get("tool_choice"))
     if forced is not None:
         if args.get("schema") is not None:
@@ -88,6 +92,18 @@ def message(args: dict[str, Any], content: str) -> tuple[dict[str, Any], str]:
     `stop` for every text answer, a best answer at a limit included: it is whole (`length` would tell
     clients it was cut, and the SDK's `parse` raises on it); `rlm.stopped_reason` says why it ended."""
     if args.get("tool_name") is None:
-        return {"role": "assistant", "content": content}, "stop"
+        content, cut = _bounded(content, args.get("answer_tokens") if args.get("schema") is None else None)
+        return {"role": "assistant", "content": content}, "length" if cut else "stop"
     json.loads(content)  # the validated answer is JSON: a bug of ours if not
     return {"role": "assistant", "content": None, "tool_calls": tool_calls(args, content)}, "tool_calls"
+
+
+def _bounded(text: str, limit: int | None) -> tuple[str, bool]:
+    """`text` cut to `limit` tokens, and whether it was cut."""
+    if limit is None or len(text.encode("utf-8", "surrogatepass")) <= limit:  # a token is at least one byte
+        return text, False
+    from .context.tokens import get_encoding
+
+    encoding = get_encoding()
+    tokens = encoding.encode_ordinary(text)
+    return (text, False) if len(tokens) <= limit else (encoding.decode(tokens[:limit]), True)

@@ -112,12 +112,15 @@ def echo(body: dict[str, Any]) -> dict[str, Any]:
 # -- answers ----------------------------------------------------------------------------------------
 def response_body(result, args: dict[str, Any], response_id: str, redact, status: str = "completed") -> dict[str, Any]:
     """The response object of a finished run (RequestError 502, not to be retried, without an answer)."""
+    from .serve_params import message
     from .server import _content, _rlm_info, require_answer
 
     require_answer(result, redact)
-    item = _output_item(_content(result, args), "completed")
+    reply, finish = message(args, _content(result, args))  # cut at max_output_tokens: "length"
+    item = _output_item(reply["content"], "completed" if finish == "stop" else "incomplete")
+    cut = {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}} if finish != "stop" else {}
     return {**_response(args, response_id, status), "output": [item], "usage": _usage(result),
-            "rlm": _rlm_info(result, redact)}
+            "rlm": _rlm_info(result, redact), **cut}
 
 
 def _response(args: dict[str, Any], response_id: str, status: str) -> dict[str, Any]:
