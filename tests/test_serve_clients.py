@@ -31,6 +31,17 @@ def recording(responder):
     return respond, prompts
 
 
+def llm_configured(tmp_path, server: Served) -> dict[str, str]:
+    """The environment in which `llm -m rlm` asks `server` (its documented configuration)."""
+    home = tmp_path / "llm-home"
+    home.mkdir()
+    (home / "extra-openai-models.yaml").write_text(
+        f"- model_id: rlm\n  model_name: rlm\n  api_base: \"{server.url}/v1\"\n  api_key_name: rlm\n")
+    env = {**os.environ, "LLM_USER_PATH": str(home)}
+    subprocess.run(["llm", "keys", "set", "rlm", "--value", TOKEN], env=env, check=True, timeout=60)
+    return env
+
+
 @pytest.mark.skipif(shutil.which("llm") is None, reason="simonw's llm CLI is not installed (pip install llm)")
 def test_the_llm_cli_can_ask_rlm_serve_about_piped_text(tmp_path):
     respond, prompts = recording(root_then_sub(TURNS))
@@ -39,12 +50,7 @@ def test_the_llm_cli_can_ask_rlm_serve_about_piped_text(tmp_path):
         root.mkdir()
         server = Served(backend_url=backend.base_url, root=root, env={"RLM_SERVE_TOKEN": TOKEN})
         try:
-            home = tmp_path / "llm-home"
-            home.mkdir()
-            (home / "extra-openai-models.yaml").write_text(
-                f"- model_id: rlm\n  model_name: rlm\n  api_base: \"{server.url}/v1\"\n  api_key_name: rlm\n")
-            env = {**os.environ, "LLM_USER_PATH": str(home)}
-            subprocess.run(["llm", "keys", "set", "rlm", "--value", TOKEN], env=env, check=True, timeout=60)
+            env = llm_configured(tmp_path, server)
             report = tmp_path / "report.txt"
             report.write_text(REPORT)
             done = subprocess.run(["bash", "-c", f"cat {report} | llm -m rlm 'How much did revenue grow?'"],

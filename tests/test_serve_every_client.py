@@ -5,7 +5,6 @@ client puts it, the Responses API, and errors in the clients' shapes."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -18,6 +17,7 @@ import pytest
 from recursive_llm.serve_messages import query_and_input
 from recursive_llm.testing import FakeLLMServer
 from scripted_root import is_root, root_then_sub
+from test_serve_clients import llm_configured
 from test_server import TOKEN, TURNS, Served, backend, served  # noqa: F401  (fixtures)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -112,12 +112,7 @@ def test_llm_finds_a_needle_in_the_last_paragraph_of_a_piped_file(tmp_path, pipe
     with FakeLLMServer(responder=root_then_sub(FIND_KESTREL)) as backend:
         server = serve(backend, tmp_path)
         try:
-            home = tmp_path / "llm-home"
-            home.mkdir()
-            (home / "extra-openai-models.yaml").write_text(
-                f"- model_id: rlm\n  model_name: rlm\n  api_base: \"{server.url}/v1\"\n  api_key_name: rlm\n")
-            env = {**os.environ, "LLM_USER_PATH": str(home)}
-            subprocess.run(["llm", "keys", "set", "rlm", "--value", TOKEN], env=env, check=True, timeout=60)
+            env = llm_configured(tmp_path, server)
             (tmp_path / "notes.txt").write_text(text)
             done = subprocess.run(["bash", "-c", f"cat {tmp_path / 'notes.txt'} | llm -m rlm --no-stream "
                                                  f"'What is the staging server called?'"],
