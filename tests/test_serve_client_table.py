@@ -134,7 +134,10 @@ def test_pydantic_ai_text_and_its_default_structured_output(server):
     text = Agent(OpenAIChatModel("rlm", provider=provider)).run_sync(f"{DOCUMENT}\n{QUESTION}")
     typed = Agent(OpenAIChatModel("rlm", provider=provider), output_type=Server).run_sync(f"{DOCUMENT}\n{QUESTION}")
     responses = Agent(OpenAIResponsesModel("rlm", provider=provider)).run_sync(f"{DOCUMENT}\n{QUESTION}")
+    typed_responses = Agent(OpenAIResponsesModel("rlm", provider=provider), output_type=Server).run_sync(
+        f"{DOCUMENT}\n{QUESTION}")
     assert text.output == "kestrel" and typed.output == Server(name="kestrel") and responses.output == "kestrel"
+    assert typed_responses.output == Server(name="kestrel")
 
 
 def test_the_table_names_every_client_tested_here():

@@ -344,3 +344,25 @@ def test_max_tokens_bounds_the_answer_not_the_runs_calls(tmp_path):
     assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
     assert all(r.get("max_tokens") not in (10, 16) and r.get("max_completion_tokens") not in (10, 16)
                for r in backend.requests)  # the model calls were not cut
+
+
+def test_a_forced_function_through_the_responses_api(tmp_path):
+    tool = {"type": "function", "name": "final_result", "parameters": CITY, "strict": True}
+    with FakeLLMServer(responder=lambda messages, model: 'FINAL({"city": "Lyon"})') as backend:
+        server = serve(backend, tmp_path)
+        try:
+            client = server.client()
+            ask = {"model": "rlm", "input": "Which city?", "extra_body": {"context": "Lyon."}, "tools": [tool],
+                   "tool_choice": {"type": "function", "name": "final_result"}}
+            reply = client.responses.create(**ask)
+            events = list(client.responses.create(**ask, stream=True))
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.responses.create(model="rlm", input="q", tools=[{"type": "web_search"}],
+                                        extra_body={"context": "x"})
+        finally:
+            server.stop()
+    call = reply.output[0]
+    assert call.type == "function_call" and call.name == "final_result" and json.loads(call.arguments) == {"city": "Lyon"}
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert json.loads(done[0].arguments) == {"city": "Lyon"} and events[-1].type == "response.completed"
+    assert "tools:" in str(refused.value)

@@ -6,7 +6,8 @@ It is the default of the OpenAI Agents SDK and of `@ai-sdk/openai`, and what Lan
 `server.parse_request`, so the rules are one set: `input` (a string, or a list of message items)
 becomes the messages, `instructions` a system message, `text.format` the `response_format`, and
 the `context` and `rlm` fields mean what they mean there. The answer is one `message` output item
-with one `output_text` part (the SDKs' `output_text`); `stream: true` sends the Responses events
+with one `output_text` part (the SDKs' `output_text`), or, for a forced function tool, one
+`function_call` item with the answer as its arguments; `stream: true` sends the Responses events
 (`response.created` ... `response.output_text.delta` ... `response.completed` with usage), and a
 failed run `response.failed` with the error. Responses are not stored: `previous_response_id`
 and item references are refused (400) with what to send instead.
@@ -21,7 +22,7 @@ import time
 from typing import Any
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
-_PASSED = ("model", "stream", "temperature", "context", "rlm")
+_PASSED = ("model", "stream", "temperature", "top_p", "context", "rlm")
 
 
 def chat_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -31,9 +32,6 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("previous_response_id") is not None:
         raise RequestError(400, "previous_response_id: this server does not store responses; send the whole "
                                 "conversation in `input`", code="unsupported_parameter")
-    if body.get("tools"):
-        raise RequestError(400, "tools: a run answers with text (or JSON: use text.format); it cannot call the "
-                                "client's tools", code="unsupported_parameter")
     messages = [{"role": "system", "content": body["instructions"]}] if isinstance(body.get("instructions"), str) else []
     messages += _messages(body.get("input"))
     chat = {key: body[key] for key in _PASSED if key in body}
@@ -43,7 +41,25 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
     text_format = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
     if text_format is not None:
         chat["response_format"] = _response_format(text_format)
+    if body.get("tools"):  # a forced function, in the chat shape (serve_params decides what is served)
+        chat["tools"], chat["tool_choice"] = _chat_tools(body["tools"]), _chat_choice(body.get("tool_choice"))
     return chat
+
+
+def _chat_tools(tools: Any) -> list[dict[str, Any]]:
+    from .server import RequestError
+
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") == "function" for t in tools):
+        raise RequestError(400, "tools: only function tools can be served (forced, as the answer's schema)",
+                           code="unsupported_parameter")
+    return [{"type": "function", "function": {"name": t.get("name"), "parameters": t.get("parameters")}}
+            for t in tools]
+
+
+def _chat_choice(choice: Any) -> Any:
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    return choice
 
 
 def _messages(value: Any) -> list[dict[str, Any]]:
@@ -117,7 +133,12 @@ def response_body(result, args: dict[str, Any], response_id: str, redact, status
 
     require_answer(result, redact)
     reply, finish = message(args, _content(result, args))  # cut at max_output_tokens: "length"
-    item = _output_item(reply["content"], "completed" if finish == "stop" else "incomplete")
+    if finish == "tool_calls":  # a forced function: its call is the output
+        call = reply["tool_calls"][0]
+        item = {"type": "function_call", "id": "fc_" + secrets.token_hex(12), "call_id": call["id"],
+                "name": call["function"]["name"], "arguments": call["function"]["arguments"], "status": "completed"}
+    else:
+        item = _output_item(reply["content"], "completed" if finish == "stop" else "incomplete")
     cut = {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}} if finish != "stop" else {}
     return {**_response(args, response_id, status), "output": [item], "usage": _usage(result),
             "rlm": _rlm_info(result, redact), **cut}
@@ -192,6 +213,9 @@ def _failed(args: dict[str, Any], response_id: str, error: Exception, redact) ->
 
 def _answer_events(body: dict[str, Any], seq: list[int]):
     item = body["output"][0]
+    if item["type"] == "function_call":
+        yield from _call_events(body, seq)
+        return
     text, item_id = item["content"][0]["text"], item["id"]
     where = {"item_id": item_id, "output_index": 0, "content_index": 0}
     yield _event("response.output_item.added", seq, output_index=0, item={**item, "status": "in_progress",
@@ -202,6 +226,18 @@ def _answer_events(body: dict[str, Any], seq: list[int]):
         yield _event("response.output_text.delta", seq, **where, delta=text[start:start + 200], logprobs=[])
     yield _event("response.output_text.done", seq, **where, text=text, logprobs=[])
     yield _event("response.content_part.done", seq, **where, part=item["content"][0])
+    yield _event("response.output_item.done", seq, output_index=0, item=item)
+    yield _event("response.completed", seq, response=body)
+
+
+def _call_events(body: dict[str, Any], seq: list[int]):
+    item = body["output"][0]
+    where = {"item_id": item["id"], "output_index": 0}
+    yield _event("response.output_item.added", seq, output_index=0, item={**item, "arguments": "",
+                                                                             "status": "in_progress"})
+    yield _event("response.function_call_arguments.delta", seq, **where, delta=item["arguments"])
+    yield _event("response.function_call_arguments.done", seq, **where, name=item["name"],
+                 arguments=item["arguments"])
     yield _event("response.output_item.done", seq, output_index=0, item=item)
     yield _event("response.completed", seq, response=body)
 
