@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from recursive_llm.serve_messages import query_and_input
+from recursive_llm.store import Store
 from recursive_llm.testing import FakeLLMServer
 from scripted_root import is_root, root_then_sub
 from test_serve_clients import llm_configured
@@ -68,25 +69,35 @@ def test_a_failed_run_costs_one_run_with_the_sdks_default_retries(tmp_path):
 
 
 def test_a_client_that_gives_up_stops_its_run(tmp_path):
-    turns = ["```repl\nprint(len(context))\n```"] * 12 + ["FINAL(done)"]  # 13 calls of 0.5 s: 6.5 s
-    with FakeLLMServer(responder=root_then_sub(turns), latency=0.5) as backend:
+    """A client with a 1.5 s timeout and the SDK's default 2 retries, and a run of 20 turns of 0.6 s:
+    the three attempts are one run, stopped (recorded `interrupted`) after the last one gave up,
+    before its end; a stream whose client leaves stops its run too."""
+    turns = ["```repl\nprint(len(context))\n```"] * 40 + ["FINAL(done)"]
+    with FakeLLMServer(responder=root_then_sub(turns), latency=0.6) as backend:
         server = serve(backend, tmp_path)
         try:
-            client = server.client(timeout=1.5)
+            since = time.time()
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key=TOKEN, timeout=1.5)  # 2 retries
             with pytest.raises(openai.APITimeoutError):
                 client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": "q"}],
                                                extra_body={"context": "some text"})
             with pytest.raises(openai.APITimeoutError):
-                with client.responses.create(model="rlm", input="q", stream=True,
-                                             extra_body={"context": "some text"}) as events:
+                with server.client(timeout=1.5).responses.create(model="rlm", input="q", stream=True,
+                                                                 extra_body={"context": "other text"}) as events:
                     for _ in events:
                         pass
-            time.sleep(7)  # longer than a whole run would take
+            time.sleep(6)  # the grace a retrying client gets (3 s), and then some
             calls = backend.request_count
+            time.sleep(2)
+            later = backend.request_count
+            runs = Store().list_runs(since=since)
         finally:
             server.stop()
-    assert roots_started(backend) == 2
-    assert calls <= 2 * 5, calls  # each stopped within a call or two of its client leaving, not 13 calls on
+    assert roots_started(backend) == 2  # one run per request, the retries included
+    assert later == calls  # both stopped
+    assert sorted(run["status"] for run in runs) == ["interrupted", "interrupted"]
+    longest = max(sum(m["role"] == "assistant" for m in r["messages"]) for r in backend.requests)
+    assert longest < 19  # neither reached its end (20 turns, the serve ceiling)
 
 
 def test_a_full_server_says_when_to_retry_from_the_runs_in_flight():

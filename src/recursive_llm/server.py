@@ -461,7 +461,7 @@ def create_app(config: ServeConfig):
     async def chat_completions(request: Request):
         body = await _read_body(request, config.max_body_bytes, config.idle_timeout_s)
         args = parse_request(body, config)
-        return await _answer(request, args, (config, state, redact), "chatcmpl-", _completion_body, _stream)
+        return await _answer(request, body, args, (config, state, redact), "chatcmpl-", _completion_body, _stream)
 
     @app.post("/v1/responses")
     async def responses(request: Request):
@@ -470,7 +470,7 @@ def create_app(config: ServeConfig):
         body = await _read_body(request, config.max_body_bytes, config.idle_timeout_s)
         args = parse_request(serve_responses.chat_body(body), config)
         args["echo"] = serve_responses.echo(body)
-        return await _answer(request, args, (config, state, redact), "resp_", serve_responses.response_body,
+        return await _answer(request, body, args, (config, state, redact), "resp_", serve_responses.response_body,
                              serve_responses.stream)
 
     return app
@@ -484,13 +484,13 @@ def _model_entry(name: str, state: dict[str, Any]) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": int(state["started"]), "owned_by": "recursive-llm"}
 
 
-async def _answer(request, args: dict[str, Any], server: tuple, prefix: str, body_of, stream_of):
+async def _answer(request, body: dict[str, Any], args: dict[str, Any], server: tuple, prefix: str, body_of, stream_of):
     """Admit one request's run (429 past the limit, with a Retry-After from the runs in flight), then
     answer it: a body from `body_of(result, args, id, redact)`, or the stream of `stream_of`. A client
-    that leaves stops its run."""
+    that leaves stops its run; an SDK's retry joins the run of its earlier attempt (`serve_runs`)."""
     from fastapi.responses import JSONResponse, StreamingResponse
 
-    from .serve_runs import ClientGone, RunClock, unless_client_leaves
+    from .serve_runs import Attempts, ClientGone, RunClock, attempt_key, retry_count
 
     config, state, redact = server
     args["client"] = request.state.client
@@ -506,7 +506,9 @@ async def _answer(request, args: dict[str, Any], server: tuple, prefix: str, bod
         return StreamingResponse(stream_of(config, args, answer_id, redact, state),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     try:
-        result = await unless_client_leaves(request.receive, _run(config, args, None, state["stores"]))
+        attempts = state.setdefault("attempts", Attempts())
+        result = await attempts.answer(attempt_key(args["client"], body), retry_count(request.headers),
+                                       request.receive, lambda: _run(config, args, None, state["stores"]))
     except ClientGone as gone:
         return JSONResponse(error_body(str(gone), "invalid_request_error", "client_closed_request"), status_code=499)
     finally:
