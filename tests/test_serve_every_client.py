@@ -246,16 +246,24 @@ def test_unknown_routes_and_models_answer_in_the_openai_shape(served):
     headers = {"Authorization": f"Bearer {TOKEN}"}
     missing = httpx.get(served.url + "/v1/nothing", headers=headers, timeout=10)
     wrong_method = httpx.get(served.url + "/v1/chat/completions", headers=headers, timeout=10)
-    legacy = httpx.post(served.url + "/v1/completions", headers=headers, json={"model": "rlm", "prompt": "q"},
-                        timeout=10)
     model = served.client().models.retrieve("rlm")
     with pytest.raises(openai.NotFoundError) as unknown:
         served.client().models.retrieve("gpt-4")
-    for response, status in ((missing, 404), (wrong_method, 405), (legacy, 404)):
+    for response, status in ((missing, 404), (wrong_method, 405)):
         assert response.status_code == status and set(response.json()) == {"error"}, response.text
-        assert response.json()["error"]["message"]
-    assert "chat" in legacy.json()["error"]["message"] and "is_chat_model" in legacy.json()["error"]["message"]
+        assert "served: POST /v1/chat/completions" in response.json()["error"]["message"]
     assert model.id == "rlm" and "not served here" in str(unknown.value)
+
+
+def test_legacy_completions_as_llama_index_openai_like_calls_them(served):
+    """LlamaIndex's OpenAILike defaults to /v1/completions (is_chat_model=False)."""
+    client = served.client()
+    plain = client.completions.create(model="rlm", prompt="The report says revenue grew.\n\nWhat grew?")
+    chunks = list(client.completions.create(model="rlm", prompt="q", stream=True, extra_body={"context": "text"}))
+    assert plain.object == "text_completion" and plain.choices[0].text == "the answer is 42"
+    assert plain.choices[0].finish_reason == "stop" and plain.usage.total_tokens > 0
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "the answer is 42"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
 
 def test_one_created_per_stream_and_stop_at_a_budget(tmp_path):

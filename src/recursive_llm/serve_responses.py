@@ -243,18 +243,14 @@ def _call_events(body: dict[str, Any], seq: list[int]):
 
 
 # -- routes that are not served ---------------------------------------------------------------------
-SERVED_ROUTES = ("POST /v1/chat/completions, POST /v1/responses, GET /v1/models, GET /v1/models/{id}, "
-                 "GET /health")
+SERVED_ROUTES = ("POST /v1/chat/completions, POST /v1/responses, POST /v1/completions, GET /v1/models, "
+                 "GET /v1/models/{id}, GET /health")
 
 
 def route_error(method: str, path: str, status: int, detail: str) -> tuple[str, str]:
     """The message and code of a 404 or 405 (and any other HTTP error of the framework), saying what
-    is served; the legacy `/v1/completions` says what to configure instead."""
+    is served."""
     shown = path[:200]
-    if status == 404 and shown.rstrip("/").endswith("/completions") and not shown.endswith("chat/completions"):
-        return (f"{shown} (the legacy text-completions API) is not served: configure the client for chat "
-                f"completions (LlamaIndex OpenAILike: is_chat_model=True; LangChain: ChatOpenAI, not OpenAI); "
-                f"served: {SERVED_ROUTES}", "not_found")
     if status == 404:
         return f"no route {method} {shown}; served: {SERVED_ROUTES}", "not_found"
     if status == 405:

@@ -463,6 +463,15 @@ def create_app(config: ServeConfig):
         args = parse_request(body, config)
         return await _answer(request, body, args, (config, state, redact), "chatcmpl-", _completion_body, _stream)
 
+    @app.post("/v1/completions")
+    async def completions(request: Request):  # legacy: LlamaIndex's OpenAILike calls it by default
+        from . import serve_completions
+
+        body = await _read_body(request, config.max_body_bytes, config.idle_timeout_s)
+        args = parse_request(serve_completions.chat_body(body), config)
+        return await _answer(request, body, args, (config, state, redact), "cmpl-",
+                             serve_completions.completion_body, serve_completions.stream)
+
     @app.post("/v1/responses")
     async def responses(request: Request):
         from . import serve_responses
