@@ -508,7 +508,7 @@ async def _answer(request, body: dict[str, Any], args: dict[str, Any], server: t
         raise RequestError(429, f"the server is running {config.max_concurrent} requests, its limit; retry shortly",
                            "rate_limit_error", "too_many_requests", headers={"Retry-After": clock.retry_after()})
     state["active"] += 1
-    args["ticket"], args["created"] = clock.start(), int(time.time())
+    args["ticket"], args["created"], args["path"] = clock.start(), int(time.time()), request.url.path
     answer_id = prefix + secrets.token_hex(12)
     if args["stream"]:
         request.state.streaming = True  # logged when the stream ends, with its run id
@@ -797,7 +797,7 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
                 pass
         _release(state, args)
         if config.access_log:
-            log_access("POST", "/v1/chat/completions", 200, seen.get("run_id"), started, streamed=True)
+            log_access("POST", args.get("path", "/v1/chat/completions"), 200, seen.get("run_id"), started, streamed=True)
 
 
 def log_access(method: str, path: str, status: int, run_id: str | None, started: float,
