@@ -135,3 +135,14 @@ def test_mcp_directory_with_a_symlink_out_of_it_does_not_load_the_target(rooted)
         loaded = _mcp_session(root, server.base_url, calls)
     assert "MCPSECRET" not in json.dumps(loaded)
     assert "1 item" in loaded["description"] or "documents" in loaded["description"]
+
+
+def test_mcp_ask_whose_run_failed_is_a_tool_error(rooted):
+    root, _ = rooted
+
+    async def calls(session):
+        return await session.call_tool("ask", {"question": "q", "text": "a note"})
+
+    with FakeLLMServer(faults=["500"] * 200, fault_kinds=()) as server:
+        failed = _mcp_session(root, server.base_url, calls)
+    assert failed.is_error and "without an answer" in failed.content[0].text

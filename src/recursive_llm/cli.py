@@ -209,8 +209,8 @@ def export(run_ids: tuple[str, ...], fmt: str, output, all_depths: bool) -> None
 
 @main.command()
 @opt.take("host", "port", "model", "extra_models", "sub_model", "base_url", "token_file", "token", "idle_timeout",
-          "body_timeout", "max_connections", "allowed_root", "max_concurrent", "max_body_mb", *opt.LIMITS, "sandbox", "shutdown_grace", "access_log",
-          command="serve")
+          "body_timeout", "max_connections", "allowed_root", "max_concurrent", "max_body_mb", *opt.LIMITS, "sandbox",
+          "shutdown_grace", "access_log", "cors_origins", command="serve")
 @_exits
 def serve(**params) -> None:
     """Serve RLMs over an OpenAI-compatible HTTP API (POST /v1/chat/completions, GET /v1/models).
@@ -238,7 +238,7 @@ def serve(**params) -> None:
                          sandbox=params["sandbox"], extra_models=list(params["extra_models"]),
                          shutdown_grace_s=params["shutdown_grace"], idle_timeout_s=params["idle_timeout"],
                          body_timeout_s=params["body_timeout"], max_connections=params["max_connections"],
-                         limits=limits, access_log=params["access_log"])
+                         limits=limits, access_log=params["access_log"], cors_origins=list(params["cors_origins"]))
     if params["model"] is not None:
         _check_model(params)  # an unknown model or a missing key fails now, not per request
     else:

@@ -131,6 +131,9 @@ def create_server(config: MCPConfig):
             result = await rlm.acompletion(question, context)
         except RLMError as error:
             raise ToolError(str(error)) from None
+        if result.answer is None:  # a failed run is a tool error, never an answer of null
+            raise ToolError(f"the run ended ({result.stopped_reason}) without an answer: {result.error} "
+                            f"(rlm view {result.run_id} shows it)")
         return {"answer": result.answer, "run_id": result.run_id, "stopped_reason": result.stopped_reason,
                 "iterations": result.iterations, "usage": result.usage.total.to_dict(),
                 "error": result.error}

@@ -206,6 +206,9 @@ def _serve_options(click) -> dict[str, Option]:  # serving (rlm serve, rlm mcp)
                                  "default": SERVE_DEFAULTS["shutdown_grace_s"],
                                  "show_default": True, "help": "Seconds running requests get to finish on "
                                  "SIGTERM/SIGINT."}),
+        "cors_origins": Option(("--cors-origin", "cors_origins"), {"multiple": True, "metavar": "ORIGIN",
+                               "help": "A browser origin allowed to call the API (CORS), e.g. "
+                               "http://localhost:3000; repeatable; `*` for any. Default: none."}),
         "access_log": Option(("--access-log/--no-access-log",), {"default": True, "show_default": True,
                              "help": "One line per request on stderr: method, path, status, run id, time."}),
         "root": Option(("--root",), {"type": click.Path(file_okay=False, exists=True, path_type=Path),

@@ -36,6 +36,8 @@ from . import redaction
 from .errors import ConfigError, ContextError, RLMError
 from .config import CallPolicy, WorkerPolicy
 from .options import SERVE_CEILINGS, SERVE_DEFAULTS, make_rlm
+from . import serve_params
+from .serve_runs import NO_RETRY
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_JSON_DEPTH = 64  # deeper request bodies are refused (400) before anything walks them
@@ -137,6 +139,7 @@ class ServeConfig:
     body_timeout_s: float = SERVE_DEFAULTS["body_timeout_s"]
     max_connections: int = SERVE_DEFAULTS["max_connections"]
     access_log: bool = False  # one line per request on stderr (`rlm serve` turns it on)
+    cors_origins: list[str] = field(default_factory=list)  # browser origins allowed to call (CORS); "*": any
 
     def __post_init__(self) -> None:
         if isinstance(self.limits, dict):
@@ -266,44 +269,28 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
         raise RequestError(400, f"invalid request: {where[:200]}: {first['msg']}") from None
     root_model = resolve_model_name(request.model, config)
     texts = [(m.role, _text(m.content)) for m in request.messages]
-    users = [i for i, (role, _) in enumerate(texts) if role == "user"]
-    if not users or not texts[users[-1]][1].strip():
-        raise RequestError(400, "the last user message is the question, and there is none (or it is empty)")
-    last = users[-1]
-    instructions = "\n".join(text for role, text in texts if role in ("system", "developer") and text.strip())
-    query = texts[last][1] if not instructions else f"{instructions}\n\n{texts[last][1]}"
-    if request.context is not None:
-        context = load_request_context(request.context, config)
-    else:
-        query, context = _context_from_messages(texts, last, query)
+    query, context = _query_and_context(texts, request.context, config)
     limits = config.limits.clamp(request.rlm)
-    return {"model": root_model, "query": query, "context": context, "limits": limits, "stream": request.stream,
-            "temperature": request.temperature, "max_output_tokens": request.max_tokens,
-            "include_usage": bool((request.stream_options or {}).get("include_usage")), "requested": request.model,
-            "schema": response_schema(request.response_format)}
+    return serve_params.apply(body, {
+        "model": root_model, "query": query, "context": context, "limits": limits, "stream": request.stream,
+        "temperature": request.temperature, "max_output_tokens": request.max_tokens,
+        "include_usage": bool((request.stream_options or {}).get("include_usage")), "requested": request.model,
+        "schema": response_schema(request.response_format)})
 
 
-def _context_from_messages(texts: list[tuple[str, str]], last: int, query: str) -> tuple[str, Any]:
-    """The input when the request has no `context` field (chat clients such as `llm` cannot add one):
-    the earlier user/assistant/tool messages; else, in a single message, everything before the question,
-    which is its last paragraph (after the last blank line) or, with no blank line, its last line.
-    Text is always text, never a path."""
+def _query_and_context(texts: list[tuple[str, str]], field: Any, config: ServeConfig) -> tuple[str, Any]:
+    """The root model's query and the run's input: the `context` field, else the messages, by the
+    rules of `serve_messages` (the input is always text there, never a path)."""
     from .context.loader import load_context_value
+    from .serve_messages import NoQuestion, query_and_input
 
-    earlier = [text for i, (role, text) in enumerate(texts) if i != last and role in ("user", "assistant", "tool")
-               and text.strip()]
-    if earlier:
-        return query, load_context_value(earlier[0] if len(earlier) == 1 else earlier)
-    message = texts[last][1].strip()
-    parts = re.split(r"\n[ \t]*\n", message)
-    if len(parts) < 2:  # no blank line: the last line is the question (`cat f | llm "q"` joins with a space)
-        parts = message.split("\n")
-    if len(parts) < 2 or not parts[-1].strip():
-        raise RequestError(400, "no context: send it in the `context` field, as earlier messages, or in the same "
-                                "message before the question (the question is the last paragraph, after a blank "
-                                "line, or the last line)")
-    question, body = parts[-1].strip(), message[:len(message) - len(parts[-1])].strip()
-    return query[:len(query) - len(texts[last][1])] + question, load_context_value(body)
+    try:
+        query, inputs = query_and_input(texts, field is not None)
+    except NoQuestion as error:
+        raise RequestError(400, str(error)) from None
+    if field is not None:
+        return query, load_request_context(field, config)
+    return query, load_context_value(inputs[0] if len(inputs) == 1 else inputs)
 
 
 def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -460,7 +447,6 @@ def _parse_json(raw: bytes) -> Any:
 # -- the app ----------------------------------------------------------------------------------------
 def create_app(config: ServeConfig):
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
 
     config.check()
     redact = Redactor(config)
@@ -484,49 +470,119 @@ def create_app(config: ServeConfig):
 
     @app.get("/v1/models")
     async def models():
-        created = int(state["started"])
-        names = ["rlm", *(f"rlm/{name}" for name in allowed_models(config))]
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
-                                            "owned_by": "recursive-llm"} for name in names]}
+        return {"object": "list", "data": [_model_entry(name, state) for name in _served_names(config)]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        if name not in _served_names(config):
+            raise RequestError(404, f"model {name[:200]!r} is not served here; GET /v1/models lists the ones that are",
+                               code="model_not_found")
+        return _model_entry(name, state)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         raw = await _read_body(request, config)
-        if state["active"] >= config.max_concurrent:  # before the body is parsed: a full server parses nothing
-            raise RequestError(429, f"the server is running {config.max_concurrent} requests, its limit; retry shortly",
-                               "rate_limit_error", "too_many_requests", headers={"Retry-After": "1"})
-        state["active"] += 1  # the slot is this request's from now on, while its body is parsed too
-        try:
-            args = await _parse_body(raw, config)
-            args["schema"] = await answer_schema(args["schema"])
-        except BaseException:
-            state["active"] -= 1
-            raise
-        args["client"] = request.state.client
-        completion_id = "chatcmpl-" + secrets.token_hex(12)
-        if args["stream"]:
-            request.state.streaming = True  # logged when the stream ends, with its run id
-            return StreamingResponse(_stream(config, args, completion_id, redact, state),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        try:
-            result = await _run(config, args, None, state["stores"])
-        finally:
-            state["active"] -= 1
-        request.state.run_id = result.run_id
-        return JSONResponse(_completion_body(result, args, completion_id, redact))
+        return await _answer(request, raw, lambda body: parse_request(body, config), (config, state, redact),
+                             "chatcmpl-", _completion_body, _stream)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):  # legacy: LlamaIndex's OpenAILike calls it by default
+        from . import serve_completions
+
+        raw = await _read_body(request, config)
+        return await _answer(request, raw, lambda body: parse_request(serve_completions.chat_body(body), config),
+                             (config, state, redact), "cmpl-", serve_completions.completion_body,
+                             serve_completions.stream)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        from . import serve_responses
+
+        def build(body: dict[str, Any]) -> dict[str, Any]:
+            args = parse_request(serve_responses.chat_body(body), config)
+            args["echo"] = serve_responses.echo(body)
+            return args
+
+        raw = await _read_body(request, config)
+        return await _answer(request, raw, build, (config, state, redact), "resp_", serve_responses.response_body,
+                             serve_responses.stream)
 
     return app
+
+
+def _served_names(config: ServeConfig) -> list[str]:
+    return ["rlm", *(f"rlm/{name}" for name in allowed_models(config))]
+
+
+def _model_entry(name: str, state: dict[str, Any]) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": int(state["started"]), "owned_by": "recursive-llm"}
+
+
+async def _answer(request, raw: bytes, build, server: tuple, prefix: str, body_of, stream_of):
+    """Admit one request's run, then answer it. A full server answers 429 (with a Retry-After from the
+    runs in flight) before the body is parsed; an admitted body is parsed (`_parse_body`, in a thread
+    when large), turned into the run's arguments by `build(body)`, and its answer schema checked, all
+    while it holds its slot. The answer is a body from `body_of(result, args, id, redact)`, or the
+    stream of `stream_of`. A client that leaves stops its run; an SDK's retry joins the run of its
+    earlier attempt (`serve_runs`)."""
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from .serve_runs import Attempts, ClientGone, RunClock, attempt_key, retry_count
+
+    config, state, redact = server
+    clock = state.setdefault("clock", RunClock())
+    if state["active"] >= config.max_concurrent:  # before the body is parsed: a full server parses nothing
+        raise RequestError(429, f"the server is running {config.max_concurrent} requests, its limit; retry shortly",
+                           "rate_limit_error", "too_many_requests", headers={"Retry-After": clock.retry_after()})
+    state["active"] += 1  # the slot is this request's from now on, while its body is parsed too
+    try:
+        body, args = await _parse_body(raw, build)
+        args["schema"] = await answer_schema(args["schema"])
+    except BaseException:
+        state["active"] -= 1
+        raise
+    args["client"] = request.state.client
+    args["ticket"], args["created"], args["path"] = clock.start(), int(time.time()), request.url.path
+    answer_id = prefix + secrets.token_hex(12)
+    if args["stream"]:
+        request.state.streaming = True  # logged when the stream ends, with its run id
+        return StreamingResponse(stream_of(config, args, answer_id, redact, state),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        attempts = state.setdefault("attempts", Attempts())
+        result = await attempts.answer(attempt_key(args["client"], body), retry_count(request.headers),
+                                       request.receive, lambda: _run(config, args, None, state["stores"]))
+    except ClientGone as gone:
+        return JSONResponse(error_body(str(gone), "invalid_request_error", "client_closed_request"), status_code=499)
+    finally:
+        _release(state, args)
+    request.state.run_id = result.run_id
+    return JSONResponse(body_of(result, args, answer_id, redact))
+
+
+def _release(state: dict[str, Any], args: dict[str, Any]) -> None:
+    state["active"] -= 1
+    state["clock"].end(args["ticket"])
 
 
 def _add_error_handlers(app, redact: "Redactor") -> None:
     """Every error a client sees is an OpenAI-style JSON body, redacted (never a bare 500)."""
     from fastapi import Request
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from fastapi.responses import JSONResponse
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, error: RequestError):
         return JSONResponse(error_body(redact(error.message), error.kind, error.code), status_code=error.status,
                             headers=error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):  # 404, 405: the clients' shape too
+        from .serve_responses import route_error
+
+        message, code = route_error(request.method, request.url.path, error.status_code, str(error.detail))
+        return JSONResponse(error_body(message, "invalid_request_error", code), status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, error: Exception):  # a bug of ours: still JSON, still redacted
@@ -535,8 +591,15 @@ def _add_error_handlers(app, redact: "Redactor") -> None:
 
 
 def _add_guards(app, config: ServeConfig) -> None:
-    """The bearer token, the body limit, and one access-log line per request (outermost)."""
+    """The bearer token, the body limit, and one access-log line per request; outside them CORS, when
+    origins are allowed: a browser's preflight (which carries no token) is answered before the token
+    is asked for, and every answer to an allowed origin carries its `Access-Control-*` headers."""
     app.add_middleware(Guard, config=config)
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["Retry-After", "x-should-retry"], max_age=600)
 
 
 class Guard:
@@ -627,15 +690,15 @@ async def _read_body(request, config: ServeConfig) -> bytes:
     return bytes(received)
 
 
-async def _parse_body(raw: bytes, config: ServeConfig) -> dict[str, Any]:
-    """A request's arguments from its raw body (`parse_request`); a large body is parsed in a
-    thread, so the event loop goes on answering (`/health`, other requests' streams)."""
-    def parse() -> dict[str, Any]:
+async def _parse_body(raw: bytes, build) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A request's body and its run's arguments (`build(body)`, which calls `parse_request`); a large
+    body is parsed in a thread, so the event loop goes on answering (`/health`, other streams)."""
+    def parse() -> tuple[dict[str, Any], dict[str, Any]]:
         body = _parse_json(raw)
         if not isinstance(body, dict):
             raise RequestError(400, "the request body must be a JSON object")
         check_body(body)
-        return parse_request(body, config)
+        return body, build(body)
 
     return parse() if len(raw) < PARSE_IN_THREAD_BYTES else await asyncio.to_thread(parse)
 
@@ -680,11 +743,7 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event, stores: dict
     except ConfigError as error:
         raise RequestError(400, f"bad configuration: {error}") from None
     except RLMError as error:
-        raise RequestError(502, f"the run failed: {error}", "server_error") from None
-
-
-def _finish_reason(result) -> str:
-    return "stop" if result.stopped_reason == "final" else "length"
+        raise RequestError(502, f"the run failed: {error}", "server_error", headers=NO_RETRY) from None
 
 
 def _usage(result) -> dict[str, int]:
@@ -700,13 +759,19 @@ def _rlm_info(result, redact) -> dict[str, Any]:
             "store_error": redact(result.store_error) if getattr(result, "store_error", None) else None}
 
 
-def _completion_body(result, args, completion_id: str, redact) -> dict[str, Any]:
+def require_answer(result, redact) -> None:
+    """RequestError 502 for a run that ended without an answer; the client is told not to retry (a
+    retry is another paid run, and the same input fails the same way)."""
     if result.answer is None:
         raise RequestError(502, redact(f"the run ended ({result.stopped_reason}) without an answer: {result.error}"),
-                           "server_error")
-    return {"id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": args["requested"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": _content(result, args)},
-                         "finish_reason": _finish_reason(result), "logprobs": None}],
+                           "server_error", "run_failed", headers=NO_RETRY)
+
+
+def _completion_body(result, args, completion_id: str, redact) -> dict[str, Any]:
+    require_answer(result, redact)
+    message, finish = serve_params.message(args, _content(result, args))  # text, or a forced function's call
+    return {"id": completion_id, "object": "chat.completion", "created": args["created"], "model": args["requested"],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": _usage(result), "rlm": _rlm_info(result, redact)}
 
 
@@ -719,8 +784,10 @@ def _content(result, args) -> str:
     return result.answer
 
 
-def _chunk(completion_id: str, model: str, delta: dict, finish: str | None = None, **extra) -> str:
-    payload = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+def _chunk(completion_id: str, args: dict[str, Any], delta: dict, finish: str | None = None, **extra) -> str:
+    """One chunk; every chunk of a stream has the same `created`."""
+    payload = {"id": completion_id, "object": "chat.completion.chunk", "created": args["created"],
+               "model": args["requested"],
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
@@ -746,19 +813,17 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
 
     task = asyncio.create_task(_run(config, args, on_event, state["stores"]))
     try:
-        yield _chunk(completion_id, model, {"role": "assistant", "content": ""})
+        yield _chunk(completion_id, args, {"role": "assistant", "content": ""})
         while not task.done() or not queue.empty():
             getter = asyncio.create_task(queue.get())
             done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
             if getter in done:
-                yield _chunk(completion_id, model, {}, rlm_event=getter.result())
+                yield _chunk(completion_id, args, {}, rlm_event=getter.result())
             else:
                 getter.cancel()
         try:
             result = task.result()
-            if result.answer is None:
-                raise RequestError(502, f"the run ended ({result.stopped_reason}) without an answer: {result.error}",
-                                   "server_error")
+            require_answer(result, redact)
         except RequestError as error:
             yield f"data: {json.dumps(error_body(redact(error.message), error.kind, error.code))}\n\n"
             yield "data: [DONE]\n\n"
@@ -768,12 +833,14 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
             yield f"data: {json.dumps(error_body(message, 'server_error', 'internal_error'))}\n\n"
             yield "data: [DONE]\n\n"
             return
-        answer = _content(result, args)
-        for start in range(0, len(answer), 200):
-            yield _chunk(completion_id, model, {"content": answer[start:start + 200]})
-        yield _chunk(completion_id, model, {}, _finish_reason(result), rlm=_rlm_info(result, redact))
+        message, finish = serve_params.message(args, _content(result, args))
+        if message["content"] is None:  # a forced function's call, in one delta
+            yield _chunk(completion_id, args, {"tool_calls": [{"index": 0, **message["tool_calls"][0]}]})
+        for start in range(0, len(message["content"] or ""), 200):
+            yield _chunk(completion_id, args, {"content": message["content"][start:start + 200]})
+        yield _chunk(completion_id, args, {}, finish, rlm=_rlm_info(result, redact))
         if args["include_usage"]:
-            payload = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
+            payload = {"id": completion_id, "object": "chat.completion.chunk", "created": args["created"],
                        "model": model, "choices": [], "usage": _usage(result)}
             yield f"data: {json.dumps(payload)}\n\n"
         yield "data: [DONE]\n\n"
@@ -784,9 +851,9 @@ async def _stream(config: ServeConfig, args: dict[str, Any], completion_id: str,
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
-        state["active"] -= 1
+        _release(state, args)
         if config.access_log:
-            log_access("POST", "/v1/chat/completions", 200, seen.get("run_id"), started, streamed=True)
+            log_access("POST", args.get("path", "/v1/chat/completions"), 200, seen.get("run_id"), started, streamed=True)
 
 
 def log_access(method: str, path: str, status: int, run_id: str | None, started: float,
