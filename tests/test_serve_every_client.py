@@ -267,7 +267,7 @@ def test_legacy_completions_as_llama_index_openai_like_calls_them(served):
 
 
 def test_one_created_per_stream_and_stop_at_a_budget(tmp_path):
-    turns = ["```repl\nprint(1)\n```"] * 3 + ["FINAL(best so far)"]
+    turns = ["```repl\nprint(1)\n```"] * 2 + ["FINAL(best so far)"]  # two iterations, then the final ask
     with FakeLLMServer(responder=root_then_sub(turns), latency=0.6) as backend:
         server = serve(backend, tmp_path)
         try:
