@@ -103,7 +103,8 @@ class Run:
 
     def __init__(self, state: RunState, *, query: str, inputs: list[LoadedContext], depth: int, run_id: str,
                  parent_run_id: str | None, root_client: ModelClient, environment: Any = None,
-                 turn_note: str | None = None, schema: answers.AnswerSchema | None = None) -> None:
+                 turn_note: str | None = None, schema: answers.AnswerSchema | None = None,
+                 parent_iteration: int | None = None) -> None:
         self.state = state
         self.config = state.config
         self.environment = environment  # given by a session: already started, and left open
@@ -113,6 +114,7 @@ class Run:
         self.depth = depth
         self.run_id = run_id
         self.parent_run_id = parent_run_id
+        self.parent_iteration = parent_iteration  # the parent's turn whose code started this child run
         self.root_client = root_client
         self.iterations = 0
         self.current_cell: int | None = None  # the index of the cell running now (sub-calls come from it)
@@ -143,7 +145,7 @@ class Run:
 
     async def _start_child(self, query: str, loaded: LoadedContext, client: ModelClient) -> Result:
         child = Run(self.state, query=query, inputs=[loaded], depth=self.depth + 1, run_id=new_run_id(),
-                    parent_run_id=self.run_id, root_client=client)
+                    parent_run_id=self.run_id, root_client=client, parent_iteration=self.iterations or None)
         return await child.execute()
 
     # -- the run --------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ class Run:
                   sub_model=self.config.sub_client.name, environment=self.config.worker.environment,
                   isolation={"layers": isolation.layers, "missing": isolation.missing} if isolation else None,
                   metadata=self.inputs[0].metadata, more_inputs=[loaded.metadata for loaded in self.inputs[1:]],
-                  limits=self.config.limits.__dict__)
+                  limits=self.config.limits.__dict__, parent_iteration=self.parent_iteration)
         answer: str | None = None
         stopped: StopReason = StopReason.ERROR
         error: str | None = None
