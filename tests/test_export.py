@@ -144,3 +144,23 @@ def test_bench_then_export_from_the_command_line(tmp_path):
     assert sft.returncode == 0 and {json.loads(line)["reward"] for line in sft.stdout.splitlines()} == {0.5}
     bad = rlm_cli("export", run_id, "--scorer", "no_such_module:f", home=tmp_path)
     assert bad.returncode != 0 and "--scorer 'no_such_module:f' cannot be loaded" in bad.stderr
+
+
+class TokenModel(ScriptedModel):
+    """A client whose provider returned token ids and logprobs with each reply."""
+
+    async def complete(self, messages, **kwargs):
+        completion = await super().complete(messages, **kwargs)
+        completion.token_ids, completion.logprobs = [11, 12], [-0.5, -0.25]
+        return completion
+
+
+def test_token_ids_and_logprobs_are_stored_and_exported_when_the_provider_returned_them(tmp_path):
+    store = Store(tmp_path / "rlm.db")
+    root = TokenModel(["```repl\nprint(llm_query('x'))\n```", "FINAL(ok)"])
+    result = RLM(model=root, sub_model=ScriptedModel(default="leaf", name="sub"), store=store).completion("q", "t")
+    records = call_records(store.run_tree(result.run_id))
+    root_turns = [r for r in records if r["purpose"] == "root"]
+    assert len(root_turns) == 2 and all(r["token_ids"] == [11, 12] and r["logprobs"] == [-0.5, -0.25]
+                                        for r in root_turns)
+    assert [r for r in records if r["purpose"] == "sub" and "token_ids" not in r and "logprobs" not in r]

@@ -32,7 +32,7 @@ EVENT_FIELDS: dict[str, frozenset[str]] = {
     "llm_start": frozenset({"call_id", "purpose", "iteration", "cell", "model", "attempt", "in_flight"}),
     "llm_call": frozenset({"call_id", "purpose", "iteration", "cell", "model", "attempt", "messages", "response",
                            "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "finish_reason", "cache_key",
-                           "cached", "reasoning", "cached_prompt_tokens", "cache_write_tokens"}),
+                           "cached", "reasoning", "cached_prompt_tokens", "cache_write_tokens", "token_ids", "logprobs"}),
     "llm_error": frozenset({"call_id", "purpose", "iteration", "cell", "model", "attempt", "latency_s", "error",
                             "retryable"}),
     "llm_refused": frozenset({"call_id", "purpose", "iteration", "cell", "model", "budget", "error"}),

@@ -2,7 +2,8 @@
 as chat examples, and a reward where the run's task has a known answer.
 
 Formats:
-- "calls": one record per model call (root turns, sub-calls, child runs' calls), each with `id`
+- "calls": one record per model call (root turns, sub-calls, child runs' calls; `token_ids` and
+  `logprobs` when the provider returned them), each with `id`
   and `parent_id`: a root turn's parent is the run's previous root turn (the turn whose code
   produced what this turn reads); a sub-call's parent is the root turn whose code made it; a
   child run's first root turn's parent is the parent run's turn that started the child; the first
@@ -136,7 +137,8 @@ def call_records(tree: dict[str, Any], *, scorer: Scorer | None = None) -> list[
                   "cell": call["cell"], "messages": call["messages"], "completion": call["response"],
                   "usage": {"prompt_tokens": call["prompt_tokens"], "completion_tokens": call["completion_tokens"],
                             "cost_usd": call["cost_usd"]},
-                  "error": call["error"], "finish_reason": call["finish_reason"], "cached": call["cached"]}
+                  "error": call["error"], "finish_reason": call["finish_reason"], "cached": call["cached"],
+                  **(call.get("reply_tokens") or {})}  # token_ids, logprobs: when the provider returned them
         if score is not None:
             record["reward"] = score
         records.append(record)

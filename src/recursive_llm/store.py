@@ -50,8 +50,8 @@ SCHEMA_VERSION = 5
 CALL_COMMIT_S = 0.02  # completed calls wait at most this long for their (group) commit
 _INSERT_CALL = ("INSERT INTO calls (call_id, run_id, root_id, depth, purpose, model, attempt, status, messages, "
                 "response, prompt_tokens, completion_tokens, cost_usd, latency_s, started_at, ended_at, "
-                "finish_reason, error, cache_key, cached, iteration, cell) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                "finish_reason, error, cache_key, cached, iteration, cell, reply_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE runs (
@@ -104,6 +104,7 @@ MIGRATIONS: dict[int, str] = {
     5: """
     ALTER TABLE runs ADD COLUMN parent_iteration INTEGER;
     ALTER TABLE runs ADD COLUMN task TEXT;
+    ALTER TABLE calls ADD COLUMN reply_tokens TEXT;
     """,
 }
 
@@ -254,6 +255,7 @@ class RunQueries:
                     run[field] = json.loads(run[field]) if run.get(field) else None
         for call in calls:
             call["messages"] = json.loads(call["messages"]) if call.get("messages") else None
+            call["reply_tokens"] = json.loads(call["reply_tokens"]) if call.get("reply_tokens") else None
         return {"root_id": root_id, "runs": runs, "iterations": iterations, "cells": cells, "calls": calls}
 
     def run_config(self, run_id: str) -> dict[str, Any]:
@@ -563,7 +565,7 @@ class Recorder:
                event.get("response"), event.get("prompt_tokens"), event.get("completion_tokens"),
                event.get("cost_usd"), latency, event["ts"] - latency, event["ts"],
                event.get("finish_reason"), event.get("error"), event.get("cache_key"), event.get("cached"),
-               event.get("iteration"), event.get("cell"))
+               event.get("iteration"), event.get("cell"), _json(_tokens(event)))
         fresh = status == "ok" and event.get("cached") is None
         self.store._queue_call(row, event.get("cache_key"), Completion(
             text=event.get("response") or "", model=event.get("model") or "",
@@ -577,7 +579,7 @@ class Recorder:
                f"tool:{event.get('name')}", 1, "ok" if event.get("error") is None else "error",
                _json([{"role": "tool", "content": event.get("arguments")}]), event.get("result"), 0, 0, 0.0,
                latency, event["ts"] - latency, event["ts"], None, event.get("error"), None, None,
-               event.get("iteration"), event.get("cell"))
+               event.get("iteration"), event.get("cell"), None)
         self.store._queue_call(row, None, None)
 
     def run_end(self, event: dict[str, Any]) -> None:
@@ -627,3 +629,9 @@ def _run_summary(row: sqlite3.Row) -> dict[str, Any]:
 
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _tokens(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A call's token ids and logprobs, when its provider returned them."""
+    kept = {name: event[name] for name in ("token_ids", "logprobs") if event.get(name) is not None}
+    return kept or None
