@@ -122,6 +122,19 @@ def test_rewards_from_a_scorer_and_from_a_bench_task(tmp_path):
     assert {e["reward"] for e in export_records(wrong, "chat")} == {1.0}
 
 
+def test_a_scorer_is_imported_from_the_current_directory(tmp_path, monkeypatch):
+    from recursive_llm.export import load_scorer
+
+    (tmp_path / "scores_here.py").write_text("def one(answer, run):\n    return 1.0\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    assert load_scorer("scores_here:one")(None, {}) == 1.0
+    with pytest.raises(ValueError, match="module:function"):
+        load_scorer("scores_here")
+    with pytest.raises(ValueError, match="defines nothing_here"):
+        load_scorer("scores_here:nothing_here")
+
+
 def rlm_cli(*args: str, home) -> subprocess.CompletedProcess:
     env = {**os.environ, "RLM_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "recursive_llm", *args], capture_output=True, text=True,

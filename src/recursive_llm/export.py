@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +37,8 @@ def load_scorer(spec: str) -> Scorer:
     module_name, _, name = spec.partition(":")
     if not module_name or not name:
         raise ValueError(f"--scorer {spec!r}: give it as module:function, e.g. my_scores:exact_match")
+    if os.getcwd() not in sys.path:  # the `rlm` script's sys.path lacks the current directory
+        sys.path.insert(0, os.getcwd())
     try:
         function = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as error:
