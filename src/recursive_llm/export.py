@@ -127,12 +127,11 @@ def _parents(tree: dict[str, Any], ids: dict[int, str]) -> dict[int, str | None]
     return parents
 
 
-def call_records(tree: dict[str, Any], *, scorer: Scorer | None = None) -> list[dict[str, Any]]:
+def call_records(tree: dict[str, Any]) -> list[dict[str, Any]]:
     """Every call row of one top-level run (and its children) once, as one tree by `parent_id`."""
     calls = tree["calls"]
     ids = dict(zip((c["id"] for c in calls), _ids(calls)))
     parents = _parents(tree, ids)
-    score = reward(tree, scorer)
     records = []
     for call in calls:
         record = {"id": ids[call["id"]], "parent_id": parents[call["id"]], "run_id": call["run_id"],
@@ -143,36 +142,26 @@ def call_records(tree: dict[str, Any], *, scorer: Scorer | None = None) -> list[
                             "cost_usd": call["cost_usd"]},
                   "error": call["error"], "finish_reason": call["finish_reason"], "cached": call["cached"],
                   **(call.get("reply_tokens") or {})}  # token_ids, logprobs: when the provider returned them
-        if score is not None:
-            record["reward"] = score
         records.append(record)
     return records
 
 
-def sft_examples(tree: dict[str, Any], *, scorer: Scorer | None = None,
-                 all_depths: bool = True) -> list[dict[str, Any]]:
-    """Each successful root turn as `{"messages": [...prompt, reply]}` (plus `reward` when known)."""
+def sft_examples(tree: dict[str, Any], *, all_depths: bool = True) -> list[dict[str, Any]]:
+    """Each successful root turn as `{"messages": [...prompt, reply]}`."""
     depth_of = {run["run_id"]: run["depth"] for run in tree["runs"]}
-    score = reward(tree, scorer)
     examples = []
     for call in tree["calls"]:
         if call["purpose"] not in ROOT_TURNS or call["status"] != "ok" or not call["messages"]:
             continue
         if not all_depths and depth_of.get(call["run_id"]):
             continue
-        example: dict[str, Any] = {"messages": [*call["messages"],
-                                                {"role": "assistant", "content": call["response"] or ""}]}
-        if score is not None:
-            example["reward"] = score
-        examples.append(example)
+        examples.append({"messages": [*call["messages"], {"role": "assistant", "content": call["response"] or ""}]})
     return examples
 
 
-def chat_examples(tree: dict[str, Any], *, scorer: Scorer | None = None,
-                  all_depths: bool = True) -> list[dict[str, Any]]:
+def chat_examples(tree: dict[str, Any], *, all_depths: bool = True) -> list[dict[str, Any]]:
     """One chat conversation per run: the last root call's messages plus its reply (the whole
     conversation the model had, with code outputs as user turns), labelled with the outcome."""
-    score = reward(tree, scorer)
     examples = []
     for run in tree["runs"]:
         if not all_depths and run["parent_run_id"] is not None:
@@ -186,15 +175,17 @@ def chat_examples(tree: dict[str, Any], *, scorer: Scorer | None = None,
         metadata = {"run_id": run["run_id"], "root_id": tree["root_id"], "depth": run["depth"],
                     "model": run["model"], "status": run["status"], "answer": run["answer"],
                     "iterations": run["iterations"]}
-        examples.append({"messages": messages, "metadata": metadata, **({"reward": score} if score is not None else {})})
+        examples.append({"messages": messages, "metadata": metadata})
     return examples
 
 
 def export_records(tree: dict[str, Any], fmt: str, *, scorer: Scorer | None = None,
                    all_depths: bool = True) -> list[dict[str, Any]]:
-    """One top-level run's records in `fmt` ("jsonl" is the old name of "chat")."""
+    """One top-level run's records in `fmt` ("jsonl" is the old name of "chat"), each with the
+    run's `reward` when one is known."""
     if fmt == "calls":
-        return call_records(tree, scorer=scorer)
-    if fmt == "sft":
-        return sft_examples(tree, scorer=scorer, all_depths=all_depths)
-    return chat_examples(tree, scorer=scorer, all_depths=all_depths)
+        records = call_records(tree)
+    else:
+        records = (sft_examples if fmt == "sft" else chat_examples)(tree, all_depths=all_depths)
+    score = reward(tree, scorer)
+    return records if score is None else [{**record, "reward": score} for record in records]

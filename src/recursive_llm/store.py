@@ -50,8 +50,8 @@ SCHEMA_VERSION = 5
 CALL_COMMIT_S = 0.02  # completed calls wait at most this long for their (group) commit
 _INSERT_CALL = ("INSERT INTO calls (call_id, run_id, root_id, depth, purpose, model, attempt, status, messages, "
                 "response, prompt_tokens, completion_tokens, cost_usd, latency_s, started_at, ended_at, "
-                "finish_reason, error, cache_key, cached, iteration, cell, reply_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                "finish_reason, error, cache_key, cached, iteration, cell, reply_tokens) "
+                "VALUES (" + ", ".join(["?"] * 23) + ")")
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE runs (
