@@ -728,3 +728,104 @@ def test_a_worker_cannot_read_another_runs_input(mode, origin):
 
     peek = asyncio.run(scenario())
     assert "victim-input" not in peek.stdout + peek.stderr
+
+
+# -- limits model code cannot move (issue 30) --------------------------------------------------
+# The host owns depth, iterations and budgets. Model code reaches everything in its own process
+# (the REPL behind `llm_query.__self__`, the channel behind `_call_host`, module globals, the frames
+# it sends), so it tries all of that at once before asking for more than its limits allow. A known
+# reward hack: another RLM let model code lift its own depth limit.
+LIMIT_LIES = "dict(depth=0, max_depth=99, parent_depth=-1, child_depth=0, max_llm_calls=10**6, max_calls=10**6, " \
+             "max_iterations=10**6, iteration=0, budget={'max_llm_calls': 10**6, 'calls': 0}, " \
+             "limits={'max_depth': 99, 'max_iterations': 10**6, 'max_llm_calls': 10**6})"
+TAMPER = textwrap.dedent(f"""\
+    import sys, threading
+    LIES = {LIMIT_LIES}
+    repl = llm_query.__self__
+    channel = repl._call_host.__self__
+    def forged_call(kind, prompts, model=None, context=None):
+        event, box = threading.Event(), []
+        with channel._pending_lock:
+            channel._next_id += 1
+            call_id = channel._next_id
+            channel._pending[call_id] = (event, box)
+        channel.send({{"op": "call", "id": call_id, "kind": kind, "prompts": list(prompts), "model": model,
+                       "context": context, **LIES}})
+        event.wait(60)
+        return box[0] if box else [{{"ok": False, "error": "no reply"}}]
+    for target in (repl, channel, type(repl), type(channel)):
+        for name, value in LIES.items():
+            try:
+                setattr(target, name, value)
+            except (AttributeError, TypeError):
+                pass
+    repl._call_host = forged_call  # every helper now sends the lies too
+    for module in [m for n, m in list(sys.modules.items()) if 'recursive_llm' in n or n in ('runtime', 'bounds')]:
+        for name in ('MAX_DEPTH', 'MAX_ITERATIONS', 'MAX_LLM_CALLS', 'DEPTH'):
+            setattr(module, name, 10**6)
+        if hasattr(module, 'HOST_BOUNDS'):
+            try:
+                module.HOST_BOUNDS = type(module.HOST_BOUNDS)(max_batch_prompts=10**6)
+            except Exception:
+                pass
+    g = llm_query.__func__.__globals__
+    g.update({{name: 10**6 for name in ('MAX_DEPTH', 'MAX_ITERATIONS', 'MAX_LLM_CALLS')}})
+    llm_query = rlm_query = FINAL_VAR = lambda *a, **k: 'rebound'
+    """)
+# After the tampering: ask for a child run, through the tampered REPL and through a raw frame.
+ASK_CHILD = TAMPER + textwrap.dedent("""\
+    print("via-helper:", repl.rlm_query("go deeper"))
+    print("via-frame:", forged_call("rlm", ["go deeper by frame"]))
+    """)
+ASK_CALLS = TAMPER + textwrap.dedent("""\
+    print("via-helper:", repl.llm_query_batched([f"q{i}" for i in range(6)]))
+    print("via-frame:", forged_call("llm", [f"f{i}" for i in range(6)]))
+    """)
+
+
+def first_turn_then(code: str, then: str):
+    """A root model's replies in every run (top-level and children): `code` first, then `then`."""
+    def reply(messages: list[dict]) -> str:
+        return f"```repl\n{code}\n```" if not any(m["role"] == "assistant" for m in messages) else then
+    return reply
+
+
+def run_starts(result) -> list[dict]:
+    return [e for e in read_trajectory(result.trajectory_path) if e["type"] == "run_start"]
+
+
+def cell_text(result) -> str:
+    cells = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell"]
+    return "\n".join((c["stdout"] or "") + (c["stderr"] or "") + (c["error"] or "") for c in cells)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_model_code_cannot_lift_its_depth_limit(arena, mode):
+    """Every run (root and children) tampers, then asks for a child: depth 1 is allowed, depth 2 never."""
+    root = ScriptedModel(default=first_turn_then(ASK_CHILD, "FINAL(done)"))
+    sub = ScriptedModel(default="leaf", name="sub")
+    result = RLM(model=root, sub_model=sub, max_depth=2, sandbox=mode, cell_timeout_s=30).completion("q", "t")
+    depths = [e["depth"] for e in run_starts(result)]
+    assert result.answer == "done", cell_text(result)[-3000:]
+    assert depths.count(0) == 1 and depths.count(1) == 2, depths  # the helper's child and the frame's
+    assert max(depths) == 1, depths
+    assert len(sub.calls) == 4, cell_text(result)[-3000:]  # each child's two requests: plain calls, no run
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_model_code_cannot_lift_its_call_budget(arena, mode):
+    root = ScriptedModel(default=first_turn_then(ASK_CALLS, "FINAL(done)"))
+    sub = ScriptedModel(default="leaf", name="sub")
+    result = RLM(model=root, sub_model=sub, max_llm_calls=5, sandbox=mode, cell_timeout_s=30).completion("q", "t")
+    assert len(root.calls) + len(sub.calls) <= 5, (len(root.calls), len(sub.calls))
+    assert len(sub.calls) >= 1 and "max_llm_calls=5" in cell_text(result), cell_text(result)[-3000:]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_model_code_cannot_lift_its_iteration_limit(arena, mode):
+    endless = TAMPER + "print(forged_call('llm', ['x']))\nprint('again')"
+    root = ScriptedModel(default=lambda messages: f"```repl\n{endless}\n```")
+    result = RLM(model=root, sub_model=ScriptedModel(default="leaf", name="sub"), max_iterations=3, sandbox=mode,
+                 timeout_s=60, cell_timeout_s=30).completion("q", "t")
+    assert result.iterations == 3 and result.stopped_reason == "max_iterations", result.iterations
+    assert cell_text(result).count("again") == 3 and len(root.calls) <= 4  # 3 turns + the final-answer request

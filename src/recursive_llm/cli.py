@@ -189,22 +189,37 @@ def view(run_id: str, output: Path | None, open_browser: bool) -> None:
 
 @main.command()
 @click.argument("run_ids", nargs=-1, required=True)
-@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["chat", "sft", "calls", "jsonl"]), default="chat",
+              show_default=True, help="chat: one conversation per run; sft: each root turn as {\"messages\": [...]} "
+              "(TRL SFTTrainer); calls: every model call as a tree (id, parent_id). jsonl: the old name of chat.")
 @click.option("--output", "-o", type=click.File("w", encoding="utf-8"), default="-")
 @click.option("--all-depths/--root-only", default=True, show_default=True,
-              help="Also export child runs' conversations (each its own example).")
+              help="Also export child runs' conversations (chat, sft; calls always holds every call).")
+@click.option("--scorer", default=None, metavar="MODULE:FUNCTION",
+              help="Your function(answer, run_record) -> float, imported from here: adds a reward to every "
+                   "record (else runs of `rlm bench` are scored against their task's known answer).")
 @_exits
-def export(run_ids: tuple[str, ...], fmt: str, output, all_depths: bool) -> None:
-    """Trajectories as chat-format training data: one {"messages": [...]} line per run conversation."""
-    from .viewer import training_examples
+def export(run_ids: tuple[str, ...], fmt: str, output, all_depths: bool, scorer: str | None) -> None:
+    """Runs as training data, one JSON record a line (docs/TRAINING.md)."""
+    from .errors import ConfigError
+    from .export import export_records, load_scorer
 
     store = _open_store()
+    try:
+        score = load_scorer(scorer) if scorer else None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     count = 0
     for run_id in run_ids:
-        for example in training_examples(store.run_tree(_resolve_run(store, run_id)), all_depths=all_depths):
-            output.write(json.dumps(example, ensure_ascii=False) + "\n")
+        tree = store.run_tree(_resolve_run(store, run_id))
+        try:
+            records = export_records(tree, fmt, scorer=score, all_depths=all_depths)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        for record in records:
+            output.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
-    _err(f"exported {count} conversation(s)")
+    _err(f"exported {count} record(s) ({fmt})")
 
 
 @main.command()

@@ -25,14 +25,15 @@ Listener = Callable[[dict[str, Any]], None]
 COMMON_FIELDS = frozenset({"ts", "type", "run_id", "depth", "parent_run_id"})
 EVENT_FIELDS: dict[str, frozenset[str]] = {
     "run_start": frozenset({"query", "model", "sub_model", "environment", "isolation", "metadata", "more_inputs",
-                            "limits"}),
+                            "limits", "parent_iteration"}),
     "iteration": frozenset({"iteration", "reply", "reasoning", "code_blocks", "final"}),
     "cell": frozenset({"iteration", "index", "code", "stdout", "stderr", "error", "final", "timed_out", "restarted",
                        "duration_s"}),
     "llm_start": frozenset({"call_id", "purpose", "iteration", "cell", "model", "attempt", "in_flight"}),
     "llm_call": frozenset({"call_id", "purpose", "iteration", "cell", "model", "attempt", "messages", "response",
                            "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "finish_reason", "cache_key",
-                           "cached", "reasoning", "cached_prompt_tokens", "cache_write_tokens"}),
+                           "cached", "reasoning", "cached_prompt_tokens", "cache_write_tokens", "token_ids",
+                           "logprobs"}),
     "llm_error": frozenset({"call_id", "purpose", "iteration", "cell", "model", "attempt", "latency_s", "error",
                             "retryable"}),
     "llm_refused": frozenset({"call_id", "purpose", "iteration", "cell", "model", "budget", "error"}),

@@ -107,7 +107,8 @@ class Run:
 
     def __init__(self, state: RunState, *, query: str, inputs: list[LoadedContext], depth: int, run_id: str,
                  parent_run_id: str | None, root_client: ModelClient, environment: Any = None,
-                 turn_note: str | None = None, schema: AnswerSchema | None = None) -> None:
+                 turn_note: str | None = None, schema: AnswerSchema | None = None,
+                 parent_iteration: int | None = None) -> None:
         self.state = state
         self.config = state.config
         self.environment = environment  # given by a session: already started, and left open
@@ -117,6 +118,7 @@ class Run:
         self.depth = depth
         self.run_id = run_id
         self.parent_run_id = parent_run_id
+        self.parent_iteration = parent_iteration  # the parent's turn whose code started this child run
         self.root_client = root_client
         self.iterations = 0
         # The iteration the running cells are recorded under: the root turn's, or FALLBACK_ITERATION
@@ -154,7 +156,7 @@ class Run:
 
     async def _start_child(self, query: str, loaded: LoadedContext, client: ModelClient) -> Result:
         child = Run(self.state, query=query, inputs=[loaded], depth=self.depth + 1, run_id=new_run_id(),
-                    parent_run_id=self.run_id, root_client=client)
+                    parent_run_id=self.run_id, root_client=client, parent_iteration=self.iterations or None)
         return await child.execute()
 
     # -- the run --------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class Run:
                   sub_model=self.config.sub_client.name, environment=self.config.worker.environment,
                   isolation={"layers": isolation.layers, "missing": isolation.missing} if isolation else None,
                   metadata=self.inputs[0].metadata, more_inputs=[loaded.metadata for loaded in self.inputs[1:]],
-                  limits=self.config.limits.__dict__)
+                  limits=self.config.limits.__dict__, parent_iteration=self.parent_iteration)
         answer: str | None = None
         stopped: StopReason = StopReason.ERROR
         error: str | None = None

@@ -350,7 +350,7 @@ class Scheduler:
                          latency_s=round(time.monotonic() - started, 4),
                          finish_reason=completion.finish_reason, cache_key=key, reasoning=completion.reasoning,
                          cached_prompt_tokens=completion.cached_prompt_tokens,
-                         cache_write_tokens=completion.cache_write_tokens)
+                         cache_write_tokens=completion.cache_write_tokens, **_token_fields(completion))
         return completion
 
     async def _complete(self, client: ModelClient, messages: list[Message], max_output_tokens: int | None,
@@ -368,3 +368,9 @@ class Scheduler:
                 return await call
         except TimeoutError:
             raise ModelError(f"{client.name}: no answer within {timeout:.1f} s", retryable=True) from None
+
+
+def _token_fields(completion: Completion) -> dict:
+    """The reply's token ids and logprobs for the call event, only when the provider returned them."""
+    return {name: value for name in ("token_ids", "logprobs")
+            if (value := getattr(completion, name, None)) is not None}

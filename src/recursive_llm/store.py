@@ -46,12 +46,12 @@ from .events import report_problem
 from .models.base import Completion, Message
 from .preflight import DIST
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CALL_COMMIT_S = 0.02  # completed calls wait at most this long for their (group) commit
 _INSERT_CALL = ("INSERT INTO calls (call_id, run_id, root_id, depth, purpose, model, attempt, status, messages, "
                 "response, prompt_tokens, completion_tokens, cost_usd, latency_s, started_at, ended_at, "
-                "finish_reason, error, cache_key, cached, iteration, cell) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                "finish_reason, error, cache_key, cached, iteration, cell, reply_tokens) "
+                "VALUES (" + ", ".join(["?"] * 23) + ")")
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE runs (
@@ -100,6 +100,11 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE iterations ADD COLUMN reasoning TEXT;
     ALTER TABLE calls ADD COLUMN iteration INTEGER;
     ALTER TABLE calls ADD COLUMN cell INTEGER;
+    """,
+    5: """
+    ALTER TABLE runs ADD COLUMN parent_iteration INTEGER;
+    ALTER TABLE runs ADD COLUMN task TEXT;
+    ALTER TABLE calls ADD COLUMN reply_tokens TEXT;
     """,
 }
 
@@ -246,10 +251,11 @@ class RunQueries:
             raise KeyError(f"no run {root_id!r} in {self.path}")
         for collection in (runs,):
             for run in collection:
-                for field in ("metadata", "limits", "usage", "config"):
+                for field in ("metadata", "limits", "usage", "config", "task"):
                     run[field] = json.loads(run[field]) if run.get(field) else None
         for call in calls:
             call["messages"] = json.loads(call["messages"]) if call.get("messages") else None
+            call["reply_tokens"] = json.loads(call["reply_tokens"]) if call.get("reply_tokens") else None
         return {"root_id": root_id, "runs": runs, "iterations": iterations, "cells": cells, "calls": calls}
 
     def run_config(self, run_id: str) -> dict[str, Any]:
@@ -371,6 +377,11 @@ class Store(RunQueries):
         the caller's reason (a cancelled run records itself as interrupted, without knowing why)."""
         self._write("UPDATE runs SET status = 'interrupted', error = ?, ended_at = coalesce(ended_at, ?) "
                     "WHERE root_id = ? AND status IN ('running', 'interrupted')", (reason, time.time(), root_id))
+
+    def label_task(self, run_id: str, task: dict[str, Any]) -> None:
+        """Say which task a top-level run answered (`rlm bench`: family, size, seed), so that
+        `rlm export` can score its answer."""
+        self._write("UPDATE runs SET task = ? WHERE run_id = ?", (_json(task), run_id))
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
@@ -523,13 +534,14 @@ class Recorder:
         self.store._write(
             "INSERT INTO runs (run_id, root_id, parent_run_id, depth, query, model, sub_model, environment, "
             "status, started_at, metadata, limits, config, resumed_from, trajectory_path, session_id, "
-            "host, pid, pid_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "host, pid, pid_started, parent_iteration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?, ?, ?)",
             (event["run_id"], self.root_id, event.get("parent_run_id"), event["depth"], event.get("query"),
              event.get("model"), event.get("sub_model"), event.get("environment"), event["ts"],
              _json(event.get("metadata")), _json(event.get("limits")),
              _json(self.config) if top else None, self.resumed_from if top else None,
              str(self.trajectory_path) if top and self.trajectory_path else None, self.session_id,
-             _HOST, os.getpid(), _process_started(os.getpid())))
+             _HOST, os.getpid(), _process_started(os.getpid()), event.get("parent_iteration")))
 
     def iteration(self, event: dict[str, Any]) -> None:
         self.store._write("INSERT INTO iterations (run_id, iteration, reply, reasoning, code_blocks, final, ts) "
@@ -553,7 +565,7 @@ class Recorder:
                event.get("response"), event.get("prompt_tokens"), event.get("completion_tokens"),
                event.get("cost_usd"), latency, event["ts"] - latency, event["ts"],
                event.get("finish_reason"), event.get("error"), event.get("cache_key"), event.get("cached"),
-               event.get("iteration"), event.get("cell"))
+               event.get("iteration"), event.get("cell"), _json(_tokens(event)))
         fresh = status == "ok" and event.get("cached") is None
         self.store._queue_call(row, event.get("cache_key"), Completion(
             text=event.get("response") or "", model=event.get("model") or "",
@@ -567,7 +579,7 @@ class Recorder:
                f"tool:{event.get('name')}", 1, "ok" if event.get("error") is None else "error",
                _json([{"role": "tool", "content": event.get("arguments")}]), event.get("result"), 0, 0, 0.0,
                latency, event["ts"] - latency, event["ts"], None, event.get("error"), None, None,
-               event.get("iteration"), event.get("cell"))
+               event.get("iteration"), event.get("cell"), None)
         self.store._queue_call(row, None, None)
 
     def run_end(self, event: dict[str, Any]) -> None:
@@ -617,3 +629,9 @@ def _run_summary(row: sqlite3.Row) -> dict[str, Any]:
 
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _tokens(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A call's token ids and logprobs, when its provider returned them."""
+    kept = {name: event[name] for name in ("token_ids", "logprobs") if event.get(name) is not None}
+    return kept or None

@@ -66,6 +66,7 @@ async def run_method(method: str, task: Task, *, model: str, base_url: str | Non
                             "max_output_tokens": max_output_tokens, "temperature": 0, "cache": False},
                            **(rlm_options or {}))
             result = await rlm.acompletion(task.query, task.context)
+            _label(rlm, result.run_id, task)
             total = result.usage.total
             outcome = Outcome(result.answer, total.prompt_tokens, total.completion_tokens, total.calls,
                               result.cost_usd, error=result.error, run_id=result.run_id)
@@ -81,6 +82,13 @@ async def run_method(method: str, task: Task, *, model: str, base_url: str | Non
         outcome = Outcome(None, error=str(error))
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+def _label(rlm: Any, run_id: str | None, task: Task) -> None:
+    """Record the task with the run, so that `rlm export` can score it (the family regenerates it)."""
+    store = rlm._open_store()
+    if store is not None and run_id:
+        store.label_task(run_id, {"family": task.family, "size_tokens": task.size_tokens, "seed": task.seed})
 
 
 def _question(task: Task, text: str) -> str:

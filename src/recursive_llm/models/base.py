@@ -40,6 +40,10 @@ class Completion:
     # it (Anthropic's cache_creation_input_tokens).
     cached_prompt_tokens: int = 0
     cache_write_tokens: int = 0
+    # The reply's token ids and their log-probabilities, when the provider returned them (a client
+    # fills them only if it was asked to): stored with the call, exported for training.
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
 
     def __post_init__(self) -> None:  # every provider's reply enters here: text the rest can write
         if isinstance(self.text, str):

@@ -229,23 +229,3 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
 
     run_lines(view["root_id"], "")
     return "\n".join(lines)
-
-
-# -- training data ---------------------------------------------------------------------------------
-def training_examples(tree: dict[str, Any], *, all_depths: bool = True) -> list[dict[str, Any]]:
-    """One chat conversation per run: the last root call's messages plus its reply (the whole
-    conversation the model had, with code outputs as user turns), labelled with the outcome."""
-    examples = []
-    for run in tree["runs"]:
-        if not all_depths and run["parent_run_id"] is not None:
-            continue
-        root_calls = [c for c in tree["calls"] if c["run_id"] == run["run_id"] and c["status"] == "ok"
-                      and c["purpose"] in ("root", "final") and c.get("messages")]
-        if not root_calls:
-            continue
-        last = root_calls[-1]
-        messages = [*last["messages"], {"role": "assistant", "content": last["response"] or ""}]
-        examples.append({"messages": messages, "metadata": {
-            "run_id": run["run_id"], "root_id": tree["root_id"], "depth": run["depth"], "model": run["model"],
-            "status": run["status"], "answer": run["answer"], "iterations": run["iterations"]}})
-    return examples
