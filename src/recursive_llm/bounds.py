@@ -16,6 +16,10 @@ _DEFAULTS = {
     "max_pending_chars": 128_000_000,
     "max_answer_chars": 1_000_000,
     "max_recorded_chars": 200_000,
+    "max_memory_value_chars": 2_000_000,
+    "max_memory_run_chars": 8_000_000,
+    "max_memory_workspace_chars": 64_000_000,
+    "max_memory_entries": 1_000,
 }
 
 
@@ -32,6 +36,9 @@ class HostBounds(namedtuple("HostBounds", _DEFAULTS, defaults=tuple(_DEFAULTS.va
     - `max_answer_chars`: a final answer (`FINAL`, `FINAL_VAR`, the `answer` dict).
     - `max_recorded_chars`: one message or response as written to the trajectory and the store
       (the rest is replaced by a note with its length; the cache key still covers all of it).
+    - `max_memory_value_chars`: one `remember(name, value)` value, as JSON.
+    - `max_memory_run_chars`: what one run (with its child runs) may add to a memory workspace.
+    - `max_memory_workspace_chars` / `max_memory_entries`: what one workspace may hold (memory.py).
     """
 
     __slots__ = ()

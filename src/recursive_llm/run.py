@@ -52,6 +52,7 @@ class RunState:
     # The error texts that sub-calls returned to model code: never a run's answer.
     failures: set[str] = field(default_factory=set)
     pending_chars: int = 0  # prompt text of the sub-calls being served (HostBounds.max_pending_chars)
+    memory: Any = None  # memory.RunMemory: the named workspace of RLM(memory=...), or None
     _child_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
 
     def child_slots(self, depth: int) -> asyncio.Semaphore:
@@ -163,6 +164,9 @@ class Run:
         user_notes = [self.gate.schema.prompt_note()] if self.gate.schema is not None else []
         if self.turn_note:
             user_notes.append(self.turn_note)
+        if self.state.memory is not None and self.depth == 0:
+            user_notes.append(prompts.memory_section(self.state.memory.workspace.name,
+                                                     *self.state.memory.prompt_entries()))
         return prompts.first_messages(
             [loaded.metadata for loaded in self.inputs], query=self.query, style=self.style,
             recursion=self.depth + 1 < self.config.limits.max_depth, tables=any(i.tables for i in self.inputs),

@@ -199,6 +199,8 @@ class SubCalls:
         name = call.name
         if name.startswith("user:"):
             return await self._user_tool(name[5:], call.arguments)
+        if name.startswith("memory:"):
+            return await self._memory(name[7:], call.arguments)
         try:
             args = json.loads(call.arguments)
             if name == "search":
@@ -221,6 +223,22 @@ class SubCalls:
             return failed(str(error))
         except (ValueError, KeyError, TypeError, OSError, sqlite3.Error) as error:
             return failed(f"{name} failed: {type(error).__name__}: {error}")
+
+    async def _memory(self, op: str, arguments: str) -> Reply:
+        """`remember` and the `memory` mapping: the run's workspace (memory.RunMemory) answers."""
+        from .memory import MemoryRefused
+
+        memory = self.state.memory
+        if memory is None:
+            return failed("this run has no memory workspace: the user names one with RLM(memory=NAME) or "
+                          "`rlm ask --memory NAME`")
+        try:
+            args = json.loads(arguments)
+            return Reply(text=await asyncio.to_thread(memory.serve, op, args if isinstance(args, dict) else {}))
+        except (MemoryRefused, KeyError) as error:
+            return failed(str(error.args[0]) if error.args else type(error).__name__)
+        except (ValueError, TypeError, OSError, sqlite3.Error) as error:
+            return failed(f"memory {op} failed: {type(error).__name__}: {error}")
 
     async def _user_tool(self, name: str, arguments: str) -> Reply:
         from .tools import ToolFailure, record
