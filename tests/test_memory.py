@@ -1,0 +1,189 @@
+"""Memory across questions (issue 29): workspaces, remember / memory, bounds, staleness, forget."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from recursive_llm import RLM
+from recursive_llm.bounds import HOST_BOUNDS
+from recursive_llm.errors import ConfigError
+from recursive_llm.memory import MemoryRefused, Workspace, check_workspace_name
+from recursive_llm.testing import ScriptedModel
+
+HERE = Path(__file__).parent
+FILLER = "The parties agree to the terms set out below in good faith. "
+
+
+def repl(code: str) -> str:
+    return f"```repl\n{code}\n```"
+
+
+def write_contract(path: Path, fee: int) -> None:
+    path.write_text((FILLER * 160)[:9_500] + f"\nTermination fee: ${fee}\n" + (FILLER * 180)[:10_500])
+
+
+def ask(number: int, corpus: Path, home: Path) -> dict:
+    """One question of tests/memory_scenario.py, in a process of its own."""
+    env = dict(os.environ, RLM_HOME=str(home))
+    out = subprocess.run([sys.executable, str(HERE / "memory_scenario.py"), str(number), str(corpus)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def test_two_questions_then_five_percent_changed(tmp_path):
+    corpus, home = tmp_path / "contracts", tmp_path / "home"
+    corpus.mkdir()
+    fees = {f"contract_{i:03d}.txt": 1_000 + 37 * i for i in range(100)}
+    for name, fee in fees.items():
+        write_contract(corpus / name, fee)
+    assert sum(p.stat().st_size for p in corpus.iterdir()) >= 2_000_000
+
+    first = ask(1, corpus, home)
+    assert first["answer"] == str(sum(fees.values())) and first["sub_prompts"] == 100
+    assert "It holds no entries yet." in first["first_user"]
+
+    second = ask(2, corpus, home)  # different wording, a new process: memory, not the corpus
+    assert second["answer"] == max(fees, key=fees.get)
+    assert second["sub_tokens"] <= 0.2 * first["sub_tokens"]
+    assert "- termination_fees (dict," in second["first_user"] and "STALE" not in second["first_user"]
+    assert "{" not in second["first_user"].split("It holds 1 entries:")[1]  # names and notes, never values
+
+    amended = sorted(fees)[::20]  # 5 of the 100 documents change
+    for name in amended:
+        fees[name] += 500
+        write_contract(corpus / name, fees[name])
+    third = ask(3, corpus, home)
+    assert third["answer"] == str(sum(fees.values()))
+    assert third["sub_prompts"] == len(amended)
+    assert third["sub_tokens"] <= 0.06 * first["sub_tokens"]
+    assert "termination_fees (dict," in third["first_user"] and "STALE" in third["first_user"]
+    assert f"changed (5): {', '.join(amended)}" in third["first_user"]
+
+
+def run(code: str, context="some text", **options):
+    root = ScriptedModel([repl(code), "FINAL(done)"], name="root")
+    result = RLM(model=root, **options).completion("q", context)
+    return result, root.calls[1][-1]["content"]
+
+
+def test_remember_then_read_in_a_later_run_with_provenance(tmp_path):
+    result, out = run('remember("totals", {"a": 1, "b": [2, 3]}, "per-key totals")\nprint("saved")',
+                      memory="ws")
+    assert "saved" in out and result.answer == "done"
+    _, out = run('print(memory["totals"], sorted(memory), "totals" in memory, len(memory))\n'
+                 'i = memory.info("totals")\nprint(i["question"], i["note"], i["stale"], len(i["documents"]))',
+                 memory="ws")
+    assert "{'a': 1, 'b': [2, 3]} ['totals'] True 1" in out
+    assert "q per-key totals False 1" in out
+    info = Workspace("ws").info("totals")
+    assert info["run_id"] == result.run_id and info["type"] == "dict"
+
+
+def test_memory_is_read_only_and_values_are_json_only():
+    _, out = run('try:\n    memory["x"] = 1\nexcept TypeError as e:\n    print("refused:", e)\n'
+                 'try:\n    remember("s", {1, 2})\nexcept TypeError as e:\n    print("not json:", e)\n'
+                 'try:\n    remember("n", float("nan"))\nexcept TypeError as e:\n    print("nan:", e)\n'
+                 'try:\n    memory["missing"]\nexcept KeyError as e:\n    print("missing:", e)\n', memory="ws")
+    assert "refused: memory is read-only" in out and "not json: remember: the value must be JSON" in out
+    assert "nan: remember" in out and "has no entry 'missing'" in out
+    assert Workspace("ws").entries() == []
+
+
+def test_a_run_without_memory_says_how_to_name_one():
+    _, out = run('remember("a", 1)')
+    assert "this run has no memory workspace" in out and "--memory NAME" in out
+
+
+def test_bad_names_are_refused():
+    with pytest.raises(ConfigError, match="memory workspace name"):
+        check_workspace_name("../etc")
+    with pytest.raises(ConfigError):
+        RLM(model=ScriptedModel(["FINAL(x)"]), memory="a b")
+    _, out = run('remember("bad name!", 1)', memory="ws")
+    assert "name 'bad name!' is not valid" in out
+
+
+def test_size_bounds_per_value_per_run_and_per_workspace(monkeypatch):
+    import recursive_llm.memory as memory_module
+
+    monkeypatch.setattr(memory_module, "HOST_BOUNDS", HOST_BOUNDS._replace(
+        max_memory_value_chars=1_000, max_memory_run_chars=2_500, max_memory_workspace_chars=3_000,
+        max_memory_entries=4))
+    workspace = Workspace("bounded")
+    with pytest.raises(MemoryRefused, match="over the limit of 1,000 per entry"):
+        workspace.put("big", json.dumps("x" * 1_000), "", question=None, run_id=None, documents={})
+    code = "\n".join(f'print(remember("v{i}", "x" * 900))' for i in range(3))
+    _, out = run(code, memory="bounded")
+    assert out.count("'size': 902") == 2 and "pass the limit of 2,500 per run" in out
+    _, out = run('print(remember("v2", "y" * 900))\nprint(remember("v3", "z" * 900))', memory="bounded")
+    assert "'size': 902" in out and "pass its limit of 3,000" in out
+    workspace.put("v0", '"small"', "", question=None, run_id=None, documents={})  # replacing frees room
+    workspace.put("w", '1', "", question=None, run_id=None, documents={})
+    with pytest.raises(MemoryRefused, match="holds 4 entries"):
+        workspace.put("w2", '1', "", question=None, run_id=None, documents={})
+
+
+def test_the_worker_refuses_an_oversized_value_before_sending():
+    _, out = run(f'remember("huge", "x" * {HOST_BOUNDS.max_memory_value_chars + 1})', memory="ws")
+    assert "over the limit of" in out and Workspace("ws").entries() == []
+
+
+def test_stale_when_the_documents_change_and_changed_lists_them(tmp_path):
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (corpus / name).write_text(f"document {name}")
+    run('remember("notes", {"n": 3}, "three notes")', context=corpus, memory="ws")
+    assert Workspace("ws").entries()[0]["stale"] is False
+    (corpus / "b.txt").write_text("amended")
+    (corpus / "c.txt").unlink()
+    (corpus / "d.txt").write_text("new one")
+    root = ScriptedModel([repl('print(memory.changed("notes"))'), "FINAL(done)"])
+    RLM(model=root, memory="ws").completion("q", corpus)
+    prompt = root.calls[0][1]["content"]
+    assert "- notes (dict, 8 chars) STALE: three notes" in prompt
+    assert "new (1): d.txt; changed (1): b.txt; removed (1): c.txt" in prompt
+    assert "{'new': ['d.txt'], 'changed': ['b.txt'], 'removed': ['c.txt']}" in root.calls[1][-1]["content"]
+    assert Workspace("ws").info("notes")["stale"] is True
+
+
+def test_workspaces_of_different_owners_are_invisible_to_each_other():
+    mine, theirs = Workspace("shared", owner="client-a"), Workspace("shared", owner="client-b")
+    mine.put("secret", '"a"', "a's", question="q", run_id="r", documents={})
+    assert theirs.entries() == [] and mine.entries()[0]["name"] == "secret"
+    with pytest.raises(KeyError):
+        theirs.value_json("secret")
+    assert not theirs.forget("secret") and mine.value_json("secret") == '"a"'
+    result, out = run('print(sorted(memory))', memory=theirs)
+    assert "[]" in out
+
+
+def test_cli_memory_list_show_forget():
+    from recursive_llm.cli import main
+
+    run('remember("fees", [1, 2, 3], "fees per contract")', memory="contracts")
+    runner = CliRunner()
+    listed = runner.invoke(main, ["memory", "list"])
+    assert listed.exit_code == 0 and "contracts  1 entries" in listed.output
+    entries = runner.invoke(main, ["memory", "list", "--memory", "contracts"])
+    assert "fees  list, 9 chars" in entries.output and "fees per contract" in entries.output
+    shown = runner.invoke(main, ["memory", "show", "fees", "--memory", "contracts"])
+    assert shown.exit_code == 0 and "question: q" in shown.output and "value: [1, 2, 3]" in shown.output
+    forgot = runner.invoke(main, ["memory", "forget", "fees", "--memory", "contracts"])
+    assert forgot.exit_code == 0 and Workspace("contracts").entries() == []
+    again = runner.invoke(main, ["memory", "forget", "fees", "--memory", "contracts"])
+    assert again.exit_code == 4 and "has no entry 'fees'" in again.output
+
+
+def test_memory_file_is_private():
+    Workspace("ws").set_documents({})
+    home = Path(os.environ["RLM_HOME"])
+    assert (home / "memory.db").stat().st_mode & 0o777 == 0o600
