@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from recursive_llm import RLM
 from recursive_llm.bounds import HOST_BOUNDS
 from recursive_llm.errors import ConfigError
-from recursive_llm.memory import MemoryRefused, Workspace, check_workspace_name
+from recursive_llm.memory import MemoryRefused, Workspace, check_workspace_name, list_workspaces
 from recursive_llm.testing import ScriptedModel
 
 HERE = Path(__file__).parent
@@ -187,3 +187,42 @@ def test_memory_file_is_private():
     Workspace("ws").set_documents({})
     home = Path(os.environ["RLM_HOME"])
     assert (home / "memory.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_serve_memory_is_scoped_to_the_client_token(tmp_path):
+    """Two clients name the same workspace: each sees only its own entries; a bad name is a 400."""
+    import openai
+
+    from recursive_llm.testing import FakeLLMServer
+    from scripted_root import is_root
+    from test_server import Served
+
+    def respond(messages, model):
+        assert is_root(messages)
+        if "SAVE" in messages[1]["content"]:
+            return repl('remember("finding", "only for A", "what A found")\nFINAL("saved")')
+        return repl('FINAL(str(sorted(memory)))')
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("client-a-token-0123456789\nclient-b-token-0123456789\n")
+    root = tmp_path / "allowed"
+    root.mkdir()
+    with FakeLLMServer(responder=respond) as backend:
+        server = Served("--token-file", str(tokens), backend_url=backend.base_url, root=root)
+        try:
+            def ask_as(token: str, question: str, **extra) -> str:
+                reply = server.client(token).chat.completions.create(
+                    model="rlm", messages=[{"role": "user", "content": question}],
+                    extra_body={"context": "some text", **extra})
+                return reply.choices[0].message.content
+
+            saved = ask_as("client-a-token-0123456789", "SAVE it", memory="shared")
+            mine = ask_as("client-a-token-0123456789", "READ it", memory="shared")
+            theirs = ask_as("client-b-token-0123456789", "READ it", memory="shared")
+            with pytest.raises(openai.BadRequestError) as refused:
+                ask_as("client-a-token-0123456789", "READ it", memory="../other")
+        finally:
+            server.stop()
+    assert (saved, mine, theirs) == ("saved", "['finding']", "[]")
+    assert "memory workspace name '../other' is not valid" in str(refused.value)
+    assert list_workspaces() == []  # nor by local use (owner "") of the same RLM_HOME
