@@ -226,3 +226,28 @@ def test_serve_memory_is_scoped_to_the_client_token(tmp_path):
     assert (saved, mine, theirs) == ("saved", "['finding']", "[]")
     assert "memory workspace name '../other' is not valid" in str(refused.value)
     assert list_workspaces() == []  # nor by local use (owner "") of the same RLM_HOME
+
+
+def test_sub_calls_answered_in_the_workspace_are_reused_at_any_temperature():
+    from recursive_llm.events import read_trajectory
+
+    code = 'print(llm_query_batched(["one", "two", "three"]))\nprint(llm_query("four"))'
+
+    def ask_once(workspace: str, reuse: bool) -> tuple:
+        root = ScriptedModel([repl(code), "FINAL(done)"], name="root")
+        sub = ScriptedModel(default=lambda messages: "answer to " + messages[-1]["content"], name="sub")
+        result = RLM(model=root, sub_model=sub, memory=workspace, memory_reuse=reuse,
+                     temperature=0.7).completion("q", "text")
+        return result, sub, root.calls[1][-1]["content"]
+
+    first, sub, _ = ask_once("ws", True)
+    assert len(sub.calls) == 4 and first.usage.by_depth[1].cached_calls == 0
+    second, sub, out = ask_once("ws", True)
+    assert len(sub.calls) == 0 and "['answer to one', 'answer to two', 'answer to three']" in out
+    assert second.usage.by_depth[1].cached_calls == 4 and second.usage.by_depth[1].prompt_tokens == 0
+    events = [e for e in read_trajectory(second.trajectory_path) if e["type"] == "llm_call" and e["depth"] == 1]
+    assert [e["cached"] for e in events] == ["memory"] * 4 and all(e["cost_usd"] == 0 for e in events)
+    _, sub, _ = ask_once("ws", False)  # not opted in: paid again (temperature 0.7: no call cache either)
+    assert len(sub.calls) == 4
+    _, sub, _ = ask_once("other", True)  # another workspace has its own answers
+    assert len(sub.calls) == 4

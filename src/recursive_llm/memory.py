@@ -14,7 +14,8 @@ is *stale*, and `changed(name)` lists the new, changed and removed documents.
 Workspaces live in one SQLite file beside the run store, `RLM_HOME/memory.db`, keyed by an owner:
 "" for local use, the client's namespace on `rlm serve` (one client never sees another's).
 With `memory_reuse`, sub-call answers are kept per workspace and a repeated (model, prompt) is
-answered from there at any temperature (`RunMemory.reused`).
+answered from there at any temperature (`RunMemory.reused`), recorded as an `llm_call` with
+`cached: "memory"` and counted in the usage's `cached_calls`, not paid.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .context.loader import LoadedContext
+    from .models.base import Completion
 
 WORKSPACE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENTRY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
@@ -295,8 +297,6 @@ class RunMemory:
         self.documents = document_hashes(inputs)
         workspace.set_documents(self.documents)  # entries made from other documents are now stale
         self.added = 0
-        self.reused = 0  # sub-calls answered from the workspace (memory_reuse)
-        self.reused_tokens = 0
 
     def serve(self, op: str, args: dict[str, Any]) -> str:
         """One request of model code, as JSON text; MemoryRefused or KeyError say what is wrong."""
@@ -341,10 +341,36 @@ class RunMemory:
             changes.setdefault(key, ([], info["changes"]))[0].append(entry["name"])
         return entries, list(changes.values())
 
-    # -- sub-call reuse --------------------------------------------------------------------------
-    def answer_key(self, model: str, prompt: str) -> str:
-        payload = json.dumps({"model": model, "prompt": prompt}, ensure_ascii=False)
-        return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
+    # -- sub-call reuse (memory_reuse) ----------------------------------------------------------
+    async def reused(self, identity: str, prompt: str) -> "Completion | None":
+        """The workspace's earlier answer to this model and prompt, or None (also when reuse is off)."""
+        import asyncio
+
+        from .models.base import Completion
+
+        if not self.reuse:
+            return None
+        stored = await asyncio.to_thread(self.workspace.answer, _answer_key(identity, prompt))
+        if stored is None:
+            return None
+        fields = json.loads(stored)
+        return Completion(text=fields["text"], model=fields["model"], prompt_tokens=fields["prompt_tokens"],
+                          completion_tokens=fields["completion_tokens"], finish_reason=fields["finish_reason"])
+
+    async def keep(self, identity: str, prompt: str, completion: "Completion") -> None:
+        """Keep a sub-call's answer for later runs of the workspace (a cut-off answer is not kept)."""
+        import asyncio
+
+        if not self.reuse or completion.finish_reason == "length":
+            return
+        fields = {"text": completion.text, "model": completion.model, "prompt_tokens": completion.prompt_tokens,
+                  "completion_tokens": completion.completion_tokens, "finish_reason": completion.finish_reason}
+        await asyncio.to_thread(self.workspace.keep_answer, _answer_key(identity, prompt), json.dumps(fields))
+
+
+def _answer_key(identity: str, prompt: str) -> str:
+    payload = json.dumps({"model": identity, "prompt": prompt}, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # -- text for `rlm memory` -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .config import HOST_BOUNDS
 from .errors import RLMError
 from .models.base import ModelClient
-from .scheduler import CallSite
+from .scheduler import CallSite, _identity
 
 if TYPE_CHECKING:
     from .context.loader import LoadedContext
@@ -166,9 +166,13 @@ class SubCalls:
         if len(prompt) > HOST_BOUNDS.max_prompt_chars:
             return failed(f"sub-call refused: its prompt has {len(prompt):,} characters, over the limit of "
                           f"{HOST_BOUNDS.max_prompt_chars:,}; split the text and ask about the parts")
+        messages, site, memory = [{"role": "user", "content": prompt}], self.site("sub", depth), self.state.memory
         try:
-            completion = await self.state.scheduler.call(client, [{"role": "user", "content": prompt}],
-                                                         self.site("sub", depth))
+            if memory is not None and (stored := await memory.reused(_identity(client), prompt)) is not None:
+                return Reply(text=self.state.scheduler.answered(client, messages, site, stored, "memory").text)
+            completion = await self.state.scheduler.call(client, messages, site)
+            if memory is not None:
+                await memory.keep(_identity(client), prompt, completion)
         except RLMError as error:
             return failed(str(error))
         except Exception as error:  # an unexpected client failure stays in its slot
