@@ -251,3 +251,19 @@ def test_sub_calls_answered_in_the_workspace_are_reused_at_any_temperature():
     assert len(sub.calls) == 4
     _, sub, _ = ask_once("other", True)  # another workspace has its own answers
     assert len(sub.calls) == 4
+
+
+def test_the_prompts_memory_section_is_in_logs_show_and_the_viewer(tmp_path):
+    from recursive_llm.cli import main
+
+    run('remember("fees", [1, 2], "fees per contract")', memory="contracts")
+    result, _ = run('print(memory["fees"])', memory="contracts")
+    shown = CliRunner().invoke(main, ["logs", "show", result.run_id])
+    assert shown.exit_code == 0, shown.output
+    assert 'memory | Memory workspace "contracts"' in shown.output
+    assert "memory | - fees (list, 6 chars): fees per contract" in shown.output
+    page = tmp_path / "page.html"
+    viewed = CliRunner().invoke(main, ["view", result.run_id, "--output", str(page), "--no-open"])
+    assert viewed.exit_code == 0, viewed.output
+    html = page.read_text()
+    assert "- fees (list, 6 chars): fees per contract" in html and "Memory (the prompt" in html

@@ -46,7 +46,7 @@ from .events import report_problem
 from .models.base import Completion, Message
 from .preflight import DIST
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 CALL_COMMIT_S = 0.02  # completed calls wait at most this long for their (group) commit
 _INSERT_CALL = ("INSERT INTO calls (call_id, run_id, root_id, depth, purpose, model, attempt, status, messages, "
                 "response, prompt_tokens, completion_tokens, cost_usd, latency_s, started_at, ended_at, "
@@ -100,6 +100,9 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE iterations ADD COLUMN reasoning TEXT;
     ALTER TABLE calls ADD COLUMN iteration INTEGER;
     ALTER TABLE calls ADD COLUMN cell INTEGER;
+    """,
+    5: """
+    ALTER TABLE runs ADD COLUMN memory TEXT;
     """,
 }
 
@@ -523,13 +526,13 @@ class Recorder:
         self.store._write(
             "INSERT INTO runs (run_id, root_id, parent_run_id, depth, query, model, sub_model, environment, "
             "status, started_at, metadata, limits, config, resumed_from, trajectory_path, session_id, "
-            "host, pid, pid_started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "host, pid, pid_started, memory) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (event["run_id"], self.root_id, event.get("parent_run_id"), event["depth"], event.get("query"),
              event.get("model"), event.get("sub_model"), event.get("environment"), event["ts"],
              _json(event.get("metadata")), _json(event.get("limits")),
              _json(self.config) if top else None, self.resumed_from if top else None,
              str(self.trajectory_path) if top and self.trajectory_path else None, self.session_id,
-             _HOST, os.getpid(), _process_started(os.getpid())))
+             _HOST, os.getpid(), _process_started(os.getpid()), event.get("memory")))
 
     def iteration(self, event: dict[str, Any]) -> None:
         self.store._write("INSERT INTO iterations (run_id, iteration, reply, reasoning, code_blocks, final, ts) "

@@ -199,6 +199,8 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
         lines.append(f"{indent}== run {run_id} (depth {run['depth']}) · {run['model']} · {run['status']} · "
                      f"{run['iterations'] or 0} iterations · {run['duration_s'] or 0:.1f}s{flags}")
         lines.append(f"{indent}question: {_clip(run['query'], full, 500)}")
+        if run.get("memory"):
+            lines.extend(f"{indent}memory | {line}" for line in _clip(run["memory"], full, 4_000).splitlines())
         for it in run["iterations_list"]:
             call = view["calls"].get(it["call"]) if it["call"] else None
             usage = f" · {call['prompt_tokens'] + call['completion_tokens']:,} tokens" if call else ""
