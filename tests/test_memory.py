@@ -294,3 +294,32 @@ def test_with_the_embedded_model_the_memory_section_is_in_logs_show_and_the_view
     subprocess.run([sys.executable, "-m", "recursive_llm", "view", run_id, "-o", str(page), "--no-open"],
                    check=True, env=env, timeout=120)
     assert "- animals (dict, 11 chars) STALE: animal counts on the farm" in page.read_text()
+
+
+def test_rlm_ask_memory_saves_and_a_second_ask_reads(tmp_path):
+    from recursive_llm.testing import FakeLLMServer
+    from scripted_root import root_then_sub
+
+    doc = tmp_path / "notes.txt"
+    doc.write_text("the launch code is 1234\n")
+    turns = [repl('if "code" in memory:\n    FINAL("from memory: " + memory["code"])\nelse:\n'
+                  '    remember("code", context.split()[-1], "the launch code")\n    FINAL("saved")')]
+
+    def ask_cli(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "recursive_llm", "ask", "What is the code?", "--context",
+                               str(doc), "--model", "m", "--base-url", backend.base_url, "--quiet", *extra],
+                              capture_output=True, text=True, timeout=120)
+
+    with FakeLLMServer(responder=root_then_sub(turns)) as backend:
+        first, second = ask_cli("--memory", "ops"), ask_cli("--memory", "ops")
+        bad = ask_cli("--memory", "no/slash")
+    assert (first.stdout, second.stdout) == ("saved\n", "from memory: 1234\n"), first.stderr + second.stderr
+    assert bad.returncode == 4 and "memory workspace name 'no/slash' is not valid" in bad.stderr
+
+
+def test_the_reference_prompt_style_lists_memory_too():
+    Workspace("ws").put("facts", '["a"]', "facts found", question="q", run_id="r", documents={})
+    root = ScriptedModel(["FINAL(x)"], name="root")
+    RLM(model=root, memory="ws", prompt_style="reference").completion("q", "text")
+    first_user = root.calls[0][1]["content"]
+    assert first_user.startswith("Answer the following: q") and "- facts (list, 5 chars) STALE: facts found" in first_user
