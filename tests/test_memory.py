@@ -85,6 +85,11 @@ def test_remember_then_read_in_a_later_run_with_provenance(tmp_path):
     assert "q per-key totals False 1" in out
     info = Workspace("ws").info("totals")
     assert info["run_id"] == result.run_id and info["type"] == "dict"
+    from recursive_llm.events import read_trajectory
+
+    writes = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "tool_call"]
+    assert [(e["name"], json.loads(e["arguments"]), e["cell"]) for e in writes] == [
+        ("remember", {"name": "totals", "note": "per-key totals", "chars": 21}, 1)]
 
 
 def test_memory_is_read_only_and_values_are_json_only():

@@ -405,3 +405,14 @@ def start_run(workspace: Workspace, **kwargs: Any) -> RunMemory:
     except (OSError, sqlite3.Error) as error:
         raise ConfigError(f"memory workspace {workspace.name!r} ({workspace.path}) could not be used "
                           f"({type(error).__name__}: {error}); make RLM_HOME writable, or run without --memory") from None
+
+
+def described(arguments: str) -> str:
+    """A `remember` request as the trajectory keeps it: name, note and size, not the value."""
+    try:
+        args = json.loads(arguments)
+        value = args.get("value")
+        return json.dumps({"name": args.get("name"), "note": args.get("note"),
+                           "chars": len(value) if isinstance(value, str) else None})
+    except (ValueError, AttributeError):
+        return arguments[:200]

@@ -236,13 +236,23 @@ class SubCalls:
         if memory is None:
             return failed("this run has no memory workspace: the user names one with RLM(memory=NAME) or "
                           "`rlm ask --memory NAME`")
+        started = time.monotonic()
         try:
             args = json.loads(arguments)
-            return Reply(text=await asyncio.to_thread(memory.serve, op, args if isinstance(args, dict) else {}))
+            args = args if isinstance(args, dict) else {}
+            reply = Reply(text=await asyncio.to_thread(memory.serve, op, args))
         except (MemoryRefused, KeyError) as error:
-            return failed(str(error.args[0]) if error.args else type(error).__name__)
+            reply = failed(str(error.args[0]) if error.args else type(error).__name__)
         except (ValueError, TypeError, OSError, sqlite3.Error) as error:
-            return failed(f"memory {op} failed: {type(error).__name__}: {error}")
+            reply = failed(f"memory {op} failed: {type(error).__name__}: {error}")
+        if op == "remember":  # writes are in the trajectory and the store: where each entry came from
+            from .memory import described
+            from .tools import record
+
+            where = self.site("sub", self.depth)
+            record(self.state, self.emit, "remember", described(arguments), started, reply.text, reply.error,
+                   iteration=where.iteration, cell=where.cell)
+        return reply
 
     async def _user_tool(self, name: str, arguments: str) -> Reply:
         from .tools import ToolFailure, record
