@@ -328,3 +328,17 @@ def test_the_reference_prompt_style_lists_memory_too():
     RLM(model=root, memory="ws", prompt_style="reference").completion("q", "text")
     first_user = root.calls[0][1]["content"]
     assert first_user.startswith("Answer the following: q") and "- facts (list, 5 chars) STALE: facts found" in first_user
+
+
+def test_a_workspace_that_fails_never_costs_a_paid_sub_call_its_answer(monkeypatch):
+    import sqlite3
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(Workspace, "answer", broken)
+    monkeypatch.setattr(Workspace, "keep_answer", broken)
+    root = ScriptedModel([repl('print(llm_query("hi"))'), "FINAL(done)"], name="root")
+    sub = ScriptedModel(default="hello back", name="sub")
+    RLM(model=root, sub_model=sub, memory="ws", memory_reuse=True).completion("q", "text")
+    assert len(sub.calls) == 1 and "hello back" in root.calls[1][-1]["content"]

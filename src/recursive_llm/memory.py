@@ -350,7 +350,10 @@ class RunMemory:
 
         if not self.reuse:
             return None
-        stored = await asyncio.to_thread(self.workspace.answer, _answer_key(identity, prompt))
+        try:
+            stored = await asyncio.to_thread(self.workspace.answer, _answer_key(identity, prompt))
+        except (sqlite3.Error, OSError):  # the workspace cannot answer: the call is made live
+            return None
         if stored is None:
             return None
         fields = json.loads(stored)
@@ -365,7 +368,10 @@ class RunMemory:
             return
         fields = {"text": completion.text, "model": completion.model, "prompt_tokens": completion.prompt_tokens,
                   "completion_tokens": completion.completion_tokens, "finish_reason": completion.finish_reason}
-        await asyncio.to_thread(self.workspace.keep_answer, _answer_key(identity, prompt), json.dumps(fields))
+        try:
+            await asyncio.to_thread(self.workspace.keep_answer, _answer_key(identity, prompt), json.dumps(fields))
+        except (sqlite3.Error, OSError):  # not kept: the paid answer still reaches model code
+            pass
 
 
 def _answer_key(identity: str, prompt: str) -> str:
