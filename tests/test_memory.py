@@ -342,3 +342,15 @@ def test_a_workspace_that_fails_never_costs_a_paid_sub_call_its_answer(monkeypat
     sub = ScriptedModel(default="hello back", name="sub")
     RLM(model=root, sub_model=sub, memory="ws", memory_reuse=True).completion("q", "text")
     assert len(sub.calls) == 1 and "hello back" in root.calls[1][-1]["content"]
+
+
+def test_a_session_turn_sees_what_an_earlier_turn_remembered_and_long_notes_are_clipped():
+    long_note = "n" * 500
+    root = ScriptedModel([repl(f'remember("first", 1, {long_note!r})\nFINAL("one")'),
+                          repl('FINAL(str(memory["first"] + 1))')], name="root")
+    with RLM(model=root, memory="ws").session("text") as chat:
+        assert chat.ask("question one").answer == "one"
+        assert chat.ask("question two").answer == "2"
+    second_prompt = next(m["content"] for m in root.calls[-1] if "Memory workspace" in m["content"])
+    assert "- first (int, 1 chars): " + "n" * 200 + " ..." in second_prompt and "n" * 201 not in second_prompt
+    assert Workspace("ws").info("first")["note"] == long_note

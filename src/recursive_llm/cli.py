@@ -68,7 +68,7 @@ def ask(**params) -> None:
 
 
 @main.command()
-@opt.take(*opt.INPUT, *opt.RUN, *opt.OUTPUT)
+@opt.take(*opt.INPUT, *opt.RUN, *opt.MEMORY, *opt.OUTPUT)
 @_exits
 def chat(**params) -> None:
     """Ask several questions about one input; the REPL and its variables live across questions.

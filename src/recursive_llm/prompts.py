@@ -271,6 +271,7 @@ was made; for a stale entry, redo only those and `remember` the updated value;
 {entries}"""
 
 MAX_PROMPT_ENTRIES = 50
+MAX_PROMPT_NOTE_CHARS = 200  # memory.info(name) has the whole note
 
 
 def memory_section(workspace: str, entries: list[dict], changes: list[tuple[list[str], dict]] = ()) -> str:
@@ -279,7 +280,8 @@ def memory_section(workspace: str, entries: list[dict], changes: list[tuple[list
     if not entries:
         listed = "It holds no entries yet."
     else:
-        lines = [f"- {e['name']} ({e['type']}, {e['size']:,} chars){' STALE' if e['stale'] else ''}: {e['note']}"
+        lines = [f"- {e['name']} ({e['type']}, {e['size']:,} chars){' STALE' if e['stale'] else ''}: "
+                 + (e["note"] if len(e["note"]) <= MAX_PROMPT_NOTE_CHARS else e["note"][:MAX_PROMPT_NOTE_CHARS] + " ...")
                  for e in entries[:MAX_PROMPT_ENTRIES]]
         if len(entries) > MAX_PROMPT_ENTRIES:
             lines.append(f"- ... and {len(entries) - MAX_PROMPT_ENTRIES:,} more (memory.keys())")
