@@ -201,11 +201,11 @@ class Workspace:
         shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "") if names else "none"
         return f"memory workspace {self.name!r} has no entry {name!r} (entries: {shown})"
 
-    def held_chars(self, *, besides: str | None = None) -> tuple[int, int]:
-        """(characters, entries) the workspace holds, not counting the entry `besides`."""
-        rows = self._query("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM entries "
-                           "WHERE owner = ? AND workspace = ? AND name != ?", besides or "")
-        return int(rows[0][0]), int(rows[0][1])
+    def held_chars(self, db: sqlite3.Connection, *, besides: str) -> tuple[int, int]:
+        """(characters, entries) the workspace holds, not counting the entry `besides` (lock held)."""
+        row = db.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM entries WHERE owner = ? AND workspace = ? "
+                         "AND name != ?", (self.owner, self.name, besides)).fetchone()
+        return int(row[0]), int(row[1])
 
     # -- writing ---------------------------------------------------------------------------------
     def set_documents(self, documents: dict[str, str]) -> None:
@@ -217,19 +217,30 @@ class Workspace:
             documents: dict[str, str]) -> dict[str, Any]:
         """Save a checked value (`check_entry`); bounded by what the workspace may hold."""
         value = check_entry(name, value_json, note)
-        held, count = self.held_chars(besides=name)
-        if held + len(value_json) > HOST_BOUNDS.max_memory_workspace_chars:
+        with self._lock:
+            db = self._connect()
+            db.execute("BEGIN IMMEDIATE")  # the bounds hold against other processes writing at once
+            try:
+                self._check_room(db, name, len(value_json))
+                db.execute("INSERT OR REPLACE INTO entries (owner, workspace, name, value, type, size, note, question, "
+                           "run_id, created, docs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (self.owner, self.name, name, value_json, _type_of(value), len(value_json), note, question,
+                            run_id, time.time(), json.dumps(documents, sort_keys=True)))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return {"name": name, "type": _type_of(value), "size": len(value_json)}
+
+    def _check_room(self, db: sqlite3.Connection, name: str, size: int) -> None:
+        held, count = self.held_chars(db, besides=name)
+        if held + size > HOST_BOUNDS.max_memory_workspace_chars:
             raise MemoryRefused(f"memory workspace {self.name!r} holds {held:,} characters; with this value it would "
                                 f"pass its limit of {HOST_BOUNDS.max_memory_workspace_chars:,}: forget entries "
                                 f"(rlm memory forget NAME) or remember less")
         if count + 1 > HOST_BOUNDS.max_memory_entries:
             raise MemoryRefused(f"memory workspace {self.name!r} holds {count:,} entries, its limit: forget some or "
                                 f"keep related values together in one dict")
-        self._query("INSERT OR REPLACE INTO entries (owner, workspace, name, value, type, size, note, question, "
-                    "run_id, created, docs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", name, value_json,
-                    _type_of(value), len(value_json), note, question, run_id, time.time(),
-                    json.dumps(documents, sort_keys=True))
-        return {"name": name, "type": _type_of(value), "size": len(value_json)}
 
     def forget(self, name: str) -> bool:
         with self._lock:
@@ -297,6 +308,7 @@ class RunMemory:
         self.documents = document_hashes(inputs)
         workspace.set_documents(self.documents)  # entries made from other documents are now stale
         self.added = 0
+        self._adding = threading.Lock()  # model code may remember from several threads at once
 
     def serve(self, op: str, args: dict[str, Any]) -> str:
         """One request of model code, as JSON text; MemoryRefused or KeyError say what is wrong."""
@@ -321,13 +333,14 @@ class RunMemory:
 
     def remember(self, name: str, value_json: Any, note: Any) -> dict[str, Any]:
         size = len(value_json) if isinstance(value_json, str) else 0
-        if self.added + size > HOST_BOUNDS.max_memory_run_chars:
-            raise MemoryRefused(f"remember: this run has saved {self.added:,} characters; with this value it would "
-                                f"pass the limit of {HOST_BOUNDS.max_memory_run_chars:,} per run; remember "
-                                f"summaries rather than raw text")
-        saved = self.workspace.put(name, value_json, note, question=self.question, run_id=self.run_id,
-                                   documents=self.documents)
-        self.added += size
+        with self._adding:
+            if self.added + size > HOST_BOUNDS.max_memory_run_chars:
+                raise MemoryRefused(f"remember: this run has saved {self.added:,} characters; with this value it "
+                                    f"would pass the limit of {HOST_BOUNDS.max_memory_run_chars:,} per run; remember "
+                                    f"summaries rather than raw text")
+            saved = self.workspace.put(name, value_json, note, question=self.question, run_id=self.run_id,
+                                       documents=self.documents)
+            self.added += size
         return saved
 
     def prompt_entries(self) -> tuple[list[dict[str, Any]], list[tuple[list[str], dict[str, list[str]]]]]:
