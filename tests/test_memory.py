@@ -182,6 +182,11 @@ def test_cli_memory_list_show_forget():
     assert "fees  list, 9 chars" in entries.output and "fees per contract" in entries.output
     shown = runner.invoke(main, ["memory", "show", "fees", "--memory", "contracts"])
     assert shown.exit_code == 0 and "question: q" in shown.output and "value: [1, 2, 3]" in shown.output
+    page = Path(os.environ["RLM_HOME"]) / "page.html"
+    viewed = runner.invoke(main, ["memory", "view", "-w", "contracts", "-o", str(page)])
+    assert viewed.exit_code == 0, viewed.output
+    html = page.read_text()
+    assert "<td>fees</td><td>list</td><td>9</td><td>fees per contract</td><td>q</td>" in html and "current" in html
     forgot = runner.invoke(main, ["memory", "forget", "fees", "--memory", "contracts"])
     assert forgot.exit_code == 0 and Workspace("contracts").entries() == []
     again = runner.invoke(main, ["memory", "forget", "fees", "--memory", "contracts"])
@@ -354,3 +359,14 @@ def test_a_session_turn_sees_what_an_earlier_turn_remembered_and_long_notes_are_
     second_prompt = next(m["content"] for m in root.calls[-1] if "Memory workspace" in m["content"])
     assert "- first (int, 1 chars): " + "n" * 200 + " ..." in second_prompt and "n" * 201 not in second_prompt
     assert Workspace("ws").info("first")["note"] == long_note
+
+
+def test_the_workspace_page_escapes_what_model_code_wrote():
+    from recursive_llm.viewer import workspace_html
+
+    space = Workspace("ws")
+    space.put("plain", '1', "<script>alert(1)</script>", question="<b>q</b>", run_id="r", documents={})
+    page = workspace_html("ws", [space.info("plain")])
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;q" in page
+    with pytest.raises(MemoryRefused):
+        space.put("<img>", '1', "", question=None, run_id=None, documents={})

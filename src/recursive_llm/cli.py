@@ -301,7 +301,7 @@ def batch(tasks_file: Path, executor: str, address, workers, results_file, **val
 
 @main.group("memory")
 def memory_group() -> None:
-    """What memory workspaces (--memory NAME) hold and where each entry came from."""
+    """What memory workspaces (--memory NAME) hold and where each entry came from: list, show, view, forget."""
 
 
 _WORKSPACE = click.option("--memory", "-w", "workspace", metavar="WORKSPACE", required=True,
@@ -337,6 +337,24 @@ def memory_show(name: str, workspace: str) -> None:
         click.echo(info_text(Workspace(workspace), name))
     except KeyError as error:
         raise ConfigError(error.args[0]) from None
+
+
+@memory_group.command("view")
+@_WORKSPACE
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the HTML file (default: $RLM_HOME/views/memory-WORKSPACE.html).")
+@_exits
+def memory_view(workspace: str, output: Path | None) -> None:
+    """Write a page of what a workspace holds and where each entry came from (no values)."""
+    from .memory import Workspace
+    from .paths import open_private, private_dir, rlm_home
+    from .viewer import workspace_html
+
+    space = Workspace(workspace)
+    output = output or private_dir(rlm_home() / "views") / f"memory-{workspace}.html"
+    with open_private(output, "w") as handle:
+        handle.write(workspace_html(workspace, [space.info(e["name"]) for e in space.entries()]))
+    click.echo(str(output))
 
 
 @memory_group.command("forget")

@@ -249,3 +249,27 @@ def training_examples(tree: dict[str, Any], *, all_depths: bool = True) -> list[
             "run_id": run["run_id"], "root_id": tree["root_id"], "depth": run["depth"], "model": run["model"],
             "status": run["status"], "answer": run["answer"], "iterations": run["iterations"]}})
     return examples
+
+
+# -- a memory workspace ----------------------------------------------------------------------------
+def workspace_html(workspace: str, entries: list[dict[str, Any]]) -> str:
+    """One self-contained page: what a memory workspace holds and where each entry came from
+    (`entries`: `memory.Workspace.info` of each; values are not shown, `rlm memory show` has them)."""
+    def cell(value: Any) -> str:
+        return f"<td>{html.escape(str(value if value is not None else ''))}</td>"
+
+    rows = []
+    for e in entries:
+        changes = "; ".join(f"{kind} {len(paths)}: {', '.join(paths[:20])}" for kind, paths in e["changes"].items()
+                            if paths)
+        rows.append("<tr>" + "".join(cell(v) for v in (
+            e["name"], e["type"], f"{e['size']:,}", e["note"], e["question"], e["run_id"], e["created"],
+            len(e["documents"]), f"stale ({changes})" if e["stale"] else "current")) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("entry", "type", "chars", "note", "question", "run (rlm view RUN)",
+                                             "made", "documents", "state"))
+    title = html.escape(f"RLM memory workspace {workspace}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
+            "body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head>"
+            f"<body><h1>{title}</h1><p>{len(entries):,} entries</p><table><tr>{head}</tr>{''.join(rows)}</table>"
+            "</body></html>")
