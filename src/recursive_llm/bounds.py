@@ -19,6 +19,10 @@ _DEFAULTS = {
     "max_recorded_chars": 200_000,
     "max_message_bytes": 80_000_000,
     "max_message_values": 1_000_000,
+    "max_memory_value_chars": 2_000_000,
+    "max_memory_run_chars": 8_000_000,
+    "max_memory_workspace_chars": 64_000_000,
+    "max_memory_entries": 1_000,
 }
 
 
@@ -43,6 +47,9 @@ class HostBounds(namedtuple("HostBounds", _DEFAULTS, defaults=tuple(_DEFAULTS.va
     - `max_message_values`: JSON values (lists, dicts, their items) in one message from the
       worker, counted before it is decoded (decoded, each costs 30-180 bytes: a frame of
       `[[],[],...]` would hold 20 times its size). Past it, as past `max_message_bytes`.
+    - `max_memory_value_chars`: one `remember(name, value)` value, as JSON.
+    - `max_memory_run_chars`: what one run (with its child runs) may add to a memory workspace.
+    - `max_memory_workspace_chars` / `max_memory_entries`: what one workspace may hold (memory.py).
     """
 
     __slots__ = ()

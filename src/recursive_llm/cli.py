@@ -56,7 +56,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("question", required=False)
-@opt.take(*opt.INPUT, *opt.RUN, "fallback_after", *opt.OUTPUT)
+@opt.take(*opt.INPUT, *opt.RUN, "fallback_after", *opt.MEMORY, *opt.OUTPUT)
 @click.option("--schema", "schema_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="A JSON schema file: the answer must be JSON that validates; it is printed as JSON.")
 @click.option("--resume", metavar="RUN_ID", default=None,
@@ -90,7 +90,7 @@ def ask(**params) -> None:
 
 
 @main.command()
-@opt.take(*opt.INPUT, *opt.RUN, *opt.OUTPUT)
+@opt.take(*opt.INPUT, *opt.RUN, *opt.MEMORY, *opt.OUTPUT)
 @_exits
 def chat(**params) -> None:
     """Ask several questions about one input; the REPL and its variables live across questions.
@@ -349,6 +349,78 @@ def batch(tasks_file: Path, executor: str, address, workers, results_file, **val
     _err(f"{counts['tasks']} tasks: {counts['skipped']} already finished, {counts['ran']} run now, "
          f"{counts['failed']} failed{progress.totals()} · results in {results_file} (one line per task)")
     sys.exit(EXIT_FAILED if counts["failed"] else EXIT_OK)
+
+
+@main.group("memory")
+def memory_group() -> None:
+    """What memory workspaces (--memory NAME) hold and where each entry came from: list, show, view, forget."""
+
+
+_WORKSPACE = click.option("--memory", "-w", "workspace", metavar="WORKSPACE", required=True,
+                          help="The workspace (as given to rlm ask --memory).")
+
+
+@memory_group.command("list")
+@click.option("--memory", "-w", "workspace", metavar="WORKSPACE", default=None,
+              help="One workspace's entries (default: every workspace).")
+@_exits
+def memory_list(workspace: str | None) -> None:
+    """The workspaces, or one workspace's entries (name, type, size, note, stale)."""
+    from .memory import Workspace, entries_text, list_workspaces
+
+    if workspace is not None:
+        click.echo(entries_text(Workspace(workspace)))
+        return
+    spaces = list_workspaces()
+    click.echo("\n".join(f"{w['workspace']}  {w['entries']:,} entries, {w['chars']:,} chars" for w in spaces)
+               or "No memory workspaces yet (rlm ask --memory NAME ... makes one).")
+
+
+@memory_group.command("show")
+@click.argument("name")
+@_WORKSPACE
+@_exits
+def memory_show(name: str, workspace: str) -> None:
+    """One entry: its note, question, run, time, documents, staleness and value."""
+    from .errors import ConfigError
+    from .memory import Workspace, info_text
+
+    try:
+        click.echo(info_text(Workspace(workspace), name))
+    except KeyError as error:
+        raise ConfigError(error.args[0]) from None
+
+
+@memory_group.command("view")
+@_WORKSPACE
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the HTML file (default: $RLM_HOME/views/memory-WORKSPACE.html).")
+@_exits
+def memory_view(workspace: str, output: Path | None) -> None:
+    """Write a page of what a workspace holds and where each entry came from (no values)."""
+    from .memory import Workspace
+    from .paths import open_private, private_dir, rlm_home
+    from .viewer import workspace_html
+
+    space = Workspace(workspace)
+    output = output or private_dir(rlm_home() / "views") / f"memory-{workspace}.html"
+    with open_private(output, "w") as handle:
+        handle.write(workspace_html(workspace, [space.info(e["name"]) for e in space.entries()]))
+    click.echo(str(output))
+
+
+@memory_group.command("forget")
+@click.argument("name")
+@_WORKSPACE
+@_exits
+def memory_forget(name: str, workspace: str) -> None:
+    """Remove one entry from a workspace."""
+    from .errors import ConfigError
+    from .memory import Workspace
+
+    if not Workspace(workspace).forget(name):
+        raise ConfigError(f"memory workspace {workspace!r} has no entry {name!r} (rlm memory list -w {workspace})")
+    click.echo(f"Forgot {name!r} in memory workspace {workspace!r}.")
 
 
 @main.group()

@@ -25,7 +25,7 @@ Listener = Callable[[dict[str, Any]], None]
 COMMON_FIELDS = frozenset({"ts", "type", "run_id", "depth", "parent_run_id"})
 EVENT_FIELDS: dict[str, frozenset[str]] = {
     "run_start": frozenset({"query", "model", "sub_model", "environment", "isolation", "metadata", "more_inputs",
-                            "limits", "parent_iteration"}),
+                            "limits", "parent_iteration", "memory"}),
     "iteration": frozenset({"iteration", "reply", "reasoning", "code_blocks", "final"}),
     "cell": frozenset({"iteration", "index", "code", "stdout", "stderr", "error", "final", "timed_out", "restarted",
                        "duration_s"}),

@@ -132,6 +132,12 @@ def _loop_options(click) -> dict[str, Option]:  # how calls and the loop behave
         "tools": Option(("--tool", "tools"), {"multiple": True, "metavar": "MODULE:FUNCTION",
                         "help": "A function of yours that model code may call by name (repeatable): module:function "
                         "or path/to/file.py:function. It runs in this process, never in the sandbox."}, rlm="tools"),
+        "memory": Option(("--memory",), {"default": None, "metavar": "NAME", "help": "A memory workspace kept across "
+                         "questions (in RLM_HOME): model code reads what earlier runs saved (`memory`) and saves "
+                         "with remember(name, value, note). `rlm memory list` shows it."}, rlm="memory"),
+        "memory_reuse": Option(("--memory-reuse",), {"is_flag": True, "default": False, "help": "With --memory: "
+                               "answer a sub-call whose model and prompt the workspace already answered from there, "
+                               "at any temperature."}, rlm="memory_reuse"),
     }
 
 
@@ -288,6 +294,7 @@ INPUT = ("contexts", "include", "exclude", "encoding", "separate", "no_gitignore
 RUN = (*MODELS, *LIMITS, "environment", "allowed_models", "sandbox", "context_window", "temperature", "cache",
        "prompt_style", "tools")
 OUTPUT = ("as_json", "verbose", "quiet")
+MEMORY = ("memory", "memory_reuse")
 
 _TABLE: dict[str, Option] | None = None
 
@@ -327,7 +334,8 @@ _RLM_KEYWORDS = {"model", "sub_model", "base_url", "api_key", "max_depth", "max_
                  "allowed_models", "sub_calls", "ray_fanout_at", "system_prompt", "verbose", "max_output_chars",
                  "cell_timeout_s", "max_concurrency", "max_retries", "call_timeout_s", "max_output_tokens",
                  "temperature", "fallback_after", "schema_retries", "prompt_style", "compact_at",
-                 "root_context_window", "trajectory_dir", "on_event", "store", "cache", "tools"}
+                 "root_context_window", "trajectory_dir", "on_event", "store", "cache", "tools", "memory",
+                 "memory_reuse"}
 
 
 def rlm_keywords(values: dict[str, Any]) -> dict[str, Any]:

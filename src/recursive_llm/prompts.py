@@ -257,3 +257,38 @@ def first_messages(metadata: list[dict], *, query: str, style: PromptStyle, recu
                                     max_iterations=max_iterations)
     return [{"role": "system", "content": "\n\n".join([system, *system_notes])},
             {"role": "user", "content": "\n\n".join([user, *user_notes])}]
+
+
+# -- memory across questions (memory.py) ------------------------------------------------------------
+MEMORY_NOTE = """\
+Memory workspace "{workspace}": values that earlier runs over this corpus saved. Reuse them instead \
+of recomputing, and save what a later question could reuse:
+- `memory[name]` reads a value (JSON data); `name in memory`, `memory.keys()`;
+- `memory.info(name)`: its note, the question and run that made it, when, its documents, `stale`;
+- `memory.changed(name)`: {{"new": [...], "changed": [...], "removed": [...]}} document paths since it \
+was made; for a stale entry, redo only those and `remember` the updated value;
+- `remember(name, value, note)` saves a JSON value (str, numbers, lists, dicts) with a short note.
+{entries}"""
+
+MAX_PROMPT_ENTRIES = 50
+MAX_PROMPT_NOTE_CHARS = 200  # memory.info(name) has the whole note
+
+
+def memory_section(workspace: str, entries: list[dict], changes: list[tuple[list[str], dict]] = ()) -> str:
+    """The memory workspace's entries (name, type, size, note, stale), never their values, and the
+    documents that changed since stale entries were made."""
+    if not entries:
+        listed = "It holds no entries yet."
+    else:
+        lines = [f"- {e['name']} ({e['type']}, {e['size']:,} chars){' STALE' if e['stale'] else ''}: "
+                 + (e["note"] if len(e["note"]) <= MAX_PROMPT_NOTE_CHARS else e["note"][:MAX_PROMPT_NOTE_CHARS] + " ...")
+                 for e in entries[:MAX_PROMPT_ENTRIES]]
+        if len(entries) > MAX_PROMPT_ENTRIES:
+            lines.append(f"- ... and {len(entries) - MAX_PROMPT_ENTRIES:,} more (memory.keys())")
+        listed = f"It holds {len(entries):,} entries:\n" + "\n".join(lines)
+    for names, change in changes:
+        parts = [f"{kind} ({len(paths):,}): " + ", ".join(paths[:20]) + (" ..." if len(paths) > 20 else "")
+                 for kind, paths in change.items() if paths]
+        listed += (f"\nThe input changed since {', '.join(names[:10])} {'was' if len(names) == 1 else 'were'} "
+                   f"made: " + ("; ".join(parts) or "different inputs"))
+    return MEMORY_NOTE.format(workspace=workspace, entries=listed)

@@ -62,6 +62,8 @@ class RLM:
         # recording and watching
         verbose: bool = False, trajectory_dir: str | Path | None = None, on_event: Listener | None = None,
         store: Any = True, cache: bool | None = None,
+        # memory across questions (memory.py): a workspace name (or a memory.Workspace)
+        memory: Any = None, memory_reuse: bool = False,
     ) -> None:
         from .models.resolver import resolve_model
         from .tools import tools_of
@@ -96,6 +98,9 @@ class RLM:
         self.store = store
         # The call cache: None = on when temperature is 0 (identical calls give identical answers).
         self.cache = cache
+        # The memory workspace runs read and `remember` into (memory.py), or None.
+        self.memory = _workspace(memory)
+        self.memory_reuse = bool(memory_reuse)
         # completion()'s event loop, kept between calls: the next call reuses the provider's connections
         self._kept_loop = KeptLoop([root_client, sub_client])
         weakref.finalize(self, drop, self._kept_loop).atexit = False  # the exit closes it (kept_loop.py)
@@ -207,6 +212,11 @@ class RLM:
         events = EventLog(trajectory_path, listeners)
         state = self._new_state(events, store, replay)
         try:
+            if self.memory is not None:
+                from .memory import start_run
+
+                state.memory = await asyncio.to_thread(start_run, self.memory, question=query, run_id=run_id,
+                                                       inputs=inputs, reuse=self.memory_reuse)
             run = Run(state, query=query, inputs=inputs, depth=0, run_id=run_id, parent_run_id=None,
                       root_client=self.root_client, environment=environment, turn_note=turn_note, schema=schema)
             if environment is not None:
@@ -250,6 +260,15 @@ class RLM:
             self._store_instance = self.store if isinstance(self.store, Store) else Store(
                 None if self.store is True else self.store)
         return self._store_instance
+
+
+def _workspace(memory: Any):
+    """RLM(memory=...): None, a workspace name, or a memory.Workspace (rlm serve's, scoped to a client)."""
+    if memory is None:
+        return None
+    from .memory import Workspace
+
+    return memory if isinstance(memory, Workspace) else Workspace(memory)
 
 
 def _default_trajectory_dir() -> Path:

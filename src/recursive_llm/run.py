@@ -9,6 +9,7 @@ window is `compaction.Compactor`'s job.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class RunState:
     # The error texts that sub-calls returned to model code: never a run's answer.
     failures: set[str] = field(default_factory=set)
     pending_chars: int = 0  # prompt text of the sub-calls being served (HostBounds.max_pending_chars)
+    memory: Any = None  # memory.RunMemory: the named workspace of RLM(memory=...), or None
     _child_slots: dict[int, asyncio.Semaphore] = field(default_factory=dict)
 
     def child_slots(self, depth: int) -> asyncio.Semaphore:
@@ -176,11 +178,21 @@ class Run:
         user_notes = [self.gate.schema.prompt_note()] if self.gate.schema is not None else []
         if self.turn_note:
             user_notes.append(self.turn_note)
+        if self.memory_note:
+            user_notes.append(self.memory_note)
         return prompts.first_messages(
             [loaded.metadata for loaded in self.inputs], query=self.query, style=self.style,
             recursion=self.depth + 1 < self.config.limits.max_depth, tables=any(i.tables for i in self.inputs),
             override=loop.system_prompt, max_iterations=self.config.limits.max_iterations,
             system_notes=system_notes, user_notes=user_notes)
+
+    @functools.cached_property
+    def memory_note(self) -> str | None:
+        """The root prompt's memory section (the workspace's entries, never their values), or None."""
+        memory = self.state.memory
+        if memory is None or self.depth != 0:
+            return None
+        return prompts.memory_section(memory.workspace.name, *memory.prompt_entries())
 
     async def execute(self) -> Result:
         env = self.environment or self._make_environment()
@@ -189,7 +201,8 @@ class Run:
                   sub_model=self.config.sub_client.name, environment=self.config.worker.environment,
                   isolation={"layers": isolation.layers, "missing": isolation.missing} if isolation else None,
                   metadata=self.inputs[0].metadata, more_inputs=[loaded.metadata for loaded in self.inputs[1:]],
-                  limits=self.config.limits.__dict__, parent_iteration=self.parent_iteration)
+                  limits=self.config.limits.__dict__, parent_iteration=self.parent_iteration,
+                  memory=self.memory_note)
         answer: str | None = None
         stopped: StopReason = StopReason.ERROR
         error: str | None = None

@@ -261,8 +261,6 @@ class Scheduler:
         A call recorded by the run being resumed, or (with the cache on) an identical earlier call,
         is answered from the store: no request, no budget, no cost.
         """
-        self._call_counter += 1
-        call_id = f"{site.run_id}:{self._call_counter}"
         max_output_tokens = max_output_tokens or self.max_output_tokens
         key = None
         if self.store is not None:
@@ -274,13 +272,9 @@ class Scheduler:
             if stored is None and self.use_cache:
                 stored, source = self.store.cached_completion(key), "cache"
             if stored is not None:
-                self.usage.record(client.name, site.depth, TokenUsage(cached_calls=1))
-                self.events.emit("llm_call", **site.fields(), call_id=call_id,
-                                 model=client.name, attempt=0, messages=for_record(messages),
-                                 response=stored.text, prompt_tokens=stored.prompt_tokens,
-                                 completion_tokens=stored.completion_tokens, cost_usd=0.0, latency_s=0.0,
-                                 finish_reason=stored.finish_reason, cache_key=key, cached=source)
-                return stored
+                return self.answered(client, messages, site, stored, source, key)
+        self._call_counter += 1
+        call_id = f"{site.run_id}:{self._call_counter}"
         # A plain loop, not tenacity: its per-attempt bookkeeping cost about 40 µs, which a fan-out
         # of a thousand 100 ms calls at concurrency 64 pays serially (2.5% of its wall time).
         attempt = 1
@@ -292,6 +286,19 @@ class Scheduler:
                     raise
                 await asyncio.sleep(self._delay(error, attempt))
                 attempt += 1
+
+    def answered(self, client: ModelClient, messages: list[Message], site: CallSite, stored: Completion,
+                 source: str, key: str | None = None) -> Completion:
+        """A call answered without a request (`source`: "replay", "cache", or "memory" for a sub-call
+        a memory workspace had answered): recorded as an `llm_call` event, no budget, no cost."""
+        self._call_counter += 1
+        self.usage.record(client.name, site.depth, TokenUsage(cached_calls=1))
+        self.events.emit("llm_call", **site.fields(), call_id=f"{site.run_id}:{self._call_counter}",
+                         model=client.name, attempt=0, messages=for_record(messages),
+                         response=stored.text, prompt_tokens=stored.prompt_tokens,
+                         completion_tokens=stored.completion_tokens, cost_usd=0.0, latency_s=0.0,
+                         finish_reason=stored.finish_reason, cache_key=key, cached=source)
+        return stored
 
     async def _attempt(self, client: ModelClient, messages: list[Message], site: CallSite,
                        call_id: str, attempt: int, max_output_tokens: int | None, key: str | None) -> Completion:

@@ -253,6 +253,7 @@ def _request_model():
         context: Any = None
         rlm: dict[str, Any] | None = None
         response_format: dict[str, Any] | None = None
+        memory: str | None = None  # a memory workspace of this client's (memory.py)
 
     return Request
 
@@ -275,7 +276,18 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
         "model": root_model, "query": query, "context": context, "limits": limits, "stream": request.stream,
         "temperature": request.temperature, "max_output_tokens": request.max_tokens,
         "include_usage": bool((request.stream_options or {}).get("include_usage")), "requested": request.model,
-        "schema": response_schema(request.response_format)})
+        "schema": response_schema(request.response_format),
+        "memory": _memory_name(request.memory)})
+
+
+def _memory_name(name: str | None) -> str | None:
+    """The request's `memory` workspace name, checked (a workspace is the client's own: `_run`)."""
+    from .memory import check_workspace_name
+
+    try:
+        return None if name is None else check_workspace_name(name)
+    except ConfigError as error:
+        raise RequestError(400, str(error)) from None
 
 
 def _query_and_context(texts: list[tuple[str, str]], field: Any, config: ServeConfig) -> tuple[str, Any]:
@@ -717,6 +729,14 @@ def _store_for(stores: dict[str, Any], client: str | None):
     return store
 
 
+def _workspace_for(args: dict[str, Any]):
+    """The request's memory workspace, scoped to its client: another client's token never reaches it."""
+    from .memory import Workspace
+
+    name = args.get("memory")
+    return None if name is None else Workspace(name, owner=args.get("client") or "serve:loopback")
+
+
 async def _run(config: ServeConfig, args: dict[str, Any], on_event, stores: dict[str, Any]):
     limits: ServeLimits = args["limits"]
     store = _store_for(stores, args.get("client"))
@@ -732,7 +752,7 @@ async def _run(config: ServeConfig, args: dict[str, Any], on_event, stores: dict
         rlm = make_rlm(limits.as_dict(), model=args["model"], sub_model=config.sub_model, base_url=config.base_url,
                        sandbox=config.sandbox, temperature=args["temperature"], max_retries=config.max_retries,
                        max_output_tokens=args["max_output_tokens"], call_timeout_s=config.call_timeout_s,
-                       on_event=listen, store=store)
+                       on_event=listen, store=store, memory=_workspace_for(args))
         return await rlm.acompletion(args["query"], args["context"], schema=args.get("schema"))
     except asyncio.CancelledError:  # the client went away (or shutdown ran out of grace): it will not end
         if "run_id" in started:

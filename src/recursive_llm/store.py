@@ -105,6 +105,7 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE runs ADD COLUMN parent_iteration INTEGER;
     ALTER TABLE runs ADD COLUMN task TEXT;
     ALTER TABLE calls ADD COLUMN reply_tokens TEXT;
+    ALTER TABLE runs ADD COLUMN memory TEXT;
     """,
 }
 
@@ -534,14 +535,14 @@ class Recorder:
         self.store._write(
             "INSERT INTO runs (run_id, root_id, parent_run_id, depth, query, model, sub_model, environment, "
             "status, started_at, metadata, limits, config, resumed_from, trajectory_path, session_id, "
-            "host, pid, pid_started, parent_iteration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?, ?)",
+            "host, pid, pid_started, parent_iteration, memory) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?, ?, ?, ?)",
             (event["run_id"], self.root_id, event.get("parent_run_id"), event["depth"], event.get("query"),
              event.get("model"), event.get("sub_model"), event.get("environment"), event["ts"],
              _json(event.get("metadata")), _json(event.get("limits")),
              _json(self.config) if top else None, self.resumed_from if top else None,
              str(self.trajectory_path) if top and self.trajectory_path else None, self.session_id,
-             _HOST, os.getpid(), _process_started(os.getpid()), event.get("parent_iteration")))
+             _HOST, os.getpid(), _process_started(os.getpid()), event.get("parent_iteration"), event.get("memory")))
 
     def iteration(self, event: dict[str, Any]) -> None:
         self.store._write("INSERT INTO iterations (run_id, iteration, reply, reasoning, code_blocks, final, ts) "

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .config import HOST_BOUNDS
 from .errors import RLMError
 from .models.base import ModelClient
-from .scheduler import CallSite
+from .scheduler import CallSite, _identity
 
 if TYPE_CHECKING:
     from .context.loader import LoadedContext
@@ -200,9 +200,14 @@ class SubCalls:
         if (length := call.prompt_size(prompt)) > HOST_BOUNDS.max_prompt_chars:
             return failed(f"sub-call refused: its prompt has {length:,} characters, over the limit of "
                           f"{HOST_BOUNDS.max_prompt_chars:,}; split the text and ask about the parts")
+        text = call.prompt(prompt)  # with the context, when the call carries one: built now, by this lane
+        messages, site, memory = [{"role": "user", "content": text}], self.site("sub", depth), self.state.memory
         try:
-            completion = await self.state.scheduler.call(client, [{"role": "user", "content": call.prompt(prompt)}],
-                                                         self.site("sub", depth))
+            if memory is not None and (stored := await memory.reused(_identity(client), text)) is not None:
+                return Reply(text=self.state.scheduler.answered(client, messages, site, stored, "memory").text)
+            completion = await self.state.scheduler.call(client, messages, site)
+            if memory is not None:
+                await memory.keep(_identity(client), text, completion)
         except RLMError as error:
             return failed(str(error))
         except Exception as error:  # an unexpected client failure stays in its slot
@@ -233,6 +238,8 @@ class SubCalls:
         name = call.name
         if name.startswith("user:"):
             return await self._user_tool(name[5:], call.arguments)
+        if name.startswith("memory:"):
+            return await self._memory(name[7:], call.arguments)
         try:
             args = json.loads(call.arguments)
             if name == "search":
@@ -263,6 +270,32 @@ class SubCalls:
         config = self.config
         clients = (config.root_client, config.sub_client)
         return Redactor([config.api_key, *(getattr(client, "_api_key", None) for client in clients)])
+
+    async def _memory(self, op: str, arguments: str) -> Reply:
+        """`remember` and the `memory` mapping: the run's workspace (memory.RunMemory) answers."""
+        from .memory import MemoryRefused
+
+        memory = self.state.memory
+        if memory is None:
+            return failed("this run has no memory workspace: the user names one with RLM(memory=NAME) or "
+                          "`rlm ask --memory NAME`")
+        started = time.monotonic()
+        try:
+            args = json.loads(arguments)
+            args = args if isinstance(args, dict) else {}
+            reply = Reply(text=await asyncio.to_thread(memory.serve, op, args))
+        except (MemoryRefused, KeyError) as error:
+            reply = failed(str(error.args[0]) if error.args else type(error).__name__)
+        except (ValueError, TypeError, OSError, sqlite3.Error) as error:
+            reply = failed(f"memory {op} failed: {type(error).__name__}: {error}")
+        if op == "remember":  # writes are in the trajectory and the store: where each entry came from
+            from .memory import described
+            from .tools import record
+
+            where = self.site("sub", self.depth)
+            record(self.state, self.emit, "remember", described(arguments), started, reply.text, reply.error,
+                   iteration=where.iteration, cell=where.cell)
+        return reply
 
     async def _user_tool(self, name: str, arguments: str) -> Reply:
         from .tools import ToolFailure, record

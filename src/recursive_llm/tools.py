@@ -38,7 +38,7 @@ from typing import Any
 RESERVED_NAMES = frozenset({
     "context", "answer", "history", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched",
     "SHOW_VARS", "FINAL", "FINAL_VAR", "grep", "chunk", "count_tokens", "search", "semantic_search", "sql",
-    "print", "ToolError",
+    "print", "ToolError", "remember", "memory",
 })
 MAX_DOC_CHARS = 1_500
 MAX_TOOL_THREADS = 32  # plain-function tool calls running at once in a process, abandoned ones included

@@ -139,6 +139,81 @@ def _bounded_answer(text: str) -> str:
     return text
 
 
+class Memory:
+    """`memory`: the run's memory workspace, read-only. Each read asks the host (JSON, never pickle);
+    write with `remember(name, value, note)`."""
+
+    __slots__ = ("_ask",)
+
+    def __init__(self, ask: "Callable[..., Any]") -> None:
+        object.__setattr__(self, "_ask", ask)
+
+    def __getitem__(self, name: str) -> Any:
+        reply = self._ask("get", name=str(name))
+        if not reply["found"]:
+            raise KeyError(reply["error"])
+        return reply["value"]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def keys(self) -> list[str]:
+        return [entry["name"] for entry in self._ask("list")]
+
+    def entries(self) -> list[dict]:
+        """Every entry's name, type, size, note, question, run, time and staleness (no values)."""
+        return self._ask("list")
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.keys()
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(name, self[name]) for name in self.keys()]
+
+    def info(self, name: str) -> dict:
+        """Its note, the question and run that made it, when, its documents (path -> hash), `stale`."""
+        return self._ask("info", name=str(name))
+
+    def changed(self, name: str) -> dict:
+        """The document paths new, changed and removed since the entry was made."""
+        return self._ask("changed", name=str(name))
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        raise TypeError("memory is read-only: save a value with remember(name, value, note)")
+
+    __delitem__ = __setitem__
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError("memory is read-only: save a value with remember(name, value, note)")
+
+    def __repr__(self) -> str:
+        return f"<memory: {', '.join(self.keys()) or 'no entries'}>"
+
+
+def _memory_json(value: Any) -> str:
+    """A value to remember as JSON, refused here when it is not JSON or over the per-entry bound."""
+    from ..bounds import HOST_BOUNDS
+
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"remember: the value must be JSON data (str, numbers, bool, None, lists, dicts): "
+                        f"{error}") from None
+    if len(text) > HOST_BOUNDS.max_memory_value_chars:
+        raise ValueError(f"remember: the value has {len(text):,} characters as JSON, over the limit of "
+                         f"{HOST_BOUNDS.max_memory_value_chars:,} per entry; remember a summary, or split it")
+    return text
+
+
 def _message_of(reply: dict) -> str:
     return reply.get("text", "") if reply.get("ok") else f"Error: {reply.get('error', 'unknown error')}"
 
@@ -168,7 +243,8 @@ class REPL:
         self.namespace.update(self._contract)
         self.sql_tables = helpers.SQLTables(list(tables))
         self._helpers = {"grep": self.grep, "chunk": self.chunk, "count_tokens": self.count_tokens,
-                         "search": self.search, "semantic_search": self.semantic_search, "sql": self.sql}
+                         "search": self.search, "semantic_search": self.semantic_search, "sql": self.sql,
+                         "remember": self.remember, "memory": Memory(self._memory)}
         self.namespace.update(self._helpers)
         self.namespace["_map_reduce"] = self.map_reduce
         self.namespace["_user_tool"] = self.user_tool  # what the stubs of the user's tools call
@@ -224,6 +300,16 @@ class REPL:
         if not reply.get("ok"):
             raise ToolError(reply.get("error", f"{name} failed"))
         return json.loads(reply["text"])
+
+    def _memory(self, op: str, **arguments: Any) -> Any:
+        reply = self._call_host("tool", [json.dumps(arguments)], "memory:" + op, None)[0]
+        if not reply.get("ok"):
+            raise SubCallError(reply.get("error", f"memory {op} failed"))
+        return json.loads(reply["text"])
+
+    def remember(self, name: str, value: Any, note: str = "") -> dict:
+        """Save a JSON value under `name` in the run's memory workspace, with a short note."""
+        return self._memory("remember", name=str(name), value=_memory_json(value), note=str(note))
 
     def search(self, query: str, k: int = 10) -> list:
         """BM25 full-text search over the input's passages; best first, each with .path and .line."""

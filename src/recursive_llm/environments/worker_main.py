@@ -163,7 +163,7 @@ class Guard:
         import json
         import types
 
-        classes = (REPL, HostChannel, runtime.CappedBuffer, threading.Event, queue.Queue)
+        classes = (REPL, HostChannel, runtime.CappedBuffer, runtime.Memory, threading.Event, queue.Queue)
         self._classes = [(cls, dict(cls.__dict__)) for cls in classes]
         self._functions = [(f, f.__code__, f.__defaults__, f.__kwdefaults__) for _, snapshot in self._classes
                            for f in snapshot.values() if isinstance(f, types.FunctionType)]

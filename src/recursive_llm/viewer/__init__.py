@@ -200,6 +200,8 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
                      f"{run['iterations'] or 0} iteration{'' if run['iterations'] == 1 else 's'} · "
                      f"{run['duration_s'] or 0:.1f}s{flags}")
         lines.append(f"{indent}question: {_clip(run['query'], full, 500)}")
+        if run.get("memory"):
+            lines.extend(f"{indent}memory | {line}" for line in _clip(run["memory"], full, 4_000).splitlines())
         for it in run["iterations_list"]:
             call = view["calls"].get(it["call"]) if it["call"] else None
             usage = f" · {call['prompt_tokens'] + call['completion_tokens']:,} tokens" if call else ""
@@ -229,3 +231,27 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
 
     run_lines(view["root_id"], "")
     return "\n".join(lines)
+
+
+# -- a memory workspace ----------------------------------------------------------------------------
+def workspace_html(workspace: str, entries: list[dict[str, Any]]) -> str:
+    """One self-contained page: what a memory workspace holds and where each entry came from
+    (`entries`: `memory.Workspace.info` of each; values are not shown, `rlm memory show` has them)."""
+    def cell(value: Any) -> str:
+        return f"<td>{html.escape(str(value if value is not None else ''))}</td>"
+
+    rows = []
+    for e in entries:
+        changes = "; ".join(f"{kind} {len(paths)}: {', '.join(paths[:20])}" for kind, paths in e["changes"].items()
+                            if paths)
+        rows.append("<tr>" + "".join(cell(v) for v in (
+            e["name"], e["type"], f"{e['size']:,}", e["note"], e["question"], e["run_id"], e["created"],
+            len(e["documents"]), f"stale ({changes})" if e["stale"] else "current")) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("entry", "type", "chars", "note", "question", "run (rlm view RUN)",
+                                             "made", "documents", "state"))
+    title = html.escape(f"RLM memory workspace {workspace}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
+            "body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head>"
+            f"<body><h1>{title}</h1><p>{len(entries):,} entries</p><table><tr>{head}</tr>{''.join(rows)}</table>"
+            "</body></html>")
