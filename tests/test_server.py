@@ -130,6 +130,12 @@ def test_files_under_the_allowed_root_only(served):
         message = refused.value.body["message"]
         assert "outside the allowed root" in message or "does not exist" in message
         assert str(Path.home()) not in message and "allowed/" not in message
+    # one input shape for every front end (issue 27): another tool's shape is an error, never data
+    for other in ({"path": "report.txt"}, {"paths": ["report.txt"]}, {"files": []}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="rlm", messages=[{"role": "user", "content": "Summarize"}],
+                                           extra_body={"context": other})
+        assert '{"files": [' in refused.value.body["message"], refused.value.body["message"]
 
 
 def test_auth_body_limit_budgets_and_errors(served, backend, tmp_path):

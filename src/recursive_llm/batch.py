@@ -60,17 +60,16 @@ def read_tasks(path: Path) -> list[dict[str, Any]]:
 
 
 def _files_resolved(context: Any, path: Path, number: int) -> Any:
-    """`{"files": ["a.txt", "dir"]}` with each path made absolute (relative to the tasks file);
-    other text or data as it is; the shape of another tool (`{"path": ...}`) is an error, not data."""
-    where = f"{path} line {number}"
-    if isinstance(context, dict) and set(context) == {"path"}:
-        raise ContextError(f'{where}: "context": {{"path": ...}} is not an input shape; name files as '
-                           f'{{"files": ["{context["path"]}"]}} (the shape rlm serve takes too)')
-    if not (isinstance(context, dict) and set(context) == {"files"}):
+    """`{"files": ["a.txt", "dir"]}` (`named_files`: the shape every front end takes) with each path
+    made absolute (relative to the tasks file); other text or data as it is."""
+    from .context.loader import named_files
+
+    try:
+        files = named_files(context)
+    except ContextError as error:
+        raise ContextError(f'{path} line {number}: "context": {error}') from None
+    if files is None:
         return context
-    files = context["files"]
-    if not (isinstance(files, list) and files and all(isinstance(f, str) and f.strip() for f in files)):
-        raise ContextError(f'{where}: "files" is a non-empty list of paths, e.g. {{"files": ["notes.txt"]}}')
     return {"files": [str((path.parent / name).resolve()) for name in files]}
 
 

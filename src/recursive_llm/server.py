@@ -362,14 +362,15 @@ def allowed_models(config: ServeConfig) -> list[str]:
 
 def load_request_context(value: Any, config: ServeConfig) -> Any:
     """The `context` field: text or data as is; `{"files": [...]}` only under the allowed root."""
-    from .context.loader import load_context_value
+    from .context.loader import load_context_value, named_files
 
-    if isinstance(value, dict) and set(value) == {"files"}:
+    try:
+        files = named_files(value)
+    except ContextError as error:
+        raise RequestError(400, f"context: {error} (paths relative to the allowed root)") from None
+    if files is not None:
         if config.allowed_root is None:
             raise RequestError(400, "file references are disabled on this server (it has no --allowed-root)")
-        files = value["files"]
-        if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
-            raise RequestError(400, "context.files must be a non-empty list of paths relative to the allowed root")
         root = config.allowed_root.resolve()
         paths = [allowed_file(name, root) for name in files]
         return paths[0] if len(paths) == 1 else paths

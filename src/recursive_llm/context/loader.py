@@ -109,6 +109,31 @@ def as_inputs(context: Any) -> list[LoadedContext]:
     return [LoadedContext(context, "raw")]
 
 
+FILES_SHAPE = '{"files": ["notes.txt", "docs/"]}'
+_OTHER_FILE_SHAPES = ({"path"}, {"paths"}, {"file"}, {"filename"})
+
+
+def named_files(value: Any) -> list[str] | None:
+    """The one shape that names files as an input, in every front end (`rlm batch`'s tasks, `rlm
+    serve`'s `context` field): `{"files": [path, ...]}`. Returns the paths, or None when `value` is
+    text or data. Another tool's shape (`{"path": ...}`, `{"paths": ...}`, `{"file": ...}`) is an
+    error naming this one, never silently data."""
+    if not isinstance(value, dict):
+        return None
+    keys = set(value)
+    if keys in _OTHER_FILE_SHAPES:
+        key = next(iter(keys))
+        named = value[key] if isinstance(value[key], list) else [value[key]]
+        example = json.dumps({"files": named}) if all(isinstance(n, str) for n in named) and named else FILES_SHAPE
+        raise ContextError(f'{{"{key}": ...}} is not an input shape; name files as {example}')
+    if keys != {"files"}:
+        return None
+    files = value["files"]
+    if not (isinstance(files, list) and files and all(isinstance(f, str) and f.strip() for f in files)):
+        raise ContextError(f'"files" must be a non-empty list of paths, e.g. {FILES_SHAPE}')
+    return files
+
+
 def load_context_value(value: Any) -> LoadedContext:
     """Load in-memory data as it is: a string is always text here, never a path.
 
