@@ -50,9 +50,11 @@ def load_scorer(spec: str) -> Scorer:
     return function
 
 
-def _bench_scorer(task: dict[str, Any]) -> Callable[[str | None], float] | None:
+def bench_scorer(task: dict[str, Any]) -> Callable[[str | None], float] | None:
     from .bench.families import FAMILIES
 
+    """The scorer of a bench task `{"family", "size_tokens", "seed"}` (the family rebuilds the task
+    and its known answer), or None for an unknown family."""
     family = FAMILIES.get(str(task.get("family")))
     if family is None:
         return None
@@ -68,7 +70,7 @@ def reward(tree: dict[str, Any], scorer: Scorer | None) -> float | None:
         except Exception as error:  # the user's code: say whose failure it is
             raise ValueError(f"the scorer failed on run {top['run_id']}: {type(error).__name__}: {error}") from None
     elif top.get("task"):
-        score = _bench_scorer(top["task"])
+        score = bench_scorer(top["task"])
         if score is None:
             return None
         value = score(top["answer"])
