@@ -55,3 +55,34 @@ def test_training_safe_runs_never_compact():
 
     loop = RLM(model=ScriptedModel(default="FINAL(x)"), **TRAINING_SAFE).config.loop
     assert loop.compact_at is None and loop.fallback_after is None
+
+
+def test_the_verifiers_environment_rolls_out_rlm_runs_and_rewards_exact_answers(tmp_path, monkeypatch):
+    """Needs verifiers (>= 0.4), which pins openai<3 and mcp==2.0.0: it runs where verifiers is
+    installed (a venv of its own), and is skipped in the shared environment."""
+    vf = pytest.importorskip("verifiers.v1")
+    from verifiers.v1.configs.client import EvalClientConfig
+
+    from recursive_llm.training import load_environment
+
+    monkeypatch.setenv("RLM_HOME", str(tmp_path))
+    monkeypatch.setenv("FAKE_TRAINER_KEY", "x")
+    right, wrong = examples("niah", "8k", count=2)
+    env = load_environment(task="niah", size="8k", count=2)
+    tasks = list(env.taskset)
+    assert [t.data.task for t in tasks] == [right["task"], wrong["task"]]
+
+    async def evaluate(server: FakeLLMServer) -> list:
+        trainer = vf.ModelContext(model="policy", client=EvalClientConfig(base_url=server.base_url,
+                                                                            api_key_var="FAKE_TRAINER_KEY"))
+        async with env.serving():  # verifiers' interception server between the RLM and the "trainer"
+            return [await env.run_episode(task, trainer) for task in tasks]
+
+    with FakeLLMServer(responder=policy({key_of(wrong)})) as server:
+        episodes = asyncio.run(evaluate(server))
+    traces = [episode.traces[0] for episode in episodes]
+    assert all(episode.ok for episode in episodes), [episode.errors for episode in episodes]
+    assert [trace.rewards["exact_answer"].score for trace in traces] == [1.0, 0.0]
+    assert [trace.info["rlm_answer"] for trace in traces] == [right["answer"], "0"]
+    assert len(server.requests) == 4  # two turns per rollout, every one through the interception
+    assert all("x-rlm-request-id" in headers for headers in server.request_headers)  # the ids reach the trainer
