@@ -27,8 +27,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .call_ids import ROOT_TURNS, record_id
+
 FORMATS = ("chat", "sft", "calls")
-ROOT_TURNS = ("root", "final")  # the root model's own turns (a final-answer request is one too)
 Scorer = Callable[[Any, dict[str, Any]], float]
 
 
@@ -49,9 +50,11 @@ def load_scorer(spec: str) -> Scorer:
     return function
 
 
-def _bench_scorer(task: dict[str, Any]) -> Callable[[str | None], float] | None:
+def bench_scorer(task: dict[str, Any]) -> Callable[[str | None], float] | None:
     from .bench.families import FAMILIES
 
+    """The scorer of a bench task `{"family", "size_tokens", "seed"}` (the family rebuilds the task
+    and its known answer), or None for an unknown family."""
     family = FAMILIES.get(str(task.get("family")))
     if family is None:
         return None
@@ -67,7 +70,7 @@ def reward(tree: dict[str, Any], scorer: Scorer | None) -> float | None:
         except Exception as error:  # the user's code: say whose failure it is
             raise ValueError(f"the scorer failed on run {top['run_id']}: {type(error).__name__}: {error}") from None
     elif top.get("task"):
-        score = _bench_scorer(top["task"])
+        score = bench_scorer(top["task"])
         if score is None:
             return None
         value = score(top["answer"])
@@ -79,13 +82,11 @@ def reward(tree: dict[str, Any], scorer: Scorer | None) -> float | None:
 
 
 def _ids(calls: list[dict[str, Any]]) -> list[str]:
-    """A unique id per call row: its call id, with the attempt when retries share it."""
+    """A unique id per call row: its call id, with the attempt when retries share it (call_ids.py)."""
     counts: dict[Any, int] = {}
     for call in calls:
         counts[call["call_id"]] = counts.get(call["call_id"], 0) + 1
-    return [f"{c['run_id']}/row{c['id']}" if c["call_id"] is None else
-            c["call_id"] if counts[c["call_id"]] == 1 else f"{c['call_id']}/attempt{c['attempt']}/row{c['id']}"
-            for c in calls]
+    return [record_id(c["call_id"], c["run_id"], c["id"], c["attempt"], counts[c["call_id"]] > 1) for c in calls]
 
 
 def _turns(tree: dict[str, Any], ids: dict[int, str]) -> dict[str, list[tuple[dict, str]]]:
@@ -132,9 +133,12 @@ def call_records(tree: dict[str, Any]) -> list[dict[str, Any]]:
     calls = tree["calls"]
     ids = dict(zip((c["id"] for c in calls), _ids(calls)))
     parents = _parents(tree, ids)
+    request_ids = {ids[c["id"]]: c["call_id"] for c in calls}  # what the request headers carried
     records = []
     for call in calls:
-        record = {"id": ids[call["id"]], "parent_id": parents[call["id"]], "run_id": call["run_id"],
+        parent = parents[call["id"]]
+        record = {"id": ids[call["id"]], "parent_id": parent, "request_id": call["call_id"],
+                  "parent_request_id": request_ids.get(parent) if parent else None, "run_id": call["run_id"],
                   "root_id": tree["root_id"], "depth": call["depth"], "purpose": call["purpose"],
                   "model": call["model"], "status": call["status"], "iteration": call["iteration"],
                   "cell": call["cell"], "messages": call["messages"], "completion": call["response"],

@@ -146,7 +146,8 @@ class Run:
         cell that is running (a run runs one cell at a time), the iteration and the cell's index."""
         iteration = self._iteration_of_cells() if purpose == "sub" else self.iterations or None
         return CallSite(run_id=self.run_id, depth=self.depth if depth is None else depth, purpose=purpose,
-                        iteration=iteration, cell=self.current_cell if purpose == "sub" else None)
+                        iteration=iteration, cell=self.current_cell if purpose == "sub" else None,
+                        parent_run_id=self.parent_run_id, parent_iteration=self.parent_iteration)
 
     def _iteration_of_cells(self) -> int | None:
         return self.cell_iteration if self.cell_iteration is not None else (self.iterations or None)

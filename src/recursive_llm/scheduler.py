@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .budget import Budget
+from .call_ids import CallTree, request_headers
+from .call_ids import call_id as new_call_id
 from .config import HOST_BOUNDS, RetryPolicy
 from .errors import BudgetExceeded, ModelError
 from .events import EventLog
@@ -36,6 +38,9 @@ class CallSite:
     purpose: str
     iteration: int | None = None
     cell: int | None = None
+    # For a child run's calls: the run whose code started it, and that run's turn (call_ids.CallTree).
+    parent_run_id: str | None = None
+    parent_iteration: int | None = None
 
     def fields(self) -> dict:
         """The call events' fields that say where the call comes from."""
@@ -246,6 +251,7 @@ class Scheduler:
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self.in_flight = 0
         self._call_counter = 0
+        self.tree = CallTree()  # each call's parent, for the headers a request carries (call_ids.py)
 
     def _delay(self, error: BaseException, attempt: int) -> float:
         """Honour Retry-After when the provider sent one; else exponential backoff with full jitter."""
@@ -274,13 +280,14 @@ class Scheduler:
             if stored is not None:
                 return self.answered(client, messages, site, stored, source, key)
         self._call_counter += 1
-        call_id = f"{site.run_id}:{self._call_counter}"
+        call_id = new_call_id(site.run_id, self._call_counter)
+        headers = request_headers(site, call_id, self.tree.started(site, call_id))  # the same on every attempt
         # A plain loop, not tenacity: its per-attempt bookkeeping cost about 40 µs, which a fan-out
         # of a thousand 100 ms calls at concurrency 64 pays serially (2.5% of its wall time).
         attempt = 1
         while True:
             try:
-                return await self._attempt(client, messages, site, call_id, attempt, max_output_tokens, key)
+                return await self._attempt(client, messages, site, call_id, attempt, max_output_tokens, key, headers)
             except ModelError as error:
                 if not error.retryable or attempt > self.retry.max_retries:
                     raise
@@ -292,8 +299,10 @@ class Scheduler:
         """A call answered without a request (`source`: "replay", "cache", or "memory" for a sub-call
         a memory workspace had answered): recorded as an `llm_call` event, no budget, no cost."""
         self._call_counter += 1
+        call_id = new_call_id(site.run_id, self._call_counter)
+        self.tree.started(site, call_id)
         self.usage.record(client.name, site.depth, TokenUsage(cached_calls=1))
-        self.events.emit("llm_call", **site.fields(), call_id=f"{site.run_id}:{self._call_counter}",
+        self.events.emit("llm_call", **site.fields(), call_id=call_id,
                          model=client.name, attempt=0, messages=for_record(messages),
                          response=stored.text, prompt_tokens=stored.prompt_tokens,
                          completion_tokens=stored.completion_tokens, cost_usd=0.0, latency_s=0.0,
@@ -301,7 +310,8 @@ class Scheduler:
         return stored
 
     async def _attempt(self, client: ModelClient, messages: list[Message], site: CallSite,
-                       call_id: str, attempt: int, max_output_tokens: int | None, key: str | None) -> Completion:
+                       call_id: str, attempt: int, max_output_tokens: int | None, key: str | None,
+                       headers: dict[str, str] | None = None) -> Completion:
         from .models.pricing import cost_usd, worst_case_price
 
         async with self._semaphore:
@@ -325,7 +335,7 @@ class Scheduler:
                              model=client.name, attempt=attempt,
                              in_flight=self.in_flight)
             try:
-                completion = await self._complete(client, messages, reservation.max_output_tokens, timeout)
+                completion = await self._complete(client, messages, reservation.max_output_tokens, timeout, headers)
             except BaseException as error:
                 if endpoint is not None:
                     endpoint.release(started, error if isinstance(error, Exception) else False)
@@ -361,11 +371,13 @@ class Scheduler:
         return completion
 
     async def _complete(self, client: ModelClient, messages: list[Message], max_output_tokens: int | None,
-                        timeout: float | None) -> Completion:
+                        timeout: float | None, headers: dict[str, str] | None = None) -> Completion:
         if timeout is not None and timeout <= 0:
             raise BudgetExceeded("time", "call refused: the run's time limit is used up")
+        # Only clients that declare `sends_headers` take them (the interface's other clients do not).
+        extra = {"headers": headers} if headers and getattr(client, "sends_headers", False) else {}
         call = client.complete(messages, max_tokens=max_output_tokens, temperature=self.temperature,
-                               timeout=timeout)
+                               timeout=timeout, **extra)
         if timeout is None:
             return await call
         try:

@@ -48,6 +48,7 @@ def with_cache_marks(system: str | None, turns: list[dict]) -> tuple[Any, list[d
 
 class AnthropicClient:
     remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
+    sends_headers = True  # takes the scheduler's per-call X-RLM-* headers (call_ids.py)
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  context_window: int | None = 200_000, name: str | None = None, prompt_cache: bool = True) -> None:
@@ -72,8 +73,8 @@ class AnthropicClient:
                                             http_client=anthropic.DefaultAsyncHttpxClient(verify=shared_ssl_context()))
         return self._http_clients.get(("anthropic", self.base_url, self._api_key), make)
 
-    async def complete(self, messages: list[Message], *, max_tokens: int | None = None,
-                       temperature: float | None = None, timeout: float | None = None) -> Completion:
+    async def complete(self, messages: list[Message], *, max_tokens: int | None = None, temperature: float | None = None,
+                       timeout: float | None = None, headers: dict[str, str] | None = None) -> Completion:
         system, turns = to_anthropic(messages)
         if self.prompt_cache:
             system, turns = with_cache_marks(system, turns)
@@ -84,6 +85,8 @@ class AnthropicClient:
             options["temperature"] = temperature
         if timeout is not None:
             options["timeout"] = timeout
+        if headers:
+            options["extra_headers"] = headers
         try:
             response = await self._sdk().messages.create(model=self.model, messages=turns, **options)
         except Exception as error:

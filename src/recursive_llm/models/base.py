@@ -3,6 +3,10 @@
 A client turns chat messages into a `Completion`. It makes exactly one attempt per call: retries,
 budgets and concurrency live in `recursive_llm.scheduler`, never in a client. A client raises
 `ModelError(retryable=..., retry_after=...)` for provider failures so the scheduler can decide.
+
+A client that sends HTTP requests may declare `sends_headers = True`: its `complete` then also takes
+`headers=` (the call's X-RLM-* ids, call_ids.py) and adds them to the request. Other clients are
+called without it.
 """
 
 from __future__ import annotations

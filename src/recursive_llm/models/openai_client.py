@@ -111,6 +111,7 @@ class OpenAIClient:
     """
 
     remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
+    sends_headers = True  # takes the scheduler's per-call X-RLM-* headers (call_ids.py)
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  context_window: int | None = None, name: str | None = None, provider: str = "openai",
@@ -173,7 +174,7 @@ class OpenAIClient:
         """The API root without its trailing slash (api.openai.com's when no base URL is given)."""
         return (self.base_url or DEFAULT_BASE_URL).rstrip("/")
 
-    async def _post(self, body: dict, timeout: float | None) -> dict:
+    async def _post(self, body: dict, timeout: float | None, headers: dict[str, str] | None = None) -> dict:
         """One POST of chat/completions; every failure as the `ModelError` the SDK path gives."""
         import httpx2
 
@@ -181,7 +182,7 @@ class OpenAIClient:
         pools = self._http()
         index, client = pools.acquire()
         try:
-            async with client.stream("POST", "chat/completions", content=json.dumps(body).encode(),
+            async with client.stream("POST", "chat/completions", content=json.dumps(body).encode(), headers=headers,
                                      timeout=httpx2.Timeout(read, connect=connect)) as response:
                 status, headers, content = response.status_code, response.headers, await self._read(response)
         except httpx2.TimeoutException:
@@ -248,15 +249,16 @@ class OpenAIClient:
                           finish_reason=finish if isinstance(finish, str) else None, reasoning=reasoning,
                           cached_prompt_tokens=count(details.get("cached_tokens")))
 
-    async def complete(self, messages: list[Message], *, max_tokens: int | None = None,
-                       temperature: float | None = None, timeout: float | None = None) -> Completion:
+    async def complete(self, messages: list[Message], *, max_tokens: int | None = None, temperature: float | None = None,
+                       timeout: float | None = None, headers: dict[str, str] | None = None) -> Completion:
+        """One request; `headers` are added to it (the scheduler's X-RLM-* ids, call_ids.py)."""
         if self.transport != "sdk":
             body: dict[str, Any] = {"model": self.model, "messages": messages}
             if max_tokens is not None:
                 body["max_tokens" if self.base_url else "max_completion_tokens"] = max_tokens
             if temperature is not None:
                 body["temperature"] = temperature
-            return self._parse(await self._post(body, timeout))
+            return self._parse(await self._post(body, timeout, headers))
         body = {"model": self.model, "messages": messages}
         if max_tokens is not None:
             # api.openai.com's newer models only accept max_completion_tokens; other servers expect max_tokens.
@@ -267,9 +269,11 @@ class OpenAIClient:
         # `chat.completions.create` first walks the request through its TypedDict transform and then
         # builds a pydantic model of the reply, together about 60% of the CPU of a call (profile of
         # `rlm serve`); our messages are plain JSON already and the reply is read like the httpx path's.
+        options: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+        if headers:
+            options["headers"] = headers  # the SDK's extra_headers
         try:
-            content = await self._sdk().post("/chat/completions", body=body, cast_to=bytes,
-                                             options={"timeout": timeout} if timeout is not None else {})
+            content = await self._sdk().post("/chat/completions", body=body, cast_to=bytes, options=options)
         except Exception as error:
             raise from_openai_error(error, self.provider, self.model, "OPENAI_API_KEY") from None
         return self._parse(self._decode(content))

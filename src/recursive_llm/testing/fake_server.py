@@ -168,6 +168,7 @@ class FakeLLMServer:
         self._thread: threading.Thread | None = None
         self.request_count = 0
         self.requests: list[dict[str, Any]] = []
+        self.request_headers: list[dict[str, str]] = []  # each request's HTTP headers (names in lower case), as `requests`
         self.in_flight = 0
         self.max_in_flight = 0
         self.connections = 0  # TCP connections accepted (a client that reuses its connections opens few)
@@ -215,10 +216,11 @@ class FakeLLMServer:
             self.faults_injected.append(fault)
             return fault
 
-    def _enter(self, path: str, body: dict) -> None:
+    def _enter(self, path: str, body: dict, headers: dict[str, str]) -> None:
         with self._lock:
             self.request_count += 1
             self.requests.append({"path": path, **body})
+            self.request_headers.append(headers)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
@@ -274,7 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, {"error": {"message": "invalid JSON body", "type": "invalid_request_error"}})
             return
         fake = self.fake
-        fake._enter(self.path, body)
+        fake._enter(self.path, body, {name.lower(): value for name, value in self.headers.items()})
         try:
             if fake.max_concurrency is not None and fake.in_flight > fake.max_concurrency:
                 with fake._lock:
