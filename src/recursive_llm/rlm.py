@@ -224,11 +224,12 @@ class RLM:
             result = await run.execute()
         finally:
             events.close()
+            widths_error = state.scheduler.remember_widths()  # a few hundred bytes, once per run
             # a session, and completion()'s kept loop, keep the configured clients (bound to that
             # loop) for the next question
             await state.close_clients(configured=environment is None and not self._kept_loop.is_running_here())
         result.trajectory_path = trajectory_path
-        result.store_error = "; ".join(filter(None, [getattr(store, "error", None), events.error])) or None
+        result.store_error = "; ".join(filter(None, [getattr(store, "error", None), events.error, widths_error])) or None
         return result
 
     def _new_state(self, events: EventLog, store, replay) -> RunState:

@@ -69,7 +69,9 @@ def _identity(client: ModelClient) -> str:
 # that want to be in flight (a batch of 101 is sent in one wave from its third run on; growing by
 # one per success only halved the shortfall on each run); after an overload, grow by one per round
 # trip; halve on a 429/503/529 (at most once per round trip) and pause new starts for the provider's
-# Retry-After. A run's `max_concurrency` stays its own ceiling on top.
+# Retry-After. A run's `max_concurrency` stays its own ceiling on top. What an endpoint took is
+# remembered across processes (endpoint_memory.py, like TCP's per-destination metrics): a new
+# process starts where the last one left off, unless that memory is older than a day.
 START_LIMIT = 16
 OVERLOAD_STATUS = frozenset({429, 503, 529})
 # No growth while the recent latency is above this many times the best seen (plus 0.1 s): a provider
@@ -99,6 +101,14 @@ class EndpointLimit:
         self._last_doubling = float("-inf")  # nor do they double again in slow start
         self._latency: float | None = None  # moving average of successful calls' latency
         self._best_latency: float | None = None
+        self.refused_at: float | None = None  # wall time of the last overload (for endpoint_memory)
+
+    @classmethod
+    def remembered(cls, key: str, limit: float, slow_start: bool, refused_at: float | None) -> "EndpointLimit":
+        """The limit as an earlier process left it (endpoint_memory.recall)."""
+        endpoint = cls(key, start=max(1, int(limit)))
+        endpoint.slow_start, endpoint.refused_at = slow_start, refused_at
+        return endpoint
 
     def __repr__(self) -> str:
         return f"EndpointLimit({self.key!r}, limit={self.limit:.1f}, in_flight={self.in_flight})"
@@ -163,6 +173,7 @@ class EndpointLimit:
                 self._grow(now - started if latency is None else latency, demand, started, now)
             elif isinstance(error, ModelError) and error.status_code in OVERLOAD_STATUS:
                 self.overloads += 1
+                self.refused_at = time.time()
                 if started > self._last_cut:  # one cut per round trip: the calls sent together
                     self._last_cut = now
                     self.limit = max(1.0, self.limit / 2)
@@ -219,8 +230,22 @@ def endpoint_limit(client: ModelClient) -> EndpointLimit | None:
     with _limits_lock:
         limit = _limits.get(key)
         if limit is None:
-            limit = _limits[key] = EndpointLimit(key)
+            limit = _limits[key] = _first_limit(key)
         return limit
+
+
+def _first_limit(key: str) -> EndpointLimit:
+    """A new endpoint's limit: as an earlier process left it (not older than the memory's bound), or
+    START_LIMIT. Read once per endpoint per process."""
+    from .endpoint_memory import recall
+
+    try:
+        remembered = recall(key)
+    except ValueError:  # a bad RLM_WIDTH_MEMORY_HOURS: the start is the default's, the save says why
+        remembered = None
+    if remembered is None:
+        return EndpointLimit(key)
+    return EndpointLimit.remembered(key, remembered.limit, remembered.slow_start, remembered.refused_at)
 
 
 class Scheduler:
@@ -246,6 +271,18 @@ class Scheduler:
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self.in_flight = 0
         self._call_counter = 0
+        self.endpoints: set[EndpointLimit] = set()  # the endpoints called, remembered at the run's end
+
+    def remember_widths(self) -> str | None:
+        """Save the widths the called endpoints took, for later processes (endpoint_memory.py);
+        returns why that failed, or None."""
+        from .endpoint_memory import save
+
+        try:
+            save(list(self.endpoints))
+        except (OSError, ValueError) as error:
+            return f"the endpoints' widths were not remembered: {error}"
+        return None
 
     def _delay(self, error: BaseException, attempt: int) -> float:
         """Honour Retry-After when the provider sent one; else exponential backoff with full jitter."""
@@ -314,6 +351,8 @@ class Scheduler:
                                  error=str(error))
                 raise
             endpoint = endpoint_limit(client)
+            if endpoint is not None:
+                self.endpoints.add(endpoint)
             try:
                 started = await endpoint.acquire() if endpoint is not None else time.monotonic()
             except BaseException:
