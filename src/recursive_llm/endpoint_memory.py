@@ -104,6 +104,10 @@ def save(limits: list["EndpointLimit"], now: float | None = None) -> None:
                                                           limit.refused_at))
     newest = dict(sorted(entries.items(), key=lambda item: item[1]["saved_at"])[-MAX_ENTRIES:])
     scratch = path.with_name(f".{FILE_NAME}.{os.getpid()}.{threading.get_ident()}.part")
-    with open_private(scratch, "w") as file:
-        json.dump(newest, file)
-    os.replace(scratch, path)
+    try:
+        with open_private(scratch, "w") as file:
+            json.dump(newest, file)
+        os.replace(scratch, path)
+    except BaseException:
+        scratch.unlink(missing_ok=True)  # a full disk leaves no partial file behind
+        raise
