@@ -137,6 +137,15 @@ class EndpointLimit:
                     self.release(future.result(), None)  # handed over just as we were cancelled
                 raise
 
+    def usual_latency(self) -> float | None:
+        """The moving average of successful calls' latency, None before the first."""
+        return self._latency
+
+    def has_room(self) -> bool:
+        """No call waits for a slot (a hedge then takes a free one, not a waiting call's)."""
+        with self._lock:
+            return not self._waiters and self.in_flight < int(self.limit)
+
     def _take(self) -> float:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -253,7 +262,7 @@ class Scheduler:
                  max_concurrency: int = 32, retry: RetryPolicy = RetryPolicy(),
                  call_timeout_s: float | None = 300.0, max_output_tokens: int | None = None,
                  temperature: float | None = None, store: "Store | None" = None, use_cache: bool = False,
-                 replay: "ReplayBook | None" = None) -> None:
+                 replay: "ReplayBook | None" = None, hedge_after: float | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.budget = budget
@@ -266,6 +275,7 @@ class Scheduler:
         self.store = store
         self.use_cache = use_cache and store is not None
         self.replay = replay
+        self.hedge_after = hedge_after  # CallPolicy.hedge_after: sub-calls sent again when they straggle
         # The run's ceiling; calls to a provider also take a slot of its endpoint's adaptive limit
         # (`EndpointLimit`), shared by every run of the process.
         self._semaphore = asyncio.Semaphore(max_concurrency)
@@ -312,6 +322,12 @@ class Scheduler:
                 return self.answered(client, messages, site, stored, source, key)
         self._call_counter += 1
         call_id = f"{site.run_id}:{self._call_counter}"
+        if self.hedge_after is not None and site.purpose == "sub" and (endpoint := endpoint_limit(client)):
+            return await self._hedged(endpoint, client, messages, site, call_id, max_output_tokens, key)
+        return await self._retrying(client, messages, site, call_id, max_output_tokens, key)
+
+    async def _retrying(self, client: ModelClient, messages: list[Message], site: CallSite, call_id: str,
+                        max_output_tokens: int | None, key: str | None) -> Completion:
         # A plain loop, not tenacity: its per-attempt bookkeeping cost about 40 µs, which a fan-out
         # of a thousand 100 ms calls at concurrency 64 pays serially (2.5% of its wall time).
         attempt = 1
@@ -323,6 +339,45 @@ class Scheduler:
                     raise
                 await asyncio.sleep(self._delay(error, attempt))
                 attempt += 1
+
+    async def _hedged(self, endpoint: EndpointLimit, client: ModelClient, messages: list[Message], site: CallSite,
+                      call_id: str, max_output_tokens: int | None, key: str | None) -> Completion:
+        """A sub-call that is sent a second time when it straggles: no answer after `hedge_after`
+        times the endpoint's usual latency while the endpoint has free slots (no call waits for one).
+        The first answer wins; the other request is cancelled (counted as a call; its tokens are not
+        known, though a provider may bill its prompt). One hedge per call, each within the budget."""
+        first = asyncio.ensure_future(self._retrying(client, messages, site, call_id, max_output_tokens, key))
+        tasks = {first}
+        try:
+            started = time.monotonic()
+            if not await self._straggles(first, endpoint):
+                return first.result()
+            self.events.emit("llm_hedge", **site.fields(), call_id=call_id, model=client.name,
+                             after_s=round(time.monotonic() - started, 3))
+            tasks.add(asyncio.ensure_future(self._retrying(client, messages, site, call_id + "h", max_output_tokens,
+                                                           key)))
+            return await _first_success(tasks, first)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _straggles(self, task: asyncio.Future, endpoint: EndpointLimit) -> bool:
+        """Wait until `task` is done (False) or straggles (True): no answer `hedge_after` times the
+        endpoint's usual latency after the endpoint last had calls waiting for a slot (while calls
+        wait, this one may be one of them: its clock starts once none does). Looked at again every
+        0.25 s while no latency is known or the endpoint is full."""
+        clock = time.monotonic()
+        while True:
+            if not endpoint.has_room():
+                clock = time.monotonic()
+            usual = endpoint.usual_latency()
+            due = None if usual is None else clock + self.hedge_after * usual - time.monotonic()
+            if due is not None and due <= 0 and endpoint.has_room():
+                return True
+            done, _ = await asyncio.wait({task}, timeout=0.25 if due is None or due <= 0 else due)
+            if done:
+                return False
 
     def answered(self, client: ModelClient, messages: list[Message], site: CallSite, stored: Completion,
                  source: str, key: str | None = None) -> Completion:
@@ -414,6 +469,17 @@ class Scheduler:
                 return await call
         except TimeoutError:
             raise ModelError(f"{client.name}: no answer within {timeout:.1f} s", retryable=True) from None
+
+
+async def _first_success(tasks: set[asyncio.Future], first: asyncio.Future) -> Completion:
+    """The first of `tasks` to answer; when all fail, the first request's error."""
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.exception() is None:
+                return task.result()
+    return first.result()
 
 
 def _token_fields(completion: Completion) -> dict:
