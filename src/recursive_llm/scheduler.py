@@ -102,6 +102,7 @@ class EndpointLimit:
         self._latency: float | None = None  # moving average of successful calls' latency
         self._best_latency: float | None = None
         self.refused_at: float | None = None  # wall time of the last overload (for endpoint_memory)
+        self._recent: deque[float] = deque(maxlen=64)  # the last successes' latencies (for hedging)
 
     @classmethod
     def remembered(cls, key: str, limit: float, slow_start: bool, refused_at: float | None) -> "EndpointLimit":
@@ -138,8 +139,11 @@ class EndpointLimit:
                 raise
 
     def usual_latency(self) -> float | None:
-        """The moving average of successful calls' latency, None before the first."""
-        return self._latency
+        """The median latency of the last 64 successful calls, None before the first (a median: the
+        stragglers that hedging is for would pull a mean up to their own latency)."""
+        with self._lock:
+            recent = sorted(self._recent)
+        return recent[len(recent) // 2] if recent else None
 
     def has_room(self) -> bool:
         """No call waits for a slot (a hedge then takes a free one, not a waiting call's)."""
@@ -206,6 +210,7 @@ class EndpointLimit:
         self._wake()
 
     def _grow(self, latency: float, demand: int, started: float, now: float) -> None:
+        self._recent.append(latency)
         self._latency = latency if self._latency is None else 0.9 * self._latency + 0.1 * latency
         self._best_latency = self._latency if self._best_latency is None else min(self._best_latency, self._latency)
         if demand < int(self.limit) or self._latency > _LATENCY_HOLD * self._best_latency + 0.1:
