@@ -278,3 +278,19 @@ def test_hedge_after_below_one_is_refused():
 
     with pytest.raises(ConfigError, match="hedge_after"):
         RLM(model=ScriptedModel(["FINAL(x)"]), hedge_after=0.5)
+
+
+def test_the_usual_latency_is_a_median_and_a_full_endpoint_has_no_room_for_a_hedge():
+    async def scenario() -> tuple[float | None, float | None, bool, bool]:
+        limit = EndpointLimit("unit-hedge", start=2)
+        before = limit.usual_latency()
+        for latency in (0.1, 0.1, 0.1, 5.0):  # one straggler does not move the median
+            limit.release(await limit.acquire(), None, latency=latency)
+        slots = [await limit.acquire(), await limit.acquire()]
+        full = limit.has_room()
+        for started in slots:
+            limit.release(started, False)
+        return before, limit.usual_latency(), full, limit.has_room()
+
+    before, usual, full, free = asyncio.run(scenario())
+    assert before is None and usual == 0.1 and not full and free
