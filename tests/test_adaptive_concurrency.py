@@ -228,3 +228,69 @@ def test_a_batch_runs_in_lanes_each_prompt_once_and_in_order():
         result = RLM(model="m", base_url=server.base_url, api_key="lanes", max_concurrency=5).completion("q", "text")
     events = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "llm_start" and e["purpose"] == "sub"]
     assert result.answer == "done" and len(events) == 40 and max(e["in_flight"] for e in events) == 5
+
+
+def _straggler_server(seen: list[str]) -> FakeLLMServer:
+    """Sub-prompt '#7' straggles the first time it is asked (2 s) and answers 'first'; asked again, it
+    answers 'second' at once; the other prompts answer at once."""
+    lock = threading.Lock()
+    code = "r = llm_query_batched([f'#{i}' for i in range(20)])\nprint(r[7], r[6])"
+    root = root_then_sub(["```repl\n" + code + "\n```", "FINAL(done)"])
+
+    def respond(messages: list[dict], model: str) -> str:
+        prompt = messages[-1]["content"]
+        if prompt != "#7":
+            return root(messages, model)
+        with lock:
+            seen.append(prompt)
+            asked = len(seen)
+        if asked == 1:
+            time.sleep(2.0)
+        return "sub:first" if asked == 1 else "sub:second"
+
+    return FakeLLMServer(responder=respond, latency=0.05)
+
+
+@pytest.mark.parametrize("hedge_after", [None, 3.0])
+def test_a_straggling_sub_call_is_sent_again_and_the_first_answer_wins(hedge_after):
+    """Issue 31 (2): with `hedge_after`, a sub-call with no answer after that many times the
+    endpoint's usual latency (while it has free slots) is sent once more; the answer that comes first
+    is the call's. Which request answered is in the reply's text, not in a timing."""
+    seen: list[str] = []
+    with _straggler_server(seen) as server:
+        result = RLM(model="m", base_url=server.base_url, api_key=f"hedge-{hedge_after}",
+                     hedge_after=hedge_after).completion("q", "text")
+        requests = server.request_count
+    events = list(read_trajectory(result.trajectory_path))
+    output = next(e["stdout"] for e in events if e["type"] == "cell")
+    hedges = [e for e in events if e["type"] == "llm_hedge"]
+    if hedge_after is None:
+        assert output.strip() == "sub:first sub:#6" and seen == ["#7"] and hedges == []
+    else:
+        assert output.strip() == "sub:second sub:#6" and seen == ["#7", "#7"]
+        assert len(hedges) == 1 and hedges[0]["purpose"] == "sub"
+    assert result.answer == "done" and requests == 2 + 20 + (hedge_after is not None)
+    assert result.usage.total.calls == 22  # the cancelled request's usage is not known (SECURITY.md)
+
+
+def test_hedge_after_below_one_is_refused():
+    from recursive_llm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hedge_after"):
+        RLM(model=ScriptedModel(["FINAL(x)"]), hedge_after=0.5)
+
+
+def test_the_usual_latency_is_a_median_and_a_full_endpoint_has_no_room_for_a_hedge():
+    async def scenario() -> tuple[float | None, float | None, bool, bool]:
+        limit = EndpointLimit("unit-hedge", start=2)
+        before = limit.usual_latency()
+        for latency in (0.1, 0.1, 0.1, 5.0):  # one straggler does not move the median
+            limit.release(await limit.acquire(), None, latency=latency)
+        slots = [await limit.acquire(), await limit.acquire()]
+        full = limit.has_room()
+        for started in slots:
+            limit.release(started, False)
+        return before, limit.usual_latency(), full, limit.has_room()
+
+    before, usual, full, free = asyncio.run(scenario())
+    assert before is None and usual == 0.1 and not full and free

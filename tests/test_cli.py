@@ -122,3 +122,13 @@ def test_context_window_compacts_a_self_hosted_models_conversation(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "42" and "compacted" in done.stderr and "`history`" in done.stderr
     assert "compacted" not in without.stderr  # no window known, nothing compacted
+
+
+def test_ask_takes_hedge_after_and_refuses_it_below_one(server, tmp_path):
+    doc = tmp_path / "notes.txt"
+    doc.write_text("some notes\n")
+    base = ("ask", "q", "--context", str(doc), "--model", "m", "--base-url", server.base_url)
+    done = rlm(*base, "--hedge-after", "3")
+    assert done.returncode == 0 and done.stdout == "forty-two\n", done.stderr
+    refused = rlm(*base, "--hedge-after", "0.5")
+    assert refused.returncode == 2 and "--hedge-after" in refused.stderr and "0.5" in refused.stderr

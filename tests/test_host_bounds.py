@@ -209,3 +209,40 @@ def test_a_message_over_max_message_bytes_is_refused_in_the_worker_and_output_is
     assert "yes" in seen and [call[-1]["content"] for call in sub.calls] == ["still there?"]
     cells = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell"]
     assert f"more characters were cut: one message to the host holds at most {limit:,} bytes]" in cells[0]["stdout"]
+
+
+def test_a_sub_call_over_the_sub_models_window_is_refused_before_any_request():
+    """Issue 31 (4): a prompt longer than the sub-model's window is not sent (the provider would
+    refuse it, and some charge for it); model code gets the window and the prompt's size in its slot,
+    and the batch's other prompts are answered."""
+    from recursive_llm.models.openai_client import OpenAIClient
+    from recursive_llm.testing import FakeLLMServer
+    from scripted_root import is_root, root_then_sub
+
+    code = ("r = llm_query_batched(['first', 'word ' * 3_000, 'third'])\nprint('batch:', r)\n"
+            "try:\n    llm_query('word ' * 3_000)\nexcept Exception as e:\n    print('single:', e)\n"
+            "print('fits:', llm_query('word ' * 900)[:9])")
+    with FakeLLMServer(responder=root_then_sub([repl(code), "FINAL(done)"])) as server:
+        sub = OpenAIClient("small-sub", base_url=server.base_url, api_key="k", context_window=1_000)
+        result = RLM(model="m", sub_model=sub, base_url=server.base_url, api_key="k").completion("q", "text")
+        sent = [r["messages"][-1]["content"] for r in server.requests if not is_root(r["messages"])]
+    assert result.answer == "done"
+    assert sorted(sent, key=len) == ["first", "third", "word " * 900]  # the long prompts never left the host
+    output = next(r["messages"][-1]["content"] for r in server.requests
+                  if is_root(r["messages"]) and "batch:" in r["messages"][-1]["content"])
+    assert "batch: ['sub:first', 'Error: sub-call refused before sending: its prompt is about 3,001 tokens " in output
+    assert "(15,000 characters; counted offline with the o200k_base tokenizer), over the 1,000-token window " \
+           "of small-sub; split the text into chunks of at most about 3,748 characters" in output
+    assert "'sub:third']" in output and "single: sub-call refused before sending" in output
+    assert "fits: sub:word" in output  # 4,500 characters, 900 tokens: under the window, sent
+
+
+def test_an_unknown_window_sends_the_prompt_as_before():
+    import asyncio
+
+    from recursive_llm.subcalls import over_window, sub_window
+
+    assert sub_window(ScriptedModel(default="x", name="no-such-model")) is None
+    assert sub_window(ScriptedModel(default="x", name="gpt-4o-mini")) == 128_000  # models/windows.py
+    assert asyncio.run(over_window("é" * 400, 1_000, "m")) is None  # 800 bytes: fits without counting
+    assert asyncio.run(over_window("word " * 1_001, 1_000, "m")) is not None

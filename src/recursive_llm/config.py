@@ -90,9 +90,13 @@ class CallPolicy:
     call_timeout_s: float | None = 300.0
     max_output_tokens: int | None = None
     temperature: float | None = None
+    # A sub-call with no answer after this many times its endpoint's usual latency, while the
+    # endpoint has free slots, is sent once more; the first answer wins (None: never).
+    hedge_after: float | None = None
 
     def __post_init__(self) -> None:
         _check_all(self, {"max_concurrency": (True, 1, True, False), "max_retries": (True, 0, True, False),
+                          "hedge_after": (False, 1, True, True),
                           "max_child_runs": (True, 1, True, False),
                           "call_timeout_s": (False, 0, False, True), "max_output_tokens": (True, 1, True, True),
                           "temperature": (False, 0, True, True)})

@@ -37,6 +37,7 @@ EVENT_FIELDS: dict[str, frozenset[str]] = {
     "llm_error": frozenset({"call_id", "purpose", "iteration", "cell", "model", "attempt", "latency_s", "error",
                             "retryable"}),
     "llm_refused": frozenset({"call_id", "purpose", "iteration", "cell", "model", "budget", "error"}),
+    "llm_hedge": frozenset({"call_id", "purpose", "iteration", "cell", "model", "after_s"}),
     "tool_call": frozenset({"call_id", "name", "arguments", "result", "error", "duration_s", "iteration", "cell"}),
     "fallback": frozenset({"reason", "strategy", "chunk_chars"}),
     "compaction": frozenset({"iteration", "turns", "window", "tokens_before", "tokens_after", "history_kept"}),

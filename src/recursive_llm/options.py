@@ -120,6 +120,10 @@ def _loop_options(click) -> dict[str, Option]:  # how calls and the loop behave
                                  "(and kept in the REPL as `history`)."}, rlm="root_context_window"),
         "temperature": Option(("--temperature",), {"type": _finite_range(min=0), "default": None,
                               "help": "Sampling temperature of every call."}, rlm="temperature"),
+        "hedge_after": Option(("--hedge-after",), {"type": _finite_range(min=1), "default": None, "metavar": "TIMES",
+                              "help": "Send a sub-call once more when it has no answer after this many times its "
+                              "provider's usual latency; the first answer wins (off by default: the second "
+                              "request is one more call)."}, rlm="hedge_after"),
         "cache": Option(("--cache/--no-cache",), {"default": None, "help": "Answer identical model calls from the run "
                         "store instead of paying again (default: on at temperature 0)."}, rlm="cache"),
         "fallback_after": Option(("--fallback-after",), {"type": click.IntRange(min=0), "default": None,
@@ -292,7 +296,7 @@ MODELS = ("model", "sub_model", "base_url", "api_key")
 LIMITS = ("max_iterations", "max_depth", "max_llm_calls", "max_tokens", "max_cost", "timeout")
 INPUT = ("contexts", "include", "exclude", "encoding", "separate", "no_gitignore", "max_file_mb")
 RUN = (*MODELS, *LIMITS, "environment", "allowed_models", "sandbox", "context_window", "temperature", "cache",
-       "prompt_style", "tools")
+       "prompt_style", "tools", "hedge_after")
 OUTPUT = ("as_json", "verbose", "quiet")
 MEMORY = ("memory", "memory_reuse")
 
@@ -333,7 +337,7 @@ _RLM_KEYWORDS = {"model", "sub_model", "base_url", "api_key", "max_depth", "max_
                  "max_tokens", "max_cost_usd", "timeout_s", "environment", "sandbox", "worker_memory_mb",
                  "allowed_models", "sub_calls", "ray_fanout_at", "system_prompt", "verbose", "max_output_chars",
                  "cell_timeout_s", "max_concurrency", "max_retries", "call_timeout_s", "max_output_tokens",
-                 "temperature", "fallback_after", "schema_retries", "prompt_style", "compact_at",
+                 "temperature", "hedge_after", "fallback_after", "schema_retries", "prompt_style", "compact_at",
                  "root_context_window", "trajectory_dir", "on_event", "store", "cache", "tools", "memory",
                  "memory_reuse"}
 

@@ -74,7 +74,9 @@ def _identity(client: ModelClient) -> str:
 # that want to be in flight (a batch of 101 is sent in one wave from its third run on; growing by
 # one per success only halved the shortfall on each run); after an overload, grow by one per round
 # trip; halve on a 429/503/529 (at most once per round trip) and pause new starts for the provider's
-# Retry-After. A run's `max_concurrency` stays its own ceiling on top.
+# Retry-After. A run's `max_concurrency` stays its own ceiling on top. What an endpoint took is
+# remembered across processes (endpoint_memory.py, like TCP's per-destination metrics): a new
+# process starts where the last one left off, unless that memory is older than a day.
 START_LIMIT = 16
 OVERLOAD_STATUS = frozenset({429, 503, 529})
 # No growth while the recent latency is above this many times the best seen (plus 0.1 s): a provider
@@ -104,6 +106,15 @@ class EndpointLimit:
         self._last_doubling = float("-inf")  # nor do they double again in slow start
         self._latency: float | None = None  # moving average of successful calls' latency
         self._best_latency: float | None = None
+        self.refused_at: float | None = None  # wall time of the last overload (for endpoint_memory)
+        self._recent: deque[float] = deque(maxlen=64)  # the last successes' latencies (for hedging)
+
+    @classmethod
+    def remembered(cls, key: str, limit: float, slow_start: bool, refused_at: float | None) -> "EndpointLimit":
+        """The limit as an earlier process left it (endpoint_memory.recall)."""
+        endpoint = cls(key, start=max(1, int(limit)))
+        endpoint.slow_start, endpoint.refused_at = slow_start, refused_at
+        return endpoint
 
     def __repr__(self) -> str:
         return f"EndpointLimit({self.key!r}, limit={self.limit:.1f}, in_flight={self.in_flight})"
@@ -131,6 +142,18 @@ class EndpointLimit:
                 if future.done() and not future.cancelled():
                     self.release(future.result(), None)  # handed over just as we were cancelled
                 raise
+
+    def usual_latency(self) -> float | None:
+        """The median latency of the last 64 successful calls, None before the first (a median: the
+        stragglers that hedging is for would pull a mean up to their own latency)."""
+        with self._lock:
+            recent = sorted(self._recent)
+        return recent[len(recent) // 2] if recent else None
+
+    def has_room(self) -> bool:
+        """No call waits for a slot (a hedge then takes a free one, not a waiting call's)."""
+        with self._lock:
+            return not self._waiters and self.in_flight < int(self.limit)
 
     def _take(self) -> float:
         self.in_flight += 1
@@ -168,6 +191,7 @@ class EndpointLimit:
                 self._grow(now - started if latency is None else latency, demand, started, now)
             elif isinstance(error, ModelError) and error.status_code in OVERLOAD_STATUS:
                 self.overloads += 1
+                self.refused_at = time.time()
                 if started > self._last_cut:  # one cut per round trip: the calls sent together
                     self._last_cut = now
                     self.limit = max(1.0, self.limit / 2)
@@ -191,6 +215,7 @@ class EndpointLimit:
         self._wake()
 
     def _grow(self, latency: float, demand: int, started: float, now: float) -> None:
+        self._recent.append(latency)
         self._latency = latency if self._latency is None else 0.9 * self._latency + 0.1 * latency
         self._best_latency = self._latency if self._best_latency is None else min(self._best_latency, self._latency)
         if demand < int(self.limit) or self._latency > _LATENCY_HOLD * self._best_latency + 0.1:
@@ -224,8 +249,22 @@ def endpoint_limit(client: ModelClient) -> EndpointLimit | None:
     with _limits_lock:
         limit = _limits.get(key)
         if limit is None:
-            limit = _limits[key] = EndpointLimit(key)
+            limit = _limits[key] = _first_limit(key)
         return limit
+
+
+def _first_limit(key: str) -> EndpointLimit:
+    """A new endpoint's limit: as an earlier process left it (not older than the memory's bound), or
+    START_LIMIT. Read once per endpoint per process."""
+    from .endpoint_memory import recall
+
+    try:
+        remembered = recall(key)
+    except ValueError:  # a bad RLM_WIDTH_MEMORY_HOURS: the start is the default's, the save says why
+        remembered = None
+    if remembered is None:
+        return EndpointLimit(key)
+    return EndpointLimit.remembered(key, remembered.limit, remembered.slow_start, remembered.refused_at)
 
 
 class Scheduler:
@@ -233,7 +272,7 @@ class Scheduler:
                  max_concurrency: int = 32, retry: RetryPolicy = RetryPolicy(),
                  call_timeout_s: float | None = 300.0, max_output_tokens: int | None = None,
                  temperature: float | None = None, store: "Store | None" = None, use_cache: bool = False,
-                 replay: "ReplayBook | None" = None) -> None:
+                 replay: "ReplayBook | None" = None, hedge_after: float | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.budget = budget
@@ -246,12 +285,25 @@ class Scheduler:
         self.store = store
         self.use_cache = use_cache and store is not None
         self.replay = replay
+        self.hedge_after = hedge_after  # CallPolicy.hedge_after: sub-calls sent again when they straggle
         # The run's ceiling; calls to a provider also take a slot of its endpoint's adaptive limit
         # (`EndpointLimit`), shared by every run of the process.
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self.in_flight = 0
         self._call_counter = 0
         self.tree = CallTree()  # each call's parent, for the headers a request carries (call_ids.py)
+        self.endpoints: set[EndpointLimit] = set()  # the endpoints called, remembered at the run's end
+
+    def remember_widths(self) -> str | None:
+        """Save the widths the called endpoints took, for later processes (endpoint_memory.py);
+        returns why that failed, or None."""
+        from .endpoint_memory import save
+
+        try:
+            save(list(self.endpoints))
+        except (OSError, ValueError) as error:
+            return f"the endpoints' widths were not remembered: {error}"
+        return None
 
     def _delay(self, error: BaseException, attempt: int) -> float:
         """Honour Retry-After when the provider sent one; else exponential backoff with full jitter."""
@@ -282,6 +334,13 @@ class Scheduler:
         self._call_counter += 1
         call_id = new_call_id(site.run_id, self._call_counter)
         headers = request_headers(site, call_id, self.tree.started(site, call_id))  # the same on every attempt
+        if self.hedge_after is not None and site.purpose == "sub" and (endpoint := endpoint_limit(client)):
+            return await self._hedged(endpoint, client, messages, site, call_id, max_output_tokens, key, headers)
+        return await self._retrying(client, messages, site, call_id, max_output_tokens, key, headers)
+
+    async def _retrying(self, client: ModelClient, messages: list[Message], site: CallSite, call_id: str,
+                        max_output_tokens: int | None, key: str | None,
+                        headers: dict[str, str] | None = None) -> Completion:
         # A plain loop, not tenacity: its per-attempt bookkeeping cost about 40 µs, which a fan-out
         # of a thousand 100 ms calls at concurrency 64 pays serially (2.5% of its wall time).
         attempt = 1
@@ -293,6 +352,47 @@ class Scheduler:
                     raise
                 await asyncio.sleep(self._delay(error, attempt))
                 attempt += 1
+
+    async def _hedged(self, endpoint: EndpointLimit, client: ModelClient, messages: list[Message], site: CallSite,
+                      call_id: str, max_output_tokens: int | None, key: str | None,
+                      headers: dict[str, str] | None = None) -> Completion:
+        """A sub-call that is sent a second time when it straggles: no answer after `hedge_after`
+        times the endpoint's usual latency while the endpoint has free slots (no call waits for one).
+        The first answer wins; the other request is cancelled (counted as a call; its tokens are not
+        known, though a provider may bill its prompt). One hedge per call, each within the budget."""
+        first = asyncio.ensure_future(self._retrying(client, messages, site, call_id, max_output_tokens, key, headers))
+        tasks = {first}
+        try:
+            started = time.monotonic()
+            if not await self._straggles(first, endpoint):
+                return first.result()
+            self.events.emit("llm_hedge", **site.fields(), call_id=call_id, model=client.name,
+                             after_s=round(time.monotonic() - started, 3))
+            # The copy is the same call: the same call id and request id (the export keeps its row apart).
+            tasks.add(asyncio.ensure_future(self._retrying(client, messages, site, call_id, max_output_tokens,
+                                                           key, headers)))
+            return await _first_success(tasks, first)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _straggles(self, task: asyncio.Future, endpoint: EndpointLimit) -> bool:
+        """Wait until `task` is done (False) or straggles (True): no answer `hedge_after` times the
+        endpoint's usual latency after the endpoint last had calls waiting for a slot (while calls
+        wait, this one may be one of them: its clock starts once none does). Looked at again every
+        0.25 s while no latency is known or the endpoint is full."""
+        clock = time.monotonic()
+        while True:
+            if not endpoint.has_room():
+                clock = time.monotonic()
+            usual = endpoint.usual_latency()
+            due = None if usual is None else clock + self.hedge_after * usual - time.monotonic()
+            if due is not None and due <= 0 and endpoint.has_room():
+                return True
+            done, _ = await asyncio.wait({task}, timeout=0.25 if due is None or due <= 0 else due)
+            if done:
+                return False
 
     def answered(self, client: ModelClient, messages: list[Message], site: CallSite, stored: Completion,
                  source: str, key: str | None = None) -> Completion:
@@ -324,6 +424,8 @@ class Scheduler:
                                  error=str(error))
                 raise
             endpoint = endpoint_limit(client)
+            if endpoint is not None:
+                self.endpoints.add(endpoint)
             try:
                 started = await endpoint.acquire() if endpoint is not None else time.monotonic()
             except BaseException:
@@ -387,6 +489,17 @@ class Scheduler:
                 return await call
         except TimeoutError:
             raise ModelError(f"{client.name}: no answer within {timeout:.1f} s", retryable=True) from None
+
+
+async def _first_success(tasks: set[asyncio.Future], first: asyncio.Future) -> Completion:
+    """The first of `tasks` to answer; when all fail, the first request's error."""
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.exception() is None:
+                return task.result()
+    return first.result()
 
 
 def _token_fields(completion: Completion) -> dict:

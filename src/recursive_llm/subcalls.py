@@ -2,7 +2,8 @@
 
 Every request from the REPL (`llm_query`, `llm_query_batched`, `rlm_query`, `rlm_query_batched`,
 `search`, `semantic_search`, the user's tools) arrives at `SubCalls.handle` as a wire message and
-becomes a `SubCall` (or a `ToolCall`); it is bounded (`config.HostBounds`) and routed: to the
+becomes a `SubCall` (or a `ToolCall`); it is bounded (`config.HostBounds`, and each prompt by the
+sub-model's window when it is known: `over_window`) and routed: to the
 scheduler (plain calls, through Ray for very wide batches), to a child run (while depth <
 max_depth), to the run's search index, or to a tool. Each prompt gets one `Reply` (text, or the
 error model code sees); the error texts are remembered so that none can become the run's answer.
@@ -122,6 +123,38 @@ async def in_lanes(items: list[str], width: int, call: Callable[[str], Awaitable
     return replies  # type: ignore[return-value]  # every slot was filled
 
 
+def sub_window(client: ModelClient) -> int | None:
+    """The sub-model's window in tokens: what the client says, else the known windows
+    (models/windows.py); None when unknown (then every prompt is sent, as the provider decides)."""
+    from .models.windows import context_window_for
+
+    return getattr(client, "context_window", None) or context_window_for(client.name)
+
+
+async def over_window(text: str, window: int, model: str) -> str | None:
+    """Why `text` cannot fit in a `window`-token model, or None when it may.
+
+    A prompt of at most `window` UTF-8 bytes fits (a token is at least one byte); a longer one is
+    counted offline with a GPT tokenizer (context/tokens.py, o200k_base), in a thread. Other models'
+    tokenizers count more tokens than that (Claude, Llama: about 10-20% more), so the count is a low
+    estimate and a refusal is sure; a prompt just under the window may still be refused by the provider.
+    Without the tokenizer, the prompt is sent."""
+    if len(text) <= window // 4 or len(text.encode("utf-8", "surrogatepass")) <= window:
+        return None
+    from .context.tokens import TokenizerUnavailable, count_tokens
+
+    try:
+        tokens = await asyncio.to_thread(count_tokens, text)
+    except TokenizerUnavailable:
+        return None
+    if tokens <= window:
+        return None
+    chunk = max(1_000, len(text) * window // tokens * 3 // 4)  # chars per chunk that leave a margin
+    return (f"sub-call refused before sending: its prompt is about {tokens:,} tokens ({len(text):,} characters; "
+            f"counted offline with the o200k_base tokenizer), over the {window:,}-token window of {model}; "
+            f"split the text into chunks of at most about {chunk:,} characters and ask about each")
+
+
 class SubCalls:
     """The host side of one run's REPL requests."""
 
@@ -188,19 +221,23 @@ class SubCalls:
             client = self.state.client_for(call.model, self.config.sub_client)
         except RLMError as error:
             return [failed(str(error))] * len(call.prompts)
+        window = sub_window(client)  # of the model itself, not of a Ray wrapper
         if self.config.ray_fanout_at and len(call.prompts) >= self.config.ray_fanout_at:
             from .ray_fanout import RayModelClient
 
             client = RayModelClient(client, client.name, self.config.base_url)
         # Each lane builds its prompt (with the context) when it takes it: never all at once.
         return await in_lanes(call.prompts, self.config.calls.max_concurrency,
-                              lambda prompt: self._llm_call(client, call, prompt, child_depth))
+                              lambda prompt: self._llm_call(client, call, prompt, child_depth, window))
 
-    async def _llm_call(self, client: ModelClient, call: SubCall, prompt: str, depth: int) -> Reply:
+    async def _llm_call(self, client: ModelClient, call: SubCall, prompt: str, depth: int,
+                        window: int | None = None) -> Reply:
         if (length := call.prompt_size(prompt)) > HOST_BOUNDS.max_prompt_chars:
             return failed(f"sub-call refused: its prompt has {length:,} characters, over the limit of "
                           f"{HOST_BOUNDS.max_prompt_chars:,}; split the text and ask about the parts")
         text = call.prompt(prompt)  # with the context, when the call carries one: built now, by this lane
+        if window is not None and (refused := await over_window(text, window, client.name)) is not None:
+            return failed(refused)
         messages, site, memory = [{"role": "user", "content": text}], self.site("sub", depth), self.state.memory
         try:
             if memory is not None and (stored := await memory.reused(_identity(client), text)) is not None:

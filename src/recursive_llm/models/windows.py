@@ -1,6 +1,7 @@
 """Context windows (tokens) of well-known models, matched like prices (`pricing.longest_match`).
 
-Used to keep the root conversation inside the root model's window (see `RLM(compact_at=...)`).
+Used to keep the root conversation inside the root model's window (see `RLM(compact_at=...)`), and to
+refuse a sub-call whose prompt cannot fit before it is sent (`subcalls.over_window`).
 A client that knows its own window (the embedded model, Anthropic) says so itself; for any other
 model, pass `RLM(root_context_window=...)`.
 """
