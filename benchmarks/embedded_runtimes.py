@@ -5,9 +5,10 @@
 Each runtime runs in its own child process (so its load time and peak RSS are its own) with the
 interpreter that runs this script: install the runtimes into a venv first (docs/EMBEDDED.md).
 Runtimes: cyllama (prebuilt wheel, what `local` uses), llama_cpp (llama-cpp-python, built from
-source: the fallback), xllamacpp (prebuilt wheel). RLM_BENCH_THREADS sets the threads (default 2). A runtime that is not installed is reported as such. The prompt is the one the
+source: the fallback), xllamacpp (prebuilt wheel). RLM_BENCH_THREADS sets the threads (default 2).
+A runtime that is not installed is reported as such. The prompt is the one the
 map-reduce fallback sends for a one-chunk input (environments/runtime.py), with the sampling
-settings of models/local.py, on 2 threads.
+settings of models/local.py.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from .base import Completion, Message
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MAX_TOKENS = 384
-RUNTIMES = ("cyllama", "llama_cpp")  # in order of preference: the prebuilt wheel, then the source build  # in order of preference: the prebuilt wheel, then the source build
+RUNTIMES = ("cyllama", "llama_cpp")  # in order of preference: the prebuilt wheel, then the source build
 
 _models: dict[str, Any] = {}
 _models_lock = threading.Lock()
