@@ -43,6 +43,11 @@ def newcomer():
         pytest.skip("needs useradd and setpriv (Debian: passwd, util-linux)")
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         pytest.skip(f"no distribution python3 at {SYSTEM_PYTHON}")
+    if subprocess.run([SYSTEM_PYTHON, "-c", "import ensurepip, venv"], capture_output=True).returncode != 0:
+        # what such a user has: Debian's python3 with its venv module (the admin's apt-get install)
+        apt = "apt-get update -qq && apt-get install -y -qq python3-venv"
+        if shutil.which("apt-get") is None or subprocess.run(apt, shell=True, capture_output=True).returncode:
+            pytest.skip(f"{SYSTEM_PYTHON} has no venv module and python3-venv could not be installed")
     import pwd
 
     try:
@@ -80,7 +85,7 @@ def test_the_readme_first_command_works_for_a_new_user_with_the_system_python(ne
         print(f"\nREADME first command as a new user, cold: {took / 60:.1f} min (exit {done.returncode})")
         assert done.returncode == 0, done.stderr[-4000:]
         assert "kestrel" in done.stdout.lower(), done.stdout + done.stderr[-3000:]
-        assert (clone / ".venv" / "bin" / "python").exists()  # the system python3 was left alone
+        assert (clone / ".venv" / "bin" / "python").exists()  # an environment of the project's own
         assert (home / ".local" / "bin" / "rlm").resolve() == (clone / ".venv" / "bin" / "rlm").resolve()
     finally:
         shutil.rmtree(parent, ignore_errors=True)

@@ -25,6 +25,7 @@ from .base import Completion, Message
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MAX_TOKENS = 384
+SEED = 1  # cyllama samples with a fixed seed: the same question over the same input gets the same reply
 RUNTIMES = ("cyllama", "llama_cpp")  # in order of preference: the prebuilt wheel, then the source build
 
 _models: dict[str, Any] = {}
@@ -110,7 +111,8 @@ class _CyLlama:
         if needed > self.n_ctx:
             raise _context_error(f"requested tokens ({needed}) exceed context window of {self.n_ctx}", self.n_ctx)
         response = self.llm(prompt, config=GenerationConfig(n_ctx=self.n_ctx, max_tokens=max_tokens,
-                                                            temperature=temperature, repeat_penalty=repeat_penalty))
+                                                            temperature=temperature, repeat_penalty=repeat_penalty,
+                                                            seed=SEED))
         stats = response.stats
         return {"choices": [{"message": {"content": response.text}, "finish_reason": response.finish_reason}],
                 "usage": {"prompt_tokens": stats.prompt_tokens if stats else 0,
