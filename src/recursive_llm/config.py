@@ -79,6 +79,9 @@ class RetryPolicy:
     max_delay_s: float = 30.0
 
 
+RECORD_LOGPROBS = (None, "logprobs", "token-ids")  # CallPolicy.record_logprobs
+
+
 @dataclass(frozen=True)
 class CallPolicy:
     """How every model call of a run is made (root replies, sub-calls, child runs' calls)."""
@@ -93,8 +96,16 @@ class CallPolicy:
     # A sub-call with no answer after this many times its endpoint's usual latency, while the
     # endpoint has free slots, is sent once more; the first answer wins (None: never).
     hedge_after: float | None = None
+    # Ask OpenAI-compatible servers for the reply's tokens, kept with each call for training
+    # (`rlm export --format calls`): None (off), "logprobs" (the standard `logprobs: true`: their
+    # log-probabilities) or "token-ids" (also vLLM's `return_tokens_as_token_ids: true`: the ids;
+    # for vLLM-compatible servers only, as others may refuse the unknown field).
+    record_logprobs: str | None = None
 
     def __post_init__(self) -> None:
+        if self.record_logprobs not in RECORD_LOGPROBS:
+            raise ValueError(f"unknown record_logprobs {self.record_logprobs!r}: use 'logprobs' (any OpenAI-compatible "
+                             f"server), 'token-ids' (vLLM: ids and logprobs) or None (off)")
         _check_all(self, {"max_concurrency": (True, 1, True, False), "max_retries": (True, 0, True, False),
                           "hedge_after": (False, 1, True, True),
                           "max_child_runs": (True, 1, True, False),

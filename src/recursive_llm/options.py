@@ -124,6 +124,11 @@ def _loop_options(click) -> dict[str, Option]:  # how calls and the loop behave
                               "help": "Send a sub-call once more when it has no answer after this many times its "
                               "provider's usual latency; the first answer wins (off by default: the second "
                               "request is one more call)."}, rlm="hedge_after"),
+        "record_logprobs": Option(("--record-logprobs",), {"type": click.Choice(["logprobs", "token-ids"]),
+                                  "default": None, "help": "Ask the OpenAI-compatible server for each reply's "
+                                  "token log-probabilities (logprobs) or, from vLLM, also its token ids (token-ids: "
+                                  "vLLM's return_tokens_as_token_ids, which other servers may refuse); kept with each "
+                                  "call for `rlm export --format calls`."}, rlm="record_logprobs"),
         "cache": Option(("--cache/--no-cache",), {"default": None, "help": "Answer identical model calls from the run "
                         "store instead of paying again (default: on at temperature 0)."}, rlm="cache"),
         "fallback_after": Option(("--fallback-after",), {"type": click.IntRange(min=0), "default": None,
@@ -296,7 +301,7 @@ MODELS = ("model", "sub_model", "base_url", "api_key")
 LIMITS = ("max_iterations", "max_depth", "max_llm_calls", "max_tokens", "max_cost", "timeout")
 INPUT = ("contexts", "include", "exclude", "encoding", "separate", "no_gitignore", "max_file_mb")
 RUN = (*MODELS, *LIMITS, "environment", "allowed_models", "sandbox", "context_window", "temperature", "cache",
-       "prompt_style", "tools", "hedge_after")
+       "prompt_style", "tools", "hedge_after", "record_logprobs")
 OUTPUT = ("as_json", "verbose", "quiet")
 MEMORY = ("memory", "memory_reuse")
 
@@ -337,7 +342,7 @@ _RLM_KEYWORDS = {"model", "sub_model", "base_url", "api_key", "max_depth", "max_
                  "max_tokens", "max_cost_usd", "timeout_s", "environment", "sandbox", "worker_memory_mb",
                  "allowed_models", "sub_calls", "ray_fanout_at", "system_prompt", "verbose", "max_output_chars",
                  "cell_timeout_s", "max_concurrency", "max_retries", "call_timeout_s", "max_output_tokens",
-                 "temperature", "hedge_after", "fallback_after", "schema_retries", "prompt_style", "compact_at",
+                 "temperature", "hedge_after", "record_logprobs", "fallback_after", "schema_retries", "prompt_style", "compact_at",
                  "root_context_window", "trajectory_dir", "on_event", "store", "cache", "tools", "memory",
                  "memory_reuse"}
 

@@ -51,6 +51,7 @@ class RLM:
         call_timeout_s: float | None = CallPolicy.call_timeout_s,
         max_output_tokens: int | None = CallPolicy.max_output_tokens,
         temperature: float | None = CallPolicy.temperature, hedge_after: float | None = CallPolicy.hedge_after,
+        record_logprobs: str | None = CallPolicy.record_logprobs,
         # how the root loop behaves (config.LoopPolicy)
         max_output_chars: int = LoopPolicy.max_output_chars, cell_timeout_s: float = LoopPolicy.cell_timeout_s,
         fallback_after: int | None | str = "auto", schema_retries: int = LoopPolicy.schema_retries,
@@ -76,7 +77,8 @@ class RLM:
             limits = Limits(max_iterations=max_iterations, max_depth=max_depth, max_llm_calls=max_llm_calls,
                             max_tokens=max_tokens, max_cost_usd=max_cost_usd, timeout_s=timeout_s)
             calls = CallPolicy(max_concurrency=max_concurrency, max_retries=max_retries, call_timeout_s=call_timeout_s,
-                               max_output_tokens=max_output_tokens, temperature=temperature, hedge_after=hedge_after)
+                               max_output_tokens=max_output_tokens, temperature=temperature, hedge_after=hedge_after,
+                               record_logprobs=record_logprobs)
             loop = LoopPolicy(max_output_chars=max_output_chars, cell_timeout_s=cell_timeout_s, compact_at=compact_at,
                               fallback_after=auto_fallback_after(fallback_after, root_client), root_context_window=root_context_window,
                               system_prompt=system_prompt, sub_calls=sub_calls, schema_retries=schema_retries,
@@ -236,11 +238,12 @@ class RLM:
         calls = self.config.calls
         budget = Budget(self.config.limits)
         usage = UsageSummary()
-        use_cache = self.cache if self.cache is not None else calls.temperature == 0
+        # (by default not when recording tokens: a cached reply has none)
+        use_cache = self.cache if self.cache is not None else calls.temperature == 0 and not calls.record_logprobs
         scheduler = Scheduler(budget, events, usage, max_concurrency=calls.max_concurrency, retry=calls.retry,
                               call_timeout_s=calls.call_timeout_s, max_output_tokens=calls.max_output_tokens,
                               temperature=calls.temperature, store=store, use_cache=use_cache, replay=replay,
-                              hedge_after=calls.hedge_after)
+                              hedge_after=calls.hedge_after, record_logprobs=calls.record_logprobs)
         return RunState(config=self.config, budget=budget, events=events, usage=usage, scheduler=scheduler)
 
     def session(self, context: Any = None, *, contexts: list[Any] | None = None, **load_options: Any) -> "Session":

@@ -272,7 +272,8 @@ class Scheduler:
                  max_concurrency: int = 32, retry: RetryPolicy = RetryPolicy(),
                  call_timeout_s: float | None = 300.0, max_output_tokens: int | None = None,
                  temperature: float | None = None, store: "Store | None" = None, use_cache: bool = False,
-                 replay: "ReplayBook | None" = None, hedge_after: float | None = None) -> None:
+                 replay: "ReplayBook | None" = None, hedge_after: float | None = None,
+                 record_logprobs: str | None = None) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.budget = budget
@@ -286,6 +287,7 @@ class Scheduler:
         self.use_cache = use_cache and store is not None
         self.replay = replay
         self.hedge_after = hedge_after  # CallPolicy.hedge_after: sub-calls sent again when they straggle
+        self.record_logprobs = record_logprobs  # CallPolicy.record_logprobs: passed to clients that take it
         # The run's ceiling; calls to a provider also take a slot of its endpoint's adaptive limit
         # (`EndpointLimit`), shared by every run of the process.
         self._semaphore = asyncio.Semaphore(max_concurrency)
@@ -478,6 +480,8 @@ class Scheduler:
             raise BudgetExceeded("time", "call refused: the run's time limit is used up")
         # Only clients that declare `sends_headers` take them (the interface's other clients do not).
         extra = {"headers": headers} if headers and getattr(client, "sends_headers", False) else {}
+        if self.record_logprobs and getattr(client, "records_logprobs", False):
+            extra["record_logprobs"] = self.record_logprobs
         call = client.complete(messages, max_tokens=max_output_tokens, temperature=self.temperature,
                                timeout=timeout, **extra)
         if timeout is None:

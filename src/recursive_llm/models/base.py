@@ -6,7 +6,9 @@ budgets and concurrency live in `recursive_llm.scheduler`, never in a client. A 
 
 A client that sends HTTP requests may declare `sends_headers = True`: its `complete` then also takes
 `headers=` (the call's X-RLM-* ids, call_ids.py) and adds them to the request. Other clients are
-called without it.
+called without it. Likewise `records_logprobs = True`: `complete` also takes `record_logprobs=`
+("logprobs" or "token-ids", config.CallPolicy) when the user asked for the reply's tokens, and
+fills `Completion.token_ids` / `logprobs` from what the provider returned.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ModelError
+from . import reply_tokens
 from .base import Completion, Message
 from .errors import connection_failed, from_openai_error, timed_out
 from .loop_clients import PerLoop
@@ -112,6 +113,7 @@ class OpenAIClient:
 
     remote = True  # calls a provider: the scheduler adapts its concurrency per endpoint
     sends_headers = True  # takes the scheduler's per-call X-RLM-* headers (call_ids.py)
+    records_logprobs = True  # asks for the reply's tokens when the user does (models/reply_tokens.py)
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  context_window: int | None = None, name: str | None = None, provider: str = "openai",
@@ -230,7 +232,7 @@ class OpenAIClient:
             raise ModelError(f"{self.provider} {self.model}: malformed response (not a JSON object)", retryable=True)
         return data
 
-    def _parse(self, data: dict) -> Completion:
+    def _parse(self, data: dict, record_logprobs: str | None = None, max_tokens: int | None = None) -> Completion:
         choices = data.get("choices")
         first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
         message = first.get("message") if isinstance(first.get("message"), dict) else {}
@@ -244,27 +246,31 @@ class OpenAIClient:
         def count(value: Any) -> int:
             return value if isinstance(value, int) and not isinstance(value, bool) else 0
         finish = first.get("finish_reason")
+        token_ids, logprobs = reply_tokens.parse(first, record_logprobs, max_tokens)
         return Completion(text=message["content"], model=self.name, prompt_tokens=count(usage.get("prompt_tokens")),
                           completion_tokens=count(usage.get("completion_tokens")),
                           finish_reason=finish if isinstance(finish, str) else None, reasoning=reasoning,
-                          cached_prompt_tokens=count(details.get("cached_tokens")))
+                          cached_prompt_tokens=count(details.get("cached_tokens")), token_ids=token_ids,
+                          logprobs=logprobs)
 
-    async def complete(self, messages: list[Message], *, max_tokens: int | None = None, temperature: float | None = None,
-                       timeout: float | None = None, headers: dict[str, str] | None = None) -> Completion:
-        """One request; `headers` are added to it (the scheduler's X-RLM-* ids, call_ids.py)."""
-        if self.transport != "sdk":
-            body: dict[str, Any] = {"model": self.model, "messages": messages}
-            if max_tokens is not None:
-                body["max_tokens" if self.base_url else "max_completion_tokens"] = max_tokens
-            if temperature is not None:
-                body["temperature"] = temperature
-            return self._parse(await self._post(body, timeout, headers))
-        body = {"model": self.model, "messages": messages}
+    def _body(self, messages: list[Message], max_tokens: int | None, temperature: float | None,
+              record_logprobs: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
         if max_tokens is not None:
             # api.openai.com's newer models only accept max_completion_tokens; other servers expect max_tokens.
             body["max_tokens" if self.base_url else "max_completion_tokens"] = max_tokens
         if temperature is not None:
             body["temperature"] = temperature
+        return {**body, **reply_tokens.request_fields(record_logprobs)}
+
+    async def complete(self, messages: list[Message], *, max_tokens: int | None = None, temperature: float | None = None,
+                       timeout: float | None = None, headers: dict[str, str] | None = None,
+                       record_logprobs: str | None = None) -> Completion:
+        """One request; `headers` are added to it (the scheduler's X-RLM-* ids, call_ids.py);
+        `record_logprobs` asks for the reply's tokens (models/reply_tokens.py)."""
+        body = self._body(messages, max_tokens, temperature, record_logprobs)
+        if self.transport != "sdk":
+            return self._parse(await self._post(body, timeout, headers), record_logprobs, max_tokens)
         # The SDK's own HTTP stack, auth, headers, status errors and timeouts, but its low-level post:
         # `chat.completions.create` first walks the request through its TypedDict transform and then
         # builds a pydantic model of the reply, together about 60% of the CPU of a call (profile of
@@ -276,7 +282,7 @@ class OpenAIClient:
             content = await self._sdk().post("/chat/completions", body=body, cast_to=bytes, options=options)
         except Exception as error:
             raise from_openai_error(error, self.provider, self.model, "OPENAI_API_KEY") from None
-        return self._parse(self._decode(content))
+        return self._parse(self._decode(content), record_logprobs, max_tokens)
 
     async def aclose(self) -> None:
         """Let go of this loop's HTTP client (the last model client using it closes it); the next

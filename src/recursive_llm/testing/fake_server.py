@@ -39,6 +39,14 @@ def _tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
+def fake_logprobs(text: str, as_ids: bool) -> dict:
+    """The `logprobs` of a chat choice, as vLLM sends it for `text` (one token per 4 characters):
+    each token its text, or "token_id:<int>" with `return_tokens_as_token_ids`."""
+    pieces = [text[i:i + 4] for i in range(0, len(text), 4)] or [""]
+    return {"content": [{"token": f"token_id:{1000 + i}" if as_ids else piece, "logprob": -0.125 * (i % 8),
+                         "bytes": list(piece.encode()), "top_logprobs": []} for i, piece in enumerate(pieces)]}
+
+
 def _block_text(content: Any) -> str:
     """A message's text: a string, or the text of its content blocks."""
     if isinstance(content, list):
@@ -134,7 +142,7 @@ class FakeLLMServer:
                  retry_after: str = "0", hang_seconds: float = 30.0, port: int = 0,
                  tokens_per_second: float | None = None, max_concurrency: int | None = None,
                  reasoning: Responder | None = None, prompt_cache: bool = False,
-                 usage: dict[str, Any] | None = None) -> None:
+                 usage: dict[str, Any] | None = None, logprobs: Any = None) -> None:
         """`latency`: seconds per request, or a function drawing them (a distribution);
         `prompt_cache`: the providers' prompt caches (see `PromptCache`), reported in usage;
         `reasoning`: a second responder whose text is sent as the reply's separate reasoning, the
@@ -144,7 +152,9 @@ class FakeLLMServer:
         `max_concurrency`: requests beyond it get 429 with `retry_after`, like a provider's limit;
         `usage`: forged usage, a hostile provider's: these fields replace those of the usage each reply
         reports (OpenAI's names on /chat/completions, Anthropic's on /messages), e.g.
-        `{"prompt_tokens": -10**6}` or `{"prompt_tokens_details": {"cached_tokens": 10**7}}`."""
+        `{"prompt_tokens": -10**6}` or `{"prompt_tokens_details": {"cached_tokens": 10**7}}`;
+        `logprobs`: forged `choices[0].logprobs`, a hostile provider's, sent when a request asks for
+        logprobs (otherwise `fake_logprobs` of the reply, as vLLM does)."""
         for fault in [*(faults or []), *fault_kinds]:
             if fault not in FAULT_KINDS:
                 raise ValueError(f"unknown fault {fault!r}; choose from {FAULT_KINDS}")
@@ -152,6 +162,7 @@ class FakeLLMServer:
         self.reasoning = reasoning
         self.prompt_cache = PromptCache() if prompt_cache else None
         self.forged_usage = dict(usage or {})
+        self.forged_logprobs = logprobs
         self.latency = latency
         self.tokens_per_second = tokens_per_second
         self.max_concurrency = max_concurrency
@@ -339,10 +350,13 @@ class _Handler(BaseHTTPRequestHandler):
         message = {"role": "assistant", "content": text}
         if self.fake.reasoning is not None:
             message["reasoning_content"] = self.fake.reasoning(messages, model)
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
+        if body.get("logprobs") is True:
+            choice["logprobs"] = (self.fake.forged_logprobs if self.fake.forged_logprobs is not None else
+                                  fake_logprobs(text, body.get("return_tokens_as_token_ids") is True))
         self._send_json(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "model": model, "choices": [choice],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens,
                       **({"prompt_tokens_details": {"cached_tokens": cached}} if cache is not None else {}),
