@@ -230,11 +230,11 @@ def test_a_batch_runs_in_lanes_each_prompt_once_and_in_order():
     assert result.answer == "done" and len(events) == 40 and max(e["in_flight"] for e in events) == 5
 
 
-def _straggler_server(seen: list[str]) -> FakeLLMServer:
-    """Sub-prompt '#7' straggles the first time it is asked (2 s) and answers 'first'; asked again, it
-    answers 'second' at once; the other prompts answer at once."""
+def _straggler_server(seen: list[str], slow: int = 1, prompts: int = 20) -> FakeLLMServer:
+    """Sub-prompt '#7' straggles the first `slow` times it is asked (2 s) and answers 'first' (then
+    'second'); asked again, it answers at once ('second', then 'third'); the other prompts at once."""
     lock = threading.Lock()
-    code = "r = llm_query_batched([f'#{i}' for i in range(20)])\nprint(r[7], r[6])"
+    code = f"r = llm_query_batched([f'#{{i}}' for i in range({prompts})])\nprint(r[7], r[6])"
     root = root_then_sub(["```repl\n" + code + "\n```", "FINAL(done)"])
 
     def respond(messages: list[dict], model: str) -> str:
@@ -244,9 +244,9 @@ def _straggler_server(seen: list[str]) -> FakeLLMServer:
         with lock:
             seen.append(prompt)
             asked = len(seen)
-        if asked == 1:
+        if asked <= slow:
             time.sleep(2.0)
-        return "sub:first" if asked == 1 else "sub:second"
+        return "sub:" + ("first", "second", "third")[asked - 1]
 
     return FakeLLMServer(responder=respond, latency=0.05)
 
@@ -271,6 +271,17 @@ def test_a_straggling_sub_call_is_sent_again_and_the_first_answer_wins(hedge_aft
         assert len(hedges) == 1 and hedges[0]["purpose"] == "sub"
     assert result.answer == "done" and requests == 2 + 20 + (hedge_after is not None)
     assert result.usage.total.calls == 22  # the cancelled request's usage is not known (SECURITY.md)
+
+
+def test_a_copy_that_straggles_too_is_sent_once_more():
+    """A straggler whose first copy straggles as well (it drew the tail too) is sent a third time,
+    and no more: HEDGES_PER_CALL copies; the third request's answer wins (40 sub-calls: 5% are 2)."""
+    seen: list[str] = []
+    with _straggler_server(seen, slow=2, prompts=40) as server:
+        result = RLM(model="m", base_url=server.base_url, api_key="hedge-twice",
+                     hedge_after=3.0).completion("q", "text")
+    output = next(e["stdout"] for e in read_trajectory(result.trajectory_path) if e["type"] == "cell")
+    assert output.strip() == "sub:third sub:#6" and seen == ["#7"] * 3 and result.usage.total.hedged == 2
 
 
 def test_hedge_after_below_one_is_refused():

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 # A run's hedges are at most this share of its hedgeable sub-calls sent so far (issue 31: <= 5% extra).
 HEDGE_SHARE = 0.05
+# Copies of one call at most: a second when the first copy straggles too (with a 2% tail and 20 hedges
+# per batch, a third of the batches drew a slow copy, which one copy per call could not cut).
+HEDGES_PER_CALL = 2
 
 
 @dataclass(frozen=True)
@@ -365,33 +368,37 @@ class Scheduler:
         times the endpoint's usual latency while the endpoint has free slots (no call waits for one)
         and the run's hedges stay within HEDGE_SHARE of its hedgeable calls. The copy is sent only
         when the budget has room for it now (a spare reservation); the first answer wins, the other
-        request is cancelled and settled at its prompt's worst case. One hedge per call, one attempt."""
+        request is cancelled and settled at its prompt's worst case. A copy is one attempt; a copy that
+        straggles too (it drew the tail as well) gets one more: HEDGES_PER_CALL copies at most."""
         self._hedgeable += 1
-        first = asyncio.ensure_future(self._retrying(client, messages, site, call_id, max_output_tokens, key, headers))
-        tasks = {first}
+        tasks = {asyncio.ensure_future(self._retrying(client, messages, site, call_id, max_output_tokens, key, headers))}
+        first, race = next(iter(tasks)), None
         try:
             started = time.monotonic()
-            if not await self._straggles(first, endpoint):
-                return first.result()
-            reservation = self._spare_reservation(client, messages, max_output_tokens)
-            if reservation is None:
-                return await first
-            self._hedges += 1
-            self.usage.record(client.name, site.depth, TokenUsage(hedged=1))
-            self.events.emit("llm_hedge", **site.fields(), call_id=call_id, model=client.name,
-                             after_s=round(time.monotonic() - started, 3))
-            # The copy is the same call: the same call id and request id (the export keeps its row apart).
-            tasks.add(asyncio.ensure_future(self._attempt(client, messages, site, call_id, 1, max_output_tokens,
-                                                          key, headers, reservation)))
+            for _ in range(HEDGES_PER_CALL):
+                race = asyncio.ensure_future(_first_success(set(tasks), first))
+                if not await self._straggles(race, endpoint):
+                    return race.result()
+                reservation = self._spare_reservation(client, messages, max_output_tokens)
+                if reservation is None:
+                    return await race
+                race.cancel()
+                self._hedges += 1
+                self.usage.record(client.name, site.depth, TokenUsage(hedged=1))
+                self.events.emit("llm_hedge", **site.fields(), call_id=call_id, model=client.name,
+                                 after_s=round(time.monotonic() - started, 3))
+                # The copy is the same call: the same call id and request id (the export keeps its row apart).
+                tasks.add(asyncio.ensure_future(self._attempt(client, messages, site, call_id, 1, max_output_tokens,
+                                                              key, headers, reservation)))
             return await _first_success(tasks, first)
         finally:
-            for task in tasks:
+            for task in tasks | ({race} if race is not None else set()):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _may_hedge(self) -> bool:
         """The run's hedges stay within HEDGE_SHARE of its hedgeable sub-calls sent so far (one at least)."""
-        return self._hedges < max(1.0, HEDGE_SHARE * self._hedgeable)
+        return self._hedges + 1 <= max(1.0, HEDGE_SHARE * self._hedgeable)
 
     def _spare_reservation(self, client: ModelClient, messages: list[Message],
                            max_output_tokens: int | None) -> Reservation | None:
