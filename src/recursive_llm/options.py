@@ -122,8 +122,8 @@ def _loop_options(click) -> dict[str, Option]:  # how calls and the loop behave
                               "help": "Sampling temperature of every call."}, rlm="temperature"),
         "hedge_after": Option(("--hedge-after",), {"type": _finite_range(min=1), "default": None, "metavar": "TIMES",
                               "help": "Send a sub-call once more when it has no answer after this many times its "
-                              "provider's usual latency; the first answer wins (off by default: the second "
-                              "request is one more call)."}, rlm="hedge_after"),
+                              "provider's usual latency; the first answer wins (off by default: each copy is one "
+                              "more call in the budget; at most 5% of the sub-calls are hedged)."}, rlm="hedge_after"),
         "cache": Option(("--cache/--no-cache",), {"default": None, "help": "Answer identical model calls from the run "
                         "store instead of paying again (default: on at temperature 0)."}, rlm="cache"),
         "fallback_after": Option(("--fallback-after",), {"type": click.IntRange(min=0), "default": None,

@@ -371,8 +371,8 @@ class Scheduler:
         request is cancelled and settled at its prompt's worst case. A copy is one attempt; a copy that
         straggles too (it drew the tail as well) gets one more: HEDGES_PER_CALL copies at most."""
         self._hedgeable += 1
-        tasks = {asyncio.ensure_future(self._retrying(client, messages, site, call_id, max_output_tokens, key, headers))}
-        first, race = next(iter(tasks)), None
+        first = asyncio.ensure_future(self._retrying(client, messages, site, call_id, max_output_tokens, key, headers))
+        tasks, race = {first}, None
         try:
             started = time.monotonic()
             for _ in range(HEDGES_PER_CALL):
