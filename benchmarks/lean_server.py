@@ -8,7 +8,10 @@ With `--responder module:function` (a `function(messages, model) -> str` importa
 benchmarks directory), each body is parsed and the reply's content is what the function returns:
 the same replies as the simulator, at a few more microseconds per request.
 
-Run: python benchmarks/lean_server.py [--latency 0.1] [--responder peer_speed:respond]
+With `--tail SHARE:SECONDS` (e.g. 0.02:2.0), that share of the requests, drawn at random (`--seed`),
+take SECONDS instead of the latency: a provider with stragglers (benchmarks/hedging.py).
+
+Run: python benchmarks/lean_server.py [--latency 0.1] [--responder peer_speed:respond] [--tail 0.02:2.0]
 (prints "lean server: <base url>")
 """
 
@@ -18,12 +21,14 @@ import argparse
 import asyncio
 import importlib
 import json
+import random
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 Responder = Callable[[list[dict], str], str]
+Latency = Callable[[], float]
 
 
 
@@ -42,7 +47,7 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
-async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, latency: float,
+async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, latency: Latency,
                             responder: Responder | None) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:
@@ -62,7 +67,7 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             if responder is not None:
                 request = json.loads(body or b"{}")
                 reply = response(responder(request.get("messages", []), request.get("model", "lean")))
-            await asyncio.sleep(latency)
+            await asyncio.sleep(latency())
             writer.write(reply)
             await writer.drain()
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
@@ -80,7 +85,16 @@ def load_responder(spec: str | None) -> Responder | None:
     return getattr(importlib.import_module(module), function)
 
 
-async def main(latency: float, responder: Responder | None = None) -> None:
+def latencies(latency: float, tail: str | None, seed: int) -> Latency:
+    """Each request's latency: `latency`, or with `tail` ("SHARE:SECONDS") that share take SECONDS."""
+    if not tail:
+        return lambda: latency
+    share, slow = tail.split(":")
+    rng, share, slow = random.Random(seed), float(share), float(slow)
+    return lambda: slow if rng.random() < share else latency
+
+
+async def main(latency: Latency, responder: Responder | None = None) -> None:
     server = await asyncio.start_server(lambda r, w: _serve_connection(r, w, latency, responder), "127.0.0.1", 0,
                                         limit=MAX_HEADER_BYTES, backlog=1024)
     port = server.sockets[0].getsockname()[1]
@@ -93,5 +107,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--responder", help="module:function giving each reply's content (default: \"ok\")")
+    parser.add_argument("--tail", help="SHARE:SECONDS: that share of the requests take SECONDS (e.g. 0.02:2.0)")
+    parser.add_argument("--seed", type=int, default=7, help="the seed of which requests are in the tail")
     options = parser.parse_args()
-    asyncio.run(main(options.latency, load_responder(options.responder)))
+    asyncio.run(main(latencies(options.latency, options.tail, options.seed), load_responder(options.responder)))

@@ -230,11 +230,11 @@ def test_a_batch_runs_in_lanes_each_prompt_once_and_in_order():
     assert result.answer == "done" and len(events) == 40 and max(e["in_flight"] for e in events) == 5
 
 
-def _straggler_server(seen: list[str]) -> FakeLLMServer:
-    """Sub-prompt '#7' straggles the first time it is asked (2 s) and answers 'first'; asked again, it
-    answers 'second' at once; the other prompts answer at once."""
+def _straggler_server(seen: list[str], slow: int = 1, prompts: int = 20) -> FakeLLMServer:
+    """Sub-prompt '#7' straggles the first `slow` times it is asked (2 s) and answers 'first' (then
+    'second'); asked again, it answers at once ('second', then 'third'); the other prompts at once."""
     lock = threading.Lock()
-    code = "r = llm_query_batched([f'#{i}' for i in range(20)])\nprint(r[7], r[6])"
+    code = f"r = llm_query_batched([f'#{{i}}' for i in range({prompts})])\nprint(r[7], r[6])"
     root = root_then_sub(["```repl\n" + code + "\n```", "FINAL(done)"])
 
     def respond(messages: list[dict], model: str) -> str:
@@ -244,9 +244,9 @@ def _straggler_server(seen: list[str]) -> FakeLLMServer:
         with lock:
             seen.append(prompt)
             asked = len(seen)
-        if asked == 1:
+        if asked <= slow:
             time.sleep(2.0)
-        return "sub:first" if asked == 1 else "sub:second"
+        return "sub:" + ("first", "second", "third")[asked - 1]
 
     return FakeLLMServer(responder=respond, latency=0.05)
 
@@ -273,6 +273,17 @@ def test_a_straggling_sub_call_is_sent_again_and_the_first_answer_wins(hedge_aft
     assert result.usage.total.calls == 22  # the cancelled request's usage is not known (SECURITY.md)
 
 
+def test_a_copy_that_straggles_too_is_sent_once_more():
+    """A straggler whose first copy straggles as well (it drew the tail too) is sent a third time,
+    and no more: HEDGES_PER_CALL copies; the third request's answer wins (40 sub-calls: 5% are 2)."""
+    seen: list[str] = []
+    with _straggler_server(seen, slow=2, prompts=40) as server:
+        result = RLM(model="m", base_url=server.base_url, api_key="hedge-twice",
+                     hedge_after=3.0).completion("q", "text")
+    output = next(e["stdout"] for e in read_trajectory(result.trajectory_path) if e["type"] == "cell")
+    assert output.strip() == "sub:third sub:#6" and seen == ["#7"] * 3 and result.usage.total.hedged == 2
+
+
 def test_hedge_after_below_one_is_refused():
     from recursive_llm.errors import ConfigError
 
@@ -294,3 +305,86 @@ def test_the_usual_latency_is_a_median_and_a_full_endpoint_has_no_room_for_a_hed
 
     before, usual, full, free = asyncio.run(scenario())
     assert before is None and usual == 0.1 and not full and free
+
+
+def _many_stragglers_server(stragglers: int, prompts: int) -> FakeLLMServer:
+    """Sub-prompts '#0'..'#{stragglers-1}' take 1.5 s the first time they are asked, at once after."""
+    lock = threading.Lock()
+    asked: set[str] = set()
+    code = f"r = llm_query_batched([f'#{{i}}' for i in range({prompts})])\nprint(len(r))"
+    root = root_then_sub(["```repl\n" + code + "\n```", "FINAL(done)"])
+
+    def respond(messages: list[dict], model: str) -> str:
+        prompt = messages[-1]["content"]
+        if prompt.startswith("#") and int(prompt[1:]) < stragglers:
+            with lock:
+                first, _ = prompt not in asked, asked.add(prompt)
+            if first:
+                time.sleep(1.5)
+        return root(messages, model)
+
+    return FakeLLMServer(responder=respond, latency=0.05)
+
+
+def test_hedges_are_at_most_five_percent_of_the_sub_calls_and_counted_in_the_usage():
+    """Issue 31 (2): 10 of 40 sub-calls straggle, but a run hedges at most 5% of the sub-calls it has
+    sent (2 of 40); the usage says how many were hedged, per model and per depth."""
+    with _many_stragglers_server(10, 40) as server:
+        result = RLM(model="m", base_url=server.base_url, api_key="hedge-share",
+                     hedge_after=2.0).completion("q", "text")
+        requests = server.request_count
+    hedges = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "llm_hedge"]
+    usage = result.usage.to_dict()
+    assert result.answer == "done" and 1 <= len(hedges) <= 2 and requests == 2 + 40 + len(hedges)
+    assert usage["total"]["hedged"] == usage["by_model"]["m"]["hedged"] == len(hedges)
+    assert usage["by_depth"]["1"]["hedged"] == len(hedges) and usage["by_depth"]["0"]["hedged"] == 0
+    from recursive_llm.cli_support import _summary  # the CLI's summary line; --json prints result.to_dict()
+
+    assert f" · {len(hedges)} hedged" in _summary(result) and result.to_dict()["usage"] == usage
+
+
+@pytest.mark.parametrize("max_llm_calls", [21, 23])
+def test_a_hedge_is_sent_only_when_the_budget_has_room_for_it(max_llm_calls):
+    """Both requests count in the budget: with room for the root's first call and the 20 sub-calls and
+    no more, the straggler is not hedged (the refused hedge is no refused call: only the root's next
+    call is refused); with room for one more request and the root's second call, it is hedged."""
+    seen: list[str] = []
+    with _straggler_server(seen) as server:
+        result = RLM(model="m", base_url=server.base_url, api_key=f"hedge-room-{max_llm_calls}",
+                     hedge_after=3.0, max_llm_calls=max_llm_calls).completion("q", "text")
+    events = list(read_trajectory(result.trajectory_path))
+    output = next(e["stdout"] for e in events if e["type"] == "cell")
+    refused = {e["purpose"] for e in events if e["type"] == "llm_refused"}
+    hedged = max_llm_calls == 23
+    assert output.strip() == ("sub:second sub:#6" if hedged else "sub:first sub:#6")
+    assert result.usage.total.hedged == int(hedged) and seen == ["#7"] * (1 + hedged)
+    assert (result.answer, refused) == (("done", set()) if hedged else (None, {"root", "final"}))
+
+
+def test_a_request_cancelled_in_flight_is_settled_at_its_prompt_and_a_spare_refusal_exhausts_nothing():
+    """A hedge's cancelled copy counts in max_tokens/max_cost_usd at its prompt's worst case (a
+    provider may bill it), never at 0; a spare (hedge) reservation that does not fit marks nothing."""
+    from recursive_llm.budget import prompt_token_bound
+    from recursive_llm.errors import BudgetExceeded
+
+    class Hanging(ScriptedModel):
+        async def complete(self, messages, **kwargs):
+            await asyncio.sleep(60)
+
+    messages = [{"role": "user", "content": "x" * 100}]
+    budget = Budget(Limits(max_tokens=100_000))
+
+    async def scenario() -> None:
+        scheduler = Scheduler(budget, EventLog(None), UsageSummary())
+        site = CallSite(run_id="r", depth=1, purpose="sub")
+        task = asyncio.ensure_future(scheduler.call(Hanging([]), messages, site, max_output_tokens=50))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert budget.tokens == prompt_token_bound(messages) and budget.snapshot()["calls"] == 1
+    tight = Budget(Limits(max_tokens=prompt_token_bound(messages) + 10))
+    with pytest.raises(BudgetExceeded):
+        tight.reserve(messages, max_output_tokens=50, price=None, spare=True)
+    assert tight.exhausted is None and tight.calls == 0

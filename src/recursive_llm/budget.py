@@ -38,6 +38,10 @@ class Reservation:
     tokens: int
     cost_usd: float
     max_output_tokens: int | None
+    # The prompt's share of the worst case: what a request cancelled after it was sent is settled at
+    # (a provider may bill a prompt it had started on; a hedge's cancelled copy is one).
+    prompt_tokens: int = 0
+    prompt_cost_usd: float = 0.0
 
 
 class RoomLater(BudgetExceeded):
@@ -84,22 +88,23 @@ class Budget:
             self._refuse("time", f"the run's time limit of {self.limits.timeout_s:g} s is used up")
 
     # -- calls, tokens, cost --------------------------------------------------------------------
-    def _refuse(self, budget: str, why: str) -> None:
-        if self.exhausted is None:
+    def _refuse(self, budget: str, why: str, spare: bool = False) -> None:
+        if self.exhausted is None and not spare:
             self.exhausted = budget
         raise BudgetExceeded(budget, f"call refused: {why} (raise the limit to allow more)")
 
     def reserve(self, messages: list[dict], *, max_output_tokens: int | None,
-                price: tuple[float, float] | None) -> Reservation:
+                price: tuple[float, float] | None, spare: bool = False) -> Reservation:
         """Reserve one call's worst case now, or raise `BudgetExceeded` (`RoomLater` when the call
-        would fit once the calls in flight settle). May lower the output cap."""
+        would fit once the calls in flight settle). May lower the output cap. A `spare` request (a
+        hedge: the call is answered without it) refused does not mark the budget exhausted."""
         prompt_bound = prompt_token_bound(messages)
         in_price, out_price = ((price[0] / 1e6, price[1] / 1e6) if price else (0.0, 0.0))
         limits = self.limits
         with self._lock:
             self.check_time()
             if limits.max_llm_calls is not None and self.calls + 1 > limits.max_llm_calls:
-                self._refuse("llm_calls", f"max_llm_calls={limits.max_llm_calls} reached")
+                self._refuse("llm_calls", f"max_llm_calls={limits.max_llm_calls} reached", spare)
             output_cap = max_output_tokens
             budgeted = limits.max_tokens is not None or (limits.max_cost_usd is not None and (in_price or out_price))
             if budgeted:
@@ -109,14 +114,14 @@ class Budget:
                     settled_room = limits.max_tokens - self.tokens - prompt_bound
                     if settled_room < _MIN_USEFUL_OUTPUT:
                         self._refuse("tokens", f"max_tokens={limits.max_tokens} cannot fit another call "
-                                               f"(prompt up to {prompt_bound} tokens)")
+                                               f"(prompt up to {prompt_bound} tokens)", spare)
                     rooms.append((settled_room - self._reserved_tokens, "tokens"))
                 if limits.max_cost_usd is not None and (in_price or out_price):
                     settled_usd = limits.max_cost_usd - self.cost_usd - prompt_bound * in_price
                     def tokens_for(usd: float) -> int:
                         return int(usd / out_price) if out_price else (10**12 if usd > 0 else -1)
                     if tokens_for(settled_usd) < _MIN_USEFUL_OUTPUT:
-                        self._refuse("cost", f"max_cost_usd={limits.max_cost_usd:g} cannot fit another call")
+                        self._refuse("cost", f"max_cost_usd={limits.max_cost_usd:g} cannot fit another call", spare)
                     rooms.append((tokens_for(settled_usd - self._reserved_cost), "cost"))
                 now, tightest = min(rooms)
                 if now >= planned:
@@ -131,7 +136,7 @@ class Budget:
             self._open += 1
             self._reserved_tokens += reserved_tokens
             self._reserved_cost += reserved_cost
-            return Reservation(reserved_tokens, reserved_cost, output_cap)
+            return Reservation(reserved_tokens, reserved_cost, output_cap, prompt_bound, prompt_bound * in_price)
 
     async def areserve(self, messages: list[dict], *, max_output_tokens: int | None,
                        price: tuple[float, float] | None) -> Reservation:

@@ -107,6 +107,8 @@ def _summary(result, tally=None) -> str:
     calls = tally.calls() if tally is not None else f"{total.calls} model call" + ("" if total.calls == 1 else "s")
     parts = [f"run {result.run_id}", result.stopped_reason, iterations, calls, f"{total.total_tokens:,} tokens",
              f"${result.cost_usd:.4f}", f"{result.duration_s:.1f}s"]
+    if total.hedged:
+        parts.append(f"{total.hedged} hedged")
     if result.used_fallback:
         parts.append("map-reduce fallback")
     return " · ".join(parts) + (f"\ntrajectory: {result.trajectory_path}" if result.trajectory_path else "")

@@ -122,8 +122,8 @@ def _loop_options(click) -> dict[str, Option]:  # how calls and the loop behave
                               "help": "Sampling temperature of every call."}, rlm="temperature"),
         "hedge_after": Option(("--hedge-after",), {"type": _finite_range(min=1), "default": None, "metavar": "TIMES",
                               "help": "Send a sub-call once more when it has no answer after this many times its "
-                              "provider's usual latency; the first answer wins (off by default: the second "
-                              "request is one more call)."}, rlm="hedge_after"),
+                              "provider's usual latency; the first answer wins (off by default: each copy is one "
+                              "more call in the budget; at most 5% of the sub-calls are hedged)."}, rlm="hedge_after"),
         "record_logprobs": Option(("--record-logprobs",), {"type": click.Choice(["logprobs", "token-ids"]),
                                   "default": None, "help": "Ask the OpenAI-compatible server for each reply's "
                                   "token log-probabilities (logprobs) or, from vLLM, also its token ids (token-ids: "

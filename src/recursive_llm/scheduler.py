@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .budget import Budget
+from .budget import Budget, Reservation
 from .call_ids import CallTree, request_headers
 from .call_ids import call_id as new_call_id
 from .config import HOST_BOUNDS, RetryPolicy
@@ -26,6 +26,12 @@ from .usage import TokenUsage, UsageSummary, checked_usage
 
 if TYPE_CHECKING:
     from .store import ReplayBook, Store
+
+# A run's hedges are at most this share of its hedgeable sub-calls sent so far (issue 31: <= 5% extra).
+HEDGE_SHARE = 0.05
+# Copies of one call at most: a second when the first copy straggles too (with a 2% tail and 20 hedges
+# per batch, a third of the batches drew a slow copy, which one copy per call could not cut).
+HEDGES_PER_CALL = 2
 
 
 @dataclass(frozen=True)
@@ -295,6 +301,8 @@ class Scheduler:
         self._call_counter = 0
         self.tree = CallTree()  # each call's parent, for the headers a request carries (call_ids.py)
         self.endpoints: set[EndpointLimit] = set()  # the endpoints called, remembered at the run's end
+        self._hedgeable = 0  # sub-calls sent that could be hedged
+        self._hedges = 0  # of them, those sent a second time (at most HEDGE_SHARE, see `_may_hedge`)
 
     def remember_widths(self) -> str | None:
         """Save the widths the called endpoints took, for later processes (endpoint_memory.py);
@@ -359,25 +367,52 @@ class Scheduler:
                       call_id: str, max_output_tokens: int | None, key: str | None,
                       headers: dict[str, str] | None = None) -> Completion:
         """A sub-call that is sent a second time when it straggles: no answer after `hedge_after`
-        times the endpoint's usual latency while the endpoint has free slots (no call waits for one).
-        The first answer wins; the other request is cancelled (counted as a call; its tokens are not
-        known, though a provider may bill its prompt). One hedge per call, each within the budget."""
+        times the endpoint's usual latency while the endpoint has free slots (no call waits for one)
+        and the run's hedges stay within HEDGE_SHARE of its hedgeable calls. The copy is sent only
+        when the budget has room for it now (a spare reservation); the first answer wins, the other
+        request is cancelled and settled at its prompt's worst case. A copy is one attempt; a copy that
+        straggles too (it drew the tail as well) gets one more: HEDGES_PER_CALL copies at most."""
+        self._hedgeable += 1
         first = asyncio.ensure_future(self._retrying(client, messages, site, call_id, max_output_tokens, key, headers))
-        tasks = {first}
+        tasks, race = {first}, None
         try:
             started = time.monotonic()
-            if not await self._straggles(first, endpoint):
-                return first.result()
-            self.events.emit("llm_hedge", **site.fields(), call_id=call_id, model=client.name,
-                             after_s=round(time.monotonic() - started, 3))
-            # The copy is the same call: the same call id and request id (the export keeps its row apart).
-            tasks.add(asyncio.ensure_future(self._retrying(client, messages, site, call_id, max_output_tokens,
-                                                           key, headers)))
+            for _ in range(HEDGES_PER_CALL):
+                race = asyncio.ensure_future(_first_success(set(tasks), first))
+                if not await self._straggles(race, endpoint):
+                    return race.result()
+                reservation = self._spare_reservation(client, messages, max_output_tokens)
+                if reservation is None:
+                    return await race
+                race.cancel()
+                self._hedges += 1
+                self.usage.record(client.name, site.depth, TokenUsage(hedged=1))
+                self.events.emit("llm_hedge", **site.fields(), call_id=call_id, model=client.name,
+                                 after_s=round(time.monotonic() - started, 3))
+                # The copy is the same call: the same call id and request id (the export keeps its row apart).
+                tasks.add(asyncio.ensure_future(self._attempt(client, messages, site, call_id, 1, max_output_tokens,
+                                                              key, headers, reservation)))
             return await _first_success(tasks, first)
         finally:
-            for task in tasks:
+            for task in tasks | ({race} if race is not None else set()):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _may_hedge(self) -> bool:
+        """The run's hedges stay within HEDGE_SHARE of its hedgeable sub-calls sent so far (one at least)."""
+        return self._hedges + 1 <= max(1.0, HEDGE_SHARE * self._hedgeable)
+
+    def _spare_reservation(self, client: ModelClient, messages: list[Message],
+                           max_output_tokens: int | None) -> Reservation | None:
+        """The budget for a hedge's copy if it fits now, else None (the call then waits for its first
+        request; the budget is not marked exhausted, since the call itself needs no more)."""
+        from .models.pricing import worst_case_price
+
+        try:
+            return self.budget.reserve(messages, max_output_tokens=max_output_tokens,
+                                       price=worst_case_price(client.name), spare=True)
+        except BudgetExceeded:
+            return None
 
     async def _straggles(self, task: asyncio.Future, endpoint: EndpointLimit) -> bool:
         """Wait until `task` is done (False) or straggles (True): no answer `hedge_after` times the
@@ -390,7 +425,7 @@ class Scheduler:
                 clock = time.monotonic()
             usual = endpoint.usual_latency()
             due = None if usual is None else clock + self.hedge_after * usual - time.monotonic()
-            if due is not None and due <= 0 and endpoint.has_room():
+            if due is not None and due <= 0 and endpoint.has_room() and self._may_hedge():
                 return True
             done, _ = await asyncio.wait({task}, timeout=0.25 if due is None or due <= 0 else due)
             if done:
@@ -413,18 +448,13 @@ class Scheduler:
 
     async def _attempt(self, client: ModelClient, messages: list[Message], site: CallSite,
                        call_id: str, attempt: int, max_output_tokens: int | None, key: str | None,
-                       headers: dict[str, str] | None = None) -> Completion:
-        from .models.pricing import cost_usd, worst_case_price
+                       headers: dict[str, str] | None = None, reservation: Reservation | None = None) -> Completion:
+        """One request. `reservation`: the budget already reserved for it (a hedge's), else reserved here."""
+        from .models.pricing import cost_usd
 
         async with self._semaphore:
-            try:
-                reservation = await self.budget.areserve(messages, max_output_tokens=max_output_tokens,
-                                                         price=worst_case_price(client.name))
-            except BudgetExceeded as error:
-                self.events.emit("llm_refused", **site.fields(), call_id=call_id,
-                                 model=client.name, budget=error.budget,
-                                 error=str(error))
-                raise
+            if reservation is None:
+                reservation = await self._reserve(client, messages, site, call_id, max_output_tokens)
             endpoint = endpoint_limit(client)
             if endpoint is not None:
                 self.endpoints.add(endpoint)
@@ -443,7 +473,9 @@ class Scheduler:
             except BaseException as error:
                 if endpoint is not None:
                     endpoint.release(started, error if isinstance(error, Exception) else False)
-                self.budget.settle(reservation, tokens=0, cost_usd=0.0)
+                sent = isinstance(error, asyncio.CancelledError)  # cancelled in flight: its prompt may be billed
+                self.budget.settle(reservation, tokens=reservation.prompt_tokens if sent else 0,
+                                   cost_usd=reservation.prompt_cost_usd if sent else 0.0)
                 model_error = error if isinstance(error, ModelError) else None
                 self.events.emit("llm_error", **site.fields(), call_id=call_id,
                                  model=client.name, attempt=attempt,
@@ -473,6 +505,20 @@ class Scheduler:
                          cached_prompt_tokens=completion.cached_prompt_tokens,
                          cache_write_tokens=completion.cache_write_tokens, **_token_fields(completion))
         return completion
+
+    async def _reserve(self, client: ModelClient, messages: list[Message], site: CallSite, call_id: str,
+                       max_output_tokens: int | None) -> Reservation:
+        """The call's worst case reserved (waiting while calls in flight hold the room); a refusal is
+        recorded as an `llm_refused` event."""
+        from .models.pricing import worst_case_price
+
+        try:
+            return await self.budget.areserve(messages, max_output_tokens=max_output_tokens,
+                                              price=worst_case_price(client.name))
+        except BudgetExceeded as error:
+            self.events.emit("llm_refused", **site.fields(), call_id=call_id,
+                             model=client.name, budget=error.budget, error=str(error))
+            raise
 
     async def _complete(self, client: ModelClient, messages: list[Message], max_output_tokens: int | None,
                         timeout: float | None, headers: dict[str, str] | None = None) -> Completion:

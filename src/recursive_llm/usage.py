@@ -40,6 +40,7 @@ class TokenUsage:
     # Of `prompt_tokens`: read from the provider's prompt cache, and written to it (Anthropic).
     cached_prompt_tokens: int = 0
     cache_write_tokens: int = 0
+    hedged: int = 0  # calls sent a second time because they straggled (`hedge_after`); not in `calls`
 
     @property
     def total_tokens(self) -> int:
@@ -53,6 +54,7 @@ class TokenUsage:
         self.cached_calls += other.cached_calls
         self.cached_prompt_tokens += other.cached_prompt_tokens
         self.cache_write_tokens += other.cache_write_tokens
+        self.hedged += other.hedged
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +66,7 @@ class TokenUsage:
             "cached_calls": self.cached_calls,
             "cached_prompt_tokens": self.cached_prompt_tokens,
             "cache_write_tokens": self.cache_write_tokens,
+            "hedged": self.hedged,
         }
 
 
