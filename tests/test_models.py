@@ -136,7 +136,7 @@ def test_retries_give_up_after_the_limit():
 
 # -- LiteLLM (the optional extra; scripts/setup.sh installs it) ------------------------------------
 def test_litellm_over_http():
-    pytest.importorskip("litellm", reason="the litellm extra is not installed: pip install 'recursive-llm-repl[litellm]'")
+    pytest.importorskip("litellm", reason="the litellm extra is not installed: pip install litellm")
     from recursive_llm.models.resolver import resolve_model
 
     with FakeLLMServer() as server:

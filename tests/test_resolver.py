@@ -59,7 +59,7 @@ def test_litellm_is_optional(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "litellm", None)  # `import litellm` raises ImportError
-    with pytest.raises(ConfigError, match=r"recursive-llm-repl\[litellm\]"):
+    with pytest.raises(ConfigError, match=r"pip install litellm \(or, in a clone of recursive-llm: pip install -e '\.\[litellm\]'\)"):
         resolve_model("litellm/bedrock/some-model")
 
 

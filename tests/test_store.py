@@ -58,7 +58,7 @@ def test_a_newer_schema_is_refused_with_the_fix(tmp_path):
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     store = Store(path)  # a run with this store still runs (unrecorded) and says why
-    assert "newer recursive-llm" in store.error and "pip install -U recursive-llm-repl)" in store.error  # PyPI's recursive-llm is another project
+    assert "newer recursive-llm" in store.error and "git pull in your recursive-llm clone, then bash scripts/setup.sh" in store.error  # PyPI's recursive-llm is another project
     with pytest.raises(StoreError, match="newer recursive-llm"):
         store.list_runs()
 

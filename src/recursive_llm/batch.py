@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ContextError
+from .extras import install_hint
 
 FINISHED = ("final", "max_iterations", "budget", "timeout", "not_found")
 
@@ -128,7 +129,7 @@ def run_ray(tasks: list[dict[str, Any]], options: BatchOptions, address: str | N
     try:
         import ray
     except ImportError:
-        raise ContextError("the Ray executor needs Ray: pip install 'recursive-llm-repl[ray]'") from None
+        raise ContextError(f"the Ray executor needs Ray: {install_hint('ray')}") from None
     from .ray_fanout import ensure_ray
 
     started_here = ensure_ray(address, num_cpus=workers or os.cpu_count() or 2)

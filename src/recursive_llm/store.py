@@ -44,7 +44,7 @@ from typing import Any
 from .errors import StoreError  # importable from here too
 from .events import report_problem
 from .models.base import Completion, Message
-from .preflight import DIST
+from .extras import UPGRADE_HINT
 
 SCHEMA_VERSION = 5
 CALL_COMMIT_S = 0.02  # completed calls wait at most this long for their (group) commit
@@ -113,7 +113,7 @@ MIGRATIONS: dict[int, str] = {
 def _fix_for(error: BaseException, path: Path) -> str:
     text = str(error).lower()
     if "newer recursive-llm" in text:
-        return f"upgrade recursive-llm (pip install -U {DIST}), or set RLM_HOME to another directory"
+        return f"upgrade recursive-llm ({UPGRADE_HINT}), or set RLM_HOME to another directory"
     if isinstance(error, OSError) and error.errno == errno.ENOSPC or "disk is full" in text:
         return f"free some space under {path.parent}, or set RLM_HOME to a directory on another disk"
     if _read_only(path):

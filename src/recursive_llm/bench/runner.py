@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..extras import install_hint
 from .methods import METHODS, run_method
 from .families import FAMILIES
 from .tasks import parse_size
@@ -108,7 +109,7 @@ def write_plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
         import matplotlib.pyplot as plt
         import matplotlib.ticker
     except ImportError:
-        raise RuntimeError("plots need matplotlib: pip install 'recursive-llm-repl[bench]'") from None
+        raise RuntimeError(f"plots need matplotlib: {install_hint('bench')}") from None
     summary = _summaries(rows)
     written = []
     for family in sorted({r["family"] for r in rows}):

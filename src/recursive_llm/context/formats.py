@@ -11,6 +11,8 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+from ..extras import install_hint
+
 BINARY_SNIFF_BYTES = 8192
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
 PDF_SUFFIXES = {".pdf"}
@@ -108,7 +110,7 @@ def pdf_to_text(path: Path) -> str:
         from pypdf import PdfReader
         from pypdf.errors import PdfReadError
     except ImportError:
-        raise Unreadable("is a PDF, and reading PDFs needs pypdf: pip install 'recursive-llm-repl[pdf]'") from None
+        raise Unreadable(f"is a PDF, and reading PDFs needs pypdf: {install_hint('pdf')}") from None
     try:
         reader = PdfReader(str(path))
         if reader.is_encrypted:

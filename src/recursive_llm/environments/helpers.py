@@ -257,7 +257,9 @@ class SQLTables:
             try:
                 import duckdb
             except ImportError:
-                raise RuntimeError("sql() needs DuckDB: pip install 'recursive-llm-repl[tables]'") from None
+                from ..extras import install_hint
+
+                raise RuntimeError("sql() needs DuckDB: " + install_hint("tables")) from None
             from ..context.tables import duckdb_source
 
             connection = duckdb.connect(":memory:")

@@ -1,4 +1,4 @@
-"""The long tail of providers through LiteLLM (an optional extra: `recursive-llm-repl[litellm]`)."""
+"""The long tail of providers through LiteLLM (an optional extra: `litellm`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from ..errors import ConfigError, ModelError
+from ..extras import install_hint
 from .base import Completion, Message
 from .errors import from_openai_error
 
@@ -20,7 +21,7 @@ class LiteLLMClient:
         try:
             import litellm  # noqa: F401  (fail at construction, not at the first call)
         except ImportError:
-            raise ConfigError(f"model 'litellm/{model}' needs LiteLLM: pip install 'recursive-llm-repl[litellm]'") from None
+            raise ConfigError(f"model 'litellm/{model}' needs LiteLLM: {install_hint('litellm')}") from None
         self.model = model
         self.name = f"litellm/{model}"
         self.base_url = base_url
