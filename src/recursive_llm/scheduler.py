@@ -66,7 +66,7 @@ def for_record(messages: list[Message]) -> list[Message]:
                                                          f"the rest is not recorded]"} for m in messages]
 
 
-def _identity(client: ModelClient) -> str:
+def model_identity(client: ModelClient) -> str:
     """What makes two clients the same model for the cache: kind, endpoint and model name."""
     return f"{type(client).__name__}|{getattr(client, 'base_url', None) or ''}|{client.name}"
 
@@ -244,7 +244,7 @@ def endpoint_key(client: ModelClient) -> str | None:
         return None
     key = getattr(client, "_api_key", None) or ""
     digest = hashlib.sha256(key.encode()).hexdigest()[:12] if key else ""
-    return f"{_identity(client)}|{digest}"
+    return f"{model_identity(client)}|{digest}"
 
 
 def endpoint_limit(client: ModelClient) -> EndpointLimit | None:
@@ -334,7 +334,7 @@ class Scheduler:
         if self.store is not None:
             from .store import cache_key
 
-            key = cache_key(_identity(client), messages, max_output_tokens, self.temperature,
+            key = cache_key(model_identity(client), messages, max_output_tokens, self.temperature,
                             getattr(self.store, "cache_namespace", None))
             stored, source = (self.replay.take(key), "replay") if self.replay is not None else (None, None)
             if stored is None and self.use_cache:

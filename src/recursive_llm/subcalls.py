@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .config import HOST_BOUNDS
 from .errors import RLMError
 from .models.base import ModelClient
-from .scheduler import CallSite, _identity
+from .scheduler import CallSite, model_identity
 
 if TYPE_CHECKING:
     from .context.loader import LoadedContext
@@ -240,11 +240,11 @@ class SubCalls:
             return failed(refused)
         messages, site, memory = [{"role": "user", "content": text}], self.site("sub", depth), self.state.memory
         try:
-            if memory is not None and (stored := await memory.reused(_identity(client), text)) is not None:
+            if memory is not None and (stored := await memory.reused(model_identity(client), text)) is not None:
                 return Reply(text=self.state.scheduler.answered(client, messages, site, stored, "memory").text)
             completion = await self.state.scheduler.call(client, messages, site)
             if memory is not None:
-                await memory.keep(_identity(client), text, completion)
+                await memory.keep(model_identity(client), text, completion)
         except RLMError as error:
             return failed(str(error))
         except Exception as error:  # an unexpected client failure stays in its slot
