@@ -24,8 +24,8 @@ os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
 
 from common import bare_openai, start_and_round_trip  # noqa: E402
 from recursive_llm import RLM  # noqa: E402
-from recursive_llm.environments.worker import WorkerEnvironment  # noqa: E402
-from recursive_llm.events import read_trajectory  # noqa: E402
+from recursive_llm.environments.host.worker import WorkerEnvironment  # noqa: E402
+from recursive_llm.record.events import read_trajectory  # noqa: E402
 from recursive_llm.testing import ScriptedModel  # noqa: E402
 
 REPEATS = 5

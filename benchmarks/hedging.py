@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-bench-"))
 
 from recursive_llm import RLM  # noqa: E402
-from recursive_llm.events import read_trajectory  # noqa: E402
+from recursive_llm.record.events import read_trajectory  # noqa: E402
 from recursive_llm.testing import FakeLLMServer, ScriptedModel  # noqa: E402
 from scripted_root import root_then_sub  # noqa: E402
 

@@ -56,7 +56,7 @@ print(lit_s, lit.total, rx_s, rx.total, int(hwm) / 1024)
 async def measure_size(path: Path) -> dict:
     from recursive_llm.context.index import SearchIndex
     from recursive_llm.context.loader import load_context
-    from recursive_llm.environments.worker import WorkerEnvironment
+    from recursive_llm.environments.host.worker import WorkerEnvironment
 
     async def no_calls(*args):
         return []
@@ -98,7 +98,7 @@ async def measure_table(rows: int) -> dict:
     import duckdb
 
     from recursive_llm.context.loader import load_context
-    from recursive_llm.environments.worker import WorkerEnvironment
+    from recursive_llm.environments.host.worker import WorkerEnvironment
 
     async def no_calls(*args):
         return []

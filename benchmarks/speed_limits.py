@@ -40,7 +40,7 @@ from core_overhead import fan_out, server_process  # noqa: E402
 from recursive_llm import RLM  # noqa: E402
 
 assert RLM.__module__ and sys.modules["recursive_llm"].__file__.startswith(SRC), "the package from another tree"
-from recursive_llm.events import read_trajectory  # noqa: E402
+from recursive_llm.record.events import read_trajectory  # noqa: E402
 from recursive_llm.testing import FakeLLMServer, ScriptedModel  # noqa: E402
 
 REPEATS = int(os.environ.get("REPEATS", "3"))

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 os.environ.setdefault("RLM_HOME", tempfile.mkdtemp(prefix="rlm-viewer-bench-"))
 
 from recursive_llm import RLM  # noqa: E402
-from recursive_llm.store import Store  # noqa: E402
+from recursive_llm.record.store import Store  # noqa: E402
 from recursive_llm.testing import ScriptedModel  # noqa: E402
-from recursive_llm.viewer import render_html  # noqa: E402
+from recursive_llm.record.viewer import render_html  # noqa: E402
 
 SUB_CALLS = 2_000
 

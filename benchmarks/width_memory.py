@@ -36,7 +36,7 @@ BATCH = (f"import time\n_t = time.perf_counter()\nr = llm_query_batched([f'#{{i}
          "print(round(time.perf_counter() - _t, 3), sum(x.startswith('Error') for x in r))")
 PROCESS = """import json, sys
 from recursive_llm import RLM
-from recursive_llm.events import read_trajectory
+from recursive_llm.record.events import read_trajectory
 result = RLM(model='m', base_url=sys.argv[1], api_key='bench', max_concurrency=256, cache=False).completion(sys.argv[2], 'text')
 cells = [e['stdout'].split() for e in read_trajectory(result.trajectory_path) if e['type'] == 'cell']
 print(json.dumps(cells[-1]))

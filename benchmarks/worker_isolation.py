@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import start_and_round_trip, status_mb, stdlib_text  # noqa: E402
 from recursive_llm.environments.local import LocalEnvironment  # noqa: E402
-from recursive_llm.environments.sandbox import plan_isolation  # noqa: E402
-from recursive_llm.environments.worker import WorkerEnvironment  # noqa: E402
+from recursive_llm.environments.host.sandbox import plan_isolation  # noqa: E402
+from recursive_llm.environments.host.worker import WorkerEnvironment  # noqa: E402
 
 REPEATS = 5
 
@@ -40,9 +40,9 @@ async def startup_and_round_trip(kind: str, mode: str = "auto") -> tuple[float, 
 CONFINE = """
 import sys, time, json, tempfile
 sys.path.insert(0, sys.argv[1])
-import recursive_llm.environments.runtime  # what the worker has imported already
+import recursive_llm.environments.inside.runtime  # what the worker has imported already
 started = time.perf_counter()
-from recursive_llm.environments.confine import confine
+from recursive_llm.environments.inside.confine import confine
 policy = json.loads(sys.argv[2])
 policy["write"] = [tempfile.mkdtemp()]
 confine(policy)
@@ -56,7 +56,7 @@ def confinement_seconds() -> float:
     that has imported what the worker imports anyway."""
     import subprocess
 
-    from recursive_llm.environments.sandbox import Limits, _package_root, confinement_policy
+    from recursive_llm.environments.host.sandbox import Limits, _package_root, confinement_policy
 
     policy = confinement_policy(plan_isolation("process"), input_dir="/tmp", work_dir="/tmp", limits=Limits())
     times = []

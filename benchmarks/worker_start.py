@@ -31,7 +31,7 @@ N = int(os.environ.get("N", "20"))
 
 MEASURE = r"""
 import asyncio, json, os, resource, sys, time
-from recursive_llm.environments.worker import WorkerEnvironment
+from recursive_llm.environments.host.worker import WorkerEnvironment
 
 TICK = os.sysconf("SC_CLK_TCK")
 CELL = os.environ.get("CELL_PREFIX", "") + "import resource as _r; _u = _r.getrusage(_r.RUSAGE_SELF); print(_u.ru_utime + _u.ru_stime)"
@@ -55,9 +55,9 @@ async def no_calls(*a):
 async def main(mode, n, origin):
     template = None
     if origin == "forked":
-        from recursive_llm.environments import template as worker_template
-        from recursive_llm.environments.sandbox import Limits, plan_isolation
-        from recursive_llm.environments.worker import WORKER_SCRIPT
+        from recursive_llm.environments.prestart import template as worker_template
+        from recursive_llm.environments.host.sandbox import Limits, plan_isolation
+        from recursive_llm.environments.host.worker import WORKER_SCRIPT
         template = worker_template.WorkerTemplate(plan_isolation(mode), Limits(),
                                                   worker_template.python_argv_for_template(str(WORKER_SCRIPT)))
         await template.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 from recursive_llm import RLM
-from recursive_llm.events import read_trajectory
+from recursive_llm.record.events import read_trajectory
 from recursive_llm.testing import FakeLLMServer
 from scripted_root import root_then_sub
 
@@ -50,7 +50,7 @@ def test_hundred_batched_prompts_at_100ms_are_concurrent_and_ordered(monkeypatch
         assert result.answer == "done"
         # The width is adaptive: it starts at START_LIMIT calls in flight and grows while the server
         # keeps up (how far depends on the machine's load: speed is measured in benchmarks/).
-        from recursive_llm.scheduler import START_LIMIT
+        from recursive_llm.engine.scheduler import START_LIMIT
 
         assert START_LIMIT <= server.max_in_flight <= 32
         cell = next(e for e in read_trajectory(result.trajectory_path) if e["type"] == "cell")
@@ -96,7 +96,7 @@ def test_depth_two_over_http_records_depths(monkeypatch):
 
 def test_every_event_of_whole_runs_follows_the_one_schema(tmp_path):
     """events.EVENT_FIELDS is the schema the store, progress and the viewer read (issue 13)."""
-    from recursive_llm.events import EVENT_FIELDS, check_event
+    from recursive_llm.record.events import EVENT_FIELDS, check_event
     from recursive_llm.testing import ScriptedModel
 
     seen: list[dict] = []
@@ -114,6 +114,6 @@ def test_every_event_of_whole_runs_follows_the_one_schema(tmp_path):
     assert problems == []
     assert {"run_start", "iteration", "cell", "llm_start", "llm_call", "tool_call", "fallback", "run_end"} <= {
         e["type"] for e in seen} <= set(EVENT_FIELDS)
-    from recursive_llm.store import Recorder
+    from recursive_llm.record.store import Recorder
 
     assert set(Recorder._HANDLERS) <= set(EVENT_FIELDS)  # the store reads what the schema names

@@ -10,12 +10,12 @@ import time
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.budget import Budget
+from recursive_llm.engine.budget import Budget
 from recursive_llm.config import Limits, RetryPolicy
 from recursive_llm.errors import ModelError
-from recursive_llm.events import EventLog, read_trajectory
+from recursive_llm.record.events import EventLog, read_trajectory
 from recursive_llm.models.openai_client import OpenAIClient
-from recursive_llm.scheduler import START_LIMIT, CallSite, EndpointLimit, Scheduler, endpoint_limit
+from recursive_llm.engine.scheduler import START_LIMIT, CallSite, EndpointLimit, Scheduler, endpoint_limit
 from recursive_llm.testing import FakeLLMServer, ScriptedModel
 from recursive_llm.usage import UsageSummary
 from scripted_root import root_then_sub
@@ -204,7 +204,7 @@ def test_the_call_budget_still_holds_at_a_wide_fan_out():
 def test_a_batch_runs_in_lanes_each_prompt_once_and_in_order():
     """subcalls.in_lanes: at most `width` calls at once, every item exactly once, the replies in
     the items' order however the calls finish; and a batch through a run really is that wide."""
-    from recursive_llm.subcalls import Reply, in_lanes
+    from recursive_llm.engine.subcalls import Reply, in_lanes
 
     running, peak, seen = 0, 0, []
 
@@ -338,7 +338,7 @@ def test_hedges_are_at_most_five_percent_of_the_sub_calls_and_counted_in_the_usa
     assert result.answer == "done" and 1 <= len(hedges) <= 2 and requests == 2 + 40 + len(hedges)
     assert usage["total"]["hedged"] == usage["by_model"]["m"]["hedged"] == len(hedges)
     assert usage["by_depth"]["1"]["hedged"] == len(hedges) and usage["by_depth"]["0"]["hedged"] == 0
-    from recursive_llm.cli_support import _summary  # the CLI's summary line; --json prints result.to_dict()
+    from recursive_llm.cli.support import _summary  # the CLI's summary line; --json prints result.to_dict()
 
     assert f" · {len(hedges)} hedged" in _summary(result) and result.to_dict()["usage"] == usage
 
@@ -364,7 +364,7 @@ def test_a_hedge_is_sent_only_when_the_budget_has_room_for_it(max_llm_calls):
 def test_a_request_cancelled_in_flight_is_settled_at_its_prompt_and_a_spare_refusal_exhausts_nothing():
     """A hedge's cancelled copy counts in max_tokens/max_cost_usd at its prompt's worst case (a
     provider may bill it), never at 0; a spare (hedge) reservation that does not fit marks nothing."""
-    from recursive_llm.budget import prompt_token_bound
+    from recursive_llm.engine.budget import prompt_token_bound
     from recursive_llm.errors import BudgetExceeded
 
     class Hanging(ScriptedModel):

@@ -29,9 +29,9 @@ import pytest
 
 from recursive_llm import RLM
 from recursive_llm.config import WorkerPolicy
-from recursive_llm.environments import pool as worker_pool
-from recursive_llm.environments.sandbox import Limits, plan_isolation
-from recursive_llm.events import read_trajectory
+from recursive_llm.environments.prestart import pool as worker_pool
+from recursive_llm.environments.host.sandbox import Limits, plan_isolation
+from recursive_llm.record.events import read_trajectory
 from recursive_llm.paths import rlm_home
 from recursive_llm.testing import ScriptedModel
 
@@ -608,8 +608,8 @@ def test_rlm_query_past_max_depth_starts_no_child(arena):
 @contextlib.asynccontextmanager
 async def two_workers(mode: str, origin: str, victim_text: str, attacker_text: str):
     """A victim's and an attacker's worker, started each, or forked by one template (siblings)."""
-    from recursive_llm.environments import template as worker_template
-    from recursive_llm.environments.worker import WORKER_SCRIPT, WorkerEnvironment
+    from recursive_llm.environments.prestart import template as worker_template
+    from recursive_llm.environments.host.worker import WORKER_SCRIPT, WorkerEnvironment
 
     async def no_calls(*args):
         return []
@@ -674,7 +674,7 @@ def test_the_worker_runs_no_site_hooks_of_the_host(mode):
     runs inside it, yet the packages it needs (the host's resolved import path) still import."""
     import asyncio
 
-    from recursive_llm.environments.worker import WorkerEnvironment
+    from recursive_llm.environments.host.worker import WorkerEnvironment
 
     async def no_calls(*args):
         return []

@@ -202,7 +202,7 @@ def test_batch_of_100_tasks_on_ray_and_a_rerun_skips_them(tmp_path):
     assert len(rows) == 100 and all(r["answer"] == expected[r["id"]] for r in rows)
     assert again.returncode == 0 and "100 already finished, 0 run now" in again.stderr
     assert after_again == after_first == 100 * 3
-    from recursive_llm.store import Store
+    from recursive_llm.record.store import Store
 
     assert len(Store().list_runs(limit=200)) == 100  # the Ray workers recorded their runs in the same store
     assert os.environ["RLM_HOME"] in str(Store().path)
@@ -212,8 +212,8 @@ def test_batch_of_100_tasks_on_ray_and_a_rerun_skips_them(tmp_path):
                                                                       "[ray] extra)")
 def test_a_wide_batch_fans_out_through_ray_workers():
     from recursive_llm import RLM
-    from recursive_llm.events import read_trajectory
-    from recursive_llm.ray_fanout import RayModelClient
+    from recursive_llm.record.events import read_trajectory
+    from recursive_llm.engine.ray_fanout import RayModelClient
     from recursive_llm.testing import ScriptedModel
 
     code = ("small = llm_query_batched(['special magic number for owl is 1234567?'] * 3)\n"

@@ -1,6 +1,6 @@
 import pytest
 
-from recursive_llm.budget import Budget, Limits, prompt_token_bound
+from recursive_llm.engine.budget import Budget, Limits, prompt_token_bound
 from recursive_llm.errors import BudgetExceeded
 
 MESSAGES = [{"role": "user", "content": "x" * 100}]
@@ -56,7 +56,7 @@ def test_invalid_limits():
 
 # -- issue 15: budgets and parallel sub-calls ------------------------------------------------------
 def test_a_budgeted_call_without_an_output_cap_reserves_a_plausible_reply_not_the_whole_budget():
-    from recursive_llm.budget import DEFAULT_OUTPUT_RESERVE
+    from recursive_llm.engine.budget import DEFAULT_OUTPUT_RESERVE
 
     budget = Budget(Limits(max_tokens=400_000))
     reservations = [budget.reserve(MESSAGES, max_output_tokens=None, price=None) for _ in range(13)]
@@ -70,7 +70,7 @@ def test_a_budgeted_call_without_an_output_cap_reserves_a_plausible_reply_not_th
 async def test_a_call_that_fits_once_the_calls_in_flight_settle_waits_for_them_instead_of_failing():
     import asyncio
 
-    from recursive_llm.budget import RoomLater
+    from recursive_llm.engine.budget import RoomLater
 
     bound = prompt_token_bound(MESSAGES)
     budget = Budget(Limits(max_tokens=2 * bound + 1000))

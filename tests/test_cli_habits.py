@@ -211,7 +211,7 @@ def test_doctor_shows_paths_and_the_real_default(tmp_path):
 def rlm_without(modules: tuple[str, ...], *args: str, stdin: str | None = None):
     """`rlm` in a process where these modules cannot be imported (as for a pip user without the extra)."""
     hide = "; ".join(f"sys.modules[{name!r}] = None" for name in modules)
-    code = f"import sys; {hide}; from recursive_llm.cli import main; main(sys.argv[1:], prog_name='rlm')"
+    code = f"import sys; {hide}; from recursive_llm.cli.main import main; main(sys.argv[1:], prog_name='rlm')"
     return subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True,
                           timeout=120, stdin=None if stdin is not None else subprocess.DEVNULL)
 

@@ -160,9 +160,9 @@ def test_the_worker_tests_pass_as_an_unprivileged_user_from_a_0700_checkout(unpr
 
 FORK_ONE = textwrap.dedent("""
     import asyncio
-    from recursive_llm.environments import template as worker_template
-    from recursive_llm.environments.sandbox import Limits, plan_isolation
-    from recursive_llm.environments.worker import WORKER_SCRIPT, WorkerEnvironment
+    from recursive_llm.environments.prestart import template as worker_template
+    from recursive_llm.environments.host.sandbox import Limits, plan_isolation
+    from recursive_llm.environments.host.worker import WORKER_SCRIPT, WorkerEnvironment
 
     async def no_calls(*args):
         return []

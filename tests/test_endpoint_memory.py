@@ -12,9 +12,9 @@ import subprocess
 import sys
 import time
 
-from recursive_llm.endpoint_memory import memory_path, recall, save
+from recursive_llm.engine.endpoint_memory import memory_path, recall, save
 from recursive_llm.errors import ModelError
-from recursive_llm.scheduler import START_LIMIT, EndpointLimit, endpoint_key, endpoint_limit
+from recursive_llm.engine.scheduler import START_LIMIT, EndpointLimit, endpoint_key, endpoint_limit
 from recursive_llm.models.openai_client import OpenAIClient
 from recursive_llm.testing import FakeLLMServer
 from scripted_root import is_root

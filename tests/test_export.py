@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.export import call_records, export_records, sft_examples
-from recursive_llm.store import Store
+from recursive_llm.record.export import call_records, export_records, sft_examples
+from recursive_llm.record.store import Store
 from recursive_llm.testing import ScriptedModel
 
 # Each run's first turn, by its query: the root starts a child, the child a grandchild, the
@@ -123,7 +123,7 @@ def test_rewards_from_a_scorer_and_from_a_bench_task(tmp_path):
 
 
 def test_a_scorer_is_imported_from_the_current_directory(tmp_path, monkeypatch):
-    from recursive_llm.export import load_scorer
+    from recursive_llm.record.export import load_scorer
 
     (tmp_path / "scores_here.py").write_text("def one(answer, run):\n    return 1.0\n")
     monkeypatch.chdir(tmp_path)

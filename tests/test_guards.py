@@ -36,16 +36,16 @@ import httpx
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.budget import Budget, Limits
+from recursive_llm.engine.budget import Budget, Limits
 from recursive_llm.config import HOST_BOUNDS
-from recursive_llm.environments import sandbox
-from recursive_llm.environments.worker import WorkerEnvironment
+from recursive_llm.environments.host import sandbox
+from recursive_llm.environments.host.worker import WorkerEnvironment
 from recursive_llm.errors import ContextError, ModelError
-from recursive_llm.events import EventLog
+from recursive_llm.record.events import EventLog
 from recursive_llm.models.openai_client import OpenAIClient
-from recursive_llm.parsing import parse_reply
-from recursive_llm.scheduler import CallSite, RetryPolicy, Scheduler
-from recursive_llm.server import RequestError, allowed_file
+from recursive_llm.engine.parsing import parse_reply
+from recursive_llm.engine.scheduler import CallSite, RetryPolicy, Scheduler
+from recursive_llm.serving.server import RequestError, allowed_file
 from recursive_llm.testing import FakeLLMServer, ScriptedModel
 from recursive_llm.usage import UsageSummary
 from scripted_root import root_then_sub
@@ -77,7 +77,7 @@ def _server_check(root, name):
 
 
 def _mcp_check(root, name):
-    from recursive_llm.mcp_server import path_under_root
+    from recursive_llm.serving.mcp import path_under_root
 
     return path_under_root(root, name)
 

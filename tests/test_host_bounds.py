@@ -11,7 +11,7 @@ import pytest
 from recursive_llm import RLM
 from recursive_llm.config import HOST_BOUNDS
 from recursive_llm.errors import ModelError
-from recursive_llm.events import read_trajectory
+from recursive_llm.record.events import read_trajectory
 from recursive_llm.testing import ScriptedModel
 
 
@@ -22,7 +22,7 @@ def repl(code: str) -> str:
 def bounds(monkeypatch, **values) -> None:
     smaller = HOST_BOUNDS._replace(**values)
     for module in ("subcalls", "answers", "scheduler"):  # the host's modules that apply them
-        monkeypatch.setattr(f"recursive_llm.{module}.HOST_BOUNDS", smaller)
+        monkeypatch.setattr(f"recursive_llm.engine.{module}.HOST_BOUNDS", smaller)
 
 
 def outputs(root: ScriptedModel) -> str:
@@ -227,7 +227,7 @@ def test_a_sub_call_over_the_sub_models_window_is_refused_before_any_request():
         result = RLM(model="m", sub_model=sub, base_url=server.base_url, api_key="k").completion("q", "text")
         sent = [r["messages"][-1]["content"] for r in server.requests if not is_root(r["messages"])]
     assert result.answer == "done"
-    assert sorted(sent, key=len) == ["first", "third", "word " * 900]  # the long prompts never left the host
+    assert sorted(sent, key=lambda text: (len(text), text)) == ["first", "third", "word " * 900]  # the long prompts never left the host
     output = next(r["messages"][-1]["content"] for r in server.requests
                   if is_root(r["messages"]) and "batch:" in r["messages"][-1]["content"])
     assert "batch: ['sub:first', 'Error: sub-call refused before sending: its prompt is about 3,001 tokens " in output
@@ -240,7 +240,7 @@ def test_a_sub_call_over_the_sub_models_window_is_refused_before_any_request():
 def test_an_unknown_window_sends_the_prompt_as_before():
     import asyncio
 
-    from recursive_llm.subcalls import over_window, sub_window
+    from recursive_llm.engine.subcalls import over_window, sub_window
 
     assert sub_window(ScriptedModel(default="x", name="no-such-model")) is None
     assert sub_window(ScriptedModel(default="x", name="gpt-4o-mini")) == 128_000  # models/windows.py

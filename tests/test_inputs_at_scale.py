@@ -12,9 +12,9 @@ import pytest
 from recursive_llm import RLM
 from recursive_llm.context.formats import html_to_text
 from recursive_llm.context.loader import format_metadata, load_context
-from recursive_llm.environments.runtime import REPL
+from recursive_llm.environments.inside.runtime import REPL
 from recursive_llm.errors import ContextError
-from recursive_llm.events import read_trajectory
+from recursive_llm.record.events import read_trajectory
 from recursive_llm.testing import ScriptedModel
 
 

@@ -104,7 +104,7 @@ def test_a_collected_rlm_is_closed_by_the_next_call_not_by_the_collector():
     ran the loop to close it inside the start of a new thread deadlocked that thread's starter."""
     import gc
 
-    from recursive_llm import kept_loop
+    from recursive_llm.engine import kept_loop
 
     with FakeLLMServer(responder=root_then_sub(TURNS), latency=0.02) as server:
         dropped = RLM(model="m", base_url=server.base_url, api_key="k", store=None)

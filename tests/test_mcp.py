@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recursive_llm.store import Store
+from recursive_llm.record.store import Store
 from recursive_llm.testing import FakeLLMServer
 from scripted_root import root_then_sub
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from recursive_llm import RLM
 from recursive_llm.bounds import HOST_BOUNDS
 from recursive_llm.errors import ConfigError
-from recursive_llm.memory import MemoryRefused, Workspace, check_workspace_name, list_workspaces
+from recursive_llm.engine.memory import MemoryRefused, Workspace, check_workspace_name, list_workspaces
 from recursive_llm.testing import ScriptedModel
 
 HERE = Path(__file__).parent
@@ -85,7 +85,7 @@ def test_remember_then_read_in_a_later_run_with_provenance(tmp_path):
     assert "q per-key totals False 1" in out
     info = Workspace("ws").info("totals")
     assert info["run_id"] == result.run_id and info["type"] == "dict"
-    from recursive_llm.events import read_trajectory
+    from recursive_llm.record.events import read_trajectory
 
     writes = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "tool_call"]
     assert [(e["name"], json.loads(e["arguments"]), e["cell"]) for e in writes] == [
@@ -117,7 +117,7 @@ def test_bad_names_are_refused():
 
 
 def test_size_bounds_per_value_per_run_and_per_workspace(monkeypatch):
-    import recursive_llm.memory as memory_module
+    import recursive_llm.engine.memory as memory_module
 
     monkeypatch.setattr(memory_module, "HOST_BOUNDS", HOST_BOUNDS._replace(
         max_memory_value_chars=1_000, max_memory_run_chars=2_500, max_memory_workspace_chars=3_000,
@@ -172,7 +172,7 @@ def test_workspaces_of_different_owners_are_invisible_to_each_other():
 
 
 def test_cli_memory_list_show_forget():
-    from recursive_llm.cli import main
+    from recursive_llm.cli.main import main
 
     run('remember("fees", [1, 2, 3], "fees per contract")', memory="contracts")
     runner = CliRunner()
@@ -239,7 +239,7 @@ def test_serve_memory_is_scoped_to_the_client_token(tmp_path):
 
 
 def test_sub_calls_answered_in_the_workspace_are_reused_at_any_temperature():
-    from recursive_llm.events import read_trajectory
+    from recursive_llm.record.events import read_trajectory
 
     code = 'print(llm_query_batched(["one", "two", "three"]))\nprint(llm_query("four"))'
 
@@ -264,7 +264,7 @@ def test_sub_calls_answered_in_the_workspace_are_reused_at_any_temperature():
 
 
 def test_the_prompts_memory_section_is_in_logs_show_and_the_viewer(tmp_path):
-    from recursive_llm.cli import main
+    from recursive_llm.cli.main import main
 
     run('remember("fees", [1, 2], "fees per contract")', memory="contracts")
     result, _ = run('print(memory["fees"])', memory="contracts")
@@ -362,7 +362,7 @@ def test_a_session_turn_sees_what_an_earlier_turn_remembered_and_long_notes_are_
 
 
 def test_the_workspace_page_escapes_what_model_code_wrote():
-    from recursive_llm.viewer import workspace_html
+    from recursive_llm.record.viewer import workspace_html
 
     space = Workspace("ws")
     space.put("plain", '1', "<script>alert(1)</script>", question="<b>q</b>", run_id="r", documents={})

@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
-from recursive_llm.budget import Budget, Limits
+from recursive_llm.engine.budget import Budget, Limits
 from recursive_llm.errors import ModelError
-from recursive_llm.events import EventLog
+from recursive_llm.record.events import EventLog
 from recursive_llm.models.anthropic_client import AnthropicClient, to_anthropic
 from recursive_llm.models.openai_client import OpenAIClient
-from recursive_llm.scheduler import CallSite, RetryPolicy, Scheduler
+from recursive_llm.engine.scheduler import CallSite, RetryPolicy, Scheduler
 from recursive_llm.testing import FakeLLMServer
 from recursive_llm.usage import UsageSummary
 

@@ -1,4 +1,4 @@
-from recursive_llm.parsing import FinalAnswer, find_code_blocks, find_final, parse_reply, truncate_output
+from recursive_llm.engine.parsing import FinalAnswer, find_code_blocks, find_final, parse_reply, truncate_output
 
 
 def test_repl_and_python_blocks_in_order():

@@ -57,9 +57,9 @@ def test_the_default_style_is_unchanged_and_unknown_styles_are_refused():
 def test_every_selectable_style_has_prompts_and_every_prompt_set_is_selectable():
     """The style names are declared once (config.PROMPT_STYLES: RLM(...) and --prompt-style check
     against them); prompts.py must hold a text for each and no other."""
-    from recursive_llm import prompts
+    from recursive_llm.engine import prompts
     from recursive_llm.config import PROMPT_STYLES
-    from recursive_llm.options import table
+    from recursive_llm.cli.options import table
 
     assert set(prompts.STYLES) == set(PROMPT_STYLES)
     assert list(table()["prompt_style"].kwargs["type"].choices) == list(PROMPT_STYLES)

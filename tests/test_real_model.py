@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.events import read_trajectory
+from recursive_llm.record.events import read_trajectory
 from recursive_llm.result import STOP_REASONS
 
 pytestmark = pytest.mark.local_model

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.events import read_trajectory
-from recursive_llm.parsing import FinalAnswer, find_code_blocks, find_final, parse_reply
+from recursive_llm.record.events import read_trajectory
+from recursive_llm.engine.parsing import FinalAnswer, find_code_blocks, find_final, parse_reply
 from recursive_llm.testing import ScriptedModel
 
 # -- the corpus: (reply, code blocks, final) -------------------------------------------------------

@@ -13,9 +13,9 @@ import pytest
 
 from recursive_llm import RLM
 from recursive_llm.errors import ConfigError
-from recursive_llm.export import call_records
+from recursive_llm.record.export import call_records
 from recursive_llm.models import reply_tokens
-from recursive_llm.store import Store
+from recursive_llm.record.store import Store
 from recursive_llm.testing import FakeLLMServer
 from recursive_llm.testing.fake_server import fake_logprobs
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.export import call_records
+from recursive_llm.record.export import call_records
 from recursive_llm.models.openai_client import OpenAIClient
-from recursive_llm.store import Store
+from recursive_llm.record.store import Store
 from recursive_llm.testing.fake_server import FakeLLMServer
 
 

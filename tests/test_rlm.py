@@ -9,7 +9,7 @@ import pytest
 
 from recursive_llm import RLM
 from recursive_llm.errors import ConfigError, ContextError, RLMError
-from recursive_llm.events import read_trajectory
+from recursive_llm.record.events import read_trajectory
 from recursive_llm.testing import ScriptedModel
 
 
@@ -343,7 +343,7 @@ def test_model_code_may_only_name_allowed_models():
     with pytest.raises(ConfigError, match="allowed_models must be"):
         RLM(model=root, allowed_models="gpt-5")
     # an allowed model is resolved like any model string
-    from recursive_llm.run import RunState
+    from recursive_llm.engine.run import RunState
 
     rlm = RLM(model=ScriptedModel(name="root"), sub_model=sub, allowed_models=["gpt-5"])
     shared = RunState.__new__(RunState)
@@ -431,7 +431,7 @@ def test_compaction_can_be_turned_off_and_needs_a_known_window():
 def test_a_worker_that_fails_to_start_ends_the_run_with_its_error(monkeypatch):
     """The worker starts while the first root call is in flight; its failure surfaces at the
     first cell, as the run's error."""
-    from recursive_llm.environments.worker import WorkerEnvironment
+    from recursive_llm.environments.host.worker import WorkerEnvironment
     from recursive_llm.errors import EnvironmentFailure
 
     async def broken(self):

@@ -1,7 +1,7 @@
 """The REPL namespace itself (shared by the worker and the in-process environment)."""
 
 from recursive_llm.context.document import Document
-from recursive_llm.environments.runtime import REPL
+from recursive_llm.environments.inside.runtime import REPL
 
 
 def echo_host(kind, prompts, model, context):

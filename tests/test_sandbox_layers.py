@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.environments import channel, sandbox, worker_dir
+from recursive_llm.environments.host import channel, sandbox, worker_dir
 from recursive_llm.environments.local import LocalEnvironment
-from recursive_llm.environments.worker import WorkerEnvironment
+from recursive_llm.environments.host.worker import WorkerEnvironment
 from recursive_llm.errors import EnvironmentFailure
-from recursive_llm.events import read_trajectory
+from recursive_llm.record.events import read_trajectory
 from recursive_llm.testing import ScriptedModel
 
 MODES = ("auto", "process")
@@ -232,7 +232,7 @@ def test_a_confined_worker_still_imports_lazily_and_runs_sql_and_token_counts(mo
 def test_rlm_doctor_says_what_each_mode_stops():
     from click.testing import CliRunner
 
-    from recursive_llm.cli import main
+    from recursive_llm.cli.main import main
 
     done = CliRunner().invoke(main, ["doctor"])
     assert done.exit_code == 0, done.output
@@ -319,7 +319,7 @@ def test_a_worker_refuses_a_resource_limit_it_does_not_know(tmp_path):
     import json
     import sys
 
-    from recursive_llm.environments.worker import WORKER_SCRIPT as _WORKER_SCRIPT
+    from recursive_llm.environments.host.worker import WORKER_SCRIPT as _WORKER_SCRIPT
 
     policy = json.dumps({"rlimits": {"AS": 1 << 33, "BOGUS": 1}})
     done = subprocess.run([sys.executable, "-I", str(_WORKER_SCRIPT), "-", "1000", policy], cwd=tmp_path,

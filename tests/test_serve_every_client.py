@@ -14,8 +14,8 @@ import httpx
 import openai
 import pytest
 
-from recursive_llm.serve_messages import query_and_input
-from recursive_llm.store import Store
+from recursive_llm.serving.messages import query_and_input
+from recursive_llm.record.store import Store
 from recursive_llm.testing import FakeLLMServer
 from scripted_root import is_root, root_then_sub
 from test_serve_clients import llm_configured
@@ -101,7 +101,7 @@ def test_a_client_that_gives_up_stops_its_run(tmp_path):
 
 
 def test_a_full_server_says_when_to_retry_from_the_runs_in_flight():
-    from recursive_llm.serve_runs import RunClock
+    from recursive_llm.serving.runs import RunClock
 
     clock = RunClock()
     assert clock.retry_after() == "1"

@@ -111,7 +111,7 @@ def test_limits_that_are_not_positive_numbers_are_refused_naming_the_field(serve
 
 
 def test_serve_limits_clamp_a_request_and_refuse_nan():
-    from recursive_llm.server import RequestError, ServeLimits
+    from recursive_llm.serving.server import RequestError, ServeLimits
 
     ceilings = ServeLimits(max_iterations=5, max_llm_calls=5, timeout_s=3.0)
     clamped = ceilings.clamp({"max_llm_calls": 10**9, "timeout_s": 1.5, "max_cost_usd": 0.25})
@@ -137,7 +137,7 @@ def test_command_line_limits_refuse_non_finite_numbers(command, value):
     `--shutdown-grace nan` a server started with a NaN grace."""
     from click.testing import CliRunner
 
-    from recursive_llm.cli import main
+    from recursive_llm.cli.main import main
 
     done = CliRunner().invoke(main, [*command, value])
     assert done.exit_code == 2, done.output
@@ -304,7 +304,7 @@ def test_idle_and_slow_connections_are_closed(backend, tree):
 
 # -- a run whose client went away is not left `running` --------------------------------------------
 def test_a_stream_the_client_drops_leaves_an_interrupted_run(tree):
-    from recursive_llm.store import Store
+    from recursive_llm.record.store import Store
 
     root, _ = tree
     slow = ["```repl\nnotes = [llm_query('a'), llm_query('b'), llm_query('c')]\n```", "FINAL(done)"]
@@ -372,7 +372,7 @@ def test_a_full_server_refuses_heavy_bodies_before_parsing_them_and_health_stays
     """Every slot busy, six 7.4 MB dict contexts at once: each is answered 429 without being parsed,
     and /health answers within 1 s while they are in flight (it took 7-10 s when every body was
     parsed before the capacity check). The run holding the slot finishes and none is left running."""
-    from recursive_llm.store import Store
+    from recursive_llm.record.store import Store
 
     root, _ = tree
     slow = ["```repl\nprint(llm_query('a'))\n```", "FINAL(done)"]
@@ -560,7 +560,7 @@ def _post_all(served, bodies: list[dict]) -> list[httpx.Response]:
 
 
 def _statuses() -> list[str]:
-    from recursive_llm.store import Store
+    from recursive_llm.record.store import Store
 
     return sorted(run["status"] for run in Store().list_runs())
 

@@ -12,7 +12,7 @@ import pytest
 
 from recursive_llm import RLM
 from recursive_llm.errors import RLMError
-from recursive_llm.store import Store
+from recursive_llm.record.store import Store
 from recursive_llm.testing import FakeLLMServer, ScriptedModel
 from scripted_root import root_then_sub
 
@@ -53,7 +53,7 @@ def test_async_session_from_an_event_loop():
 
 
 def test_store_migrates_a_version_one_database(tmp_path):
-    from recursive_llm.store import MIGRATIONS
+    from recursive_llm.record.store import MIGRATIONS
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.store import SCHEMA_VERSION, Store, StoreError
+from recursive_llm.record.store import SCHEMA_VERSION, Store, StoreError
 from recursive_llm.testing import FakeLLMServer, ScriptedModel
 from scripted_root import root_then_sub
 
@@ -126,7 +126,7 @@ def test_calls_are_committed_in_groups_and_seen_by_the_cache_at_once(tmp_path):
     so an identical call made right after is not paid twice."""
     import asyncio
 
-    from recursive_llm.store import CALL_COMMIT_S
+    from recursive_llm.record.store import CALL_COMMIT_S
 
     sub = ScriptedModel(default="same answer", name="sub")
     turns = ["```repl\na = llm_query('the same prompt')\nb = llm_query('the same prompt')\nprint(a == b)\n```",
@@ -228,7 +228,7 @@ def test_calls_are_recorded_with_the_iteration_and_cell_that_made_them_and_the_v
     """issue 16: sub-calls and tool calls under the cell that made them, exactly, not by time."""
     from recursive_llm import RLM
     from recursive_llm.testing import ScriptedModel
-    from recursive_llm.viewer import nest
+    from recursive_llm.record.viewer import nest
 
     def where(tag: str) -> str:
         """Echo."""
@@ -266,7 +266,7 @@ def test_a_cells_sub_calls_are_listed_in_the_order_they_are_numbered():
     numbers them as they started and lists them in that same order."""
     from recursive_llm import RLM
     from recursive_llm.testing import ScriptedModel
-    from recursive_llm.viewer import nest
+    from recursive_llm.record.viewer import nest
 
     root = ScriptedModel(["```repl\nllm_query_batched(['one', 'two', 'three'])\n```", "FINAL(done)"])
     result = RLM(model=root, sub_model=ScriptedModel(default=lambda messages: "ok")).completion("q", "text")

@@ -9,7 +9,7 @@ import pytest
 
 from recursive_llm import RLM
 from recursive_llm.errors import ConfigError
-from recursive_llm.events import read_trajectory
+from recursive_llm.record.events import read_trajectory
 from recursive_llm.testing import ScriptedModel
 
 KEY = "sk-tool-test-0123456789abcdef"
@@ -57,7 +57,7 @@ def test_a_tool_is_called_from_the_worker_and_runs_in_the_host(monkeypatch):
     assert tools["broken"] == {**tools["broken"], "calls": 1, "errors": 1}
     events = [e for e in read_trajectory(result.trajectory_path) if e["type"] == "tool_call"]
     assert [e["name"] for e in events] == ["lookup_price", "stock_level", "broken", "lookup_price"]
-    from recursive_llm.store import Store
+    from recursive_llm.record.store import Store
 
     calls = [c for c in Store().run_tree(result.run_id)["calls"] if c["purpose"] == "tool"]
     assert [(c["model"], c["status"]) for c in calls] == [("tool:lookup_price", "ok"), ("tool:stock_level", "ok"),
@@ -104,7 +104,7 @@ def test_hanging_tools_hold_at_most_max_tool_threads(monkeypatch):
     past the limit a call waits for a slot within its own timeout (no thread is started for it)."""
     import threading
 
-    from recursive_llm import tools
+    from recursive_llm.engine import tools
 
     monkeypatch.setattr(tools, "TOOL_THREADS", tools.ToolThreads(2))
     release, alive = threading.Event(), []
@@ -178,7 +178,7 @@ def test_a_tool_may_not_shadow_the_repl():
 
 
 def test_import_tool_from_a_module_or_a_file(tmp_path, monkeypatch):
-    from recursive_llm.tools import import_tool
+    from recursive_llm.engine.tools import import_tool
 
     (tmp_path / "shop_tools.py").write_text("def price(sku: str) -> float:\n    '''A price.'''\n    return 1.5\n")
     monkeypatch.chdir(tmp_path)

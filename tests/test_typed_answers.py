@@ -59,7 +59,7 @@ def test_a_bad_schema_is_a_config_error():
 
 # -- issue 25: a typed answer or a schema never crashes or stalls the run ----------------------------
 def _statuses() -> list[str]:
-    from recursive_llm.store import Store
+    from recursive_llm.record.store import Store
 
     return [run["status"] for run in Store().list_runs()]
 
@@ -135,7 +135,7 @@ def test_references_inside_the_schema_resolve_and_nothing_is_fetched_for_them():
 
 
 def test_patterns_keep_their_meaning_with_the_bounded_engine():
-    from recursive_llm.answer_schema import AnswerSchema
+    from recursive_llm.engine.answer_schema import AnswerSchema
 
     schema = AnswerSchema({"type": "object", "properties": {"id": {"type": "string", "pattern": "^[A-Z]{2}\\d{3}$"}},
                            "patternProperties": {"^x-": {"type": "integer"}}, "additionalProperties": False})
@@ -146,7 +146,7 @@ def test_patterns_keep_their_meaning_with_the_bounded_engine():
 
 
 def test_unique_items_keeps_json_equality():
-    from recursive_llm.answer_schema import AnswerSchema
+    from recursive_llm.engine.answer_schema import AnswerSchema
 
     unique = AnswerSchema({"type": "array", "uniqueItems": True})
     assert unique.validate('[1, true, "1", {"a": 1, "b": 2}, [1]]')[1] is None
@@ -162,7 +162,7 @@ async def test_a_backtracking_pattern_is_timed_out_off_the_event_loop():
     import asyncio
     import time
 
-    from recursive_llm.answer_schema import AnswerSchema, SchemaBounds
+    from recursive_llm.engine.answer_schema import AnswerSchema, SchemaBounds
 
     schema = AnswerSchema({"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a|a)*$"}}},
                           bounds=SchemaBounds(check_s=1.0))
@@ -187,7 +187,7 @@ def test_a_provider_reply_with_a_lone_surrogate_is_text_the_run_can_write(capsys
     its trajectory and the store get U+FFFD in its place (before: the trajectory and the store failed)."""
     import json as _json
 
-    from recursive_llm.store import Store
+    from recursive_llm.record.store import Store
     from recursive_llm.testing import FakeLLMServer
 
     with FakeLLMServer(responder=lambda messages, model: "FINAL(bad \ud800 char)") as server:

@@ -11,9 +11,9 @@ import pytest
 
 from recursive_llm import RLM
 from recursive_llm.errors import ModelError
-from recursive_llm.store import Store
+from recursive_llm.record.store import Store
 from recursive_llm.testing import ScriptedModel
-from recursive_llm.viewer import render_html
+from recursive_llm.record.viewer import render_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (.ci/run installs Debian's)")

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.cli_support import _EXIT_BY_STOP, EXIT_OK
+from recursive_llm.cli.support import _EXIT_BY_STOP, EXIT_OK
 from recursive_llm.environments import map_reduce
-from recursive_llm.events import read_trajectory
-from recursive_llm.fallback import auto_fallback_after
+from recursive_llm.record.events import read_trajectory
+from recursive_llm.engine.fallback import auto_fallback_after
 from recursive_llm.result import StopReason
 from recursive_llm.testing import ScriptedModel
 
@@ -138,8 +138,8 @@ def test_every_stop_reason_has_an_exit_code_and_only_final_is_zero():
 
 
 def test_logs_show_names_the_program_s_entry(tmp_path):
-    from recursive_llm.store import Store
-    from recursive_llm.viewer import trajectory_text
+    from recursive_llm.record.store import Store
+    from recursive_llm.record.viewer import trajectory_text
 
     model = weak(lambda m: "Frankfurt" if "Frankfurt" in prompt_of(m) else "NOT FOUND")
     result = RLM(model=model, environment="local").completion("Where does the staging server run?", HELLO)

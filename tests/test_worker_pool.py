@@ -10,10 +10,11 @@ import signal
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.environments import make_environment, pool as worker_pool
-from recursive_llm.environments.pool import PooledWorker, WorkerPool
+from recursive_llm.environments import make_environment
+from recursive_llm.environments.prestart import pool as worker_pool
+from recursive_llm.environments.prestart.pool import PooledWorker, WorkerPool
 from recursive_llm.config import WorkerPolicy
-from recursive_llm.events import read_trajectory
+from recursive_llm.record.events import read_trajectory
 from recursive_llm.testing import ScriptedModel
 
 MODES = ("auto", "process")

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 
-from recursive_llm.environments.process import start_process, stop_process
+from recursive_llm.environments.host.process import start_process, stop_process
 
 PIPES = {"stdin": asyncio.subprocess.PIPE, "stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.PIPE}
 MARK = "61.357"  # a sleep no other process on the machine runs

@@ -15,10 +15,10 @@ import sys
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.environments import pool as worker_pool
-from recursive_llm.environments import template as worker_template
-from recursive_llm.environments.sandbox import Limits, plan_isolation
-from recursive_llm.environments.worker import WORKER_SCRIPT, WorkerEnvironment
+from recursive_llm.environments.prestart import pool as worker_pool
+from recursive_llm.environments.prestart import template as worker_template
+from recursive_llm.environments.host.sandbox import Limits, plan_isolation
+from recursive_llm.environments.host.worker import WORKER_SCRIPT, WorkerEnvironment
 from recursive_llm.testing import ScriptedModel
 
 MODES = {mode: plan_isolation(mode) for mode in ("auto", "process")}
@@ -232,7 +232,7 @@ def test_a_closed_template_leaves_no_process_and_no_spool():
 def test_runs_that_find_no_spare_get_a_forked_worker(mode, monkeypatch):
     """More runs at once than spares: the ones that miss the pool are forked by its template too
     (no worker interpreter is started)."""
-    from recursive_llm.environments import worker as worker_module
+    from recursive_llm.environments.host import worker as worker_module
 
     started = []
 
@@ -271,7 +271,7 @@ def test_runs_that_find_no_spare_get_a_forked_worker(mode, monkeypatch):
 def test_a_forked_child_always_exits_and_never_returns_into_the_template(ending, code, says):
     """Whatever the worker code does at the end, the forked copy of the template exits with its code
     and never runs the template's loop (the line after `_become_worker` would say so)."""
-    from recursive_llm.environments import template_main
+    from recursive_llm.environments.prestart import template_main
 
     stdin_read, stdin_write = os.pipe()
     stdout_read, stdout_write = os.pipe()

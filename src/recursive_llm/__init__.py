@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "RLM": ("recursive_llm.rlm", "RLM"),
     "Result": ("recursive_llm.result", "Result"),
-    "Limits": ("recursive_llm.budget", "Limits"),
+    "Limits": ("recursive_llm.engine.budget", "Limits"),
     "load_context": ("recursive_llm.context.loader", "load_context"),
     "Document": ("recursive_llm.context.document", "Document"),
     "RLMError": ("recursive_llm.errors", "RLMError"),
@@ -28,7 +28,7 @@ _LAZY = {
 __all__ = [*_LAZY, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .budget import Limits
+    from .engine.budget import Limits
     from .context.document import Document
     from .context.loader import load_context
     from .errors import BudgetExceeded, ConfigError, ContextError, EnvironmentFailure, ModelError, RLMError

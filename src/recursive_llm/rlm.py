@@ -10,20 +10,20 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .budget import Budget
+from .engine.budget import Budget
 from .config import CallPolicy, Limits, LoopPolicy, RunConfig, WorkerPolicy
 from .errors import ConfigError, RLMError
-from .fallback import auto_fallback_after
-from .events import EventLog, Listener
-from .kept_loop import KeptLoop, drop
+from .engine.fallback import auto_fallback_after
+from .record.events import EventLog, Listener
+from .engine.kept_loop import KeptLoop, drop
 from .models.base import ModelClient
 from .result import Result
-from .run import Run, RunState, close_clients, new_run_id  # noqa: F401  (close_clients: for session.py)
-from .scheduler import Scheduler
+from .engine.run import Run, RunState, close_clients, new_run_id  # noqa: F401  (close_clients: for session.py)
+from .engine.scheduler import Scheduler
 from .usage import UsageSummary
 
 if TYPE_CHECKING:
-    from .answer_schema import AnswerSchema
+    from .engine.answer_schema import AnswerSchema
     from .context.loader import LoadedContext
     from .session import Session
 
@@ -67,7 +67,7 @@ class RLM:
         memory: Any = None, memory_reuse: bool = False,
     ) -> None:
         from .models.resolver import resolve_model
-        from .tools import tools_of
+        from .engine.tools import tools_of
 
         if ray_fanout_at is not None and not isinstance(sub_model if sub_model is not None else model, str):
             raise ConfigError("ray_fanout_at needs the sub-model as a model string (Ray workers rebuild the client)")
@@ -175,7 +175,7 @@ class RLM:
                           run_config: dict[str, Any] | None = None, **load_options: Any) -> Result:
         """See `completion`. `resume_from`: a run id whose recorded calls are replayed (in order, for
         free) before live calls continue; `run_config`: what `rlm ask --resume` needs to redo the run."""
-        from .answer_schema import AnswerSchema
+        from .engine.answer_schema import AnswerSchema
         from .context.loader import load_inputs
 
         if not isinstance(query, str) or not query.strip():
@@ -198,7 +198,7 @@ class RLM:
         trajectory_path = (self.trajectory_dir or _default_trajectory_dir()) / f"{run_id}.jsonl"
         listeners = [self.on_event] if self.on_event else []
         if self.verbose:
-            from .progress import VerbosePrinter
+            from .cli.progress import VerbosePrinter
             listeners.append(VerbosePrinter())
         store = self._open_store()
         replay = None
@@ -215,7 +215,7 @@ class RLM:
         state = self._new_state(events, store, replay)
         try:
             if self.memory is not None:
-                from .memory import start_run
+                from .engine.memory import start_run
 
                 state.memory = await asyncio.to_thread(start_run, self.memory, question=query, run_id=run_id,
                                                        inputs=inputs, reuse=self.memory_reuse)
@@ -260,7 +260,7 @@ class RLM:
         if self.store is None:
             return None
         if not hasattr(self, "_store_instance"):
-            from .store import Store
+            from .record.store import Store
 
             self._store_instance = self.store if isinstance(self.store, Store) else Store(
                 None if self.store is True else self.store)
@@ -271,7 +271,7 @@ def _workspace(memory: Any):
     """RLM(memory=...): None, a workspace name, or a memory.Workspace (rlm serve's, scoped to a client)."""
     if memory is None:
         return None
-    from .memory import Workspace
+    from .engine.memory import Workspace
 
     return memory if isinstance(memory, Workspace) else Workspace(memory)
 

@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import RLMError
-from .run import new_run_id
+from .engine.run import new_run_id
 
 if TYPE_CHECKING:
     from .result import Result
@@ -116,7 +116,7 @@ class Session:
 
     # -- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
-        from .run import close_clients
+        from .engine.run import close_clients
 
         if self._closed:
             return

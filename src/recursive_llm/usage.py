@@ -166,7 +166,7 @@ async def checked_usage(completion: "Completion", messages: list[dict],
     - cached and cache-written tokens: never negative, together never more than the prompt.
 
     Counting tokens offline (only for a suspiciously low report) runs in a thread, off the loop."""
-    from .budget import prompt_token_bound
+    from .engine.budget import prompt_token_bound
 
     sent = [str(m.get("content", "")) for m in messages]
     received = [text for text in (completion.text, completion.reasoning) if text]

@@ -60,7 +60,7 @@ async def run_method(method: str, task: Task, *, model: str, base_url: str | Non
     started = time.perf_counter()
     try:
         if method in ("rlm", "rlm_no_subcalls"):
-            from ..options import make_rlm
+            from ..cli.options import make_rlm
 
             rlm = make_rlm({"model": model, "base_url": base_url, "sub_calls": method == "rlm", "max_iterations": 6,
                             "max_output_tokens": max_output_tokens, "temperature": 0, "cache": False},

@@ -17,15 +17,15 @@ def make_environment(policy: "WorkerPolicy", inputs: list[Any], handler: "SubCal
                      max_output_chars: int) -> "Environment":
     """The environment a run's code executes in (not started yet). A cell's captured output is
     kept up to 50 times what the model is shown (at least 1M characters), for the trajectory."""
-    from .runtime import CAPTURED_CHARS
+    from .inside.runtime import CAPTURED_CHARS
 
     options = {"max_captured_chars": max(max_output_chars * 50, CAPTURED_CHARS)}
     if policy.environment == "local":
         from .local import LocalEnvironment
         return LocalEnvironment(inputs, handler, **options)
-    from .pool import PooledWorker, current
-    from .sandbox import Limits as WorkerLimits
-    from .worker import WorkerEnvironment
+    from .prestart.pool import PooledWorker, current
+    from .host.sandbox import Limits as WorkerLimits
+    from .host.worker import WorkerEnvironment
     limits = WorkerLimits(memory_mb=policy.memory_mb)
     pool = current()  # pre-started workers (`rlm serve`): one is taken when the run starts
     if pool is not None and pool.matches(policy.sandbox, limits, options["max_captured_chars"]):

@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from .base import ReplEnvironment, SubCallHandler
-from .runtime import CAPTURED_CHARS, REPL
+from .inside.runtime import CAPTURED_CHARS, REPL
 
 
 class LocalEnvironment(ReplEnvironment):

@@ -2,7 +2,7 @@
 
 Chunk the input (a table becomes rows of text), ask the sub-model about each chunk with a prompt
 that lets it say NOT FOUND, and combine what the chunks found. `None` means no chunk answered:
-the host ends the run with `stopped_reason="not_found"` (see recursive_llm.fallback).
+the host ends the run with `stopped_reason="not_found"` (see recursive_llm.engine.fallback).
 
 `strict=True` is for a sub-model known to be weak (the embedded SmolLM2-135M): only chunks that
 share a word with the question are asked (a stated fact shares words with a question about it),

@@ -1,7 +1,7 @@
 """The interface every model client implements.
 
 A client turns chat messages into a `Completion`. It makes exactly one attempt per call: retries,
-budgets and concurrency live in `recursive_llm.scheduler`, never in a client. A client raises
+budgets and concurrency live in `recursive_llm.engine.scheduler`, never in a client. A client raises
 `ModelError(retryable=..., retry_after=...)` for provider failures so the scheduler can decide.
 
 A client that sends HTTP requests may declare `sends_headers = True`: its `complete` then also takes

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..bench.families import FAMILIES
 from ..bench.tasks import parse_size
-from ..export import bench_scorer
+from ..record.export import bench_scorer
 
 # A training run's root conversation is append-only: no compaction (a summary would replace turns
 # the trainer has already seen), no map-reduce fallback (a program, not the policy, would answer),

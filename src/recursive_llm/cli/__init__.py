@@ -1,0 +1,1 @@
+"""The `rlm` command: options declared once, the subcommands, batch runs and progress."""
