@@ -1,0 +1,60 @@
+"""docs/SERVING.md's client table, its npm rows: the `openai` npm package (chat completions and the
+Responses API, plain and streamed) and the Vercel AI SDK (`ai` with `@ai-sdk/openai`, whose default
+is the Responses API, and with `@ai-sdk/openai-compatible`, chat completions), each in its default
+configuration, run by node (tests/js/clients.mjs) against a real `rlm serve` process. The packages
+come from tests/js/package-lock.json: `.ci/run` installs them with `npm ci` in a temp dir and names
+its node_modules in RLM_JS_NODE_MODULES (else tests/js/node_modules, after `npm ci` in tests/js)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from recursive_llm.testing import FakeLLMServer
+from scripted_root import is_root
+from test_serve_client_envs import DOCUMENT, QUESTION
+from test_serve_client_table import capable_root
+from test_serve_every_client import roots_started, serve
+from test_server import TOKEN
+
+JS = Path(__file__).resolve().parent / "js"
+NODE_MODULES = Path(os.environ.get("RLM_JS_NODE_MODULES") or JS / "node_modules")
+CALLS = ["openai chat.completions", "openai chat.completions stream", "openai responses", "openai responses stream",
+         "@ai-sdk/openai generateText", "@ai-sdk/openai streamText",
+         "@ai-sdk/openai Output.object", "@ai-sdk/openai-compatible generateText",
+         "@ai-sdk/openai-compatible streamText", "@ai-sdk/openai-compatible Output.object"]
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not (NODE_MODULES / "ai").is_dir() or not (NODE_MODULES / "openai").is_dir(),
+    reason="node or the npm clients are missing: `npm ci` in tests/js (.ci/run does it in a temp dir)")
+
+
+def test_npm_openai_and_vercel_ai_sdk_defaults(tmp_path):
+    """Each call puts the document and the question in one user message (`prompt`/`input`): one run
+    each, whose root prompt shows the question and not the document's middle, where the needle is."""
+    script = tmp_path / "clients.mjs"
+    shutil.copy(JS / "clients.mjs", script)
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES.resolve(), target_is_directory=True)
+    with FakeLLMServer(responder=capable_root) as backend:
+        server = serve(backend, tmp_path)
+        try:
+            done = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=240,
+                                  env={**os.environ, "RLM_URL": server.url, "RLM_TOKEN": TOKEN,
+                                       "RLM_DOCUMENT": DOCUMENT, "RLM_QUESTION": QUESTION})
+        finally:
+            log = server.stop()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == dict.fromkeys(CALLS, "kestrel")
+    assert roots_started(backend) == len(CALLS)
+    firsts = [r["messages"] for r in backend.requests
+              if is_root(r["messages"]) and not any(m["role"] == "assistant" for m in r["messages"])]
+    for messages in firsts:
+        prompt = "\n".join(str(m["content"]) for m in messages)
+        assert QUESTION in prompt and "Paragraph 149 of the handbook" not in prompt and "called kestrel" not in prompt
+    paths = [line.split()[2] for line in log.splitlines() if " run=" in line and "/health" not in line]
+    assert sorted(paths) == sorted(["/v1/chat/completions"] * 5 + ["/v1/responses"] * 5)
