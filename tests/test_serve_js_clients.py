@@ -58,3 +58,28 @@ def test_npm_openai_and_vercel_ai_sdk_defaults(tmp_path):
         assert QUESTION in prompt and "Paragraph 149 of the handbook" not in prompt and "called kestrel" not in prompt
     paths = [line.split()[2] for line in log.splitlines() if " run=" in line and "/health" not in line]
     assert sorted(paths) == sorted(["/v1/chat/completions"] * 5 + ["/v1/responses"] * 5)
+
+
+def test_a_failed_run_is_one_run_for_openai_npm_and_three_for_the_ai_sdks_default(tmp_path):
+    """Every model call fails: the `openai` npm package honours `x-should-retry: false` (one run with
+    its default 2 retries); the AI SDK does not (its default `maxRetries: 2` pays for three runs;
+    `maxRetries: 0` for one), as docs/SERVING.md's table says."""
+    script = tmp_path / "failed_run.mjs"
+    shutil.copy(JS / "failed_run.mjs", script)
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES.resolve(), target_is_directory=True)
+    calls, errors = {}, {}
+    with FakeLLMServer(faults=["500"] * 400, fault_kinds=()) as backend:
+        server = serve(backend, tmp_path)
+        try:
+            for client in ("ai-sdk maxRetries 0", "openai", "ai-sdk"):
+                before = backend.request_count
+                done = subprocess.run(["node", str(script), client], capture_output=True, text=True, timeout=240,
+                                      env={**os.environ, "RLM_URL": server.url, "RLM_TOKEN": TOKEN})
+                assert done.returncode == 0, done.stderr
+                errors[client] = json.loads(done.stdout)["error"]
+                calls[client] = backend.request_count - before
+        finally:
+            server.stop()
+    assert all(error and "the run" in error for error in errors.values()), errors
+    one_run = calls["ai-sdk maxRetries 0"]
+    assert one_run > 0 and calls["openai"] == one_run and calls["ai-sdk"] == 3 * one_run, calls
