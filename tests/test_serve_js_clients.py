@@ -34,22 +34,29 @@ pytestmark = pytest.mark.skipif(
     reason="node or the npm clients are missing: `npm ci` in tests/js (.ci/run does it in a temp dir)")
 
 
+def run_node(tmp_path: Path, name: str, server, *args: str, **env: str) -> str:
+    """Runs tests/js/`name` (copied beside a link to the installed node_modules) against `server`;
+    its standard output."""
+    script = tmp_path / name
+    shutil.copy(JS / name, script)
+    if not (tmp_path / "node_modules").exists():
+        (tmp_path / "node_modules").symlink_to(NODE_MODULES.resolve(), target_is_directory=True)
+    done = subprocess.run(["node", str(script), *args], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "RLM_URL": server.url, "RLM_TOKEN": TOKEN, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_npm_openai_and_vercel_ai_sdk_defaults(tmp_path):
     """Each call puts the document and the question in one user message (`prompt`/`input`): one run
     each, whose root prompt shows the question and not the document's middle, where the needle is."""
-    script = tmp_path / "clients.mjs"
-    shutil.copy(JS / "clients.mjs", script)
-    (tmp_path / "node_modules").symlink_to(NODE_MODULES.resolve(), target_is_directory=True)
     with FakeLLMServer(responder=capable_root) as backend:
         server = serve(backend, tmp_path)
         try:
-            done = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=240,
-                                  env={**os.environ, "RLM_URL": server.url, "RLM_TOKEN": TOKEN,
-                                       "RLM_DOCUMENT": DOCUMENT, "RLM_QUESTION": QUESTION})
+            answers = json.loads(run_node(tmp_path, "clients.mjs", server, RLM_DOCUMENT=DOCUMENT, RLM_QUESTION=QUESTION))
         finally:
             log = server.stop()
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == dict.fromkeys(CALLS, "kestrel")
+    assert answers == dict.fromkeys(CALLS, "kestrel")
     assert roots_started(backend) == len(CALLS)
     firsts = [r["messages"] for r in backend.requests
               if is_root(r["messages"]) and not any(m["role"] == "assistant" for m in r["messages"])]
@@ -64,19 +71,13 @@ def test_a_failed_run_is_one_run_for_openai_npm_and_three_for_the_ai_sdks_defaul
     """Every model call fails: the `openai` npm package honours `x-should-retry: false` (one run with
     its default 2 retries); the AI SDK does not (its default `maxRetries: 2` pays for three runs;
     `maxRetries: 0` for one), as docs/SERVING.md's table says."""
-    script = tmp_path / "failed_run.mjs"
-    shutil.copy(JS / "failed_run.mjs", script)
-    (tmp_path / "node_modules").symlink_to(NODE_MODULES.resolve(), target_is_directory=True)
     calls, errors = {}, {}
     with FakeLLMServer(faults=["500"] * 400, fault_kinds=()) as backend:
         server = serve(backend, tmp_path)
         try:
             for client in ("ai-sdk maxRetries 0", "openai", "ai-sdk"):
                 before = backend.request_count
-                done = subprocess.run(["node", str(script), client], capture_output=True, text=True, timeout=240,
-                                      env={**os.environ, "RLM_URL": server.url, "RLM_TOKEN": TOKEN})
-                assert done.returncode == 0, done.stderr
-                errors[client] = json.loads(done.stdout)["error"]
+                errors[client] = json.loads(run_node(tmp_path, "failed_run.mjs", server, client))["error"]
                 calls[client] = backend.request_count - before
         finally:
             server.stop()
