@@ -50,9 +50,10 @@ def server(backend, tmp_path):
 
 
 def requests_served(server: Served) -> list[str]:
-    """The method and path of every request the server answered (its access log; stops it)."""
+    """The method and path of every request the server answered, and "stream" for a streamed one
+    (its access log; stops it)."""
     lines = [line.split() for line in server.stop().splitlines() if " run=" in line]
-    return [f"{words[1]} {words[2]}" for words in lines if words[2] != "/health"]
+    return [" ".join(words[1:3] + words[6:]) for words in lines if words[2] != "/health"]
 
 
 def assert_document_in_the_input_only(backend: FakeLLMServer, *in_prompt: str) -> None:
@@ -80,20 +81,23 @@ def test_dspy_predict_with_its_default_chat_adapter(server, backend, tmp_path, m
 
 
 @missing("llama_index.llms.openai_like", "LlamaIndex")
+@pytest.mark.parametrize("streaming", [False, True], ids=["plain", "streaming"])
 @pytest.mark.parametrize("chat", [False, True], ids=["completions-default", "is_chat_model"])
-def test_llama_index_openai_like_query_engine(server, backend, chat):
+def test_llama_index_openai_like_query_engine(server, backend, chat, streaming):
     """`OpenAILike(model=..., api_base=..., api_key=...)`: by default a completion model
     (/v1/completions, the text-QA template as one prompt), and with `is_chat_model=True` (its system
     message and the template as the user message); the document goes through a `SummaryIndex`'s
-    query engine, which needs no embedding model."""
+    query engine (which needs no embedding model), plain and with `streaming=True`."""
     from llama_index.core import Document, SummaryIndex
     from llama_index.llms.openai_like import OpenAILike
 
     options = {"is_chat_model": True} if chat else {}
     llm = OpenAILike(model="rlm", api_base=server.url + "/v1", api_key=TOKEN, **options)
-    engine = SummaryIndex.from_documents([Document(text=DOCUMENT)]).as_query_engine(llm=llm)
+    engine = SummaryIndex.from_documents([Document(text=DOCUMENT)]).as_query_engine(llm=llm, streaming=streaming)
     answer = engine.query(QUESTION)
-    assert str(answer) == "kestrel"
+    text = "".join(answer.response_gen) if streaming else str(answer)
+    assert text == "kestrel"
     instructions = "You are an expert Q&A system" if chat else "Given the context information and not prior"
     assert_document_in_the_input_only(backend, instructions)
-    assert requests_served(server) == ["POST /v1/chat/completions" if chat else "POST /v1/completions"]
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    assert requests_served(server) == [f"POST {path}" + (" stream" if streaming else "")]
