@@ -25,6 +25,7 @@ from test_server import TOKEN
 JS = Path(__file__).resolve().parent / "js"
 NODE_MODULES = Path(os.environ.get("RLM_JS_NODE_MODULES") or JS / "node_modules")
 CALLS = ["openai chat.completions", "openai chat.completions stream", "openai responses", "openai responses stream",
+         "openai chat.completions.parse", "openai responses.parse",
          "@ai-sdk/openai generateText", "@ai-sdk/openai streamText",
          "@ai-sdk/openai Output.object", "@ai-sdk/openai-compatible generateText",
          "@ai-sdk/openai-compatible streamText", "@ai-sdk/openai-compatible Output.object"]
@@ -64,7 +65,7 @@ def test_npm_openai_and_vercel_ai_sdk_defaults(tmp_path):
         prompt = "\n".join(str(m["content"]) for m in messages)
         assert QUESTION in prompt and "Paragraph 149 of the handbook" not in prompt and "called kestrel" not in prompt
     paths = [line.split()[2] for line in log.splitlines() if " run=" in line and "/health" not in line]
-    assert sorted(paths) == sorted(["/v1/chat/completions"] * 5 + ["/v1/responses"] * 5)
+    assert sorted(paths) == sorted(["/v1/chat/completions"] * 6 + ["/v1/responses"] * 6)
 
 
 def test_a_failed_run_is_one_run_for_openai_npm_and_three_for_the_ai_sdks_default(tmp_path):

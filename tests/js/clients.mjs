@@ -2,6 +2,8 @@
 // `rlm serve` at RLM_URL; tests/test_serve_js_clients.py starts the server and checks what this
 // prints: one JSON object, each client's answer by name.
 import OpenAI from "openai";
+import { zodResponseFormat, zodTextFormat } from "openai/helpers/zod";
+import { z } from "zod";
 import { generateText, jsonSchema, Output, streamText } from "ai";
 import { createOpenAI } from "@ai-sdk/openai";
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
@@ -23,7 +25,13 @@ async function openaiPackage() {
   for await (const event of await client.responses.create({ model: "rlm", input: prompt, stream: true })) {
     if (event.type === "response.output_text.delta") responsesStream += event.delta;
   }
+  const Server = z.object({ name: z.string() });
+  const parsed = await client.chat.completions.parse(
+    { model: "rlm", messages, response_format: zodResponseFormat(Server, "server") });
+  const typed = await client.responses.parse({ model: "rlm", input: prompt, text: { format: zodTextFormat(Server, "server") } });
   return {
+    "openai chat.completions.parse": parsed.choices[0].message.parsed.name,
+    "openai responses.parse": typed.output_parsed.name,
     "openai chat.completions": chat.choices[0].message.content,
     "openai chat.completions stream": chatStream,
     "openai responses": responses.output_text,
