@@ -145,5 +145,5 @@ def test_the_table_names_every_client_tested_here():
 
     table = (Path(__file__).resolve().parents[1] / "docs" / "SERVING.md").read_text()
     for client in ("openai (Python)", "`llm`", "LiteLLM", "LangChain", "OpenAI Agents SDK", "pydantic-ai",
-                   "DSPy", "LlamaIndex"):
+                   "DSPy", "LlamaIndex", "openai (npm)", "Vercel AI SDK"):
         assert f"| {client}" in table, client
