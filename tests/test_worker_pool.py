@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.environments import make_environment
+from recursive_llm.environments.factory import make_environment
 from recursive_llm.environments.prestart import pool as worker_pool
 from recursive_llm.environments.prestart.pool import PooledWorker, WorkerPool
 from recursive_llm.config import WorkerPolicy
