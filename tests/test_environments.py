@@ -201,3 +201,36 @@ def test_the_worker_side_never_imports_the_host_side():
     wrong = {name: sorted(i for i in imported if any(i == h or i.startswith(h + ".") for h in host_side))
              for name, imported in reached.items()}
     assert not any(wrong.values()), wrong
+
+
+def test_the_trajectory_records_each_environments_isolation():
+    """`run_start` carries the environment's `isolation`, read through the interface: the plan's
+    layers for a worker (started for the run, or a pre-started spare), none in-process."""
+    from recursive_llm import RLM
+    from recursive_llm.environments.prestart import pool as worker_pool
+    from recursive_llm.record.events import read_trajectory
+    from recursive_llm.testing import ScriptedModel
+
+    async def isolation_of(**options) -> dict | None:
+        root = ScriptedModel(["```repl\nprint(1)\n```", "FINAL(done)"])
+        result = await RLM(model=root, **options).acompletion("q", "x")
+        assert result.answer == "done", result.error
+        return next(e for e in read_trajectory(result.trajectory_path) if e["type"] == "run_start")["isolation"]
+
+    async def scenario():
+        local, started = await isolation_of(environment="local"), await isolation_of(sandbox="process")
+        pool = worker_pool.install(1, sandbox="process")
+        try:
+            for _ in range(600):
+                if pool.ready:
+                    break
+                await asyncio.sleep(0.05)
+            pooled = await isolation_of(sandbox="process")
+            return local, started, pooled, pool.taken
+        finally:
+            await pool.close()
+
+    local, started, pooled, taken = asyncio.run(scenario())
+    plan = plan_isolation("process")
+    assert local is None and taken == 1
+    assert started == pooled == {"layers": plan.layers, "missing": plan.missing}

@@ -1,4 +1,4 @@
-"""Pre-started workers (environments/pool.py): each run gets a fresh worker that never ran another
+"""Pre-started workers (environments/prestart/pool.py): each run gets a fresh worker that never ran another
 request's code, confined after it received its input, in every sandbox mode. No time assertions."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A run's answer comes from one of: `FINAL(text)` in the root model's reply (in a reply without
 code: see `resolve`), `FINAL_VAR(name)` in the reply (resolved here against the REPL), `FINAL(...)`/`FINAL_VAR(...)` called in code or the
-`answer` dict (set in the REPL: `environments/runtime.py`), the map-reduce fallback, or the last
+`answer` dict (set in the REPL: `environments/inside/runtime.py`), the map-reduce fallback, or the last
 request at a limit. Whatever its source, every answer passes `accept` before the run may end
 with it: an answer that is too large, or made of the error texts of failed sub-calls, is refused
 with a message for the model (an error is never an answer). With a schema (`completion(...,
