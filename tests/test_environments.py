@@ -210,6 +210,7 @@ def test_the_trajectory_records_each_environments_isolation():
     from recursive_llm.environments.prestart import pool as worker_pool
     from recursive_llm.record.events import read_trajectory
     from recursive_llm.testing import ScriptedModel
+    from test_worker_pool import wait_ready
 
     async def isolation_of(**options) -> dict | None:
         root = ScriptedModel(["```repl\nprint(1)\n```", "FINAL(done)"])
@@ -221,10 +222,7 @@ def test_the_trajectory_records_each_environments_isolation():
         local, started = await isolation_of(environment="local"), await isolation_of(sandbox="process")
         pool = worker_pool.install(1, sandbox="process")
         try:
-            for _ in range(600):
-                if pool.ready:
-                    break
-                await asyncio.sleep(0.05)
+            await wait_ready(pool, 1)
             pooled = await isolation_of(sandbox="process")
             return local, started, pooled, pool.taken
         finally:
