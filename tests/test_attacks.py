@@ -115,7 +115,7 @@ def arena(tmp_path, monkeypatch):
 
 
 async def forked_run(rlm: RLM, mode: str, memory_mb: int):
-    """The run takes a pre-started worker that the pool's template forked (environments/template.py)."""
+    """The run takes a pre-started worker that the pool's template forked (environments/prestart/template.py)."""
     import asyncio
 
     pool = worker_pool.install(1, sandbox=mode, memory_mb=memory_mb)

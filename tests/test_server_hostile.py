@@ -349,7 +349,7 @@ def test_a_stream_the_client_drops_leaves_an_interrupted_run(tree):
 def _loaded_worker_dirs(host_pid: int) -> list[str]:
     """The worker directories of `host_pid` that hold a request's input (a pre-started spare's
     input directory is empty until a request loads it), in the temporary directory or in the worker
-    template's spool there (environments/template.py)."""
+    template's spool there (environments/prestart/template.py)."""
     import glob
     import tempfile
 

@@ -9,7 +9,7 @@ import pytest
 
 from recursive_llm import RLM
 from recursive_llm.cli.support import _EXIT_BY_STOP, EXIT_OK
-from recursive_llm.environments import map_reduce
+from recursive_llm.environments.inside import map_reduce
 from recursive_llm.record.events import read_trajectory
 from recursive_llm.engine.fallback import auto_fallback_after
 from recursive_llm.result import StopReason

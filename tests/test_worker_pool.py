@@ -1,4 +1,4 @@
-"""Pre-started workers (environments/pool.py): each run gets a fresh worker that never ran another
+"""Pre-started workers (environments/prestart/pool.py): each run gets a fresh worker that never ran another
 request's code, confined after it received its input, in every sandbox mode. No time assertions."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from recursive_llm import RLM
-from recursive_llm.environments import make_environment
+from recursive_llm.environments.factory import make_environment
 from recursive_llm.environments.prestart import pool as worker_pool
 from recursive_llm.environments.prestart.pool import PooledWorker, WorkerPool
 from recursive_llm.config import WorkerPolicy

@@ -1,4 +1,4 @@
-"""Workers forked by the template (environments/template.py): each one is what a started worker is
+"""Workers forked by the template (environments/prestart/template.py): each one is what a started worker is
 (confined, its own uid, PID and mount namespaces and private /tmp with namespaces), siblings do not
 see each other, and a template that dies takes its workers with it without breaking later runs.
 The attack battery runs on forked workers as well (tests/test_attacks.py, origin "forked").

@@ -25,6 +25,7 @@ from .usage import UsageSummary
 if TYPE_CHECKING:
     from .engine.answer_schema import AnswerSchema
     from .context.loader import LoadedContext
+    from .environments.base import Environment
     from .session import Session
 
 
@@ -188,7 +189,7 @@ class RLM:
                                      schema=answer_schema)
 
     async def run_inputs(self, query: str, inputs: list[LoadedContext], *, resume_from: str | None = None,
-                         run_config: dict[str, Any] | None = None, environment: Any = None,
+                         run_config: dict[str, Any] | None = None, environment: Environment | None = None,
                          session_id: str | None = None, turn_note: str | None = None,
                          schema: AnswerSchema | None = None, run_id: str | None = None) -> Result:
         """One top-level run over loaded inputs. A session passes its long-lived, started

@@ -23,6 +23,7 @@ from .errors import RLMError
 from .engine.run import new_run_id
 
 if TYPE_CHECKING:
+    from .environments.base import Environment
     from .result import Result
     from .rlm import RLM
 
@@ -44,7 +45,7 @@ class Session:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"rlm-{self.session_id}", daemon=True)
         self._thread.start()
-        self._environment = None
+        self._environment: Environment | None = None
         self._closed = False
         self._idle = threading.Event()  # set while no question is being answered
         self._idle.set()
@@ -82,7 +83,7 @@ class Session:
             self._idle.set()
 
     async def _answer(self, question: str, run_id: str, run_config: dict[str, Any] | None) -> "Result":
-        from .environments import make_environment
+        from .environments.factory import make_environment
 
         if not isinstance(question, str) or not question.strip():
             raise RLMError("the question is empty")

@@ -2,7 +2,7 @@
 
 A run's answer comes from one of: `FINAL(text)` in the root model's reply (in a reply without
 code: see `resolve`), `FINAL_VAR(name)` in the reply (resolved here against the REPL), `FINAL(...)`/`FINAL_VAR(...)` called in code or the
-`answer` dict (set in the REPL: `environments/runtime.py`), the map-reduce fallback, or the last
+`answer` dict (set in the REPL: `environments/inside/runtime.py`), the map-reduce fallback, or the last
 request at a limit. Whatever its source, every answer passes `accept` before the run may end
 with it: an answer that is too large, or made of the error texts of failed sub-calls, is refused
 with a message for the model (an error is never an answer). With a schema (`completion(...,
@@ -13,15 +13,18 @@ errors and tries again, a bounded number of times (the schema and the check: `an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import prompts
 from .answer_schema import AnswerSchema
 from ..config import HOST_BOUNDS
 from .parsing import FinalAnswer, truncate_output
 
+if TYPE_CHECKING:
+    from ..environments.base import Environment
 
-async def resolve(env: Any, final: FinalAnswer, *, with_code: bool = False) -> tuple[str | None, str | None]:
+
+async def resolve(env: Environment, final: FinalAnswer, *, with_code: bool = False) -> tuple[str | None, str | None]:
     """A reply's FINAL / FINAL_VAR as text: `(answer, None)` or `(None, what the model is told)`.
 
     `with_code`: the same reply also had code. A `FINAL(text)` there was written before the model

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import prompts
 from .budget import prompt_token_bound
@@ -19,6 +19,9 @@ from ..errors import BudgetExceeded, ModelError
 from ..models.base import Message, ModelClient
 from .parsing import truncate_output
 from .scheduler import CallSite, Scheduler
+
+if TYPE_CHECKING:
+    from ..environments.base import Environment
 
 
 def history_code(turns: list[Message]) -> str:
@@ -80,7 +83,7 @@ class Compactor:
         ours = sum(counted[:sent])
         return max(1.0, reported / ours) if ours else 1.0
 
-    async def keep_within_window(self, env: Any, messages: list[Message], *, iteration: int, query: str) -> None:
+    async def keep_within_window(self, env: Environment, messages: list[Message], *, iteration: int, query: str) -> None:
         """Compact `messages` in place when they near the window. Fewer than two turns, or an
         unknown window, and nothing happens; a failed summary is tried again next turn."""
         window = self.window()

@@ -56,7 +56,7 @@ def is_weak(client: Any) -> bool:
 
 
 def map_reduce_code(query: str, chunk_chars: int, strict: bool = False) -> str:
-    """The cell the run executes; `_map_reduce` is defined in the REPL (environments/map_reduce.py).
+    """The cell the run executes; `_map_reduce` is defined in the REPL (environments/inside/map_reduce.py).
     It returns None when no chunk answers: the cell then ends without a final answer and without an
     error, which the run reports as `not_found`."""
     return (f"_fallback_answer = _map_reduce({query!r}, chunk_chars={chunk_chars}, strict={strict!r})\n"

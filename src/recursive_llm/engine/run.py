@@ -33,6 +33,7 @@ from ..usage import UsageSummary
 if TYPE_CHECKING:
     from .answer_schema import AnswerSchema
     from ..context.loader import LoadedContext
+    from ..environments.base import Environment
 
 # (answer, why the run stopped, error)
 Outcome = tuple["str | None", StopReason, "str | None"]
@@ -109,7 +110,7 @@ class Run:
     """One RLM run at one depth: its own REPL, conversation and iteration count."""
 
     def __init__(self, state: RunState, *, query: str, inputs: list[LoadedContext], depth: int, run_id: str,
-                 parent_run_id: str | None, root_client: ModelClient, environment: Any = None,
+                 parent_run_id: str | None, root_client: ModelClient, environment: Environment | None = None,
                  turn_note: str | None = None, schema: AnswerSchema | None = None,
                  parent_iteration: int | None = None) -> None:
         self.state = state
@@ -164,8 +165,8 @@ class Run:
         return await child.execute()
 
     # -- the run --------------------------------------------------------------------------------
-    def _make_environment(self):
-        from ..environments import make_environment
+    def _make_environment(self) -> Environment:
+        from ..environments.factory import make_environment
 
         return make_environment(self.config.worker, self.inputs, self.handle_subcall,
                                 max_output_chars=self.config.loop.max_output_chars)
@@ -198,7 +199,7 @@ class Run:
 
     async def execute(self) -> Result:
         env = self.environment or self._make_environment()
-        isolation = getattr(env, "isolation", None)
+        isolation = env.isolation
         self.emit("run_start", query=self.query, model=self.root_client.name,
                   sub_model=self.config.sub_client.name, environment=self.config.worker.environment,
                   isolation={"layers": isolation.layers, "missing": isolation.missing} if isolation else None,
@@ -230,7 +231,7 @@ class Run:
                 await env.close()
         return self._finish(answer, stopped, error)
 
-    async def _install_tools(self, env) -> None:
+    async def _install_tools(self, env: Environment) -> None:
         """Define the stubs of the user's tools in the REPL (a session's REPL gets them each turn)."""
         if not self.config.tools:
             return
@@ -259,7 +260,7 @@ class Run:
             return None
         return None, StopReason.for_budget(exhausted), f"the {exhausted} budget ran out during the run"
 
-    async def _loop(self, env, messages: list[Message]) -> Outcome:
+    async def _loop(self, env: Environment, messages: list[Message]) -> Outcome:
         """Iterate until an answer or a limit."""
         limits = self.config.limits
         idle_turns = 0
@@ -311,7 +312,7 @@ class Run:
             messages.append({"role": "user", "content": content})
         return None, StopReason.MAX_ITERATIONS, rejected
 
-    async def _run_blocks(self, env, blocks: list[str]) -> tuple[list[str], str | None, bool]:
+    async def _run_blocks(self, env: Environment, blocks: list[str]) -> tuple[list[str], str | None, bool]:
         """Run a reply's code blocks in order; stop at the first that gives a final answer."""
         outputs: list[str] = []
         any_worked = False
@@ -336,7 +337,7 @@ class Run:
                 break
         return outputs, None, any_worked
 
-    async def _fallback(self, env, reason: str) -> Outcome:
+    async def _fallback(self, env: Environment, reason: str) -> Outcome:
         self.used_fallback = True
         weak = is_weak(self.config.sub_client)
         chunk_chars = chunk_chars_for(self.config.sub_client.context_window, weak=weak)
@@ -359,7 +360,7 @@ class Run:
             return None, StopReason.NOT_FOUND, f"nothing in the input answers the question: {(why or ['no answer'])[-1]}"
         return None, StopReason.ERROR, "the map-reduce fallback did not produce an answer: " + "\n".join(outputs)
 
-    async def _ask_for_final(self, env, messages: list[Message], stopped: StopReason) -> str | None:
+    async def _ask_for_final(self, env: Environment, messages: list[Message], stopped: StopReason) -> str | None:
         """At a limit, ask the root model once for its best answer (if the budget still allows)."""
         budget = self.state.budget
         if budget.exhausted == "time":

@@ -386,7 +386,7 @@ class REPL:
     def map_reduce(self, query: str, chunk_chars: int, strict: bool = False) -> str | None:
         """Ask the sub-model about every chunk of `context` (a table as rows of text), each allowed
         to say NOT FOUND, and combine what they found; None: no chunk answered (map_reduce.py)."""
-        from .. import map_reduce
+        from . import map_reduce
 
         context = self.namespace.get("context")
         text = map_reduce.as_rows_text(context) if isinstance(context, helpers.Table) else as_text(context)

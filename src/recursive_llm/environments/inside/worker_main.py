@@ -233,7 +233,7 @@ def run(manifest: str, max_captured_chars: int, policy_json: str) -> None:
     signal.signal(signal.SIGXCPU, _on_sigxcpu)
     channel = HostChannel(reader, writer)
     if manifest == "-":
-        # Pre-started (environments/pool.py): this process has run nothing of any request yet. It
+        # Pre-started (environments/prestart/pool.py): this process has run nothing of any request yet. It
         # waits, on its only thread, for the one request it will serve; then it reads that input and
         # confines itself exactly as a worker started for the request does.
         channel.send({"op": "waiting", "pid": os.getpid()})

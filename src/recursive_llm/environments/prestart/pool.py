@@ -24,10 +24,10 @@ from typing import Any
 
 from ...config import WorkerPolicy
 from ...errors import EnvironmentFailure
-from ..base import CellResult, SubCallHandler
+from ..base import CellResult, Environment, SubCallHandler
 from ..inside.runtime import CAPTURED_CHARS
 from . import template
-from ..host.sandbox import Limits, plan_isolation
+from ..host.sandbox import IsolationPlan, Limits, plan_isolation
 from .template import WorkerTemplate
 from ..host.worker import WORKER_SCRIPT, WorkerEnvironment
 
@@ -163,30 +163,26 @@ async def _unloaded(kind, prompts, model, context):  # pragma: no cover - a spar
     raise EnvironmentFailure("a pre-started worker got a call before it was loaded")
 
 
-class PooledWorker:
+class PooledWorker(Environment):
     """The environment of one run that takes a spare from `pool` when it starts (or has its own
     worker forked by the pool's template, or started, when none is ready); everything else goes to
     that worker."""
 
     name = "worker"
 
-    def __init__(self, pool: WorkerPool, context: Any, handler: SubCallHandler, **options: Any) -> None:
+    def __init__(self, pool: WorkerPool, context: Any, handler: SubCallHandler, *,
+                 sandbox: str = WorkerPolicy.sandbox, **options: Any) -> None:
         self._pool = pool
         self._context = context
         self._handler = handler
-        self._options = options
+        self._planned = plan_isolation(sandbox)  # the plan of any worker for this sandbox mode
+        self._options = {"sandbox": sandbox, **options}  # a worker of its own, when it starts one
         self.environment: WorkerEnvironment | None = None
         self.pooled = False
 
-    def __getattr__(self, name: str) -> Any:  # isolation, pid, restarts, ... of the worker
-        environment = self.__dict__.get("environment")
-        if environment is None:
-            if name == "isolation":
-                from ..host.sandbox import plan_isolation
-
-                return plan_isolation(self._options.get("sandbox", "auto"))
-            raise AttributeError(name)
-        return getattr(environment, name)
+    @property
+    def isolation(self) -> IsolationPlan:
+        return self.environment.isolation if self.environment is not None else self._planned
 
     async def start(self) -> None:
         spare = self._pool.take()
@@ -210,15 +206,16 @@ class PooledWorker:
         if self.environment is not None:
             self.environment.rebind(handler)
 
-    async def execute(self, code: str, timeout: float | None, wall_timeout: float | None = None) -> CellResult:
+    def _worker(self) -> WorkerEnvironment:
         if self.environment is None:
             raise EnvironmentFailure("the worker is not running: call start() first")
-        return await self.environment.execute(code, timeout, wall_timeout)
+        return self.environment
+
+    async def execute(self, code: str, timeout: float | None, wall_timeout: float | None = None) -> CellResult:
+        return await self._worker().execute(code, timeout, wall_timeout)
 
     async def get_variable(self, name: str) -> dict:
-        if self.environment is None:
-            raise EnvironmentFailure("the worker is not running: call start() first")
-        return await self.environment.get_variable(name)
+        return await self._worker().get_variable(name)
 
     async def close(self) -> None:
         if self.environment is not None:

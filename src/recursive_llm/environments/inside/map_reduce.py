@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from ..context.document import split_at_lines
+from ...context.document import split_at_lines
 
 TYPE_CHECKING = False  # not typing's: the worker imports this module
 if TYPE_CHECKING:
