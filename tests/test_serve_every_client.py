@@ -50,13 +50,14 @@ def test_a_failed_run_costs_one_run_with_the_sdks_default_retries(tmp_path):
     with FakeLLMServer(faults=["500"] * 200, fault_kinds=()) as backend:
         server = serve(backend, tmp_path)
         try:
-            ask = {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "extra_body": {"context": "x"}}
+            def ask(question: str) -> dict:
+                return {"model": "rlm", "messages": [{"role": "user", "content": question}], "extra_body": {"context": "x"}}
             with pytest.raises(openai.APIStatusError):
-                server.client().chat.completions.create(**ask)  # max_retries=0
+                server.client().chat.completions.create(**ask("q"))  # max_retries=0
             one_run = backend.request_count
             client = openai.OpenAI(base_url=server.url + "/v1", api_key=TOKEN)  # the SDK's default: 2 retries
             with pytest.raises(openai.APIStatusError) as failed:
-                client.chat.completions.create(**ask)
+                client.chat.completions.create(**ask("another q"))
             chat = backend.request_count - one_run
             with pytest.raises(openai.APIStatusError) as failed_too:
                 client.responses.create(model="rlm", input="q", extra_body={"context": "x"})
@@ -66,6 +67,36 @@ def test_a_failed_run_costs_one_run_with_the_sdks_default_retries(tmp_path):
     assert failed.value.status_code == 502 and failed.value.response.headers["x-should-retry"] == "false"
     assert failed_too.value.status_code == 502
     assert one_run > 0 and chat == one_run and responses == one_run
+
+
+def test_a_client_that_retries_a_failed_run_anyway_gets_its_failure_without_a_new_run(tmp_path):
+    """Clients that retry every 5xx without saying so (the Vercel AI SDK sends no retry count): the
+    same request from the same client soon after a failed run gets that failure again, with no new
+    run; a different request runs; a request whose run answered runs again when sent again."""
+    plain = {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "context": "x"}
+    with FakeLLMServer(faults=["500"] * 200, fault_kinds=()) as backend:
+        server = serve(backend, tmp_path)
+        try:
+            post = lambda body: httpx.post(server.url + "/v1/chat/completions", json=body,  # noqa: E731
+                                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+            first = post(plain)
+            one_run = backend.request_count
+            again = post(plain)
+            replayed = backend.request_count - one_run
+            post({**plain, "context": "y"})
+            other = backend.request_count - one_run
+        finally:
+            server.stop()
+    assert first.status_code == again.status_code == 502
+    assert again.json()["error"]["message"] == first.json()["error"]["message"]
+    assert one_run > 0 and replayed == 0 and other == one_run
+    with FakeLLMServer(responder=lambda messages, model: "FINAL(fine)") as backend:
+        server = serve(backend, tmp_path)
+        try:
+            answers = [post(plain).json()["choices"][0]["message"]["content"] for _ in range(2)]
+        finally:
+            server.stop()
+    assert answers == ["fine", "fine"] and roots_started(backend) == 2
 
 
 def test_a_client_that_gives_up_stops_its_run(tmp_path):

@@ -10,7 +10,7 @@ const model = createOpenAICompatible({ name: "rlm", baseURL, apiKey: RLM_TOKEN }
 const ask = {
   "openai": () => new OpenAI({ baseURL, apiKey: RLM_TOKEN }).chat.completions.create(
     { model: "rlm", messages: [{ role: "user", content: "q" }], context: "x" }),
-  "ai-sdk": () => generateText({ model, prompt: "q" }),
+  "ai-sdk": () => generateText({ model, prompt: "q, asked by the AI SDK with its default retries" }),
   "ai-sdk maxRetries 0": () => generateText({ model, prompt: "q", maxRetries: 0 }),
 }[process.argv[2]];
 try {

@@ -7,6 +7,10 @@
   `x-stainless-retry-count` header) gets `RETRY_GRACE_S` more: its retry of the same request (same
   client, same body) joins the run already paid for instead of starting another (`Attempts`), so a
   request that timed out and was retried twice is still one run.
+- A client that retries a failed run whatever the server says (the Vercel AI SDK retries every 5xx
+  and sends no retry count) gets the failure again: the same request from the same client within
+  `FAILED_REPLAY_S` of a run that ended without an answer is answered with that run's failure, and
+  no new run starts.
 - A 429 says when a slot is likely to be free (`RunClock.retry_after`), from the runs in flight and
   how long recent runs took, so a client's few retries are spread over a run's length, not 1 s.
 """
@@ -22,6 +26,7 @@ from typing import Any, Awaitable, Callable
 
 NO_RETRY = {"x-should-retry": "false"}
 RETRY_GRACE_S = 3.0  # the SDKs retry after 0.5-1 s, then 1-2 s
+FAILED_REPLAY_S = 15.0  # the AI SDK retries after 2 s, then 4 s more
 MAX_RETRY_AFTER_S = 60
 
 
@@ -112,14 +117,15 @@ class Attempts:
 
     async def answer(self, key: str, retry_count: int | None, receive, start: Callable[[], Awaitable[Any]]) -> Any:
         """The result of the run for `key`: for a retry (`retry_count` >= 1), the run of an earlier
-        attempt still in flight or ended within the grace; else a new one from `start()`. A client
-        that leaves stops the run at once, or, when it may retry (`retry_count` is not None), after
-        RETRY_GRACE_S if no other attempt waits for it by then."""
-        shared = self._runs.get(key) if retry_count else None
-        if shared is None or shared.task.cancelled():
+        attempt still in flight or ended within the grace; for any request, the failure of a run
+        for `key` that ended without an answer within FAILED_REPLAY_S; else a new run from
+        `start()`. A client that leaves stops the run at once, or, when it may retry (`retry_count`
+        is not None), after RETRY_GRACE_S if no other attempt waits for it by then."""
+        shared = self._runs.get(key)
+        if shared is None or shared.task.cancelled() or not (retry_count or _failed(shared.task)):
             shared = self._runs[key] = _Shared(asyncio.ensure_future(start()))
-            shared.task.add_done_callback(lambda _: asyncio.get_running_loop().call_later(
-                RETRY_GRACE_S, self._forget, key, shared))
+            shared.task.add_done_callback(lambda task: asyncio.get_running_loop().call_later(
+                FAILED_REPLAY_S if _failed(task) else RETRY_GRACE_S, self._forget, key, shared))
         shared.join()
         try:
             return await unless_client_leaves(receive, asyncio.shield(shared.task))
@@ -129,6 +135,14 @@ class Attempts:
     def _forget(self, key: str, shared: _Shared) -> None:
         if self._runs.get(key) is shared:
             del self._runs[key]
+
+
+def _failed(task: asyncio.Future) -> bool:
+    """A run that ended without an answer: it raised (a RequestError, 4xx or 502), or its Result has
+    no answer."""
+    if not task.done() or task.cancelled():
+        return False
+    return task.exception() is not None or getattr(task.result(), "answer", None) is None
 
 
 def retry_count(headers) -> int | None:
