@@ -3,6 +3,7 @@ that exist, so a newcomer can find each concern by grep."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -38,3 +39,150 @@ def test_every_module_is_named_in_the_architecture_table():
     unnamed = [module for module in _modules()
                if module not in named and not any(module.startswith(folder) for folder in folders)]
     assert not unnamed, f"modules missing from docs/ARCHITECTURE.md's table: {unnamed}"
+
+
+# --- no import cycles -------------------------------------------------------------------------------
+#
+# An edge A -> B is any import of B in A's source, at module level or inside a function, except inside
+# `if TYPE_CHECKING:` (never executed). `from pkg import name` is an edge to `pkg.name` when that is a
+# module, else to `pkg` (the name is defined in pkg's __init__). Importing a submodule also runs its
+# package's __init__, but that is not counted as an edge to the package unless a name of the package
+# itself is imported.
+
+def _module_names() -> dict[str, Path]:
+    names: dict[str, Path] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "__pycache__" in path.parts:
+            continue
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        names[".".join(parts)] = path
+    return names
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _executed_nodes(tree: ast.AST):
+    """Every node of `tree` except those inside an `if TYPE_CHECKING:` body (its `else` is kept)."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        yield node
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            pending.extend(node.orelse)
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+
+
+def _imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    edges: set[str] = set()
+    for node in _executed_nodes(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                deepest = next((".".join(parts[:n]) for n in range(len(parts), 0, -1)
+                                if ".".join(parts[:n]) in modules), None)
+                if deepest:
+                    edges.add(deepest)
+        elif isinstance(node, ast.ImportFrom):
+            base_parts = package[:len(package) - node.level + 1] if node.level else []
+            base = ".".join(base_parts + (node.module.split(".") if node.module else []))
+            for alias in node.names:
+                target = f"{base}.{alias.name}"
+                if target in modules:
+                    edges.add(target)
+                elif base in modules:
+                    edges.add(base)
+    edges.discard(module)
+    return edges
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of recursive_llm it imports (see above for what counts)."""
+    modules = _module_names()
+    return {module: _imports_of(module, path, modules) for module, path in modules.items()}
+
+
+def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's components of more than one module, iteratively (no recursion limit)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    components.append(sorted(component))
+    return components
+
+
+def _one_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str]:
+    """A shortest cycle through the component's first module, as a path (first module repeated last)."""
+    members = set(component)
+    start = component[0]
+    paths = {start: [start]}
+    queue = [start]
+    while queue:
+        node = queue.pop(0)
+        for child in sorted(graph[node] & members):
+            if child == start:
+                return paths[node] + [start]
+            if child not in paths:
+                paths[child] = paths[node] + [child]
+                queue.append(child)
+    raise AssertionError(f"no cycle through {start}")
+
+
+def test_the_import_graph_sees_what_it_should():
+    graph = import_graph()
+    assert "recursive_llm.engine.answers" in graph["recursive_llm.engine.run"]          # `from . import answers`
+    assert "recursive_llm.engine.scheduler" in graph["recursive_llm.engine.run"]        # module level
+    assert "recursive_llm.models.pricing" in graph["recursive_llm.engine.scheduler"]    # inside a function
+    assert "recursive_llm.engine.scheduler" not in graph["recursive_llm.engine.call_ids"]  # only if TYPE_CHECKING
+    assert "recursive_llm.environments.map_reduce" in graph["recursive_llm.environments.inside.runtime"]
+    assert "recursive_llm.environments" not in graph["recursive_llm.environments.inside.runtime"]  # `from .. import map_reduce`
+    assert "recursive_llm.engine" not in graph["recursive_llm.engine.run"]              # a submodule, not the package
+    cyclic = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _strongly_connected(cyclic) == [["a", "b", "c"]]
+    assert _one_cycle(cyclic, ["a", "b", "c"]) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    cycles = [" -> ".join(_one_cycle(graph, component)) + f"   (all of: {', '.join(component)})"
+              for component in _strongly_connected(graph)]
+    assert not cycles, "import cycles in src/recursive_llm:\n  " + "\n  ".join(cycles)
