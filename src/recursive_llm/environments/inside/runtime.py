@@ -15,7 +15,7 @@ import json
 import sys
 import threading
 
-from ...context.document import split_at_lines
+from ...context.document import as_text, split_at_lines  # as_text: the host reads it there too
 from . import helpers
 from ..protocol import TableRef
 
@@ -89,21 +89,6 @@ class CellStream(io.TextIOBase):
 
     def flush(self) -> None:
         pass
-
-
-def as_text(value: Any) -> str:
-    """The input as one text: documents get their path as a header, data becomes JSON."""
-    import json
-
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        parts = []
-        for item in value:
-            header = f"### {item.path}\n" if getattr(item, "path", "") else ""
-            parts.append(header + (item if isinstance(item, str) else json.dumps(item, default=str)))
-        return "\n\n".join(parts)
-    return json.dumps(value, indent=1, default=str)
 
 
 def _batch(prompts: Any, context: Any = None) -> list[str]:
