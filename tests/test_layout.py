@@ -186,3 +186,20 @@ def test_no_import_cycles():
     cycles = [" -> ".join(_one_cycle(graph, component)) + f"   (all of: {', '.join(component)})"
               for component in _strongly_connected(graph)]
     assert not cycles, "import cycles in src/recursive_llm:\n  " + "\n  ".join(cycles)
+
+
+def test_output_caps_are_defined_only_in_caps_py():
+    """One place for how much output is kept and shown: no other module defines a cutting function
+    or a cap of its own (issue 26: output was capped in nine places)."""
+    defined_elsewhere = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "caps.py" and path.parent == PACKAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name in ("truncate_output", "clip"):
+                defined_elsewhere.append(f"{path.relative_to(PACKAGE)}: def {node.name}")
+            if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id in ("CAPTURED_CHARS", "MAX_LINE_CHARS", "TEXT_LIMIT")
+                    for t in node.targets):
+                defined_elsewhere.append(f"{path.relative_to(PACKAGE)}: {ast.unparse(node)}")
+    assert not defined_elsewhere, defined_elsewhere

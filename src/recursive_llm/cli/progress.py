@@ -8,10 +8,11 @@ import threading
 import time
 from typing import Any
 
+from ..caps import STATUS_CHARS, STATUS_LINE_CHARS, shortened
 from ..record.verbose import stderr_console as _console
 
 
-def _first_code_line(reply: str, limit: int = 60) -> str | None:
+def _first_code_line(reply: str) -> str | None:
     """The first line of the first code block of a reply, shortened: what is running now."""
     from ..engine.parsing import find_code_blocks
 
@@ -19,7 +20,7 @@ def _first_code_line(reply: str, limit: int = 60) -> str | None:
     if not blocks:
         return None
     line = next((l.strip() for l in blocks[0].splitlines() if l.strip()), "")
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+    return shortened(line)
 
 
 class LiveProgress:
@@ -170,9 +171,9 @@ class BatchProgress:
             self.rows.append(row)
             note = f"{row['id']}: {row['stopped_reason']}" + (f" ({row['error']})" if row.get("error") else "")
             if self._progress is not None:
-                self._progress.update(self._task, advance=1, description=note[:60])
+                self._progress.update(self._task, advance=1, description=note[:STATUS_CHARS])
             else:
-                print(f"[{len(self.rows)}{'/' + str(self.total) if self.total else ''}] {note[:200]}",
+                print(f"[{len(self.rows)}{'/' + str(self.total) if self.total else ''}] {note[:STATUS_LINE_CHARS]}",
                       file=sys.stderr, flush=True)
 
     def totals(self) -> str:

@@ -8,7 +8,10 @@ imports it too.
 from __future__ import annotations
 
 import json
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: the worker imports this module at every start
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Document(str):

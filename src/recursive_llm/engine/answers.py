@@ -19,7 +19,8 @@ from typing import Any
 from . import prompts
 from .answer_schema import AnswerSchema
 from ..config import HOST_BOUNDS
-from .parsing import FinalAnswer, ParsedReply, truncate_output
+from ..caps import ANSWER_QUOTE_CHARS, FAILURE_QUOTE_CHARS, SCHEMA_ERRORS_CHARS, truncate_output
+from .parsing import FinalAnswer, ParsedReply
 
 
 class Verdict(Enum):
@@ -52,7 +53,7 @@ async def resolve(env: Any, final: FinalAnswer, *, with_code: bool = False) -> t
     """
     if final.variable is None:
         if with_code:
-            return None, prompts.CONFIRM_FINAL_NOTE.format(answer=truncate_output(final.text or "", 500))
+            return None, prompts.CONFIRM_FINAL_NOTE.format(answer=truncate_output(final.text or "", ANSWER_QUOTE_CHARS))
         return final.text, None
     value = await env.get_variable(final.variable)
     if value["ok"]:
@@ -118,9 +119,9 @@ class Gate:
         self.invalid += 1
         if self.invalid > self.schema_retries:
             self.gave_up = (f"the answer did not match the schema after {self.invalid} tries: {problem}. "
-                            f"Last answer: {truncate_output(answer, 500)}")
+                            f"Last answer: {truncate_output(answer, ANSWER_QUOTE_CHARS)}")
             return None, None
-        return None, prompts.SCHEMA_RETRY_NOTE.format(errors=truncate_output(problem, 2_000))
+        return None, prompts.SCHEMA_RETRY_NOTE.format(errors=truncate_output(problem, SCHEMA_ERRORS_CHARS))
 
 
 def accept(answer: str | None, failures: set[str]) -> tuple[str | None, str | None]:
@@ -134,7 +135,7 @@ def accept(answer: str | None, failures: set[str]) -> tuple[str | None, str | No
     failure = mostly_failures(answer, failures)
     if failure is not None:
         return None, ("The answer was not accepted: it is the error text of a failed sub-call "
-                      f"({truncate_output(failure, 300)}), not an answer. Retry the calls that failed, or "
+                      f"({truncate_output(failure, FAILURE_QUOTE_CHARS)}), not an answer. Retry the calls that failed, or "
                       "answer from the ones that worked.")
     return answer, None
 

@@ -24,7 +24,8 @@ from ..errors import BudgetExceeded, ConfigError, ModelError, RLMError
 from ..record.events import EventLog
 from .fallback import chunk_chars_for, is_weak, map_reduce_code
 from ..models.base import Message, ModelClient
-from .parsing import parse_reply, truncate_output
+from ..caps import block_share, truncate_output
+from .parsing import parse_reply
 from ..result import Result, StopReason
 from .scheduler import CallSite, Scheduler
 from .subcalls import SubCalls
@@ -312,7 +313,7 @@ class Run:
         """Run a reply's code blocks in order; stop at the first that gives a final answer."""
         outputs: list[str] = []
         any_worked = False
-        per_block = max(200, self.config.loop.max_output_chars // max(1, len(blocks)))
+        per_block = block_share(self.config.loop.max_output_chars, len(blocks))
         for index, code in enumerate(blocks, start=1):
             self.current_cell = index
             try:

@@ -6,17 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.parsing import clip
+from ..caps import clip
 
 
 def stderr_console():
     from rich.console import Console
 
     return Console(stderr=True, highlight=False, soft_wrap=False)
-
-
-def _clip(text: str | None, limit: int = 2_000) -> str:
-    return clip(text, limit)
 
 
 class VerbosePrinter:
@@ -36,13 +32,13 @@ class VerbosePrinter:
                                f"sub_model={event['sub_model']}")
         elif kind == "iteration":
             self.console.rule(f"depth {depth} · iteration {event['iteration']}", style="cyan")
-            self.console.print(escape(_clip(event.get("reply"))))
+            self.console.print(escape(clip(event.get("reply"))))
         elif kind == "cell":
-            self.console.print(Syntax(_clip(event.get("code")), "python", theme="ansi_dark"))
+            self.console.print(Syntax(clip(event.get("code")), "python", theme="ansi_dark"))
             if event.get("stdout"):
-                self.console.print(f"[green]{escape(_clip(event['stdout']))}[/green]")
+                self.console.print(f"[green]{escape(clip(event['stdout']))}[/green]")
             if event.get("stderr"):
-                self.console.print(f"[red]{escape(_clip(event['stderr']))}[/red]")
+                self.console.print(f"[red]{escape(clip(event['stderr']))}[/red]")
         elif kind == "llm_error":
             self.console.print(f"{prefix}[yellow]{event['model']} attempt {event['attempt']} failed: "
                                f"{escape(str(event.get('error')))}[/yellow]")

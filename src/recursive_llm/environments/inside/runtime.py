@@ -15,6 +15,7 @@ import json
 import sys
 import threading
 
+from ...caps import CAPTURED_CHARS  # what a cell keeps of its output at least (make_environment may keep more)
 from ...context.document import as_text, split_at_lines  # as_text: the host reads it there too
 from . import helpers
 from ..protocol import TableRef
@@ -203,7 +204,6 @@ def _message_of(reply: dict) -> str:
     return reply.get("text", "") if reply.get("ok") else f"Error: {reply.get('error', 'unknown error')}"
 
 
-CAPTURED_CHARS = 1_000_000  # what a cell keeps of its output at least (make_environment may keep more)
 
 
 class REPL:
