@@ -203,3 +203,32 @@ def test_output_caps_are_defined_only_in_caps_py():
                     for t in node.targets):
                 defined_elsewhere.append(f"{path.relative_to(PACKAGE)}: {ast.unparse(node)}")
     assert not defined_elsewhere, defined_elsewhere
+
+
+FRONT_ENDS = ("cli", "serving")  # the `rlm` commands, `rlm serve` and `rlm mcp`
+# These may import a front end: `python -m recursive_llm`, and `rlm bench`'s methods (make_rlm: an
+# option means the same there as in `rlm ask`); bench's task families are the library's (training).
+MAY_IMPORT_FRONT_ENDS = FRONT_ENDS + ("bench", "__main__")
+WORKER_INTERNALS = ("environments.host", "environments.inside", "environments.prestart")
+
+
+def _layer(module: str) -> str:
+    return module.removeprefix("recursive_llm.")
+
+
+def test_the_library_never_reaches_into_a_front_end_or_the_workers_internals():
+    """Issue 26: the engine's face (rlm.py) took its --verbose printer from cli/progress.py, models/
+    took a hint from cli/preflight.py, subcalls took `as_text` from the worker's runtime. The library
+    imports no front end, and only environments/ itself (and front ends) reach inside it."""
+    reaching = []
+    for module, imported in import_graph().items():
+        layer = _layer(module)
+        if layer.split(".")[0] in MAY_IMPORT_FRONT_ENDS:
+            continue
+        for target in sorted(imported):
+            target_layer = _layer(target)
+            if target_layer.split(".")[0] in FRONT_ENDS:
+                reaching.append(f"{layer} imports the front end {target_layer}")
+            elif target_layer.startswith(WORKER_INTERNALS) and not layer.startswith("environments"):
+                reaching.append(f"{layer} imports the worker's internals {target_layer}")
+    assert not reaching, "\n".join(reaching)
