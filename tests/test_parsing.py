@@ -1,4 +1,5 @@
-from recursive_llm.engine.parsing import FinalAnswer, find_code_blocks, find_final, parse_reply, truncate_output
+from recursive_llm.caps import truncate_output
+from recursive_llm.engine.parsing import FinalAnswer, find_code_blocks, find_final, parse_reply
 
 
 def test_repl_and_python_blocks_in_order():

@@ -9,7 +9,8 @@ import sys
 from rich.console import Console
 
 from recursive_llm import RLM
-from recursive_llm.cli.progress import LiveProgress, VerbosePrinter
+from recursive_llm.cli.progress import LiveProgress
+from recursive_llm.record.verbose import VerbosePrinter
 from recursive_llm.testing import ScriptedModel
 
 

@@ -155,3 +155,13 @@ def test_the_readme_shows_what_a_not_found_run_prints():
     result = make(weak("x")).completion("What is the CEO's salary?", HELLO)
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert f"Stopped: not_found ({result.error})" in readme
+
+
+def test_a_fallback_answer_the_schema_refuses_stops_with_the_schemas_reason_not_not_found():
+    """Issue 26: the fallback's answer passes the same decision as a root turn's (answers.Gate.decide);
+    an answer that gives up on the schema is an error saying so, not "nothing in the input answers"."""
+    model = weak(lambda m: "Frankfurt" if "Frankfurt" in prompt_of(m) else "NOT FOUND")
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    result = make(model, schema_retries=0).completion("Where does the staging server run?", HELLO, schema=schema)
+    assert result.stopped_reason == StopReason.ERROR and result.answer is None
+    assert "did not match the schema" in result.error

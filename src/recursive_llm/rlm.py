@@ -199,7 +199,7 @@ class RLM:
         trajectory_path = (self.trajectory_dir or _default_trajectory_dir()) / f"{run_id}.jsonl"
         listeners = [self.on_event] if self.on_event else []
         if self.verbose:
-            from .cli.progress import VerbosePrinter
+            from .record.verbose import VerbosePrinter
             listeners.append(VerbosePrinter())
         store = self._open_store()
         replay = None

@@ -338,14 +338,18 @@ def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency,
 @_exits
 def batch(tasks_file: Path, executor: str, address, workers, results_file, **values) -> None:
     """Run many RLM tasks from a JSONL file ({"id", "query", "context"} per line), resumably."""
-    from .batch import BatchOptions, run_batch
+    from .batch import BatchOptions, read_tasks, run_batch
 
     results_file = results_file or tasks_file.with_name(tasks_file.stem + ".results.jsonl")
     if values["model"] is not None:
         _check_model(values)
     from .progress import BatchProgress
 
-    with BatchProgress(tasks_file) as progress:
+    try:
+        total = len(read_tasks(tasks_file))
+    except Exception:  # run_batch itself reports a bad tasks file
+        total = None
+    with BatchProgress(total) as progress:
         counts = run_batch(tasks_file, results_file=results_file, executor=executor, options=BatchOptions(values),
                            address=address, workers=workers, on_result=progress)
     _err(f"{counts['tasks']} tasks: {counts['skipped']} already finished, {counts['ran']} run now, "
@@ -469,8 +473,7 @@ def doctor() -> None:
     from ..environments.host.sandbox import plan_isolation, what_it_stops
     from ..keys import apply_stored_keys, load_keys
     from ..paths import rlm_home
-    from ..models.local import installed_runtime
-    from .preflight import LOCAL_HINT
+    from ..models.local import LOCAL_HINT, installed_runtime
 
     for mode in ("auto", "process"):  # what a run gets by default, and without namespaces
         plan = plan_isolation(mode)

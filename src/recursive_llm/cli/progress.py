@@ -1,4 +1,5 @@
-"""Showing a run as it happens, on stderr: a live status line, and the full story with --verbose."""
+"""Showing a run as it happens, on stderr: a live status line and `rlm batch`'s bar (--verbose prints
+through `record/verbose.py`)."""
 
 from __future__ import annotations
 
@@ -7,57 +8,11 @@ import threading
 import time
 from typing import Any
 
-from ..engine.parsing import clip
+from ..caps import STATUS_CHARS, STATUS_LINE_CHARS, shortened
+from ..record.verbose import stderr_console as _console
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False, soft_wrap=False)
-
-
-def _clip(text: str | None, limit: int = 2_000) -> str:
-    return clip(text, limit)
-
-
-class VerbosePrinter:
-    """An event listener that prints model replies, code and cell outputs as they arrive."""
-
-    def __init__(self, console=None) -> None:
-        self.console = console or _console()
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        from rich.markup import escape
-        from rich.syntax import Syntax
-
-        kind, depth = event["type"], event.get("depth", 0)
-        prefix = f"[dim]{'  ' * depth}d{depth}[/dim] "
-        if kind == "run_start":
-            self.console.print(f"{prefix}[bold]run {event['run_id']}[/bold] model={event['model']} "
-                               f"sub_model={event['sub_model']}")
-        elif kind == "iteration":
-            self.console.rule(f"depth {depth} · iteration {event['iteration']}", style="cyan")
-            self.console.print(escape(_clip(event.get("reply"))))
-        elif kind == "cell":
-            self.console.print(Syntax(_clip(event.get("code")), "python", theme="ansi_dark"))
-            if event.get("stdout"):
-                self.console.print(f"[green]{escape(_clip(event['stdout']))}[/green]")
-            if event.get("stderr"):
-                self.console.print(f"[red]{escape(_clip(event['stderr']))}[/red]")
-        elif kind == "llm_error":
-            self.console.print(f"{prefix}[yellow]{event['model']} attempt {event['attempt']} failed: "
-                               f"{escape(str(event.get('error')))}[/yellow]")
-        elif kind == "fallback":
-            self.console.print(f"{prefix}[magenta]switching to the map-reduce fallback: {event['reason']}[/magenta]")
-        elif kind == "compaction":
-            self.console.print(f"{prefix}[magenta]compacted {event['turns']} messages into a summary "
-                               f"({event['tokens_before']:,} -> {event['tokens_after']:,} tokens; window "
-                               f"{event['window']:,}); the full turns are in `history`[/magenta]")
-        elif kind == "run_end":
-            self.console.print(f"{prefix}[bold]run {event['run_id']} ended: {event['stopped_reason']}[/bold]")
-
-
-def _first_code_line(reply: str, limit: int = 60) -> str | None:
+def _first_code_line(reply: str) -> str | None:
     """The first line of the first code block of a reply, shortened: what is running now."""
     from ..engine.parsing import find_code_blocks
 
@@ -65,7 +20,7 @@ def _first_code_line(reply: str, limit: int = 60) -> str | None:
     if not blocks:
         return None
     line = next((l.strip() for l in blocks[0].splitlines() if l.strip()), "")
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+    return shortened(line)
 
 
 class LiveProgress:
@@ -190,28 +145,21 @@ class BatchProgress:
     """`rlm batch` on stderr: a progress bar on a terminal, else one line per finished task. Pass
     the instance as `on_result`; `totals()` sums what the finished tasks did."""
 
-    def __init__(self, tasks_file, *, force: bool = False) -> None:
-        self.tasks_file = tasks_file
+    def __init__(self, total: int | None, *, force: bool = False) -> None:
+        self.total = total  # None: unknown (the batch itself reports a bad tasks file)
         self.enabled = force or sys.stderr.isatty()
         self.rows: list[dict[str, Any]] = []
         self._progress = self._task = None
         self._lock = threading.Lock()
 
     def __enter__(self) -> "BatchProgress":
-        from .batch import read_tasks
-
-        try:
-            total = len(read_tasks(self.tasks_file))
-        except Exception:  # the batch itself reports a bad tasks file
-            total = None
-        self.total = total
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                       TextColumn("{task.description}"), console=_console(), transient=True)
             self._progress.__enter__()
-            self._task = self._progress.add_task("", total=total)
+            self._task = self._progress.add_task("", total=self.total)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -223,9 +171,9 @@ class BatchProgress:
             self.rows.append(row)
             note = f"{row['id']}: {row['stopped_reason']}" + (f" ({row['error']})" if row.get("error") else "")
             if self._progress is not None:
-                self._progress.update(self._task, advance=1, description=note[:60])
+                self._progress.update(self._task, advance=1, description=note[:STATUS_CHARS])
             else:
-                print(f"[{len(self.rows)}{'/' + str(self.total) if self.total else ''}] {note[:200]}",
+                print(f"[{len(self.rows)}{'/' + str(self.total) if self.total else ''}] {note[:STATUS_LINE_CHARS]}",
                       file=sys.stderr, flush=True)
 
     def totals(self) -> str:

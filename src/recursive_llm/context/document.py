@@ -7,6 +7,12 @@ imports it too.
 
 from __future__ import annotations
 
+import json
+
+TYPE_CHECKING = False  # not typing's: the worker imports this module at every start
+if TYPE_CHECKING:
+    from typing import Any
+
 
 class Document(str):
     """A text with its source path (relative to the directory it was loaded from)."""
@@ -39,3 +45,16 @@ def split_at_lines(text: str, size: int, overlap: int = 0) -> list[str]:
             break
         start = max(end - overlap, start + 1)
     return pieces
+
+
+def as_text(value: Any) -> str:
+    """The input as one text: documents get their path as a header, data becomes JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        parts = []
+        for item in value:
+            header = f"### {item.path}\n" if getattr(item, "path", "") else ""
+            parts.append(header + (item if isinstance(item, str) else json.dumps(item, default=str)))
+        return "\n\n".join(parts)
+    return json.dumps(value, indent=1, default=str)

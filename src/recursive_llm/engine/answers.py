@@ -13,12 +13,35 @@ errors and tries again, a bounded number of times (the schema and the check: `an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from . import prompts
 from .answer_schema import AnswerSchema
 from ..config import HOST_BOUNDS
-from .parsing import FinalAnswer, truncate_output
+from ..caps import ANSWER_QUOTE_CHARS, FAILURE_QUOTE_CHARS, SCHEMA_ERRORS_CHARS, truncate_output
+from .parsing import FinalAnswer, ParsedReply
+
+
+class Verdict(Enum):
+    """What a turn means for the run's answer."""
+
+    ACCEPTED = "accepted"  # the run ends with `Decision.answer`
+    REFUSED = "refused"    # an answer the run must not end with; `note` tells the model why
+    NONE = "none"          # no answer yet (`note`, if any, is what the model is told)
+    GAVE_UP = "gave_up"    # too many answers that did not match the schema; `note` says why the run stops
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    answer: str | None = None
+    note: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict is Verdict.ACCEPTED
+
 
 if TYPE_CHECKING:
     from ..environments.base import Environment
@@ -34,12 +57,24 @@ async def resolve(env: Environment, final: FinalAnswer, *, with_code: bool = Fal
     """
     if final.variable is None:
         if with_code:
-            return None, prompts.CONFIRM_FINAL_NOTE.format(answer=truncate_output(final.text or "", 500))
+            return None, prompts.CONFIRM_FINAL_NOTE.format(answer=truncate_output(final.text or "", ANSWER_QUOTE_CHARS))
         return final.text, None
     value = await env.get_variable(final.variable)
     if value["ok"]:
         return value["text"], None
     return None, f"FINAL_VAR failed: {value['error']}. Define the variable in a ```repl block first."
+
+
+async def _from_reply(env: Any, reply: ParsedReply, at_limit: bool) -> tuple[str | None, str | None]:
+    """The answer a reply gives by itself, or `(None, what the model is told)`."""
+    if reply.final is not None:
+        return await resolve(env, reply.final, with_code=bool(reply.code_blocks) and not at_limit)
+    if not at_limit:
+        return None, None
+    if reply.code_blocks:  # code that was never run is not an answer
+        return None, "the reply to the final-answer request had no answer: only code, which is not run at a limit"
+    text = reply.visible.strip()
+    return (text, None) if text else (None, "the reply to the final-answer request had no answer: it was empty")
 
 
 @dataclass
@@ -55,6 +90,28 @@ class Gate:
     gave_up: str | None = None
     _last_problem: str | None = field(default=None, repr=False)
 
+    async def decide(self, env: Any, reply: ParsedReply | None = None, *, cell_final: str | None = None,
+                     at_limit: bool = False) -> Decision:
+        """The one decision of what a turn means for the run (the loop's turns, the map-reduce
+        fallback's cell, the final-answer request at a limit all ask here).
+
+        The loop runs a reply's code first (`ParsedReply.code_blocks`: the code to run); an answer
+        that code set (`cell_final`: FINAL in code, the `answer` dict, the map-reduce program) comes
+        before the reply's own FINAL / FINAL_VAR. `at_limit`: the reply answers the final-answer
+        request, whose code is never run: its FINAL(text) stands even next to code, and a reply in
+        prose without code is its answer."""
+        candidate, note = cell_final, None
+        if candidate is None and reply is not None:
+            candidate, note = await _from_reply(env, reply, at_limit)
+        answer, refused = await self.accept(candidate)
+        if answer is not None:
+            return Decision(Verdict.ACCEPTED, answer)
+        if self.gave_up:
+            return Decision(Verdict.GAVE_UP, note=self.gave_up)
+        if refused:
+            return Decision(Verdict.REFUSED, note=refused)
+        return Decision(Verdict.NONE, note=note)
+
     async def accept(self, answer: str | None) -> tuple[str | None, str | None]:
         answer, refused = accept(answer, self.failures)
         if answer is None or self.schema is None:
@@ -66,9 +123,9 @@ class Gate:
         self.invalid += 1
         if self.invalid > self.schema_retries:
             self.gave_up = (f"the answer did not match the schema after {self.invalid} tries: {problem}. "
-                            f"Last answer: {truncate_output(answer, 500)}")
+                            f"Last answer: {truncate_output(answer, ANSWER_QUOTE_CHARS)}")
             return None, None
-        return None, prompts.SCHEMA_RETRY_NOTE.format(errors=truncate_output(problem, 2_000))
+        return None, prompts.SCHEMA_RETRY_NOTE.format(errors=truncate_output(problem, SCHEMA_ERRORS_CHARS))
 
 
 def accept(answer: str | None, failures: set[str]) -> tuple[str | None, str | None]:
@@ -82,7 +139,7 @@ def accept(answer: str | None, failures: set[str]) -> tuple[str | None, str | No
     failure = mostly_failures(answer, failures)
     if failure is not None:
         return None, ("The answer was not accepted: it is the error text of a failed sub-call "
-                      f"({truncate_output(failure, 300)}), not an answer. Retry the calls that failed, or "
+                      f"({truncate_output(failure, FAILURE_QUOTE_CHARS)}), not an answer. Retry the calls that failed, or "
                       "answer from the ones that worked.")
     return answer, None
 

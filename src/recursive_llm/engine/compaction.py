@@ -17,7 +17,7 @@ from .budget import prompt_token_bound
 from ..config import CallPolicy, LoopPolicy
 from ..errors import BudgetExceeded, ModelError
 from ..models.base import Message, ModelClient
-from .parsing import truncate_output
+from ..caps import truncate_output
 from .scheduler import CallSite, Scheduler
 
 if TYPE_CHECKING:

@@ -89,7 +89,7 @@ def document_hashes(inputs: list["LoadedContext"]) -> dict[str, str]:
     """path -> sha256 of each document the run has: a directory's files by their paths, a large
     text file by its path (hashed as it is on disk), other inputs by their source or position."""
     from ..context.textfile import TextFile
-    from ..environments.inside.runtime import as_text
+    from ..context.document import as_text
 
     documents: dict[str, str] = {}
     for index, loaded in enumerate(inputs):

@@ -129,21 +129,3 @@ def parse_reply(reply: str) -> ParsedReply:
     visible, reasoning = split_reasoning(reply)
     return ParsedReply(code_blocks=find_code_blocks(visible), final=find_final(visible), reasoning=reasoning,
                        visible=visible)
-
-
-def clip(text: str | None, limit: int, before_note: str = "") -> str:
-    """`text` cut to its first `limit` characters for a person to read (progress, `logs show`, the
-    viewer), with a note of how much more there is. What the model sees is `truncate_output`."""
-    text = text or ""
-    return text if len(text) <= limit else f"{text[:limit]}{before_note}... [{len(text) - limit:,} more characters]"
-
-
-def truncate_output(text: str, limit: int) -> str:
-    """Cut `text` to `limit` characters, keeping head and tail, with a visible note of what was cut."""
-    if len(text) <= limit:
-        return text
-    head = limit * 2 // 3
-    tail = limit - head
-    omitted = len(text) - head - tail
-    return (f"{text[:head]}\n... [output truncated: {omitted:,} of {len(text):,} characters omitted; "
-            f"print less, or slice/summarize in code] ...\n{text[-tail:] if tail else ''}")

@@ -24,7 +24,8 @@ from ..errors import BudgetExceeded, ConfigError, ModelError, RLMError
 from ..record.events import EventLog
 from .fallback import chunk_chars_for, is_weak, map_reduce_code
 from ..models.base import Message, ModelClient
-from .parsing import parse_reply, truncate_output
+from ..caps import block_share, truncate_output
+from .parsing import parse_reply
 from ..result import Result, StopReason
 from .scheduler import CallSite, Scheduler
 from .subcalls import SubCalls
@@ -285,19 +286,16 @@ class Run:
             self.emit("iteration", iteration=self.iterations, reply=reply, reasoning=reasoning,
                       code_blocks=len(parsed.code_blocks), final=bool(parsed.final))
 
-            outputs, final, any_worked = await self._run_blocks(env, parsed.code_blocks)
-            if final is None and parsed.final is not None:
-                final, problem = await answers.resolve(env, parsed.final, with_code=bool(parsed.code_blocks))
-                if problem:
-                    outputs.append(problem)
-            final, refused = await self.gate.accept(final)
-            if refused:
-                outputs.append(refused)
-                rejected = refused
-            if final is not None:
-                return final, StopReason.FINAL, None
-            if self.gate.gave_up:
-                return None, StopReason.ERROR, self.gate.gave_up
+            outputs, cell_final, any_worked = await self._run_blocks(env, parsed.code_blocks)
+            decision = await self.gate.decide(env, parsed, cell_final=cell_final)
+            if decision.accepted:
+                return decision.answer, StopReason.FINAL, None
+            if decision.verdict is answers.Verdict.GAVE_UP:
+                return None, StopReason.ERROR, decision.note
+            if decision.note:
+                outputs.append(decision.note)
+            if decision.verdict is answers.Verdict.REFUSED:
+                rejected = decision.note
             if (stop := self._budget_stop()) is not None:
                 return stop
 
@@ -316,7 +314,7 @@ class Run:
         """Run a reply's code blocks in order; stop at the first that gives a final answer."""
         outputs: list[str] = []
         any_worked = False
-        per_block = max(200, self.config.loop.max_output_chars // max(1, len(blocks)))
+        per_block = block_share(self.config.loop.max_output_chars, len(blocks))
         for index, code in enumerate(blocks, start=1):
             self.current_cell = index
             try:
@@ -348,11 +346,14 @@ class Run:
             outputs, final, worked = await self._run_blocks(env, [code])
         finally:
             self.cell_iteration = None
-        final, refused = await self.gate.accept(final)
-        if final is not None:
-            return final, StopReason.FINAL, None
+        decision = await self.gate.decide(env, cell_final=final)
+        if decision.accepted:
+            return decision.answer, StopReason.FINAL, None
+        if decision.verdict is answers.Verdict.GAVE_UP:
+            return None, StopReason.ERROR, decision.note
+        refused = decision.verdict is answers.Verdict.REFUSED
         if refused:
-            outputs.append(refused)
+            outputs.append(decision.note)
         if (stop := self._budget_stop()) is not None:
             return None, stop[1], "\n".join(outputs)
         if worked and not refused:  # the program ran to its end and no chunk answered
@@ -374,17 +375,7 @@ class Run:
         except (BudgetExceeded, ModelError) as exc:
             self.emit("final_ask_failed", error=str(exc))
             return None
-        parsed = parse_reply(reply)
-        answer = None
-        if parsed.final is not None:
-            answer, _ = await answers.resolve(env, parsed.final)
-        elif not parsed.code_blocks:  # a reply in prose is its answer; code that was never run is not
-            answer = parsed.visible.strip() or None
-        if answer is None:
-            self.emit("final_ask_failed", error="the reply to the final-answer request had no answer: "
-                      + ("only code, which is not run at a limit" if parsed.code_blocks else "it was empty"))
-            return None
-        answer, refused = await self.gate.accept(answer)
-        if refused:
-            self.emit("final_ask_failed", error=refused)
-        return answer
+        decision = await self.gate.decide(env, parse_reply(reply), at_limit=True)
+        if not decision.accepted:
+            self.emit("final_ask_failed", error=decision.note or "the reply to the final-answer request had no answer")
+        return decision.answer

@@ -207,7 +207,7 @@ class SubCalls:
         or a child run past max depth); a child run below max depth gets the context as its input."""
         if call.context is None or (call.kind == "rlm" and self.depth + 1 < self.config.limits.max_depth):
             return call
-        from ..environments.inside.runtime import as_text
+        from ..context.document import as_text
 
         return replace(call, context_text=as_text(call.context))
 

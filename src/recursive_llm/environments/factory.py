@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .inside.runtime import CAPTURED_CHARS
+from ..caps import captured_chars
 
 if TYPE_CHECKING:
     from ..config import WorkerPolicy
@@ -17,7 +17,7 @@ def make_environment(policy: WorkerPolicy, inputs: list[Any], handler: SubCallHa
                      max_output_chars: int) -> Environment:
     """The environment a run's code executes in (not started yet). A cell's captured output is
     kept up to 50 times what the model is shown (at least 1M characters), for the trajectory."""
-    max_captured_chars = max(max_output_chars * 50, CAPTURED_CHARS)
+    max_captured_chars = captured_chars(max_output_chars)
     if policy.environment == "local":
         from .local import LocalEnvironment
 

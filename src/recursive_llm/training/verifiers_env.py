@@ -15,7 +15,7 @@ from typing import Any
 import verifiers.v1 as vf
 from verifiers.v1.runtimes.subprocess import SubprocessConfig
 
-from . import examples, reward, rollout
+from .rollouts import examples, reward, rollout
 
 TASKSET_ID = "rlm_verifiers"  # the plugin module (src/rlm_verifiers)
 

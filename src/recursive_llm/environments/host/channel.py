@@ -16,6 +16,7 @@ from ...errors import EnvironmentFailure
 from ..base import SubCallHandler
 from .process import kill_session, stop_process
 from ...bounds import HOST_BOUNDS
+from ...caps import tail
 from ..protocol import HEADER, ProtocolError, decode_body, encode, validate_worker_message, within_values
 
 STDERR_TAIL_BYTES = 64 * 1024  # the host keeps this much of the worker's stderr (for start failures)
@@ -69,7 +70,7 @@ class WorkerChannel:
             self._reader = asyncio.create_task(self._read_forever())
 
     def stderr_tail(self) -> str:
-        return bytes(self.stderr_tail_bytes).decode("utf-8", "replace")[-2000:]
+        return tail(bytes(self.stderr_tail_bytes).decode("utf-8", "replace"))
 
     async def _drain_stderr(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(65536):

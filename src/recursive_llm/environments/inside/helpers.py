@@ -12,13 +12,13 @@ import json
 import re
 from collections import namedtuple
 
+from ...caps import GREP_LINE_CHARS
 from ...context.document import Document, split_at_lines
 
 TYPE_CHECKING = False  # not typing's (nor dataclasses): the worker imports this module at every start
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-MAX_LINE_CHARS = 400
 
 
 # -- grep -------------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ class GrepResult(list):
 
 
 def _clip(line: str) -> str:
-    return line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + f"... [{len(line):,} chars]"
+    return line if len(line) <= GREP_LINE_CHARS else line[:GREP_LINE_CHARS] + f"... [{len(line):,} chars]"
 
 
 def _finder(pattern: str, literal: bool | None, ignore_case: bool) -> Callable[[str, int], tuple[int, int] | None]:

@@ -15,7 +15,8 @@ import json
 import sys
 import threading
 
-from ...context.document import split_at_lines
+from ...caps import CAPTURED_CHARS  # what a cell keeps of its output at least (make_environment may keep more)
+from ...context.document import as_text, split_at_lines  # as_text: the host reads it there too
 from . import helpers
 from ..protocol import TableRef
 
@@ -89,21 +90,6 @@ class CellStream(io.TextIOBase):
 
     def flush(self) -> None:
         pass
-
-
-def as_text(value: Any) -> str:
-    """The input as one text: documents get their path as a header, data becomes JSON."""
-    import json
-
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)):
-        parts = []
-        for item in value:
-            header = f"### {item.path}\n" if getattr(item, "path", "") else ""
-            parts.append(header + (item if isinstance(item, str) else json.dumps(item, default=str)))
-        return "\n\n".join(parts)
-    return json.dumps(value, indent=1, default=str)
 
 
 def _batch(prompts: Any, context: Any = None) -> list[str]:
@@ -218,7 +204,6 @@ def _message_of(reply: dict) -> str:
     return reply.get("text", "") if reply.get("ok") else f"Error: {reply.get('error', 'unknown error')}"
 
 
-CAPTURED_CHARS = 1_000_000  # what a cell keeps of its output at least (make_environment may keep more)
 
 
 class REPL:

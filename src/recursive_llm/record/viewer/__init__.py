@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ...caps import SHOWN_CALL_CHARS, SHOWN_CHARS, SHOWN_MEMORY_CHARS, SHOWN_QUESTION_CHARS, clip
+
 _TEMPLATE = Path(__file__).with_name("template.html")
-TEXT_LIMIT = 2_000
 
 
 def nest(tree: dict[str, Any]) -> dict[str, Any]:
@@ -180,9 +181,7 @@ def render_html(tree: dict[str, Any]) -> str:
 
 
 # -- text ------------------------------------------------------------------------------------------
-def _clip(text: str | None, full: bool, limit: int = TEXT_LIMIT) -> str:
-    from ...engine.parsing import clip
-
+def _clip(text: str | None, full: bool, limit: int = SHOWN_CHARS) -> str:
     return (text or "") if full else clip(text, limit, before_note="\n")
 
 
@@ -199,9 +198,9 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
         lines.append(f"{indent}== run {run_id} (depth {run['depth']}) · {run['model']} · {run['status']} · "
                      f"{run['iterations'] or 0} iteration{'' if run['iterations'] == 1 else 's'} · "
                      f"{run['duration_s'] or 0:.1f}s{flags}")
-        lines.append(f"{indent}question: {_clip(run['query'], full, 500)}")
+        lines.append(f"{indent}question: {_clip(run['query'], full, SHOWN_QUESTION_CHARS)}")
         if run.get("memory"):
-            lines.extend(f"{indent}memory | {line}" for line in _clip(run["memory"], full, 4_000).splitlines())
+            lines.extend(f"{indent}memory | {line}" for line in _clip(run["memory"], full, SHOWN_MEMORY_CHARS).splitlines())
         for it in run["iterations_list"]:
             call = view["calls"].get(it["call"]) if it["call"] else None
             usage = f" · {call['prompt_tokens'] + call['completion_tokens']:,} tokens" if call else ""
@@ -220,8 +219,8 @@ def trajectory_text(tree: dict[str, Any], *, full: bool = False) -> str:
                     sub = view["calls"][call_id]
                     lines.append(f"{indent}   #{sub['n']} sub-call {sub['model']} ({sub['status']}"
                                  + (f", {sub['cached']}" if sub["cached"] else "") + "): "
-                                 + _clip(sub["prompt"], full, 200).replace("\n", " ") + " -> "
-                                 + _clip(sub["response"] or sub["error"], full, 200).replace("\n", " "))
+                                 + _clip(sub["prompt"], full, SHOWN_CALL_CHARS).replace("\n", " ") + " -> "
+                                 + _clip(sub["response"] or sub["error"], full, SHOWN_CALL_CHARS).replace("\n", " "))
                 for child in cell["children"]:
                     run_lines(child, indent + "      ")
         if run["answer"] is not None:
