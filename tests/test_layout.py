@@ -38,3 +38,21 @@ def test_every_module_is_named_in_the_architecture_table():
     unnamed = [module for module in _modules()
                if module not in named and not any(module.startswith(folder) for folder in folders)]
     assert not unnamed, f"modules missing from docs/ARCHITECTURE.md's table: {unnamed}"
+
+
+def test_no_serving_module_imports_the_server():
+    """serving/server.py holds the app and its routes; the pieces it uses (and `rlm mcp` shares: the
+    path check, the limits, the typed request, the settings) live in modules of their own, so none of
+    them imports server.py, not even inside a function (an import cycle, and MCP pulling in FastAPI)."""
+    import ast
+
+    importers = []
+    for path in sorted((PACKAGE / "serving").glob("*.py")):
+        if path.name == "server.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "") in ("server", "serving.server") \
+                    or isinstance(node, ast.ImportFrom) and node.level and node.module is None \
+                    and any(alias.name == "server" for alias in node.names):
+                importers.append(path.name)
+    assert not importers, f"serving modules that import serving/server.py: {importers}"
