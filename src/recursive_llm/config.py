@@ -8,9 +8,11 @@
 - `HostBounds` (defined in bounds.py, which the worker imports too): what model code can make
   the host hold, start or write.
 
-`check_number` is the one place where a number from a user, a CLI flag or a request body is
-checked before it becomes a setting: a limit that is NaN or infinite passes every `value <= 0`
-test and defeats every `min(value, ceiling)` (NaN compares false with everything).
+`check_number` is the one place where a number from a user, a CLI flag (`cli/options.py`) or a
+request body (`serving/`) is checked before it becomes a setting: a limit that is NaN or infinite
+passes every `value <= 0` test and defeats every `min(value, ceiling)` (NaN compares false with
+everything). `LIMIT_RULES` is the one schema of `Limits`; `check_limit` holds a value to it (the
+ceilings of `rlm serve` and `rlm mcp` and a request's lower limits: `serving/limits.py`).
 """
 
 from __future__ import annotations

@@ -45,22 +45,21 @@ def _types():
 def _finite_range(min: float, min_open: bool = False):  # noqa: A002  (click's own names)
     """A click type for a number of at least `min` (above it with `min_open`), checked by
     `config.check_number`: finite, so NaN (which passes every range check) and infinities are refused
-    (`--max-body-mb nan` was a traceback, `--shutdown-grace nan` a server that never waits)."""
+    (`--max-body-mb nan` was a traceback, `--shutdown-grace nan` a server that never waits). A
+    FloatRange only for `--help` (`x>0`); click's own range check is not used."""
     from ..config import check_number
 
     click = _types()
 
-    class FiniteNumber(click.ParamType):
-        name = "float"
-
+    class FiniteNumber(click.FloatRange):
         def convert(self, value: Any, param: Any, ctx: Any) -> Any:
             number = click.FLOAT.convert(value, param, ctx)
             try:
-                return check_number("the value", number, minimum=min, inclusive=not min_open)
+                return check_number("the value", number, minimum=min, inclusive=not min_open, allow_none=False)
             except ValueError as error:
                 self.fail(str(error), param, ctx)
 
-    return FiniteNumber()
+    return FiniteNumber(min=min, min_open=min_open)
 
 
 def _model_options(click) -> dict[str, Option]:  # models

@@ -2,13 +2,14 @@
 settings, and the bounds uvicorn has no setting for: a deadline for a request's headers and a cap on
 open connections (`idle_timeout_h11`).
 
-uvicorn (0.x) has no public way to time out a connection that never sends a whole request's headers
-(its keep-alive timer starts after a first response) nor to refuse connections before reading them
-(`limit_concurrency` waits for headers). So `idle_timeout_h11` subclasses its h11 protocol and leans
-on that class's internals: the attributes `cycle` (the request in flight; None before the first),
-`connections`, `loop` and `transport`, and the hooks `connection_made`, `handle_events`,
-`on_response_complete` and `connection_lost`. This module is the only place that does; the tests of
-silent and trickling connections (tests/test_server_hostile.py) fail if a uvicorn release changes them.
+uvicorn (its `Config`, checked at 0.55) has no setting that times out a connection which never
+sends a whole request's headers (its keep-alive timer starts after a first response), nor one that
+refuses connections before reading them (`limit_concurrency` waits for headers). So
+`idle_timeout_h11` subclasses its h11 protocol and leans on that class's internals: the attributes
+`cycle` (the request in flight; None before the first), `connections`, `loop` and `transport`, and
+the hooks `connection_made`, `handle_events`, `on_response_complete` and `connection_lost`. This
+module is the only place that does; `tests/test_server_hostile.py::test_idle_and_slow_connections_are_closed`
+fails if a uvicorn release changes them.
 """
 
 from __future__ import annotations
