@@ -47,20 +47,18 @@ class Mutation(NamedTuple):
 
 MUTATIONS = [
     # -- paths under an allowed root (issue 32, item 1) --
-    Mutation("serve-root-as-string-prefix", "serving/server.py", "root not in candidate.parents",
+    Mutation("root-as-string-prefix", "serving/paths.py", "root not in candidate.parents",
              "not str(candidate).startswith(str(root))",
              (G + "test_a_sibling_folder_named_like_the_root_is_outside_it[serve]",
+              G + "test_a_sibling_folder_named_like_the_root_is_outside_it[mcp]",
               G + "test_the_server_refuses_a_sibling_folder_of_its_root")),
-    Mutation("mcp-root-as-string-prefix", "serving/mcp.py", "root not in candidate.parents",
-             "not str(candidate).startswith(str(root))",
-             (G + "test_a_sibling_folder_named_like_the_root_is_outside_it[mcp]",)),
     # -- the bearer token (item 2) --
-    Mutation("token-any-prefix", "serving/server.py", 'hmac.compare_digest(given, f"Bearer {token}".encode())',
+    Mutation("token-any-prefix", "serving/tokens.py", 'hmac.compare_digest(given, f"Bearer {token}".encode())',
              'len(given) > 7 and f"Bearer {token}".encode().startswith(given)',
              (G + "test_only_the_exact_token_opens_the_server",)),
-    Mutation("token-extra-characters", "serving/server.py", 'hmac.compare_digest(given, f"Bearer {token}".encode())',
+    Mutation("token-extra-characters", "serving/tokens.py", 'hmac.compare_digest(given, f"Bearer {token}".encode())',
              'given.startswith(f"Bearer {token}".encode())', (G + "test_only_the_exact_token_opens_the_server",)),
-    Mutation("token-any-case", "serving/server.py", 'hmac.compare_digest(given, f"Bearer {token}".encode())',
+    Mutation("token-any-case", "serving/tokens.py", 'hmac.compare_digest(given, f"Bearer {token}".encode())',
              'hmac.compare_digest(given.lower(), f"Bearer {token}".encode().lower())',
              (G + "test_only_the_exact_token_opens_the_server",)),
     # -- the run store (item 3) --

@@ -117,3 +117,13 @@ def test_limits_refuse_non_finite_and_non_numbers(field, value):
 def test_whole_number_limits_refuse_fractions():
     with pytest.raises(ValueError, match="whole number"):
         Limits(max_llm_calls=2.5)
+
+
+def test_a_number_check_shows_a_huge_value_shortened():
+    """check_number names the setting and the value it refused, but a request body's value may be
+    megabytes: the message shows at most 80 characters of it."""
+    from recursive_llm.config import check_number
+
+    with pytest.raises(ValueError, match="rlm.max_iterations must be a number, got str") as refused:
+        check_number("rlm.max_iterations", "9" * 1_000_000, integer=True)
+    assert len(str(refused.value)) < 200

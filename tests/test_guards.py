@@ -45,7 +45,8 @@ from recursive_llm.record.events import EventLog
 from recursive_llm.models.openai_client import OpenAIClient
 from recursive_llm.engine.parsing import parse_reply
 from recursive_llm.engine.scheduler import CallSite, RetryPolicy, Scheduler
-from recursive_llm.serving.server import RequestError, allowed_file
+from recursive_llm.serving.errors import RequestError
+from recursive_llm.serving.request import allowed_file
 from recursive_llm.testing import FakeLLMServer, ScriptedModel
 from recursive_llm.usage import UsageSummary
 from scripted_root import root_then_sub
@@ -77,9 +78,9 @@ def _server_check(root, name):
 
 
 def _mcp_check(root, name):
-    from recursive_llm.serving.mcp import path_under_root
+    from recursive_llm.serving.mcp import loadable
 
-    return path_under_root(root, name)
+    return loadable(root, name)
 
 
 @pytest.mark.parametrize("check, refusal", [(_server_check, RequestError), (_mcp_check, ContextError)],

@@ -232,3 +232,21 @@ def test_the_library_never_reaches_into_a_front_end_or_the_workers_internals():
             elif target_layer.startswith(WORKER_INTERNALS) and not layer.startswith("environments"):
                 reaching.append(f"{layer} imports the worker's internals {target_layer}")
     assert not reaching, "\n".join(reaching)
+
+
+def test_no_serving_module_imports_the_server():
+    """serving/server.py holds the app and its routes; the pieces it uses (and `rlm mcp` shares: the
+    path check, the limits, the typed request, the settings) live in modules of their own, so none of
+    them imports server.py, not even inside a function (an import cycle, and MCP pulling in FastAPI)."""
+    import ast
+
+    importers = []
+    for path in sorted((PACKAGE / "serving").glob("*.py")):
+        if path.name == "server.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "") in ("server", "serving.server") \
+                    or isinstance(node, ast.ImportFrom) and node.level and node.module is None \
+                    and any(alias.name == "server" for alias in node.names):
+                importers.append(path.name)
+    assert not importers, f"serving modules that import serving/server.py: {importers}"

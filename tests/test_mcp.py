@@ -146,3 +146,18 @@ def test_mcp_ask_whose_run_failed_is_a_tool_error(rooted):
     with FakeLLMServer(faults=["500"] * 200, fault_kinds=()) as server:
         failed = _mcp_session(root, server.base_url, calls)
     assert failed.is_error and "without an answer" in failed.content[0].text
+
+
+def test_mcp_ceilings_are_the_serve_ceilings_checked_at_once():
+    """`rlm mcp`'s limits are the same schema as `rlm serve`'s (`serving/limits.py`): the serve
+    ceilings by default, an operator's value checked when the server is made, and a request's
+    `max_iterations` lowers the ceiling, never raises it."""
+    from recursive_llm.errors import ConfigError
+    from recursive_llm.serving.limits import serve_ceilings
+    from recursive_llm.serving.mcp import MCPConfig, limits_for
+
+    config = MCPConfig(root=Path.cwd(), rlm={"max_iterations": 6, "model": "m"})
+    assert config.limits == serve_ceilings(max_iterations=6) and config.rlm == {"model": "m"}
+    assert limits_for(config, 3).max_iterations == 3 and limits_for(config, 50).max_iterations == 6
+    with pytest.raises(ConfigError, match="the timeout_s ceiling must be a finite number"):
+        MCPConfig(root=Path.cwd(), rlm={"timeout": float("nan")})

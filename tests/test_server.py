@@ -16,7 +16,8 @@ import httpx
 import openai
 import pytest
 
-from recursive_llm.serving.server import Redactor, ServeConfig
+from recursive_llm.serving.config import ServeConfig
+from recursive_llm.serving.errors import Redactor
 from recursive_llm.record.store import Store
 from recursive_llm.testing import FakeLLMServer
 from scripted_root import root_then_sub
@@ -249,7 +250,7 @@ def test_fifty_concurrent_requests_with_injected_faults_all_end_cleanly(tmp_path
 def test_each_client_keeps_one_run_store_and_a_failed_one_is_replaced(tmp_path, monkeypatch):
     """rlm serve opens a client's run store once (not per request); its cache stays per client,
     and a store that failed is not kept for the next request."""
-    from recursive_llm.serving.server import _store_for
+    from recursive_llm.serving.runner import store_for as _store_for
 
     monkeypatch.setenv("RLM_HOME", str(tmp_path))
     stores: dict = {}

@@ -111,16 +111,17 @@ def test_limits_that_are_not_positive_numbers_are_refused_naming_the_field(serve
 
 
 def test_serve_limits_clamp_a_request_and_refuse_nan():
-    from recursive_llm.serving.server import RequestError, ServeLimits
+    from recursive_llm.errors import ConfigError
+    from recursive_llm.serving.limits import clamp, serve_ceilings
 
-    ceilings = ServeLimits(max_iterations=5, max_llm_calls=5, timeout_s=3.0)
-    clamped = ceilings.clamp({"max_llm_calls": 10**9, "timeout_s": 1.5, "max_cost_usd": 0.25})
+    ceilings = serve_ceilings(max_iterations=5, max_llm_calls=5, timeout_s=3.0)
+    clamped = clamp(ceilings, {"max_llm_calls": 10**9, "timeout_s": 1.5, "max_cost_usd": 0.25})
     assert (clamped.max_llm_calls, clamped.timeout_s, clamped.max_cost_usd, clamped.max_iterations) == (5, 1.5, 0.25, 5)
     for bad in (float("nan"), float("inf"), -float("inf")):
-        with pytest.raises(RequestError, match="rlm.max_llm_calls must be a finite"):
-            ceilings.clamp({"max_llm_calls": bad})
-    with pytest.raises(Exception, match="finite"):
-        ServeLimits(timeout_s=float("nan"))
+        with pytest.raises(ValueError, match="rlm.max_llm_calls must be a finite"):
+            clamp(ceilings, {"max_llm_calls": bad})
+    with pytest.raises(ConfigError, match="the timeout_s ceiling must be a finite"):
+        serve_ceilings(timeout_s=float("nan"))
 
 
 SERVE = ["serve", "--model", "m", "--base-url", "http://127.0.0.1:9"]
@@ -141,7 +142,7 @@ def test_command_line_limits_refuse_non_finite_numbers(command, value):
 
     done = CliRunner().invoke(main, [*command, value])
     assert done.exit_code == 2, done.output
-    assert "not a finite number" in done.output and "Traceback" not in done.output
+    assert "must be a finite number" in done.output and "Traceback" not in done.output
 
 
 def test_temperature_and_max_tokens_out_of_range_are_400(served, backend):

@@ -8,9 +8,11 @@
 - `HostBounds` (defined in bounds.py, which the worker imports too): what model code can make
   the host hold, start or write.
 
-`check_number` is the one place where a number from a user, a CLI flag or a request body is
-checked before it becomes a setting: a limit that is NaN or infinite passes every `value <= 0`
-test and defeats every `min(value, ceiling)` (NaN compares false with everything).
+`check_number` is the one place where a number from a user, a CLI flag (`cli/options.py`) or a
+request body (`serving/`) is checked before it becomes a setting: a limit that is NaN or infinite
+passes every `value <= 0` test and defeats every `min(value, ceiling)` (NaN compares false with
+everything). `LIMIT_RULES` is the one schema of `Limits`; `check_limit` holds a value to it (the
+ceilings of `rlm serve` and `rlm mcp` and a request's lower limits: `serving/limits.py`).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ if TYPE_CHECKING:
 def check_number(name: str, value: Any, *, integer: bool = False, minimum: float = 0.0,
                  inclusive: bool = False, allow_none: bool = True) -> Any:
     """`value` if it is a finite number above `minimum` (at or above it with `inclusive`), else
-    ValueError naming the setting. Booleans are not numbers here; `integer` also refuses 2.5."""
+    ValueError naming the setting. Booleans are not numbers here; `integer` also refuses 2.5 (and
+    gives an int for 5.0)."""
     if value is None:
         if allow_none:
             return None
         raise ValueError(f"{name} is required (got None)")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        raise ValueError(f"{name} must be a number, got {type(value).__name__} {_shown(value)}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if integer and not float(value).is_integer():
@@ -46,6 +49,26 @@ def check_number(name: str, value: Any, *, integer: bool = False, minimum: float
     return int(value) if integer else value
 
 
+def _shown(value: Any) -> str:
+    """A value in an error message, at most 80 characters (a request body's may be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# Limits' fields: (whole number, minimum, minimum allowed, None allowed: no limit). The one schema of
+# what a run may spend; `rlm serve` and `rlm mcp` hold their ceilings and requests to it (`check_limit`).
+LIMIT_RULES: dict[str, tuple[bool, float, bool, bool]] = {
+    "max_iterations": (True, 1, True, False), "max_depth": (True, 1, True, False),
+    "max_llm_calls": (True, 0, False, True), "max_tokens": (True, 0, False, True),
+    "max_cost_usd": (False, 0, False, True), "timeout_s": (False, 0, False, True)}
+
+
+def check_limit(name: str, value: Any, label: str | None = None, *, required: bool = False) -> Any:
+    """`value` checked as the limit `name` (its `LIMIT_RULES`), or ValueError naming `label` (else
+    `name`); `required`: None (no limit) is refused too."""
+    integer, minimum, inclusive, optional = LIMIT_RULES[name]
+    return check_number(label or name, value, integer=integer, minimum=minimum, inclusive=inclusive,
+                        allow_none=optional and not required)
 
 
 def _check_all(owner: object, rules: dict[str, tuple[bool, float, bool, bool]]) -> None:
@@ -67,9 +90,7 @@ class Limits:
     timeout_s: float | None = None
 
     def __post_init__(self) -> None:
-        _check_all(self, {"max_iterations": (True, 1, True, False), "max_depth": (True, 1, True, False),
-                          "max_llm_calls": (True, 0, False, True), "max_tokens": (True, 0, False, True),
-                          "max_cost_usd": (False, 0, False, True), "timeout_s": (False, 0, False, True)})
+        _check_all(self, LIMIT_RULES)
 
 
 @dataclass(frozen=True)

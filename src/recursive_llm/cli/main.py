@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -237,7 +236,11 @@ def serve(**params) -> None:
     from ..errors import ConfigError
 
     try:
-        from ..serving.server import ServeConfig, ServeLimits, bind_socket, read_token_file, serve as run_server
+        from ..serving.config import ServeConfig
+        from ..serving.limits import serve_ceilings
+        from ..serving.server import serve as run_server
+        from ..serving.tokens import read_token_file
+        from ..serving.transport import bind_socket
     except ImportError:  # pragma: no cover
         raise ConfigError(f"rlm serve needs the server extra: {install_hint('server')}") from None
     tokens = [params["token"]] if params["token"] else []
@@ -248,14 +251,14 @@ def serve(**params) -> None:
     env_token = os.environ.pop("RLM_SERVE_TOKEN", "").strip()
     tokens += [env_token] if env_token else []
     tokens += read_token_file(params["token_file"]) if params["token_file"] else []
-    limits = ServeLimits(**opt.rlm_keywords({key: params[key] for key in opt.LIMITS}))
+    limits = serve_ceilings(**opt.rlm_keywords({key: params[key] for key in opt.LIMITS}))
     config = ServeConfig(model=params["model"], sub_model=params["sub_model"], base_url=params["base_url"],
                          host=params["host"], port=params["port"], tokens=tokens, allowed_root=params["allowed_root"],
                          max_concurrent=params["max_concurrent"], max_body_bytes=int(params["max_body_mb"] * 1e6),
-                         sandbox=params["sandbox"], extra_models=list(params["extra_models"]),
+                         sandbox=params["sandbox"], extra_models=tuple(params["extra_models"]),
                          shutdown_grace_s=params["shutdown_grace"], idle_timeout_s=params["idle_timeout"],
                          body_timeout_s=params["body_timeout"], max_connections=params["max_connections"],
-                         limits=limits, access_log=params["access_log"], cors_origins=list(params["cors_origins"]))
+                         limits=limits, access_log=params["access_log"], cors_origins=tuple(params["cors_origins"]))
     if params["model"] is not None:
         _check_model(params)  # an unknown model or a missing key fails now, not per request
     else:
@@ -271,9 +274,9 @@ def serve(**params) -> None:
 def _serve_banner(config, port: int) -> str:
     """`rlm serve: http://127.0.0.1:8000/v1 (models: rlm = gpt-5-mini, rlm/claude-sonnet-4-5)`."""
     host = f"[{config.host}]" if ":" in config.host else config.host
-    from ..serving.server import allowed_models
+    from ..serving.config import served_names
 
-    names = ["rlm", *(f"rlm/{name}" for name in allowed_models(config))]  # what GET /v1/models lists
+    names = served_names(config)  # what GET /v1/models lists
     return (f"rlm serve: http://{host}:{port}/v1 (models: {', '.join(names)}; `rlm` is "
             f"{config.model or _default_model_shown()})" + ("" if config.tokens else "; no token: loopback only"))
 
@@ -301,13 +304,13 @@ def mcp_command(**params) -> None:
 def bench(model, base_url, tasks, sizes, methods, seeds, window_tokens, latency, price, out) -> None:
     """Benchmark RLM against baselines on tasks with exact answers; writes a report and plots."""
     from ..bench.runner import run_bench
+    from ..config import check_number
     from ..models.pricing import register_price
 
     if price is not None:
         try:
-            price_in, price_out = (float(part) for part in price.split(","))
-            if not all(math.isfinite(x) and x >= 0 for x in (price_in, price_out)):
-                raise ValueError
+            price_in, price_out = (check_number("--price", float(part), minimum=0, inclusive=True, allow_none=False)
+                                   for part in price.split(","))
         except ValueError:
             raise click.BadParameter(f"{price!r}: give two numbers of at least 0, e.g. 0.25,2.0",
                                      param_hint="--price") from None

@@ -3,10 +3,10 @@
 - `OPTIONS`: each command-line option with its flag, type, default and help. A command takes the
   ones it needs with `@options.take("model", "max_iterations", ...)`; a command whose defaults
   differ says so once, in `COMMAND_DEFAULTS` (serve's and mcp's ceilings live in `SERVE_CEILINGS`,
-  which `server.ServeLimits` and `mcp_server.MCPConfig` use as their defaults too).
+  which `serving/limits.serve_ceilings` makes the default ceilings of both).
 - `rlm_keywords(values)`: option values (CLI names like `max_cost`, `timeout`, or the `RLM(...)`
   names like `max_cost_usd`) to `RLM(...)` keywords. `make_rlm(values, **extra)` builds the RLM.
-  Used by `rlm ask/chat/batch/serve/mcp`, `server.py`, `mcp_server.py`, `batch.py` and the
+  Used by `rlm ask/chat/batch/serve/mcp`, `serving/runner.py`, `serving/mcp.py`, `batch.py` and the
   benchmark methods, so an option means the same thing everywhere.
 """
 
@@ -42,22 +42,24 @@ def _types():
     return click
 
 
-def _finite_range(**bounds: Any):
-    """A click.FloatRange that also refuses NaN and infinities: NaN passes every range check
-    (it compares false with everything), and `--max-body-mb nan` was a traceback, `--shutdown-grace
-    nan` a server that never waits."""
-    import math
+def _finite_range(min: float, min_open: bool = False):  # noqa: A002  (click's own names)
+    """A click type for a number of at least `min` (above it with `min_open`), checked by
+    `config.check_number`: finite, so NaN (which passes every range check) and infinities are refused
+    (`--max-body-mb nan` was a traceback, `--shutdown-grace nan` a server that never waits). A
+    FloatRange only for `--help` (`x>0`); click's own range check is not used."""
+    from ..config import check_number
 
     click = _types()
 
-    class FiniteRange(click.FloatRange):
+    class FiniteNumber(click.FloatRange):
         def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-            number = super().convert(value, param, ctx)
-            if not math.isfinite(number):
-                self.fail(f"{number} is not a finite number.", param, ctx)
-            return number
+            number = click.FLOAT.convert(value, param, ctx)
+            try:
+                return check_number("the value", number, minimum=min, inclusive=not min_open, allow_none=False)
+            except ValueError as error:
+                self.fail(str(error), param, ctx)
 
-    return FiniteRange(**bounds)
+    return FiniteNumber(min=min, min_open=min_open)
 
 
 def _model_options(click) -> dict[str, Option]:  # models

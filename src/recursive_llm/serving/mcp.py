@@ -16,8 +16,11 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from ..errors import ContextError, RLMError
-from ..cli.options import SERVE_CEILINGS, make_rlm, rlm_keywords
+from ..cli.options import make_rlm, rlm_keywords
+from ..config import Limits
+from ..errors import RLMError
+from .limits import LIMIT_NAMES, as_keywords, clamp, serve_ceilings
+from .paths import path_under_root
 
 INSTRUCTIONS = ("Recursive Language Model tools: for questions about inputs too large for your context "
                 "(long documents, many files, logs, tables). Load the input once with load_context, then call "
@@ -28,17 +31,19 @@ INSTRUCTIONS = ("Recursive Language Model tools: for questions about inputs too 
 @dataclass
 class MCPConfig:
     """`root`: only files under it can be loaded. `rlm`: option values for every run's RLM (the names
-    of `options.py`, e.g. model, max_iterations, timeout); the serve ceilings are the defaults, and
-    a request may lower `max_iterations`, never raise it."""
+    of `options.py`, e.g. model, max_iterations, timeout). Its limits are the server's ceilings
+    (`limits.serve_ceilings`: the serve ceilings are the defaults, as `rlm serve` has them), which a
+    request may lower (`max_iterations`), never raise; `rlm` keeps the other options."""
 
     root: Path = field(default_factory=Path.cwd)
     rlm: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rlm = {**{k: v for k, v in SERVE_CEILINGS.items() if k in _MCP_LIMITS}, **rlm_keywords(self.rlm)}
+        keywords = rlm_keywords(self.rlm)
+        self.limits = serve_ceilings(**{k: v for k, v in keywords.items() if k in LIMIT_NAMES})
+        self.rlm = {k: v for k, v in keywords.items() if k not in LIMIT_NAMES}
 
-
-_MCP_LIMITS = ("max_iterations", "max_depth", "max_llm_calls", "timeout_s")
 
 # Every tool argument with its description (the input schemas clients show and models read).
 TextArg = Annotated[str | None, Field(description="The input itself, as text (always text, never read as a path). "
@@ -52,28 +57,6 @@ AskTextArg = Annotated[str | None, Field(description="The input as text, for a o
                                                      "load_context. Give this or `context_id`.")]
 IterationsArg = Annotated[int | None, Field(description="At most this many root-model turns (it can lower the "
                                                         "server's limit, not raise it).", ge=1)]
-
-
-def path_under_root(root: Path, name: str) -> Path:
-    """`name` as a real path under the root: symlinks (the entry's own too) and `..` resolved
-    first, so a link that leads out of the root is refused like any other path outside it."""
-    shown = repr(name if len(name) <= 80 else name[:80] + "...")
-    if not isinstance(name, str) or "\x00" in name:
-        raise ContextError(f"{shown} is not a usable path (it contains a NUL byte)")
-    if len(name) > 4096 or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in name.split("/")):
-        raise ContextError(f"{shown} is too long a path (at most 4,096 characters, 255 bytes per part)")
-    try:
-        candidate = (root / name).resolve()
-        if Path(name).is_absolute() or (candidate != root and root not in candidate.parents):
-            link = " (a symlink that leads out of it)" if (root / name).is_symlink() else ""
-            raise ContextError(f"{shown} is outside this server's root ({root.name}/){link}; only files "
-                               f"under it can be read")
-        if not candidate.exists():
-            raise ContextError(f"{shown} does not exist under this server's root")
-    except (OSError, ValueError, UnicodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
-        raise ContextError(f"{shown} cannot be used: {reason}") from None
-    return candidate
 
 
 def create_server(config: MCPConfig):
@@ -102,7 +85,7 @@ def create_server(config: MCPConfig):
         if text is not None:
             loaded = load_context_value(text)
         else:
-            resolved = [path_under_root(root, p) for p in paths or []]
+            resolved = [loadable(root, p) for p in paths or []]
             if not resolved:
                 raise ToolError("`paths` is empty")
             loaded = load_context(resolved[0] if len(resolved) == 1 else resolved)
@@ -127,7 +110,7 @@ def create_server(config: MCPConfig):
         else:
             raise ToolError("give a context_id (from load_context) or the text to ask about")
         try:
-            rlm = make_rlm(config.rlm, **limits_for(config, max_iterations).as_dict())
+            rlm = make_rlm(config.rlm, **as_keywords(limits_for(config, max_iterations)))
             result = await rlm.acompletion(question, context)
         except RLMError as error:
             raise ToolError(str(error)) from None
@@ -141,17 +124,19 @@ def create_server(config: MCPConfig):
     return server
 
 
-def limits_for(config: MCPConfig, max_iterations: int | None):
-    """The server's ceilings (`ServeLimits`, as `rlm serve` has them), lowered by the request."""
+def loadable(root: Path, name: str) -> Path:
+    """A name a client gave in `paths`, as a real path under the server's root (`paths.path_under_root`)."""
+    return path_under_root(root, name, root_called=f"this server's root ({root.name}/)")
+
+
+def limits_for(config: MCPConfig, max_iterations: int | None) -> Limits:
+    """The server's ceilings, lowered by the request (`limits.clamp`, as `rlm serve` does)."""
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from .server import RequestError, ServeLimits
-
-    ceilings = ServeLimits(**{k: v for k, v in config.rlm.items() if k in ServeLimits.names()})
     try:
-        return ceilings.clamp(None if max_iterations is None else {"max_iterations": max_iterations})
-    except RequestError as error:
-        raise ToolError(error.message) from None
+        return clamp(config.limits, None if max_iterations is None else {"max_iterations": max_iterations})
+    except ValueError as error:
+        raise ToolError(str(error)) from None
 
 
 def run_stdio(config: MCPConfig) -> None:

@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ..config import check_number
+from .errors import RequestError
+
+if TYPE_CHECKING:
+    from .request import RunRequest
 
 _NOT_FOR_A_RUN = {
     "n": (lambda v: v in (None, 1), "a run gives one answer; leave n out or send 1"),
@@ -30,34 +37,31 @@ _NOT_FOR_A_RUN = {
 }
 
 
-def apply(body: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
-    """`args` of one run with the body's other parameters applied (RequestError 400 naming a
-    parameter that has no meaning for a run)."""
-    from .server import RequestError
-
+def apply(body: dict[str, Any], request: RunRequest) -> RunRequest:
+    """`request` with the body's other parameters applied (RequestError 400 naming a parameter that
+    has no meaning for a run)."""
     for name, (acceptable, why) in _NOT_FOR_A_RUN.items():
         if not acceptable(body.get(name)):
             raise RequestError(400, f"{name}: {why}", code="unsupported_parameter")
-    if body.get("max_completion_tokens") is not None and args.get("max_output_tokens") is None:
-        limit = body["max_completion_tokens"]
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-            raise RequestError(400, "max_completion_tokens must be a positive whole number")
-        args["max_output_tokens"] = limit
-    args["answer_tokens"], args["max_output_tokens"] = args.get("max_output_tokens"), None
+    if body.get("max_completion_tokens") is not None and request.answer_tokens is None:
+        try:
+            limit = check_number("max_completion_tokens", body["max_completion_tokens"], integer=True, minimum=1,
+                                 inclusive=True)
+        except ValueError as error:
+            raise RequestError(400, str(error)) from None
+        request = replace(request, answer_tokens=limit)
     forced = forced_function(body.get("tools"), body.get("tool_choice"))
     if forced is not None:
-        if args.get("schema") is not None:
+        if request.schema is not None:
             raise RequestError(400, "tools: send a forced function or a response_format, not both",
                                code="unsupported_parameter")
-        args["tool_name"], args["schema"] = forced
-    return args
+        request = replace(request, tool_name=forced[0], schema=forced[1])
+    return request
 
 
 def forced_function(tools: Any, choice: Any) -> tuple[str, dict[str, Any]] | None:
     """(name, parameters schema) of the one function the request forces, or None when it uses no
     tools; RequestError 400 for any other use of tools."""
-    from .server import RequestError
-
     if not tools or choice == "none":
         return None
     if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") == "function"
@@ -81,21 +85,21 @@ def forced_function(tools: Any, choice: Any) -> tuple[str, dict[str, Any]] | Non
     return name, schema
 
 
-def tool_calls(args: dict[str, Any], content: str) -> list[dict[str, Any]]:
+def tool_calls(request: RunRequest, content: str) -> list[dict[str, Any]]:
     """The answer (JSON text that validates against the forced function's parameters) as its call."""
     return [{"id": "call_" + secrets.token_hex(12), "type": "function",
-             "function": {"name": args["tool_name"], "arguments": content}}]
+             "function": {"name": request.tool_name, "arguments": content}}]
 
 
-def message(args: dict[str, Any], content: str) -> tuple[dict[str, Any], str]:
+def message(request: RunRequest, content: str) -> tuple[dict[str, Any], str]:
     """The assistant message and finish_reason of an answer: text, or the forced function's call.
     `stop` for every text answer, a best answer at a limit included: it is whole (`length` would tell
     clients it was cut, and the SDK's `parse` raises on it); `rlm.stopped_reason` says why it ended."""
-    if args.get("tool_name") is None:
-        content, cut = _bounded(content, args.get("answer_tokens") if args.get("schema") is None else None)
+    if request.tool_name is None:
+        content, cut = _bounded(content, request.answer_tokens if request.schema is None else None)
         return {"role": "assistant", "content": content}, "length" if cut else "stop"
     json.loads(content)  # the validated answer is JSON: a bug of ours if not
-    return {"role": "assistant", "content": None, "tool_calls": tool_calls(args, content)}, "tool_calls"
+    return {"role": "assistant", "content": None, "tool_calls": tool_calls(request, content)}, "tool_calls"
 
 
 def _bounded(text: str, limit: int | None) -> tuple[str, bool]:

@@ -3,7 +3,7 @@
 It is the default of the OpenAI Agents SDK and of `@ai-sdk/openai`, and what LangChain
 (`use_responses_api`), pydantic-ai (`OpenAIResponsesModel`), `litellm.responses` and the SDKs'
 `responses.create` call. A request is turned into a chat-completions body (`chat_body`) and read by
-`server.parse_request`, so the rules are one set: `input` (a string, or a list of message items)
+`request.parse_request`, so the rules are one set: `input` (a string, or a list of message items)
 becomes the messages, `instructions` a system message, `text.format` the `response_format`, and
 the `context` and `rlm` fields mean what they mean there. The answer is one `message` output item
 with one `output_text` part (the SDKs' `output_text`), or, for a forced function tool, one
@@ -19,7 +19,19 @@ import asyncio
 import json
 import secrets
 import time
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from .answers import content, require_answer, rlm_info
+from .errors import RequestError
+from .guard import log_access
+from .params import message
+from .runner import run_request
+
+if TYPE_CHECKING:
+    from .config import ServeConfig
+    from .request import RunRequest
+    from .runner import ServerState
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
 _PASSED = ("model", "stream", "temperature", "top_p", "context", "rlm")
@@ -27,8 +39,6 @@ _PASSED = ("model", "stream", "temperature", "top_p", "context", "rlm")
 
 def chat_body(body: dict[str, Any]) -> dict[str, Any]:
     """The chat-completions body a Responses request means (RequestError 400 for what it cannot)."""
-    from .server import RequestError
-
     if body.get("previous_response_id") is not None:
         raise RequestError(400, "previous_response_id: this server does not store responses; send the whole "
                                 "conversation in `input`", code="unsupported_parameter")
@@ -47,8 +57,6 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _chat_tools(tools: Any) -> list[dict[str, Any]]:
-    from .server import RequestError
-
     if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") == "function" for t in tools):
         raise RequestError(400, "tools: only function tools can be served (forced, as the answer's schema)",
                            code="unsupported_parameter")
@@ -63,8 +71,6 @@ def _chat_choice(choice: Any) -> Any:
 
 
 def _messages(value: Any) -> list[dict[str, Any]]:
-    from .server import RequestError
-
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list):
@@ -74,8 +80,6 @@ def _messages(value: Any) -> list[dict[str, Any]]:
 
 def _message(item: Any) -> dict[str, Any] | None:
     """One input item as a chat message; None for items with nothing to read (reasoning)."""
-    from .server import RequestError
-
     if not isinstance(item, dict):
         raise RequestError(400, "input items must be objects, e.g. {\"role\": \"user\", \"content\": \"...\"}")
     kind = item.get("type", "message")
@@ -94,8 +98,6 @@ def _message(item: Any) -> dict[str, Any] | None:
 
 
 def _text(content: Any) -> str:
-    from .server import RequestError
-
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
@@ -118,21 +120,21 @@ def _response_format(text_format: Any) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": spec}
 
 
-def echo(body: dict[str, Any]) -> dict[str, Any]:
-    """What a response repeats of its request."""
+def with_echo(request: RunRequest, body: dict[str, Any]) -> RunRequest:
+    """`request` with what its response repeats of the Responses body."""
     text = body.get("text") if isinstance(body.get("text"), dict) else {"format": {"type": "text"}}
-    return {"instructions": body.get("instructions"), "text": text, "temperature": body.get("temperature"),
-            "max_output_tokens": body.get("max_output_tokens"), "metadata": body.get("metadata") or {}}
+    return replace(request, echo={"instructions": body.get("instructions"), "text": text,
+                                  "temperature": body.get("temperature"),
+                                  "max_output_tokens": body.get("max_output_tokens"),
+                                  "metadata": body.get("metadata") or {}})
 
 
 # -- answers ----------------------------------------------------------------------------------------
-def response_body(result, args: dict[str, Any], response_id: str, redact, status: str = "completed") -> dict[str, Any]:
+def response_body(result, request: RunRequest, response_id: str, redact: Callable[[str], str],
+                  status: str = "completed") -> dict[str, Any]:
     """The response object of a finished run (RequestError 502, not to be retried, without an answer)."""
-    from .params import message
-    from .server import _content, _rlm_info, require_answer
-
     require_answer(result, redact)
-    reply, finish = message(args, _content(result, args))  # cut at max_output_tokens: "length"
+    reply, finish = message(request, content(result, request))  # cut at max_output_tokens: "length"
     if finish == "tool_calls":  # a forced function: its call is the output
         call = reply["tool_calls"][0]
         item = {"type": "function_call", "id": "fc_" + secrets.token_hex(12), "call_id": call["id"],
@@ -140,15 +142,15 @@ def response_body(result, args: dict[str, Any], response_id: str, redact, status
     else:
         item = _output_item(reply["content"], "completed" if finish == "stop" else "incomplete")
     cut = {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}} if finish != "stop" else {}
-    return {**_response(args, response_id, status), "output": [item], "usage": _usage(result),
-            "rlm": _rlm_info(result, redact), **cut}
+    return {**_response(request, response_id, status), "output": [item], "usage": _usage(result),
+            "rlm": rlm_info(result, redact), **cut}
 
 
-def _response(args: dict[str, Any], response_id: str, status: str) -> dict[str, Any]:
-    return {"id": response_id, "object": "response", "created_at": args["created"], "status": status,
-            "model": args["requested"], "output": [], "error": None, "incomplete_details": None,
+def _response(request: RunRequest, response_id: str, status: str) -> dict[str, Any]:
+    return {"id": response_id, "object": "response", "created_at": request.created, "status": status,
+            "model": request.requested, "output": [], "error": None, "incomplete_details": None,
             "parallel_tool_calls": False, "tool_choice": "none", "tools": [], "top_p": None, "usage": None,
-            **args.get("echo", {})}
+            **request.echo}
 
 
 def _output_item(text: str, status: str, item_id: str | None = None) -> dict[str, Any]:
@@ -170,20 +172,19 @@ def _event(kind: str, sequence: list[int], **fields: Any) -> str:
     return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def stream(config, args: dict[str, Any], response_id: str, redact, state: dict[str, Any]):
+async def stream(config: ServeConfig, request: RunRequest, response_id: str, redact: Callable[[str], str],
+                 state: ServerState):
     """The Responses events of one run: created and in_progress at once, then (when the run ends)
     the message item, its text in deltas, and `response.completed` with usage; or `response.failed`."""
-    from .server import _release, _run, log_access
-
     started, seq = time.perf_counter(), [-1]
-    task = asyncio.create_task(_run(config, args, None, state["stores"]))
+    task = asyncio.create_task(run_request(config, request, None, state.stores))
     try:
-        yield _event("response.created", seq, response=_response(args, response_id, "in_progress"))
-        yield _event("response.in_progress", seq, response=_response(args, response_id, "in_progress"))
+        yield _event("response.created", seq, response=_response(request, response_id, "in_progress"))
+        yield _event("response.in_progress", seq, response=_response(request, response_id, "in_progress"))
         try:
-            body = response_body(await task, args, response_id, redact)
+            body = response_body(await task, request, response_id, redact)
         except Exception as error:  # noqa: BLE001  (every failure is a response.failed, redacted)
-            yield _event("response.failed", seq, response=_failed(args, response_id, error, redact))
+            yield _event("response.failed", seq, response=_failed(request, response_id, error, redact))
             return
         for event in _answer_events(body, seq):
             yield event
@@ -191,7 +192,7 @@ async def stream(config, args: dict[str, Any], response_id: str, redact, state: 
         if not task.done():  # the client went away: stop the run
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        _release(state, args)
+        state.release(request)
         if config.access_log:
             log_access("POST", "/v1/responses", 200, task.result().run_id if _succeeded(task) else None,
                        started, streamed=True)
@@ -201,14 +202,12 @@ def _succeeded(task: asyncio.Task) -> bool:
     return task.done() and not task.cancelled() and task.exception() is None
 
 
-def _failed(args: dict[str, Any], response_id: str, error: Exception, redact) -> dict[str, Any]:
-    from .server import RequestError
-
+def _failed(request: RunRequest, response_id: str, error: Exception, redact: Callable[[str], str]) -> dict[str, Any]:
     if isinstance(error, RequestError):
         code, message = error.code or ("server_error" if error.status >= 500 else "invalid_request"), error.message
     else:
         code, message = "server_error", f"internal error: {type(error).__name__}: {error}"[:500]
-    return {**_response(args, response_id, "failed"), "error": {"code": code, "message": redact(message)}}
+    return {**_response(request, response_id, "failed"), "error": {"code": code, "message": redact(message)}}
 
 
 def _answer_events(body: dict[str, Any], seq: list[int]):
