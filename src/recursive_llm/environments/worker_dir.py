@@ -90,7 +90,7 @@ class WorkerDirectory:
         """Write the run's input for the worker (its only copy: the caller drops its own)."""
         from ..context.loader import as_inputs
 
-        self.input_file = await asyncio.to_thread(write_inputs, as_inputs(context), self.input_dir)
+        self.input_file = await asyncio.to_thread(write_inputs, as_inputs(context), self.input_dir, self.uid is None)
         if self.uid is not None:
             self._hand_over_to_worker_uid()
         else:
