@@ -30,14 +30,10 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SRC = str(ROOT / "src")
-sys.path.insert(0, SRC)
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from peer_speed import FINISH, NEEDLE, REPEATS, SRC, drive, ensure_venv  # noqa: E402  (the same drivers' plumbing)
 
-REPEATS = int(os.environ.get("REPEATS", "5"))
 SIZE = 40_000_000
-NEEDLE = "The secret code is 7341."
-FINISH = "answer['content'] = result\nanswer['ready'] = True"  # the only way to finish that rlms 0.1.3 knows
 GREP = "import re\nresult = str(len(re.findall(r'secret code is \\d+', context)))\nprint(result)"
 
 
@@ -83,7 +79,6 @@ def run(query, context):
 
 def main() -> None:
     from common import stdlib_text
-    from peer_speed import drive, ensure_venv
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--venv", type=Path, default=Path(tempfile.gettempdir()) / "rlm-peers" / "venv")
