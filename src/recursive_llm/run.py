@@ -201,8 +201,9 @@ class Run:
             from .environments.base import StartingInBackground
 
             env = StartingInBackground(env)
-            await asyncio.sleep(0)  # its process is launched first: it boots while the input is described
         try:
+            if self.environment is None:
+                await env.launched()  # its process boots while the input is described
             self._emit_start(env)
         except BaseException:
             if self.environment is None:

@@ -90,6 +90,19 @@ class ReplEnvironment:
         self.restarts += 1
 
 
+async def until_set(event: Any, task: Any) -> None:
+    """Wait until the asyncio.Event `event` is set or the future `task` is done."""
+    import asyncio
+
+    if event.is_set() or task.done():
+        return
+    waiting = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+
+
 class StartingInBackground:
     """An environment that starts while the run does something else (the root model writes its
     first reply): a sandboxed worker takes about 60 ms to start, which that call hides. The first
@@ -101,6 +114,12 @@ class StartingInBackground:
         self.environment = environment
         self.name = environment.name
         self._started = asyncio.ensure_future(environment.start())
+
+    async def launched(self) -> None:
+        """Wait until the environment's process exists (it boots from then on), or its start ended."""
+        event = getattr(self.environment, "launched", None)
+        if event is not None:
+            await until_set(event, self._started)
 
     def __getattr__(self, name: str) -> Any:  # isolation and other attributes of the environment
         return getattr(self.environment, name)
