@@ -17,10 +17,13 @@ import textwrap
 
 import pytest
 
+from recursive_llm import RLM
 from recursive_llm.context.loader import load_context
 from recursive_llm.environments import protocol
 from recursive_llm.environments.mapped import MappedText, map_ascii_text
 from recursive_llm.environments.sandbox import Limits, plan_isolation
+from recursive_llm.errors import ContextError
+from recursive_llm.testing import ScriptedModel
 
 MODES = {mode: plan_isolation(mode) for mode in ("auto", "process")}
 LINE = "line {:07d} of an ascii input, long enough to be mapped\n"
@@ -124,6 +127,10 @@ def test_a_symlink_put_in_place_of_a_loaded_file_is_refused(tmp_path):
         map_ascii_text(str(path))
     with pytest.raises(OSError):
         protocol.read_context(path, ascii=True)
+    root = ScriptedModel(["```repl\nprint(context[:40])\n```", "FINAL(read)"])
+    with pytest.raises(ContextError, match="not the file that was loaded"):  # its preview is not read either
+        RLM(model=root, store=None).completion("q", loaded)
+    assert root.calls == []
 
 
 def test_a_mapped_text_is_a_str_in_every_way_model_code_uses_it(tmp_path):

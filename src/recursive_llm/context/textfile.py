@@ -14,6 +14,7 @@ import codecs
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 SLICE_BYTES = 16 * 1024 * 1024
 BINARY_SNIFF_BYTES = 8192
@@ -44,12 +45,24 @@ class TextFile:
 
     def read(self) -> str:
         """The whole text (for in-process use; the worker reads the file itself)."""
-        return self.path.read_text(encoding=self.reading_encoding)
+        with self._open() as handle:
+            return handle.read()
 
     def head(self, chars: int) -> str:
         """The first `chars` characters (for a preview), without reading the rest."""
-        with open(self.path, encoding=self.reading_encoding, errors="replace") as handle:
+        with self._open(errors="replace") as handle:
             return handle.read(chars)
+
+    def _open(self, errors: str = "strict") -> TextIO:
+        """The file, which must still be the one that was scanned (not a file or symlink swapped in)."""
+        handle = open(self.path, encoding=self.reading_encoding, errors=errors)
+        info = os.fstat(handle.fileno())
+        if self.identity != (0, 0) and (info.st_dev, info.st_ino) != self.identity:
+            handle.close()
+            from ..errors import ContextError
+
+            raise ContextError(f"{self.path} is not the file that was loaded (it was replaced since); load it again")
+        return handle
 
     def __len__(self) -> int:
         return self.chars
