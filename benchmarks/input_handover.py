@@ -87,7 +87,8 @@ def main() -> None:
     scripts = {n: textwrap.dedent(DRIVER.format(setup=SETUP[n].format(src=SRC))) for n in pythons}
     for label, src in [tuple(i.split("=", 1)) for i in os.environ.get("PEER_TREES", "").split(",") if i]:
         pythons[f"recursive-llm ({label})"] = sys.executable
-        scripts[f"recursive-llm ({label})"] = textwrap.dedent(DRIVER.format(setup=SETUP["recursive-llm"].format(src=src)))
+        setup = SETUP["recursive-llm"].format(src=src)
+        scripts[f"recursive-llm ({label})"] = textwrap.dedent(DRIVER.format(setup=setup))
     corpus = stdlib_text(SIZE)
     haystack = Path(tempfile.mkdtemp(prefix="rlm-handover-")) / "haystack.txt"
     haystack.write_text(corpus[:SIZE // 2] + NEEDLE + corpus[SIZE // 2:SIZE - len(NEEDLE)], encoding="utf-8")
