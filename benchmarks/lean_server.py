@@ -32,12 +32,15 @@ Latency = Callable[[], float]
 
 
 
-def response(content: str = "ok", model: str = "lean") -> bytes:
-    """One whole HTTP response carrying a chat completion whose message is `content`."""
+def response(content: str = "ok", model: str = "lean", prompt_tokens: int = 1) -> bytes:
+    """One whole HTTP response carrying a chat completion whose message is `content`; the usage
+    it reports: `prompt_tokens`, and a token per 4 bytes of the content."""
+    completion_tokens = max(1, len(content.encode()) // 4)
     reply = json.dumps({"id": "chatcmpl-lean", "object": "chat.completion", "created": 0, "model": model,
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                                      "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                  "total_tokens": prompt_tokens + completion_tokens}}).encode()
     return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
             + str(len(reply)).encode() + b"\r\n\r\n" + reply)
 
@@ -66,7 +69,10 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             reply = RESPONSE
             if responder is not None:
                 request = json.loads(body or b"{}")
-                reply = response(responder(request.get("messages", []), request.get("model", "lean")))
+                # a plausible usage (a token per 4 bytes of the body): a count far below the text
+                # makes the client count the tokens itself (usage.checked_usage), loading a tokenizer
+                reply = response(responder(request.get("messages", []), request.get("model", "lean")),
+                                 prompt_tokens=max(1, length // 4))
             await asyncio.sleep(latency())
             writer.write(reply)
             await writer.drain()

@@ -126,29 +126,49 @@ run = lambda query, context: getattr(rlm.completion(context, root_prompt=query),
 }
 
 
+_LIBC = None
+
+
+def _same_memory(first: int, second: int) -> bool:
+    """Do two processes share one address space (kcmp KCMP_VM; x86_64)? A child between vfork and
+    exec does: its smaps_rollup shows the parent's memory, which summing would count twice."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC.syscall(312, first, second, 1, 0, 0) == 0
+
+
 def tree_memory_kb(pid: int) -> tuple[int, int]:
-    """(PSS, RSS) of `pid` and all its descendants, in kB."""
+    """(PSS, RSS) of `pid` and all its descendants, in kB (a process sharing the address space of
+    one already counted, a vfork child before its exec, is counted once)."""
     pss = rss = 0
-    pending = [pid]
+    pending, seen = [pid], []
     while pending:
         current = pending.pop()
         try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    pending += [int(c) for c in children.read().split()]
+            if any(_same_memory(current, other) for other in seen):
+                continue
+            seen.append(current)
             with open(f"/proc/{current}/smaps_rollup") as rollup:
                 for line in rollup:
                     if line.startswith("Pss:"):
                         pss += int(line.split()[1])
                     elif line.startswith("Rss:"):
                         rss += int(line.split()[1])
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as children:
-                    pending += [int(c) for c in children.read().split()]
         except (OSError, ValueError):
             pass
     return pss, rss
 
 
-def drive(python: str, script: str, base_url: str, task: str, size: int, warm: int, repeats: int) -> dict:
-    """Run one driver process; its result plus wall time and the process tree's peak memory."""
+def drive(python: str, script: str, base_url: str, task: str, size: int | str, warm: int, repeats: int,
+          sample: bool | None = None) -> dict:
+    """Run one driver process; its result plus wall time and the process tree's peak memory
+    (sampled when `sample`, by default for inputs over 10M characters)."""
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
         handle.write(script)
     peak = [0, 0]
@@ -165,7 +185,7 @@ def drive(python: str, script: str, base_url: str, task: str, size: int, warm: i
                 peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
 
         sampler = threading.Thread(target=sample, daemon=True)
-        if size > 10_000_000:
+        if sample if sample is not None else int(size) > 10_000_000:
             sampler.start()
         out, err = process.communicate(timeout=900)
         wall = time.perf_counter() - started

@@ -27,7 +27,8 @@ USER = "rlm-ci"
 # and the layers in both modes, pre-started workers, process start/stop, host bounds, sessions, tools.
 WORKER_TESTS = ["tests/test_attacks.py", "tests/test_sandbox_layers.py", "tests/test_worker_pool.py",
                 "tests/test_worker_process.py", "tests/test_host_bounds.py", "tests/test_session.py",
-                "tests/test_tools.py", "tests/test_runtime.py", "tests/test_worker_template.py"]
+                "tests/test_tools.py", "tests/test_runtime.py", "tests/test_worker_template.py",
+                "tests/test_input_handover.py"]
 
 
 def copy_checkout(target: Path) -> Path:

@@ -1,15 +1,20 @@
 """`TextFile`: a large text input that the host never holds in memory.
 
 The host checks the file once in slices (encoding, binary content, character and line counts for
-the prompt's metadata) and hands the file itself to the worker, which reads it into `context`.
-A 400 MB input therefore costs the host a few megabytes instead of the input's size twice.
+the prompt's metadata) and hands the file itself to the worker: a hard link into the worker's input
+directory where it can (no copy), and the worker maps an ASCII file as `context` without reading it
+(environments/inside/mapped.py). A 400 MB input therefore costs the host a few megabytes instead of the
+input's size twice. `identity` (device, inode) is the file that was checked: the handover refuses
+a path that names another file by then (a swapped file or symlink).
 """
 
 from __future__ import annotations
 
 import codecs
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 SLICE_BYTES = 16 * 1024 * 1024
 BINARY_SNIFF_BYTES = 8192
@@ -26,6 +31,8 @@ class TextFile:
     size_bytes: int
     chars: int
     lines: int
+    ascii: bool = False  # UTF-8 and every byte below 128: the worker can map it as `context`
+    identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file that was scanned
 
     @property
     def is_utf8(self) -> bool:
@@ -38,12 +45,24 @@ class TextFile:
 
     def read(self) -> str:
         """The whole text (for in-process use; the worker reads the file itself)."""
-        return self.path.read_text(encoding=self.reading_encoding)
+        with self._open() as handle:
+            return handle.read()
 
     def head(self, chars: int) -> str:
         """The first `chars` characters (for a preview), without reading the rest."""
-        with open(self.path, encoding=self.reading_encoding, errors="replace") as handle:
+        with self._open(errors="replace") as handle:
             return handle.read(chars)
+
+    def _open(self, errors: str = "strict") -> TextIO:
+        """The file, which must still be the one that was scanned (not a file or symlink swapped in)."""
+        handle = open(self.path, encoding=self.reading_encoding, errors=errors)
+        info = os.fstat(handle.fileno())
+        if self.identity != (0, 0) and (info.st_dev, info.st_ino) != self.identity:
+            handle.close()
+            from ..errors import ContextError
+
+            raise ContextError(f"{self.path} is not the file that was loaded (it was replaced since); load it again")
+        return handle
 
     def __len__(self) -> int:
         return self.chars
@@ -58,8 +77,9 @@ def scan(path: Path, encoding: str) -> TextFile:
     utf8 = _is_utf8(encoding)
     decoder = codecs.getincrementaldecoder("utf-8" if utf8 else encoding)("strict")
     chars = lines = offset = 0
-    blank = True
+    blank = ascii_only = True
     with open(path, "rb") as handle:
+        info = os.fstat(handle.fileno())
         while data := handle.read(SLICE_BYTES):
             if offset == 0:
                 if b"\x00" in data[:BINARY_SNIFF_BYTES]:
@@ -73,6 +93,7 @@ def scan(path: Path, encoding: str) -> TextFile:
                 lines += data.count(b"\n")
                 blank = blank and not data.strip()
                 continue
+            ascii_only = False
             text = _decode(decoder, data, offset - len(data), encoding)
             chars += len(text)
             lines += text.count("\n")
@@ -80,7 +101,8 @@ def scan(path: Path, encoding: str) -> TextFile:
         _decode(decoder, b"", offset, encoding, final=True)
     if blank:
         raise UnreadableText("has no text (the input is empty)")
-    return TextFile(path=path, encoding=encoding, size_bytes=offset, chars=chars, lines=lines + 1)
+    return TextFile(path=path, encoding=encoding, size_bytes=offset, chars=chars, lines=lines + 1,
+                    ascii=utf8 and ascii_only, identity=(info.st_dev, info.st_ino))
 
 
 def _decode(decoder: codecs.IncrementalDecoder, data: bytes, offset: int, encoding: str,

@@ -200,20 +200,21 @@ class Run:
 
     async def execute(self) -> Result:
         env = self.environment or self._make_environment()
-        isolation = env.isolation
-        self.emit("run_start", query=self.query, model=self.root_client.name,
-                  sub_model=self.config.sub_client.name, environment=self.config.worker.environment,
-                  isolation={"layers": isolation.layers, "missing": isolation.missing} if isolation else None,
-                  metadata=self.inputs[0].metadata, more_inputs=[loaded.metadata for loaded in self.inputs[1:]],
-                  limits=self.config.limits.__dict__, parent_iteration=self.parent_iteration,
-                  memory=self.memory_note)
-        answer: str | None = None
-        stopped: StopReason = StopReason.ERROR
-        error: str | None = None
         if self.environment is None:
             from ..environments.base import StartingInBackground
 
-            env = StartingInBackground(env)
+            env = starting = StartingInBackground(env)
+        try:
+            if self.environment is None:
+                await starting.launched()  # its process boots while the input is described
+            self._emit_start(env)
+        except BaseException:
+            if self.environment is None:
+                await env.close()
+            raise
+        answer: str | None = None
+        stopped: StopReason = StopReason.ERROR
+        error: str | None = None
         try:
             messages = self._first_messages()
             await self._install_tools(env)
@@ -231,6 +232,15 @@ class Run:
             if self.environment is None:
                 await env.close()
         return self._finish(answer, stopped, error)
+
+    def _emit_start(self, env: Environment) -> None:
+        isolation = env.isolation
+        self.emit("run_start", query=self.query, model=self.root_client.name,
+                  sub_model=self.config.sub_client.name, environment=self.config.worker.environment,
+                  isolation={"layers": isolation.layers, "missing": isolation.missing} if isolation else None,
+                  metadata=self.inputs[0].metadata, more_inputs=[loaded.metadata for loaded in self.inputs[1:]],
+                  limits=self.config.limits.__dict__, parent_iteration=self.parent_iteration,
+                  memory=self.memory_note)
 
     async def _install_tools(self, env: Environment) -> None:
         """Define the stubs of the user's tools in the REPL (a session's REPL gets them each turn)."""

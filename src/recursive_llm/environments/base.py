@@ -121,6 +121,19 @@ class ReplEnvironment(Environment):
         self.restarts += 1
 
 
+async def until_set(event: Any, task: Any) -> None:
+    """Wait until the asyncio.Event `event` is set or the future `task` is done."""
+    import asyncio
+
+    if event.is_set() or task.done():
+        return
+    waiting = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+
+
 class StartingInBackground(Environment):
     """An environment that starts while the run does something else (the root model writes its
     first reply): a sandboxed worker takes about 60 ms to start, which that call hides. The first
@@ -141,6 +154,12 @@ class StartingInBackground(Environment):
     async def start(self) -> None:
         """The start began with this object: wait for it (a failed start is raised here)."""
         await self._started
+
+    async def launched(self) -> None:
+        """Wait until the environment's process exists (it boots from then on), or its start ended."""
+        event = getattr(self.environment, "launched", None)  # a worker's; an in-process one has none
+        if event is not None:
+            await until_set(event, self._started)
 
     async def execute(self, code: str, timeout: float | None, wall_timeout: float | None = None) -> CellResult:
         await self._started

@@ -16,7 +16,7 @@ from typing import Any
 
 from ...config import WorkerPolicy
 from ...errors import EnvironmentFailure
-from ..base import CellFailed, ReplEnvironment, SubCallHandler
+from ..base import CellFailed, ReplEnvironment, SubCallHandler, until_set
 from .channel import WORKER_FAULTS, WorkerChannel
 from .process import start_process
 from ..inside.runtime import CAPTURED_CHARS
@@ -65,6 +65,7 @@ class WorkerEnvironment(ReplEnvironment):
         self._channel: WorkerChannel | None = None  # while a worker process runs
         self._next_id = 0
         self.pid: int | None = None
+        self.launched = asyncio.Event()  # set once its process exists (it boots while the run goes on)
 
     @property
     def alive(self) -> bool:
@@ -77,9 +78,20 @@ class WorkerEnvironment(ReplEnvironment):
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Started as a pre-started worker is: its interpreter boots (about 60 ms) while the run
+        describes the input (counting a 40M-character input's lines takes as long) and the input is
+        written, then it loads the input."""
         await self._make_directory()
-        await self._write_inputs()
-        await self._spawn()
+        booting = asyncio.ensure_future(self._spawn(waiting=True))
+        try:
+            await until_set(self.launched, booting)  # launched before the writing takes the CPU
+            await self._write_inputs()
+        except BaseException:
+            booting.cancel()
+            await asyncio.gather(booting, return_exceptions=True)  # close() stops what it started
+            raise
+        await booting
+        await self._send_load()
 
     async def prestart(self) -> None:
         """Start the worker before its input exists (environments/pool.py): it imports everything,
@@ -93,7 +105,14 @@ class WorkerEnvironment(ReplEnvironment):
         if self._channel is None or self.directory is None or self.directory.input_file is not None:
             raise EnvironmentFailure("load() needs a pre-started worker that has not been loaded")
         self._context, self._handler = context, handler
+        await self._load()
+
+    async def _load(self) -> None:
         await self._write_inputs()
+        await self._send_load()
+
+    async def _send_load(self) -> None:
+        assert self._channel is not None and self.directory is not None
         await self._channel.send({"op": "load", "manifest": str(self.directory.input_file)})
         await self._handshake("ready")
 
@@ -150,6 +169,7 @@ class WorkerEnvironment(ReplEnvironment):
             process: Any = await self._fork_from_template(waiting)
         else:
             process = await start_process(*self._argv(waiting), **self._spawn_options())
+        self.launched.set()
         self._channel = WorkerChannel(process, self._dispatch)
         await self._handshake("waiting" if waiting else "ready")
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..protocol import write_inputs
+from ..protocol import InputChanged, write_inputs
 from .sandbox import IsolationPlan, allocate_worker_uid, release_worker_uid
 
 DIR_PREFIX = "rlm-worker-"
@@ -89,8 +89,13 @@ class WorkerDirectory:
     async def write_inputs(self, context: Any) -> Path:
         """Write the run's input for the worker (its only copy: the caller drops its own)."""
         from ...context.loader import as_inputs
+        from ...errors import ContextError
 
-        self.input_file = await asyncio.to_thread(write_inputs, as_inputs(context), self.input_dir)
+        try:
+            self.input_file = await asyncio.to_thread(write_inputs, as_inputs(context), self.input_dir,
+                                                      self.uid is None)
+        except InputChanged as error:
+            raise ContextError(str(error)) from None
         if self.uid is not None:
             self._hand_over_to_worker_uid()
         else:
