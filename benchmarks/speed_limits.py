@@ -1,6 +1,6 @@
 """Issue 17: how close to the critical path of its model calls a run gets. Side by side in one run.
 
-Run: python benchmarks/speed_limits.py [fanout|cpu|capped|serve|cold] ...   (fanout, capped, serve, cold by default)
+Run: python benchmarks/speed_limits.py [fanout|cpu|client_cpu|capped|serve|cold] ...   (fanout, capped, serve, cold by default)
 
 - fanout: N sub-calls at 100 ms over HTTP at a fixed width, against the simulator and against the
   lean server (benchmarks/lean_server.py), each in its own process: the bare `openai.AsyncOpenAI`,
@@ -8,6 +8,10 @@ Run: python benchmarks/speed_limits.py [fanout|cpu|capped|serve|cold] ...   (fan
   the SDK, on the same library).
 - cpu: the fan-out against the lean server with no latency, bare asyncio and ours (httpx transport):
   the CPU per call (client and server together) that each wave of answers waits for.
+- client_cpu: the client's own CPU (process time, user and system) per `OpenAIClient.complete`,
+  2,000 calls 64 wide against the lean server with no latency, each source tree in a process of
+  its own (CPU_TREES="before=/path/to/src,after=src"; this tree by default), beside the bare
+  `openai.AsyncOpenAI`: less sensitive to the machine's load than a wall time.
 - capped: the fake server answers 429 beyond 8 in flight; 400 sub-calls with the adaptive width:
   requests refused in the first 100 sub-calls and in the rest, and whether every sub-call succeeded.
 - serve: `rlm serve --max-concurrent C` in front of a 100 ms model, 100 small requests C at a time
@@ -155,6 +159,54 @@ def cpu(prompts: int = 1000, width: int = 64) -> None:
         print(f"| {label} | {median:.3f} | {median / prompts * 1000:.2f} ms | {median / prompts * width * 1000:.1f} ms |")
 
 
+CLIENT_CPU = """
+import asyncio, sys, time
+sys.path.insert(0, sys.argv[1])
+url, calls, width, bare = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "bare"
+
+async def main() -> None:
+    if bare:
+        import openai
+        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
+        call = lambda i: client.chat.completions.create(model="bench", messages=[{"role": "user", "content": str(i)}])
+    else:
+        from recursive_llm.models.openai_client import OpenAIClient
+        client = OpenAIClient("bench", base_url=url)
+        headers = {"X-RLM-Request-Id": "r", "X-RLM-Run-Id": "run", "X-RLM-Depth": "1", "X-RLM-Purpose": "sub"}
+        call = lambda i: client.complete([{"role": "user", "content": str(i)}], headers=headers)
+    gate = asyncio.Semaphore(width)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await call(i)
+    await asyncio.gather(*(one(i) for i in range(width * 2)))  # warm-up: connections opened
+    started = time.process_time()
+    await asyncio.gather(*(one(i) for i in range(calls)))
+    print((time.process_time() - started) / calls * 1000)
+asyncio.run(main())
+"""
+
+
+def client_cpu(calls: int = 2000, width: int = 64) -> None:
+    """Milliseconds of this process's CPU per call: ours from each tree (CPU_TREES) and the bare SDK,
+    each run in a fresh process, interleaved, against one lean server with no latency."""
+    trees = [tuple(item.split("=", 1)) for item in os.environ.get("CPU_TREES", "").split(",") if item]
+    runs = {f"ours ({tree})": str(Path(src).resolve()) for tree, src in trees} or {"ours": SRC}
+    runs["bare openai SDK"] = SRC
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    with server_process(0.0, lean=True) as url:
+        for _ in range(REPEATS):
+            for label, src in runs.items():
+                done = subprocess.run([sys.executable, "-c", CLIENT_CPU, src, url, str(calls), str(width),
+                                       "bare" if label.startswith("bare") else "ours"],
+                                      capture_output=True, text=True, check=True)
+                times[label].append(float(done.stdout.strip().splitlines()[-1]))
+    print(f"\n| client CPU per call, {calls} calls {width} wide, lean server, no latency (median of {REPEATS}) "
+          f"| ms per call | each run |\n| --- | --- | --- |")
+    for label, values in times.items():
+        print(f"| {label} | {statistics.median(values):.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
+
+
 def capped(cap: int = 8, first: int = 100, rest: int = 300) -> None:
     code = lambda n: (f"r = llm_query_batched([str(i) for i in range({n})])\n"  # noqa: E731
                       f"print(sum(x.startswith('Error') for x in r))")
@@ -261,4 +313,5 @@ def cold() -> None:
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ["fanout", "capped", "serve", "cold"]
     for name in chosen:
-        {"fanout": fanout, "cpu": cpu, "capped": capped, "serve": serve, "cold": cold}[name]()
+        {"fanout": fanout, "cpu": cpu, "client_cpu": client_cpu, "capped": capped, "serve": serve,
+         "cold": cold}[name]()

@@ -30,23 +30,27 @@ PADDING = {"/v1/huge/chat/completions": b" " * 300_000}  # a body over the bound
 
 async def app(scope, receive, send) -> None:
     """The ASGI app uvicorn serves (`real_http:app`): a completion (OpenAI's shape, or Anthropic's
-    for /messages) saying `FINAL(port=<client port> via=<Via header> n=<POSTs served so far>)`;
-    /v1/moved/... redirects (307) to /v1/...; /v1/huge/... pads its answer, /v1/bomb/... is a gzip
-    that inflates to 5 MB."""
+    for /messages) saying `FINAL(port=<client port> via=<Via header> n=<POSTs served so far>
+    auth=<whether an Authorization header came>)`; /v1/moved/... redirects (307) to /v1/...,
+    /v1/away/... to /v1/... at another origin (`localhost` for `127.0.0.1`, the same server);
+    /v1/huge/... pads its answer, /v1/bomb/... is a gzip that inflates to 5 MB."""
     if scope["type"] != "http":
         return
     while (await receive()).get("more_body"):
         pass
     SERVED[0] += 1
     path, headers = scope["path"], [(b"content-type", b"application/json")]
-    if path.startswith("/v1/moved/"):
+    if path.startswith(("/v1/moved/", "/v1/away/")):
         location = path.replace("/v1/moved/", "/v1/", 1).encode()
+        if path.startswith("/v1/away/"):
+            location = f"http://localhost:{scope['server'][1]}".encode() + path.replace("/v1/away/", "/v1/", 1).encode()
         await send({"type": "http.response.start", "status": 307, "headers": [(b"location", location),
                                                                               (b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
         return
     via = dict(scope["headers"]).get(b"via", b"-").decode().replace(" ", "_")
-    text = f"FINAL(port={scope['client'][1]} via={via} n={SERVED[0]})"
+    auth = "yes" if b"authorization" in dict(scope["headers"]) else "no"
+    text = f"FINAL(port={scope['client'][1]} via={via} n={SERVED[0]} auth={auth})"
     if path.endswith("/messages"):
         reply = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "stop_reason": "end_turn",
                  "content": [{"type": "text", "text": text}], "usage": {"input_tokens": 3, "output_tokens": 1}}

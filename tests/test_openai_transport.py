@@ -265,6 +265,36 @@ def test_a_307_sends_the_post_once_to_each_address():
     with real_http.uvicorn() as url:
         text = calls(url.replace("/v1", "/v1/moved"))[0]
     assert fields(text)["n"] == "2"  # the POST to /v1/moved/..., then the one to /v1/...
+    assert fields(text)["auth"] == "yes"  # the same origin: the key goes along
+
+
+def test_a_redirect_to_another_origin_does_not_take_the_key_along():
+    """httpx2's redirect rules (the client's, used for a redirect): Authorization is dropped when the
+    origin changes (127.0.0.1 to localhost, the same server)."""
+    with real_http.uvicorn() as url:
+        text = calls(url.replace("/v1", "/v1/away"))[0]
+    assert fields(text)["n"] == "2" and fields(text)["auth"] == "no"
+
+
+def test_a_call_goes_to_the_transport_and_only_a_redirect_through_the_client(monkeypatch):
+    """Issue 26: the first request of a call skips httpx2's client layer (request building, auth
+    flow, cookies, redirect loop: about a fifth of a call's CPU) and goes to the transport httpx2
+    chose for the endpoint; only a redirect goes through `AsyncClient.send`."""
+    import httpx2
+
+    sent = []
+    send = httpx2.AsyncClient.send
+
+    async def counted(self, request, **options):
+        sent.append(str(request.url))
+        return await send(self, request, **options)
+
+    monkeypatch.setattr(httpx2.AsyncClient, "send", counted)
+    with real_http.uvicorn() as url:
+        assert [fields(text)["n"] for text in calls(url, 3)] == ["1", "2", "3"]
+        assert sent == []
+        calls(url.replace("/v1", "/v1/moved"))
+    assert sent == [url + "/chat/completions"]  # the redirect's second request
 
 
 @pytest.mark.parametrize("path", ["huge", "bomb"])

@@ -64,16 +64,22 @@ def _prefetch(transport: str) -> None:
     threading.Thread(target=load, name="rlm-http-prefetch").start()
 
 
+@functools.lru_cache(maxsize=64)
+def _timeout_dict(connect: float, read: float) -> dict[str, float]:
+    """httpx2's `Timeout(read, connect=connect)` as the request extension httpcore2 reads (never changed)."""
+    return {"connect": connect, "read": read, "write": read, "pool": read}
+
+
 POOL_WIDTH = 16  # calls in flight per httpx2 client (Pools)
 
 
 class Pools:
-    """The `httpx` transport's httpx2 clients for one endpoint and key on one event loop, each with
-    at most POOL_WIDTH calls in flight: a call takes the first client with room, a new one when none
-    has. httpcore2's pool looks at each of its connections twice per request: at 64 calls in
-    flight through one client that was 1,750 of a call's 3,900 Python function calls; with clients
-    of 16, 570 of 2,700 (docs/BENCHMARKS.md, issue 26). Calls one at a time use one client, one
-    connection."""
+    """The `httpx` transport's routes (`Route`: an httpx2 client and its connection pool) for one
+    endpoint and key on one event loop, each with at most POOL_WIDTH calls in flight: a call takes
+    the first route with room, a new one when none has. httpcore2's pool looks at each of its
+    connections twice per request: at 64 calls in flight through one client that was 1,750 of a
+    call's 3,900 Python function calls; with clients of 16, 570 of 2,700 (docs/BENCHMARKS.md,
+    issue 26). Calls one at a time use one route, one connection."""
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self._make = make
@@ -98,12 +104,38 @@ class Pools:
             await client.aclose()
 
 
+class Route:
+    """One httpx2 client for the endpoint and the transport (connection pool) it chose for the
+    endpoint's URL once: the direct pool, or the proxy's from HTTP_PROXY / HTTPS_PROXY / ALL_PROXY
+    unless NO_PROXY matches, as httpx2 reads them. A call goes to the transport itself
+    (`AsyncHTTPTransport.handle_async_request`, httpx2's public transport interface): the client's
+    request building, URL and header merging, auth flow, cookie jar and redirect loop cost about a
+    fifth of a call's CPU (issue 26); a redirect, rare, goes back through the client (`redirect`).
+    The client's cookie jar is not used: cookies a server sets are not sent back."""
+
+    def __init__(self, client: Any, url: Any) -> None:
+        self.client = client
+        # httpx2's own choice of pool for this URL (its proxy mounts); private, made once per route.
+        self.transport = client._transport_for_url(url)
+
+    async def redirect(self, request: Any, response: Any) -> Any:
+        """The response to `response`'s redirect, through the client: its redirect rules (307 and
+        308 keep the POST and its body; Authorization is dropped for another origin) and any
+        further redirects. `response` is closed."""
+        await response.aclose()
+        # httpx2's own redirect request (private), as its redirect loop builds it.
+        return await self.client.send(self.client._build_redirect_request(request, response), stream=True)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
 class OpenAIClient:
     """Chat completions over the OpenAI-compatible HTTP API, one attempt per call.
 
     The default transport, `httpx`, posts the JSON with `httpx2` (the HTTP library the official
-    SDKs run on) and never imports the SDK (30 to 40 MB less memory, 0.4 to 0.7 s less to the first
-    call). Its pool drops a connection the server closed while it was idle; proxies come from the
+    SDKs run on), to the transport the httpx2 client chose for the endpoint (`Route`), and never
+    imports the SDK (30 to 40 MB less memory, 0.4 to 0.7 s less to the first call). Its pool drops a connection the server closed while it was idle; proxies come from the
     environment as `httpx2` reads them (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY with CIDR
     ranges); the trusted certificate authorities from models/tls.py. `sdk` (opt-in: `transport=` or
     RLM_OPENAI_TRANSPORT) goes through the official `openai` client's low-level `post` on the same
@@ -159,17 +191,38 @@ class OpenAIClient:
         return headers
 
     def _http(self) -> Pools:
-        def make():
+        def make() -> Route:
             import httpx2
 
             from .tls import shared_ssl_context
 
-            # Proxies from the environment (trust_env); timeouts are per call (_post).
-            return httpx2.AsyncClient(
-                base_url=self._endpoint + "/", headers=self._headers(), verify=shared_ssl_context(), trust_env=True,
+            # Proxies from the environment (trust_env); timeouts are per call (_request).
+            client = httpx2.AsyncClient(
+                headers=self._headers(), verify=shared_ssl_context(), trust_env=True,
                 limits=httpx2.Limits(max_connections=POOL_WIDTH, max_keepalive_connections=POOL_WIDTH),
                 follow_redirects=True)
+            return Route(client, self._url)
         return self._shared_client(lambda: Pools(make))
+
+    @functools.cached_property
+    def _url(self) -> Any:
+        """The chat completions URL, parsed once (an `httpx2.URL`)."""
+        import httpx2
+
+        return httpx2.URL(self._endpoint + "/chat/completions")
+
+    def _request(self, route: Route, body: dict, timeout: float | None, headers: dict[str, str] | None) -> Any:
+        """The POST as the client would build it: its headers (ours and httpx2's defaults, such as
+        Accept-Encoding), the call's `headers`, the body and the call's timeouts."""
+        import httpx2
+
+        connect, read = _timeouts(timeout)
+        merged = route.client.headers
+        if headers:
+            merged = merged.copy()
+            merged.update(headers)
+        return httpx2.Request("POST", self._url, headers=merged, content=json.dumps(body).encode(),
+                              extensions={"timeout": _timeout_dict(connect, read)})
 
     @functools.cached_property
     def _endpoint(self) -> str:
@@ -180,13 +233,17 @@ class OpenAIClient:
         """One POST of chat/completions; every failure as the `ModelError` the SDK path gives."""
         import httpx2
 
-        connect, read = _timeouts(timeout)
         pools = self._http()
-        index, client = pools.acquire()
+        index, route = pools.acquire()
         try:
-            async with client.stream("POST", "chat/completions", content=json.dumps(body).encode(), headers=headers,
-                                     timeout=httpx2.Timeout(read, connect=connect)) as response:
+            request = self._request(route, body, timeout, headers)
+            response = await route.transport.handle_async_request(request)
+            try:
+                if response.has_redirect_location:
+                    response = await route.redirect(request, response)
                 status, headers, content = response.status_code, response.headers, await self._read(response)
+            finally:
+                await response.aclose()
         except httpx2.TimeoutException:
             raise timed_out(self.provider, self.model) from None
         except httpx2.TransportError as error:
