@@ -67,9 +67,8 @@ class RLM:
         # memory across questions (memory.py): a workspace name (or a memory.Workspace)
         memory: Any = None, memory_reuse: bool = False,
     ) -> None:
-        from .models.resolver import resolve_model
         from .engine.tools import tools_of
-
+        from .models.resolver import resolve_model
         if ray_fanout_at is not None and not isinstance(sub_model if sub_model is not None else model, str):
             raise ConfigError("ray_fanout_at needs the sub-model as a model string (Ray workers rebuild the client)")
         root_client = resolve_model(model, base_url=base_url, api_key=api_key)
@@ -85,25 +84,19 @@ class RLM:
                               system_prompt=system_prompt, sub_calls=sub_calls, schema_retries=schema_retries,
                               prompt_style=prompt_style)
             worker = WorkerPolicy(environment=environment, sandbox=sandbox, memory_mb=worker_memory_mb)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        try:
             self.config = RunConfig(root_client=root_client, sub_client=sub_client, limits=limits, calls=calls,
                                     loop=loop, worker=worker, allowed_models=allowed_models,
                                     ray_fanout_at=ray_fanout_at, base_url=base_url, api_key=api_key,
                                     tools=tools_of(tools))
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        self.verbose = verbose
+        self.verbose, self.on_event = verbose, on_event
         self.trajectory_dir = Path(trajectory_dir) if trajectory_dir else None
-        self.on_event = on_event
-        # The run store: True (the default database in $RLM_HOME), a path, a Store, or None (off).
-        self.store = store
+        self.store = store  # the run store: True (the database in $RLM_HOME), a path, a Store, or None (off)
         # The call cache: None = on when temperature is 0 (identical calls give identical answers).
         self.cache = cache
         # The memory workspace runs read and `remember` into (memory.py), or None.
-        self.memory = _workspace(memory)
-        self.memory_reuse = bool(memory_reuse)
+        self.memory, self.memory_reuse = _workspace(memory), bool(memory_reuse)
         # completion()'s event loop, kept between calls: the next call reuses the provider's connections
         self._kept_loop = KeptLoop([root_client, sub_client])
         weakref.finalize(self, drop, self._kept_loop).atexit = False  # the exit closes it (kept_loop.py)
