@@ -250,3 +250,15 @@ def test_no_serving_module_imports_the_server():
                     and any(alias.name == "server" for alias in node.names):
                 importers.append(path.name)
     assert not importers, f"serving modules that import serving/server.py: {importers}"
+
+
+def test_no_function_is_longer_than_63_lines():
+    """Small functions everywhere: one that grows past 63 lines (its signature included) is split."""
+    import ast
+
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 63:
+                long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
+    assert not long, f"functions over 63 lines: {long}"
