@@ -227,7 +227,7 @@ def test_a_sub_call_over_the_sub_models_window_is_refused_before_any_request():
         result = RLM(model="m", sub_model=sub, base_url=server.base_url, api_key="k").completion("q", "text")
         sent = [r["messages"][-1]["content"] for r in server.requests if not is_root(r["messages"])]
     assert result.answer == "done"
-    assert sorted(sent, key=lambda text: (len(text), text)) == ["first", "third", "word " * 900]  # the long prompts never left the host
+    assert sorted(sent) == ["first", "third", "word " * 900]  # the long prompts never left the host (sent concurrently)
     output = next(r["messages"][-1]["content"] for r in server.requests
                   if is_root(r["messages"]) and "batch:" in r["messages"][-1]["content"])
     assert "batch: ['sub:first', 'Error: sub-call refused before sending: its prompt is about 3,001 tokens " in output

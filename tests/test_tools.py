@@ -111,7 +111,7 @@ def test_hanging_tools_hold_at_most_max_tool_threads(monkeypatch):
 
     def stuck(n: int) -> int:
         """Hangs until released."""
-        alive.append(sum(t.name.startswith("rlm-tool-") for t in threading.enumerate()))
+        alive.append(sum(t.name == "rlm-tool-stuck" for t in threading.enumerate()))  # not an earlier test's
         release.wait(30)
         return n
 
