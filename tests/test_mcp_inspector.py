@@ -2,7 +2,8 @@
 (`mcp-inspector --cli COMMAND ARGS --method ...`), pinned in tests/js/package-lock.json with the npm
 clients (`.ci/run` installs them with `npm ci` and names the node_modules in RLM_JS_NODE_MODULES),
 run by node against a real `rlm mcp` over stdio whose model is a FakeLLMServer. Each CLI invocation
-starts its own `rlm mcp` and ends it: no session lasts from one invocation to the next."""
+starts its own `rlm mcp` and ends it: no session lasts from one invocation to the next. The package's
+experimental `mcpdo` keeps one `rlm mcp` across its commands (a daemon holds the connection)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,25 +32,42 @@ REPORT = "Revenue grew in every quarter.\n" * 20
 TOOL_IS_ERROR = 5  # the Inspector CLI's exit status when a tool's result has isError: true
 
 
+def server_config(tmp_path: Path, base_url: str) -> Path:
+    """docs/SERVING.md's `mcpServers` entry for `rlm mcp --root tmp_path/root`, with an `env`."""
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": {"recursive-llm": {
+        "command": sys.executable, "args": rlm_mcp(tmp_path, base_url), "env": server_env()}}}))
+    return config
+
+
+def rlm_mcp(tmp_path: Path, base_url: str) -> list[str]:
+    return ["-m", "recursive_llm", "mcp", "--model", "m", "--base-url", base_url, "--root", str(tmp_path / "root")]
+
+
+def server_env() -> dict[str, str]:
+    """What the server needs of this test's environment: the Inspector passes on only what it is given
+    (and HOME, PATH, SHELL, TERM)."""
+    return {name: os.environ[name] for name in ("PYTHONPATH", "RLM_HOME")}
+
+
+def node(script: str, home: Path, *args: str) -> subprocess.CompletedProcess:
+    """The package's `script` bin run by node with HOME `home` (where it keeps its state)."""
+    home.mkdir(exist_ok=True)
+    bins = json.loads((INSPECTOR / "package.json").read_text())["bin"]
+    return subprocess.run(["node", str(INSPECTOR / bins[script]), *args], capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "HOME": str(home), "MCP_INSPECTOR_SECRET_STORE": "memory"})
+
+
 def inspector(tmp_path: Path, base_url: str, *method: str, ad_hoc: bool = False) -> subprocess.CompletedProcess:
-    """`mcp-inspector --cli --format json` asking `method` of `rlm mcp --root tmp_path/root`, its HOME a temp
-    dir. The server is docs/SERVING.md's `mcpServers` entry with an `env` (`--config FILE --server
-    recursive-llm`), or, `ad_hoc`, the command itself with its environment as `-e KEY=VALUE`: either way
-    the server gets only the variables given (and HOME, PATH, SHELL, TERM)."""
-    launcher = json.loads((INSPECTOR / "package.json").read_text())["bin"]["mcp-inspector"]
-    args = ["-m", "recursive_llm", "mcp", "--model", "m", "--base-url", base_url, "--root", str(tmp_path / "root")]
-    env = {name: os.environ[name] for name in ("PYTHONPATH", "RLM_HOME")}
+    """`mcp-inspector --cli --format json` asking `method` of `rlm mcp`: the `server_config` entry
+    (`--config FILE --server recursive-llm`), or, `ad_hoc`, the command itself with `-e KEY=VALUE`."""
     if ad_hoc:
-        target = [part for name, value in env.items() for part in ("-e", f"{name}={value}")] + [sys.executable, *args]
+        environment = [part for name, value in server_env().items() for part in ("-e", f"{name}={value}")]
+        target = [*environment, sys.executable, *rlm_mcp(tmp_path, base_url)]
     else:
-        config = tmp_path / "mcp.json"
-        config.write_text(json.dumps({"mcpServers": {"recursive-llm": {"command": sys.executable, "args": args,
-                                                                        "env": env}}}))
-        target = ["--config", str(config), "--server", "recursive-llm"]
-    (tmp_path / "home").mkdir(exist_ok=True)
-    return subprocess.run(["node", str(INSPECTOR / launcher), "--cli", "--format", "json", "--connect-timeout",
-                           "120000", *target, *method], capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "HOME": str(tmp_path / "home"), "MCP_INSPECTOR_SECRET_STORE": "memory"})
+        target = ["--config", str(server_config(tmp_path, base_url)), "--server", "recursive-llm"]
+    return node("mcp-inspector", tmp_path / "home", "--cli", "--format", "json", "--connect-timeout", "120000",
+                *target, *method)
 
 
 def call(tmp_path: Path, base_url: str, tool: str, *arguments: str, ad_hoc: bool = False):
@@ -127,3 +146,26 @@ def test_inspector_cli_shows_a_failed_run_and_a_refused_path_as_errors(tmp_path,
     run_id = json.loads(failed.stdout)["result"]["content"][0]["text"].split("rlm view ")[1].split()[0]
     assert Store().find_run(run_id) == run_id
     assert "secret" not in refused.stdout
+
+
+def test_inspector_mcpdo_keeps_one_server_for_load_context_then_ask(tmp_path, root):
+    """The package's experimental `mcpdo` connects once (a daemon holds the `rlm mcp` process) and runs
+    each command against that connection: the context_id from load_context is good for ask."""
+    home = Path(tempfile.mkdtemp(prefix="mcpdo-"))  # the daemon's socket is under HOME: a short path
+    with FakeLLMServer(responder=root_then_sub(TURNS)) as backend:
+        try:
+            config = server_config(tmp_path, backend.base_url)
+            connected = node("mcpdo", home, "--format", "json", "--config", str(config), "connect", "--server",
+                             "recursive-llm", "--connect-timeout", "120000")
+            on = ["--format", "json", "--connection", "recursive-llm", "tools/call"]
+            loaded = node("mcpdo", home, *on, "load_context", 'paths:=["report.txt"]')
+            context_id = json.loads(loaded.stdout)["structuredContent"]["context_id"]
+            asked = node("mcpdo", home, *on, "ask", "question:=What is it about?", f"context_id:={context_id}")
+        finally:
+            stopped = node("mcpdo", home, "daemon", "stop")
+            shutil.rmtree(home, ignore_errors=True)
+    assert connected.returncode == 0 and stopped.returncode == 0, (connected.stderr, stopped.stderr)
+    assert asked.returncode == 0, asked.stderr
+    answer = json.loads(asked.stdout)["structuredContent"]
+    assert answer["answer"] == "it is about revenue" and answer["usage"]["calls"] == 2
+    assert Store().find_run(answer["run_id"]) == answer["run_id"]
