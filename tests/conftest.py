@@ -53,6 +53,7 @@ SLOW: dict[str, str] = {
     "test_cli_habits.py": "rlm commands as processes, some importing LiteLLM (102 s)",
     "test_viewer_browser.py": "the viewer in headless Chromium (7 s)",
     "test_serve_js_clients.py": "the npm clients (openai, the AI SDK) as node processes against rlm serve (40 s)",
+    "test_mcp_inspector.py": "the MCP Inspector's CLI as node processes against rlm mcp (30 s)",
     "test_serve_client_envs.py": "DSPy and LlamaIndex against rlm serve, in their own venvs (.ci/run) (60 s)",
     # Many processes or a long wait, where the fast tier has a quicker test of the same code.
     "test_server_hostile.py::test_a_full_server_refuses_heavy_bodies_before_parsing_them_and_health_stays_fast": (
