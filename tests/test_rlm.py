@@ -444,6 +444,26 @@ def test_a_worker_that_fails_to_start_ends_the_run_with_its_error(monkeypatch):
     assert len(root.calls) == 1
 
 
+@pytest.mark.parametrize("raised", [KeyError("choices"), OSError(28, "No space left on device")])
+def test_an_unexpected_exception_ends_the_run_as_error_not_running(raised):
+    """An exception that is not an RLMError (a bug, a provider's odd reply, an OSError) still ends
+    the run: `error` in the store and the trajectory, with its type and message, and the calls
+    already paid for kept; completion() returns that Result, as for any failed run."""
+    from recursive_llm.cli.support import _EXIT_BY_STOP
+    from recursive_llm.record.store import Store
+
+    root = ScriptedModel([repl("note = llm_query('summarize')\nprint(note)"), raised], name="root")
+    result = RLM(model=root, sub_model=ScriptedModel(default="a summary", name="sub")).completion("q", "text")
+    assert result.stopped_reason == "error" and result.answer is None
+    assert type(raised).__name__ in result.error and str(raised.args[-1]) in result.error
+    assert result.usage.total.calls == 2  # the first root reply and the sub-call: paid for, not lost
+    run = Store().run_tree(result.run_id)["runs"][0]
+    assert run["status"] == "error" and type(raised).__name__ in run["error"]
+    events = read_trajectory(result.trajectory_path)
+    assert events[-1]["type"] == "run_end" and events[-1]["stopped_reason"] == "error"
+    assert _EXIT_BY_STOP["error"] != 0  # `rlm ask` exits non-zero for it
+
+
 # -- issue 15: token and cost budgets with parallel sub-calls -------------------------------------
 @pytest.mark.parametrize("limit", [{"max_tokens": 400_000}, {"max_cost_usd": 5.0}])
 def test_a_token_or_cost_budget_lets_parallel_sub_calls_run(limit):
