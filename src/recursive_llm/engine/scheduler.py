@@ -304,13 +304,13 @@ class Scheduler:
         self._hedgeable = 0  # sub-calls sent that could be hedged
         self._hedges = 0  # of them, those sent a second time (at most HEDGE_SHARE, see `_may_hedge`)
 
-    def remember_widths(self) -> str | None:
-        """Save the widths the called endpoints took, for later processes (endpoint_memory.py);
-        returns why that failed, or None."""
-        from .endpoint_memory import save
+    async def remember_widths(self) -> str | None:
+        """Save the widths the called endpoints took, for later processes (endpoint_memory.py): in a
+        thread, and only when one changed meaningfully (`save_changed`); returns why that failed, or None."""
+        from .endpoint_memory import save_changed, widths
 
         try:
-            save(list(self.endpoints))
+            await asyncio.to_thread(save_changed, widths(list(self.endpoints)))  # taken here, on the loop
         except (OSError, ValueError) as error:
             return f"the endpoints' widths were not remembered: {error}"
         return None
