@@ -352,7 +352,7 @@ def test_model_code_may_only_name_allowed_models():
     assert shared.client_for("root", rlm.sub_client) is rlm.root_client
 
 
-def _compaction_script(window: int, seen: list, failed_summaries: int = 0):
+def _compaction_script(window: int, seen: list, failed_summaries: int = 0, words: int = 600):
     """A root model that fills its window with big outputs, summarizes when asked (failing the
     first `failed_summaries` times), then checks that the earlier turns are in `history` and answers."""
     from recursive_llm.context.tokens import count_tokens
@@ -373,7 +373,7 @@ def _compaction_script(window: int, seen: list, failed_summaries: int = 0):
             return "```repl\nprint(len(history), history[0]['role'], history[1]['role'], found)\n```"
         if "assistant user 42" in last:
             return "FINAL_VAR(found)"
-        return "```repl\nfound = 42\nprint(' '.join(f'w{i}' for i in range(600)))\n```"
+        return f"```repl\nfound = 42\nprint(' '.join(f'w{{i}}' for i in range({words})))\n```"
     return respond
 
 
@@ -394,6 +394,19 @@ def test_the_root_conversation_is_compacted_before_it_outgrows_the_window():
     assert f"{sum(e['turns'] for e in compactions)} assistant user 42" in printed
     calls = [e for e in events if e["type"] == "llm_call" and e.get("purpose") == "compact"]
     assert len(calls) == len(compactions)
+
+
+def test_a_single_turn_that_outgrows_the_window_is_compacted_before_the_next_call():
+    """One turn whose output alone takes the conversation past the window (the embedded model's
+    2,523-token prompt in a 2,500-token window): compacted before the second root call, not after
+    the prompt was sent over the window."""
+    seen: list = []
+    events: list = []
+    root = ScriptedModel(default=_compaction_script(4_000, seen, words=1_500), name="root", context_window=4_000)
+    result = RLM(model=root, on_event=events.append, max_iterations=6).completion("What is found?", "text")
+    assert result.answer == "42" and result.stopped_reason == "final", result.error
+    compactions = [e for e in events if e["type"] == "compaction"]
+    assert [(e["iteration"], e["turns"]) for e in compactions] == [(2, 2)]
 
 
 def test_a_failed_compaction_is_tried_again_and_stores_the_turns_once():
