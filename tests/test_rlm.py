@@ -477,6 +477,20 @@ def test_an_unexpected_exception_ends_the_run_as_error_not_running(raised):
     assert _EXIT_BY_STOP["error"] != 0  # `rlm ask` exits non-zero for it
 
 
+def test_an_environment_that_fails_to_close_still_ends_the_run_with_its_answer(monkeypatch):
+    from recursive_llm.environments.host.worker import WorkerEnvironment
+    from recursive_llm.record.store import Store
+
+    async def broken(self):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(WorkerEnvironment, "close", broken)
+    result = RLM(model=ScriptedModel([repl("x = 6 * 7"), "FINAL_VAR(x)"])).completion("q", "text")
+    assert result.answer == "42" and result.stopped_reason == "final"
+    assert "did not close" in result.error and "OSError" in result.error
+    assert Store().run_tree(result.run_id)["runs"][0]["status"] == "final"
+
+
 # -- issue 15: token and cost budgets with parallel sub-calls -------------------------------------
 @pytest.mark.parametrize("limit", [{"max_tokens": 400_000}, {"max_cost_usd": 5.0}])
 def test_a_token_or_cost_budget_lets_parallel_sub_calls_run(limit):

@@ -241,9 +241,19 @@ class Run:
             self._finish(None, StopReason.INTERRUPTED, "the run was interrupted before it finished")
             raise
         finally:
-            if self.environment is None:
-                await env.close()
+            if self.environment is None and (unclosed := await self._close_own(env)):
+                error = f"{error}; {unclosed}" if error else unclosed
         return self._finish(answer, stopped, error)
+
+    @staticmethod
+    async def _close_own(env: Environment) -> str | None:
+        """Close the run's own environment; why that failed, or None (the run is recorded either way,
+        its answer, if any, standing)."""
+        try:
+            await env.close()
+        except Exception as exc:
+            return f"the environment did not close: {unexpected_error(exc)}"
+        return None
 
     def _emit_start(self, env: Environment) -> None:
         isolation = env.isolation
