@@ -361,6 +361,19 @@ def test_a_hedge_is_sent_only_when_the_budget_has_room_for_it(max_llm_calls):
     assert (result.answer, refused) == (("done", set()) if hedged else (None, {"root", "final"}))
 
 
+def test_a_hedge_never_takes_the_call_the_root_needs_to_answer():
+    """With max_llm_calls=22 there is room for the root's first call, the 20 sub-calls and one more:
+    that one is the root's second reply (its answer), so the straggler is not hedged
+    (HEDGE_KEEPS_CALLS) and the run answers."""
+    seen: list[str] = []
+    with _straggler_server(seen) as server:
+        result = RLM(model="m", base_url=server.base_url, api_key="hedge-keeps-root",
+                     hedge_after=3.0, max_llm_calls=22).completion("q", "text")
+    events = list(read_trajectory(result.trajectory_path))
+    assert [e for e in events if e["type"] in ("llm_hedge", "llm_refused")] == []
+    assert result.answer == "done" and result.usage.total.hedged == 0 and seen == ["#7"]
+
+
 def test_a_request_cancelled_in_flight_is_settled_at_its_prompt_and_a_spare_refusal_exhausts_nothing():
     """A hedge's cancelled copy counts in max_tokens/max_cost_usd at its prompt's worst case (a
     provider may bill it), never at 0; a spare (hedge) reservation that does not fit marks nothing."""

@@ -115,3 +115,41 @@ def test_a_broken_memory_file_is_a_cold_start(monkeypatch):
         assert "RLM_WIDTH_MEMORY_HOURS='a day' is not a number of hours" in str(error)
     else:
         raise AssertionError("a bad setting must be named")
+
+
+def test_runs_that_leave_the_width_unchanged_write_the_file_once_and_off_the_event_loop(monkeypatch):
+    """`rlm serve` ends a run per request: the memory is written when a width changed, not at every
+    run's end, and the write happens in a thread, never on the event loop."""
+    from recursive_llm import RLM
+
+    writes: list[bool] = []  # per write of endpoints.json: whether an event loop runs in that thread
+    replace = os.replace
+
+    def spying_replace(source, destination):
+        if str(destination) == str(memory_path()):
+            try:
+                asyncio.get_running_loop()
+                writes.append(True)
+            except RuntimeError:
+                writes.append(False)
+        return replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", spying_replace)
+    with FakeLLMServer(responder=lambda messages, model: "FINAL(done)") as server:
+        rlm = RLM(model="m-quiet", base_url=server.base_url, api_key="k", store=False)
+        for _ in range(3):
+            assert rlm.completion("q", "text").answer == "done"
+        rlm.close()
+        client = OpenAIClient("m-quiet", base_url=server.base_url, api_key="k")
+    assert writes == [False]  # the first run's width, written once, from a thread
+    assert recall(endpoint_key(client)) is not None
+
+
+def test_a_width_that_moved_by_a_tenth_or_refused_is_written_again():
+    from recursive_llm.engine.endpoint_memory import Width, save_changed
+
+    assert save_changed([Width("moving", 40.0, True, None)], now=1_000.0)
+    assert not save_changed([Width("moving", 42.0, True, None)], now=1_001.0)  # 5%: not worth a write
+    assert save_changed([Width("moving", 44.5, True, None)], now=1_002.0)
+    assert save_changed([Width("moving", 22.0, False, 1_002.0)], now=1_003.0)  # a refusal
+    assert save_changed([Width("moving", 22.0, False, 1_002.0)], now=1_003.0 + 3600)  # the hourly refresh

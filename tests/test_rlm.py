@@ -352,7 +352,7 @@ def test_model_code_may_only_name_allowed_models():
     assert shared.client_for("root", rlm.sub_client) is rlm.root_client
 
 
-def _compaction_script(window: int, seen: list, failed_summaries: int = 0):
+def _compaction_script(window: int, seen: list, failed_summaries: int = 0, words: int = 600):
     """A root model that fills its window with big outputs, summarizes when asked (failing the
     first `failed_summaries` times), then checks that the earlier turns are in `history` and answers."""
     from recursive_llm.context.tokens import count_tokens
@@ -373,7 +373,7 @@ def _compaction_script(window: int, seen: list, failed_summaries: int = 0):
             return "```repl\nprint(len(history), history[0]['role'], history[1]['role'], found)\n```"
         if "assistant user 42" in last:
             return "FINAL_VAR(found)"
-        return "```repl\nfound = 42\nprint(' '.join(f'w{i}' for i in range(600)))\n```"
+        return f"```repl\nfound = 42\nprint(' '.join(f'w{{i}}' for i in range({words})))\n```"
     return respond
 
 
@@ -394,6 +394,19 @@ def test_the_root_conversation_is_compacted_before_it_outgrows_the_window():
     assert f"{sum(e['turns'] for e in compactions)} assistant user 42" in printed
     calls = [e for e in events if e["type"] == "llm_call" and e.get("purpose") == "compact"]
     assert len(calls) == len(compactions)
+
+
+def test_a_single_turn_that_outgrows_the_window_is_compacted_before_the_next_call():
+    """One turn whose output alone takes the conversation past the window (the embedded model's
+    2,523-token prompt in a 2,500-token window): compacted before the second root call, not after
+    the prompt was sent over the window."""
+    seen: list = []
+    events: list = []
+    root = ScriptedModel(default=_compaction_script(4_000, seen, words=1_500), name="root", context_window=4_000)
+    result = RLM(model=root, on_event=events.append, max_iterations=6).completion("What is found?", "text")
+    assert result.answer == "42" and result.stopped_reason == "final", result.error
+    compactions = [e for e in events if e["type"] == "compaction"]
+    assert [(e["iteration"], e["turns"]) for e in compactions] == [(2, 2)]
 
 
 def test_a_failed_compaction_is_tried_again_and_stores_the_turns_once():
@@ -442,6 +455,40 @@ def test_a_worker_that_fails_to_start_ends_the_run_with_its_error(monkeypatch):
     result = RLM(model=root).completion("q", "text")
     assert result.stopped_reason == "error" and "could not start" in result.error
     assert len(root.calls) == 1
+
+
+@pytest.mark.parametrize("raised", [KeyError("choices"), OSError(28, "No space left on device")])
+def test_an_unexpected_exception_ends_the_run_as_error_not_running(raised):
+    """An exception that is not an RLMError (a bug, a provider's odd reply, an OSError) still ends
+    the run: `error` in the store and the trajectory, with its type and message, and the calls
+    already paid for kept; completion() returns that Result, as for any failed run."""
+    from recursive_llm.cli.support import _EXIT_BY_STOP
+    from recursive_llm.record.store import Store
+
+    root = ScriptedModel([repl("note = llm_query('summarize')\nprint(note)"), raised], name="root")
+    result = RLM(model=root, sub_model=ScriptedModel(default="a summary", name="sub")).completion("q", "text")
+    assert result.stopped_reason == "error" and result.answer is None
+    assert type(raised).__name__ in result.error and str(raised.args[-1]) in result.error
+    assert result.usage.total.calls == 2  # the first root reply and the sub-call: paid for, not lost
+    run = Store().run_tree(result.run_id)["runs"][0]
+    assert run["status"] == "error" and type(raised).__name__ in run["error"]
+    events = read_trajectory(result.trajectory_path)
+    assert events[-1]["type"] == "run_end" and events[-1]["stopped_reason"] == "error"
+    assert _EXIT_BY_STOP["error"] != 0  # `rlm ask` exits non-zero for it
+
+
+def test_an_environment_that_fails_to_close_still_ends_the_run_with_its_answer(monkeypatch):
+    from recursive_llm.environments.host.worker import WorkerEnvironment
+    from recursive_llm.record.store import Store
+
+    async def broken(self):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(WorkerEnvironment, "close", broken)
+    result = RLM(model=ScriptedModel([repl("x = 6 * 7"), "FINAL_VAR(x)"])).completion("q", "text")
+    assert result.answer == "42" and result.stopped_reason == "final"
+    assert "did not close" in result.error and "OSError" in result.error
+    assert Store().run_tree(result.run_id)["runs"][0]["status"] == "final"
 
 
 # -- issue 15: token and cost budgets with parallel sub-calls -------------------------------------

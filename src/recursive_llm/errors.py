@@ -15,7 +15,9 @@ Errors that never leave the package's boundary as exceptions: a worker that brea
 (`environments.protocol.ProtocolError`) is killed and replaced, and the cell says `WorkerCrash`;
 a failed sub-call or tool reaches model code as `SubCallError` / `ToolError` inside the REPL (or an
 "Error: ..." slot in a batch); a run that ends at a limit or without an answer is a `Result` with
-`stopped_reason` and `error`, not an exception (each reason has its exit code in
+`stopped_reason` and `error`, not an exception, and so is a run that an unexpected exception ended
+(one not raised on purpose: a bug, a provider's odd reply, an OSError), as `error` with its type,
+message and place (`engine/run.unexpected_error`), its calls kept in the store (each reason has its exit code in
 `cli_support._EXIT_BY_STOP`: `not_found`, a run that found no answer in the input, is 8); a store
 write that fails is `Result.store_error`.
 """

@@ -220,10 +220,12 @@ class RLM:
             result = await run.execute()
         finally:
             events.close()
-            widths_error = state.scheduler.remember_widths()  # a few hundred bytes, once per run
-            # a session, and completion()'s kept loop, keep the configured clients (bound to that
-            # loop) for the next question
-            await state.close_clients(configured=environment is None and not self._kept_loop.is_running_here())
+            try:
+                widths_error = await state.scheduler.remember_widths()  # in a thread, when a width changed
+            finally:
+                # a session, and completion()'s kept loop, keep the configured clients (bound to that
+                # loop) for the next question
+                await state.close_clients(configured=environment is None and not self._kept_loop.is_running_here())
         result.trajectory_path = trajectory_path
         result.store_error = "; ".join(filter(None, [getattr(store, "error", None), events.error, widths_error])) or None
         return result

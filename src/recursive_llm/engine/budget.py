@@ -94,16 +94,18 @@ class Budget:
         raise BudgetExceeded(budget, f"call refused: {why} (raise the limit to allow more)")
 
     def reserve(self, messages: list[dict], *, max_output_tokens: int | None,
-                price: tuple[float, float] | None, spare: bool = False) -> Reservation:
+                price: tuple[float, float] | None, spare: bool = False, keep_calls: int = 0) -> Reservation:
         """Reserve one call's worst case now, or raise `BudgetExceeded` (`RoomLater` when the call
         would fit once the calls in flight settle). May lower the output cap. A `spare` request (a
-        hedge: the call is answered without it) refused does not mark the budget exhausted."""
+        hedge: the call is answered without it) refused does not mark the budget exhausted;
+        `keep_calls`: the call fits only if `max_llm_calls` keeps that many calls after it and
+        those already reserved (a hedge leaves the root the call it needs to answer)."""
         prompt_bound = prompt_token_bound(messages)
         in_price, out_price = ((price[0] / 1e6, price[1] / 1e6) if price else (0.0, 0.0))
         limits = self.limits
         with self._lock:
             self.check_time()
-            if limits.max_llm_calls is not None and self.calls + 1 > limits.max_llm_calls:
+            if limits.max_llm_calls is not None and self.calls + 1 + keep_calls > limits.max_llm_calls:
                 self._refuse("llm_calls", f"max_llm_calls={limits.max_llm_calls} reached", spare)
             output_cap = max_output_tokens
             budgeted = limits.max_tokens is not None or (limits.max_cost_usd is not None and (in_price or out_price))

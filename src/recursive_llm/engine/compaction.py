@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from ..environments.base import Environment
 
 
+# The estimate (an offline GPT tokenizer, times the ratio the provider's count of the last root call
+# gave) is taken this much higher: a turn's code and output tokenize worse than the prompt that set
+# the ratio (SmolLM2 under llama.cpp: up to 2.6% more from one call to the next, docs/BENCHMARKS.md).
+ESTIMATE_MARGIN = 1.05
+
+
 def history_code(turns: list[Message]) -> str:
     """REPL code that appends `turns` to the list `history` (the text travels base64-encoded, so
     no quoting can break it)."""
@@ -76,18 +82,20 @@ class Compactor:
 
     def tokenizer_ratio(self, counted: list[int]) -> float:
         """The provider's prompt tokens per token we count (an offline GPT tokenizer), from the last
-        root call: other models' tokenizers and chat templates count more (SmolLM2: about 10%)."""
+        root call: other models' tokenizers and chat templates count more (SmolLM2: 12% to 24%),
+        with ESTIMATE_MARGIN on top."""
         if self._last_sent is None or self._last_sent[1] <= 0:
-            return 1.0
+            return ESTIMATE_MARGIN
         sent, reported = self._last_sent
         ours = sum(counted[:sent])
-        return max(1.0, reported / ours) if ours else 1.0
+        return (max(1.0, reported / ours) if ours else 1.0) * ESTIMATE_MARGIN
 
     async def keep_within_window(self, env: Environment, messages: list[Message], *, iteration: int, query: str) -> None:
-        """Compact `messages` in place when they near the window. Fewer than two turns, or an
-        unknown window, and nothing happens; a failed summary is tried again next turn."""
+        """Compact `messages` in place when they near the window: a single turn too (its output
+        alone can outgrow a small window). No turn yet, or an unknown window, and nothing happens;
+        a failed summary is tried again next turn."""
         window = self.window()
-        if self.loop.compact_at is None or window is None or len(messages) < 5:
+        if self.loop.compact_at is None or window is None or len(messages) < 4:
             return
         limit = int(window * self.loop.compact_at) - (self.calls.max_output_tokens or 0)
         if prompt_token_bound(messages) <= limit:  # a bound on the tokens: below it, no need to count

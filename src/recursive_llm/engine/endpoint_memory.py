@@ -4,7 +4,11 @@
 `rlm ask` starts again at `START_LIMIT` and a batch of 101 goes out in three waves. Like TCP's
 per-destination metrics, the width an endpoint took (and when it last refused) is kept in
 `RLM_HOME/endpoints.json` (0600, written atomically): read once per endpoint when the process first
-calls it (`scheduler.endpoint_limit`), written at each run's end (`Scheduler.remember_widths`). A memory older than `RLM_WIDTH_MEMORY_HOURS` (default 24; 0
+calls it (`scheduler.endpoint_limit`), written at a run's end (`Scheduler.remember_widths`, in a
+thread, never on the event loop) only when a width changed meaningfully since this process last
+wrote it (`changed`: by a tenth or at least one slot, a refusal, the end of slow start) or that
+entry is due for a refresh (`REFRESH_S`, so an endpoint in use never ages out): `rlm serve`'s
+requests do not each write a file. A memory older than `RLM_WIDTH_MEMORY_HOURS` (default 24; 0
 turns the memory off) is ignored. An entry is keyed by a SHA-256 of the endpoint key (kind, base
 URL, model, and a hash of the API key): the file holds neither keys nor URLs.
 """
@@ -26,6 +30,8 @@ if TYPE_CHECKING:
 FILE_NAME = "endpoints.json"
 DEFAULT_MAX_AGE_HOURS = 24.0
 MAX_ENTRIES = 1_000  # the most recently used endpoints are kept
+# An unchanged width is written again after this long (or a quarter of the memory's bound, if less).
+REFRESH_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,22 @@ class Remembered:
     slow_start: bool
     saved_at: float
     refused_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Width:
+    """One endpoint's width at one moment: taken on the event loop, written from a thread."""
+
+    key: str
+    limit: float
+    slow_start: bool
+    refused_at: float | None
+
+
+def widths(limits: list["EndpointLimit"]) -> list[Width]:
+    """The widths of the endpoints that answered or refused (one never called teaches nothing)."""
+    return [Width(limit.key, limit.limit, limit.slow_start, limit.refused_at)
+            for limit in limits if limit.successes or limit.overloads]
 
 
 def max_age_s() -> float:
@@ -87,8 +109,45 @@ def recall(endpoint_key: str, now: float | None = None) -> Remembered | None:
 
 def save(limits: list["EndpointLimit"], now: float | None = None) -> None:
     """Write these endpoints' widths (merged with the other endpoints' entries, the expired dropped)."""
+    save_widths(widths(limits), now)
+
+
+# What this process last wrote, per (file, endpoint): the width and when (see `save_changed`).
+_written: dict[tuple[str, str], tuple[Width, float]] = {}
+_written_lock = threading.Lock()  # one writer at a time in the process: no lost merge between runs
+
+
+def changed(width: Width, last: tuple[Width, float] | None, now: float, age_limit: float) -> bool:
+    """Whether `width` is worth a write: never written, a refusal or the end of slow start since,
+    a limit that moved by a tenth (at least one slot), or the last write due for a refresh."""
+    if last is None:
+        return True
+    before, saved_at = last
+    moved = abs(width.limit - before.limit) >= max(1.0, 0.1 * before.limit)
+    return (moved or width.slow_start != before.slow_start or width.refused_at != before.refused_at
+            or now - saved_at >= min(REFRESH_S, age_limit / 4))
+
+
+def save_changed(widths_now: list[Width], now: float | None = None) -> bool:
+    """`save_widths` when one of the widths `changed` since this process wrote it; True if it wrote.
+    Blocking (a file read and write): called in a thread (`Scheduler.remember_widths`)."""
     age_limit = max_age_s()
-    used = [limit for limit in limits if limit.successes or limit.overloads]
+    if age_limit <= 0 or not widths_now:
+        return False
+    now = time.time() if now is None else now
+    with _written_lock:
+        path = str(memory_path())
+        if not any(changed(width, _written.get((path, width.key)), now, age_limit) for width in widths_now):
+            return False
+        save_widths(widths_now, now)
+        for width in widths_now:
+            _written[(path, width.key)] = (width, now)
+    return True
+
+
+def save_widths(used: list[Width], now: float | None = None) -> None:
+    """Write these widths (merged with the other endpoints' entries, the expired dropped): 0600, atomic."""
+    age_limit = max_age_s()
     if age_limit <= 0 or not used:
         return
     from ..paths import open_private, private_dir
@@ -99,9 +158,9 @@ def save(limits: list["EndpointLimit"], now: float | None = None) -> None:
     entries = {key: entry for key, entry in _read_all(path).items()
                if isinstance(entry, dict) and isinstance(entry.get("saved_at"), (int, float))
                and now - entry["saved_at"] <= age_limit}
-    for limit in used:
-        entries[entry_key(limit.key)] = asdict(Remembered(round(limit.limit, 2), limit.slow_start, now,
-                                                          limit.refused_at))
+    for width in used:
+        entries[entry_key(width.key)] = asdict(Remembered(round(width.limit, 2), width.slow_start, now,
+                                                          width.refused_at))
     newest = dict(sorted(entries.items(), key=lambda item: item[1]["saved_at"])[-MAX_ENTRIES:])
     scratch = path.with_name(f".{FILE_NAME}.{os.getpid()}.{threading.get_ident()}.part")
     try:

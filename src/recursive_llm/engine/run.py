@@ -12,7 +12,9 @@ import asyncio
 import functools
 import secrets
 import time
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import answers
@@ -41,6 +43,14 @@ Outcome = tuple["str | None", StopReason, "str | None"]
 
 
 FALLBACK_ITERATION = 0  # root turns count from 1; the map-reduce program's cell is recorded under 0
+
+
+def unexpected_error(error: Exception) -> str:
+    """A run's `error` for an exception no part of the package raised on purpose: its type, its
+    message and where it was raised (the run ends `error` with it, never as `running`)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"unexpected {type(error).__name__}: {error}{where}"
 
 
 def new_run_id() -> str:
@@ -225,13 +235,25 @@ class Run:
             stopped, error = StopReason.for_budget(exc.budget), str(exc)
         except RLMError as exc:
             stopped, error = StopReason.ERROR, str(exc)
+        except Exception as exc:  # a bug, a provider's reply nobody foresaw, an OSError: the run still ends
+            stopped, error = StopReason.ERROR, unexpected_error(exc)
         except asyncio.CancelledError:  # Ctrl-C, a client that went away: recorded as interrupted
             self._finish(None, StopReason.INTERRUPTED, "the run was interrupted before it finished")
             raise
         finally:
-            if self.environment is None:
-                await env.close()
+            if self.environment is None and (unclosed := await self._close_own(env)):
+                error = f"{error}; {unclosed}" if error else unclosed
         return self._finish(answer, stopped, error)
+
+    @staticmethod
+    async def _close_own(env: Environment) -> str | None:
+        """Close the run's own environment; why that failed, or None (the run is recorded either way,
+        its answer, if any, standing)."""
+        try:
+            await env.close()
+        except Exception as exc:
+            return f"the environment did not close: {unexpected_error(exc)}"
+        return None
 
     def _emit_start(self, env: Environment) -> None:
         isolation = env.isolation

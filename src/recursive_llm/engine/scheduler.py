@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 # A run's hedges are at most this share of its hedgeable sub-calls sent so far (issue 31: <= 5% extra).
 HEDGE_SHARE = 0.05
+# A hedge's copy is sent only while max_llm_calls keeps this many calls after it and the calls already
+# reserved: the root's next reply, which the run needs to answer (a hedge is never worth the answer).
+HEDGE_KEEPS_CALLS = 1
 # Copies of one call at most: a second when the first copy straggles too (with a 2% tail and 20 hedges
 # per batch, a third of the batches drew a slow copy, which one copy per call could not cut).
 HEDGES_PER_CALL = 2
@@ -304,13 +307,13 @@ class Scheduler:
         self._hedgeable = 0  # sub-calls sent that could be hedged
         self._hedges = 0  # of them, those sent a second time (at most HEDGE_SHARE, see `_may_hedge`)
 
-    def remember_widths(self) -> str | None:
-        """Save the widths the called endpoints took, for later processes (endpoint_memory.py);
-        returns why that failed, or None."""
-        from .endpoint_memory import save
+    async def remember_widths(self) -> str | None:
+        """Save the widths the called endpoints took, for later processes (endpoint_memory.py): in a
+        thread, and only when one changed meaningfully (`save_changed`); returns why that failed, or None."""
+        from .endpoint_memory import save_changed, widths
 
         try:
-            save(list(self.endpoints))
+            await asyncio.to_thread(save_changed, widths(list(self.endpoints)))  # taken here, on the loop
         except (OSError, ValueError) as error:
             return f"the endpoints' widths were not remembered: {error}"
         return None
@@ -404,13 +407,14 @@ class Scheduler:
 
     def _spare_reservation(self, client: ModelClient, messages: list[Message],
                            max_output_tokens: int | None) -> Reservation | None:
-        """The budget for a hedge's copy if it fits now, else None (the call then waits for its first
-        request; the budget is not marked exhausted, since the call itself needs no more)."""
+        """The budget for a hedge's copy if it fits now and leaves HEDGE_KEEPS_CALLS, else None (the call
+        then waits for its first request; the budget is not marked exhausted, since the call itself
+        needs no more)."""
         from ..models.pricing import worst_case_price
 
         try:
             return self.budget.reserve(messages, max_output_tokens=max_output_tokens,
-                                       price=worst_case_price(client.name), spare=True)
+                                       price=worst_case_price(client.name), spare=True, keep_calls=HEDGE_KEEPS_CALLS)
         except BudgetExceeded:
             return None
 
