@@ -639,3 +639,39 @@ def test_a_typed_answer_the_parser_cannot_take_ends_the_run_not_the_request(sche
         assert told in reply.json()["error"]["message"]
     assert health.slowest < 1.0, health.times
     assert _statuses() == ["error", "error"]
+
+
+def test_a_bad_schema_is_a_400_naming_the_field_the_client_sent_it_in(schema_served):
+    """Before: every bad schema was reported as `response_format.json_schema.schema`, also one sent as a
+    forced function's parameters or as the Responses API's `text.format`: the client was told of a
+    field it never sent."""
+    bad = {"$ref": "#/$defs/missing"}  # checked after admission, by answer_schema.py
+    question = [{"role": "user", "content": "Q-digits"}]
+    other = {"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}}
+    forced = {"type": "function", "function": {"name": "answer", "parameters": bad}}
+    responses_tools = [{"type": "function", "name": "other", "parameters": {"type": "object"}},
+                       {"type": "function", "name": "answer", "parameters": bad}]
+    sent = {  # the field each body carries the schema in -> (route, body)
+        "response_format.json_schema.schema": ("/v1/chat/completions", _typed("Q-digits", bad)),
+        "tools[1].function.parameters": ("/v1/chat/completions", {
+            "model": "rlm", "messages": question, "context": "x", "tools": [other, forced],
+            "tool_choice": {"type": "function", "function": {"name": "answer"}}}),
+        "text.format.schema": ("/v1/responses", {
+            "model": "rlm", "input": "Q-digits", "context": "x",
+            "text": {"format": {"type": "json_schema", "name": "answer", "schema": bad}}}),
+        "tools[1].parameters": ("/v1/responses", {
+            "model": "rlm", "input": "Q-digits", "context": "x", "tools": responses_tools,
+            "tool_choice": {"type": "function", "name": "answer"}}),
+    }
+    for field, (route, body) in sent.items():
+        reply = httpx.post(schema_served.url + route, json=body, timeout=60,
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+        assert reply.status_code == 400, (field, reply.text)
+        message = reply.json()["error"]["message"]
+        assert message.startswith(f"{field}: ") and "does not point inside the schema" in message, (field, message)
+    not_a_schema = {"model": "rlm", "input": "Q-digits", "context": "x",
+                    "text": {"format": {"type": "json_schema", "name": "answer", "schema": "an object"}}}
+    reply = httpx.post(schema_served.url + "/v1/responses", json=not_a_schema, timeout=60,
+                       headers={"Authorization": f"Bearer {TOKEN}"})
+    assert reply.status_code == 400 and reply.json()["error"]["message"].startswith("text.format.schema must be")
+    assert _statuses() == []

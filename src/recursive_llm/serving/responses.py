@@ -114,7 +114,10 @@ def _text(content: Any) -> str:
 
 def _response_format(text_format: Any) -> dict[str, Any]:
     """`text.format` in the Responses shape -> `response_format` in the chat shape."""
-    if not isinstance(text_format, dict) or text_format.get("type") != "json_schema":
+    if not isinstance(text_format, dict):
+        raise RequestError(400, "text.format must be an object, e.g. {\"type\": \"json_schema\", \"name\": ..., "
+                                "\"schema\": {...}}")
+    if text_format.get("type") != "json_schema":
         return text_format
     spec = {key: text_format[key] for key in ("name", "schema", "strict", "description") if key in text_format}
     return {"type": "json_schema", "json_schema": spec}
