@@ -380,7 +380,10 @@ def test_a_stream_dropped_before_its_first_chunk_gives_its_slot_back_and_stops_i
     """Issue: a streamed request whose client leaves before reading any chunk might keep its slot.
     It does not: with --max-concurrent 1, after each hang-up (at once, and while its run's first model
     call is in flight) /health counts no active request, every run that started is `interrupted`, and
-    a request sent after is admitted and answered (not a 429)."""
+    a request sent after is admitted and answered (not a 429). Each stream's access-log line names
+    its run (before, a Responses stream its client left was logged `run=-`)."""
+    from recursive_llm.record.store import Store
+
     slow = ["```repl\nnotes = [llm_query('a'), llm_query('b'), llm_query('c')]\n```", "FINAL(done)"]
     chat = route.endswith("completions")
     body = ({"model": "rlm", "messages": [QUESTION], "context": "text"} if chat
@@ -400,6 +403,8 @@ def test_a_stream_dropped_before_its_first_chunk_gives_its_slot_back_and_stops_i
     assert in_flight[0] == 0 and in_flight[1].count("interrupted") == len(at_once[1]) + 1, in_flight
     assert after.status_code == 200, after.text
     assert "Traceback" not in stderr
+    for run in Store().list_runs():
+        assert f"POST {route} 200 run={run['run_id']} " in stderr, (run["run_id"], stderr[-2000:])
 
 
 def _loaded_worker_dirs(host_pid: int) -> list[str]:
