@@ -137,7 +137,8 @@ def _query_and_context(texts: list[tuple[str, str]], field: Any, config: ServeCo
     return query, load_context_value(inputs[0] if len(inputs) == 1 else inputs)
 
 
-def response_schema(response_format: dict[str, Any] | None, fields: SchemaFields = CHAT_FIELDS) -> dict[str, Any] | None:
+def response_schema(response_format: dict[str, Any] | None,
+                    fields: SchemaFields = CHAT_FIELDS) -> dict[str, Any] | None:
     """OpenAI's `response_format` as a JSON schema for the answer (None: plain text); an error names
     the field by `fields`."""
     if response_format is None or response_format.get("type") in (None, "text"):
