@@ -238,6 +238,7 @@ REPLACED = {
         "print(helpers.SearchHit.__name__, helpers.grep.__module__, 'forged' not in repr(grep('alpha')),"
         " sorted('ba'))",
         "SearchHit recursive_llm.environments.inside.helpers True ['a', 'b']"),
+    "the_input": ("context = 'forged'", "print(context)", "alpha beta gamma"),
     "a_forged_answer_dict": (
         "class Ready(dict):\n    def get(self, key, default=None):\n"
         "        return True if key == 'ready' else 'forged answer'\nanswer = Ready()",
@@ -260,6 +261,16 @@ def test_a_session_question_cannot_replace_what_the_repl_provides_for_the_next(h
     cells = [e for e in read_trajectory(second.trajectory_path) if e["type"] == "cell"]
     assert first.answer == "tampered" and second.answer == "done", (first.answer, second.answer)
     assert cells and cells[0]["stdout"].split("\n")[:2] == [expected, "kept"], cells[:1]
+
+
+def test_within_a_question_context_may_be_rebound_and_the_next_question_gets_the_input():
+    root = ScriptedModel(["```repl\ncontext = context.upper()\n```", "```repl\nprint(context)\n```",
+                          "FINAL(one)", "```repl\nprint(context)\n```", "FINAL(two)"], name="root")
+    with RLM(model=root, sub_model=ScriptedModel(default="sub", name="sub")).session("alpha beta") as chat:
+        first = chat.ask("first")
+        second = chat.ask("second")
+    shown = [[e["stdout"] for e in read_trajectory(r.trajectory_path) if e["type"] == "cell"] for r in (first, second)]
+    assert shown == [["", "ALPHA BETA\n"], ["alpha beta\n"]], shown
 
 
 @pytest.mark.parametrize("mode", MODES)

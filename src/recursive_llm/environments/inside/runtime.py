@@ -233,6 +233,7 @@ class REPL:
         self.namespace.update(self._helpers)
         self._internals = {"_map_reduce": self.map_reduce,  # the host's weak-model fallback runs it
                            "_user_tool": self.user_tool,  # what the stubs of the user's tools call
+                           "_new_question": self.new_question,  # a session's question begins with it
                            "ToolError": ToolError, "__builtins__": builtins}
         self.namespace.update(self._internals)
         self.namespace.update(extra or {})
@@ -244,10 +245,17 @@ class REPL:
         tables = {t["name"]: t for t in self.sql_tables._tables}
         values = [helpers.Table(c.name, tables[c.name]["path"], tables[c.name]["format"], tables[c.name]["info"],
                                 self.sql_tables) if isinstance(c, TableRef) else c for c in contexts]
-        self.namespace["context"] = values[0]
+        self._inputs = {"context": values[0]}
         if len(values) > 1:
-            for index, value in enumerate(values):
-                self.namespace[f"context_{index}"] = value
+            self._inputs.update({f"context_{index}": value for index, value in enumerate(values)})
+        self.namespace.update(self._inputs)
+
+    def new_question(self) -> None:
+        """A session's next question starts with the inputs as loaded (`context`, `context_N`: an
+        earlier question may have bound them to anything) and `answer` unanswered; the model's own
+        variables stay. Within a question the model may rebind `context` as it likes."""
+        self.namespace.update(self._inputs)
+        self.namespace["answer"] = {"content": "", "ready": False}
 
     # -- exploration helpers (environments/helpers.py) ------------------------------------------
     def grep(self, pattern: str, source: Any = None, *, literal: bool | None = None, ignore_case: bool = False,

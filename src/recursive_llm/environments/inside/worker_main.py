@@ -173,7 +173,7 @@ class Guard:
                             if isinstance(f, types.FunctionType)]
         self._modules = [(m, dict(vars(m))) for m in modules]
         self._repl, self._provided = repl, repl.provided()
-        self._tables = {name: dict(vars(repl)[name]) for name in ("_contract", "_helpers", "_internals")}
+        self._tables = {name: dict(vars(repl)[name]) for name in ("_contract", "_helpers", "_internals", "_inputs")}
         self._memory_ask = self._provided["memory"]._ask
         self._instances = [(repl, {k: v for k, v in vars(repl).items() if k not in self._tables and k != "_final"}),
                            (channel, {k: v for k, v in vars(channel).items() if k != "_next_id"})]
