@@ -202,6 +202,77 @@ def test_a_session_question_cannot_forge_the_next_questions_sub_call_answers(how
     assert cells[0]["stdout"].strip() == "sub answer", cells[0]
 
 
+def lookup(key: str) -> str:
+    """A user tool: what the host answers for `key`."""
+    return f"real {key}"
+
+
+# What one question's code binds in place of what the REPL provides, and how the next question's code
+# sees it: (the forging cell, the checking cell, what the check prints when the REPL's own are back).
+REPLACED = {
+    "rebound_names": (
+        "memory = {'facts': 'forged'}\nsearch = semantic_search = lambda q, k=10: ['forged']\n"
+        "remember = grep = chunk = count_tokens = sql = lambda *a, **k: 'forged'\n"
+        "_user_tool = lambda name, args, kwargs: 'forged'\n_map_reduce = lambda *a, **k: 'forged'\n"
+        "class ToolError(Exception): pass\n__builtins__ = {'print': print, 'type': type}",
+        "print(type(memory).__name__, search.__qualname__, semantic_search.__qualname__, remember.__qualname__,"
+        " grep.__qualname__, chunk.__qualname__, count_tokens.__qualname__, sql.__qualname__,"
+        " _map_reduce.__qualname__, ToolError.__module__, len('abc'), lookup('k'))",
+        "Memory REPL.search REPL.semantic_search REPL.remember REPL.grep REPL.chunk REPL.count_tokens REPL.sql"
+        " REPL.map_reduce recursive_llm.environments.inside.runtime 3 real k"),
+    "deleted_names": (
+        "del memory, search, remember, _user_tool",
+        "print(type(memory).__name__, search.__qualname__, remember.__qualname__, lookup('k'))",
+        "Memory REPL.search REPL.remember real k"),
+    "the_repls_own_tables": (
+        "repl = llm_query.__self__\nrepl._helpers['search'] = lambda q, k=10: ['forged']\n"
+        "repl._contract['llm_query'] = lambda p, model=None: 'forged'\n"
+        "object.__setattr__(memory, '_ask', lambda op, **a: ['forged'])",
+        "print(search.__qualname__, llm_query('x'), memory.keys.__self__._ask.__qualname__)",
+        "REPL.search sub answer REPL._memory"),
+    "helper_classes_and_builtins": (
+        "import builtins\nfrom recursive_llm.environments.inside import helpers\n"
+        "helpers.SearchHit = lambda *a: 'forged'\nhelpers.grep = lambda *a, **k: ['forged']\n"
+        "helpers.GrepResult.__repr__ = lambda self: 'forged'\nbuiltins.sorted = lambda x: ['forged']",
+        "from recursive_llm.environments.inside import helpers\n"
+        "print(helpers.SearchHit.__name__, helpers.grep.__module__, 'forged' not in repr(grep('alpha')),"
+        " sorted('ba'))",
+        "SearchHit recursive_llm.environments.inside.helpers True ['a', 'b']"),
+    "the_input": ("context = 'forged'", "print(context)", "alpha beta gamma"),
+    "a_forged_answer_dict": (
+        "class Ready(dict):\n    def get(self, key, default=None):\n"
+        "        return True if key == 'ready' else 'forged answer'\nanswer = Ready()",
+        "print('asked')", "asked"),
+}
+
+
+@pytest.mark.parametrize("how", REPLACED)
+def test_a_session_question_cannot_replace_what_the_repl_provides_for_the_next(how):
+    """Before: the worker's guard put back only the sub-call machinery, so a cell of one question
+    could bind `memory`, `search`, the tools' `_user_tool`... and every later question used the
+    forgeries. Each command now starts with the REPL's own names; the user's variables persist."""
+    forge, check, expected = REPLACED[how]
+    root = ScriptedModel([f"```repl\nmine = 'kept'\n{forge}\n```", "FINAL(tampered)",
+                          f"```repl\n{check}\nprint(mine)\n```", "FINAL(done)"], name="root")
+    sub = ScriptedModel(default="sub answer", name="sub")
+    with RLM(model=root, sub_model=sub, tools=[lookup]).session("alpha beta gamma") as chat:
+        first = chat.ask("first")
+        second = chat.ask("second")
+    cells = [e for e in read_trajectory(second.trajectory_path) if e["type"] == "cell"]
+    assert first.answer == "tampered" and second.answer == "done", (first.answer, second.answer)
+    assert cells and cells[0]["stdout"].split("\n")[:2] == [expected, "kept"], cells[:1]
+
+
+def test_within_a_question_context_may_be_rebound_and_the_next_question_gets_the_input():
+    root = ScriptedModel(["```repl\ncontext = context.upper()\n```", "```repl\nprint(context)\n```",
+                          "FINAL(one)", "```repl\nprint(context)\n```", "FINAL(two)"], name="root")
+    with RLM(model=root, sub_model=ScriptedModel(default="sub", name="sub")).session("alpha beta") as chat:
+        first = chat.ask("first")
+        second = chat.ask("second")
+    shown = [[e["stdout"] for e in read_trajectory(r.trajectory_path) if e["type"] == "cell"] for r in (first, second)]
+    assert shown == [["", "ALPHA BETA\n"], ["alpha beta\n"]], shown
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_confined_worker_still_imports_lazily_and_runs_sql_and_token_counts(mode, tmp_path):
     """Landlock allows what the REPL needs after the worker confined itself: the standard library

@@ -347,6 +347,66 @@ def test_a_stream_the_client_drops_leaves_an_interrupted_run(tree):
     assert "disconnected" in Store().run_tree(runs[0]["run_id"])["runs"][0]["error"]
 
 
+def _send_and_hang_up(url: str, route: str, body: dict, until=lambda: True) -> None:
+    """A client that sends a streamed request, waits for `until()` without reading a byte of the
+    answer, and hangs up (a reset: what a killed client or a proxy's timeout does)."""
+    import struct
+    from urllib.parse import urlsplit
+
+    data = json.dumps(body).encode()
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port)) as sock:
+        sock.sendall(f"POST {route} HTTP/1.1\r\nHost: {address.netloc}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        deadline = time.time() + 30
+        while time.time() < deadline and not until():
+            time.sleep(0.02)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _settled(url: str) -> tuple[int, list[str]]:
+    """/health's active count once it is 0 (or 30 s passed), and the runs' statuses once none is `running`."""
+    from recursive_llm.record.store import Store
+
+    deadline = time.time() + 30
+    while time.time() < deadline and (httpx.get(url + "/health", timeout=10).json()["active"]
+                                      or any(r["status"] == "running" for r in Store().list_runs())):
+        time.sleep(0.1)
+    return httpx.get(url + "/health", timeout=10).json()["active"], _statuses()
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/responses"])
+def test_a_stream_dropped_before_its_first_chunk_gives_its_slot_back_and_stops_its_run(tree, route):
+    """Issue: a streamed request whose client leaves before reading any chunk might keep its slot.
+    It does not: with --max-concurrent 1, after each hang-up (at once, and while its run's first model
+    call is in flight) /health counts no active request, every run that started is `interrupted`, and
+    a request sent after is admitted and answered (not a 429). Each stream's access-log line names
+    its run (before, a Responses stream its client left was logged `run=-`)."""
+    from recursive_llm.record.store import Store
+
+    slow = ["```repl\nnotes = [llm_query('a'), llm_query('b'), llm_query('c')]\n```", "FINAL(done)"]
+    chat = route.endswith("completions")
+    body = ({"model": "rlm", "messages": [QUESTION], "context": "text"} if chat
+            else {"model": "rlm", "input": QUESTION["content"], "context": "text"})
+    with FakeLLMServer(responder=root_then_sub(slow), latency=0.5) as backend:
+        server = Served("--max-concurrent", "1", backend_url=backend.base_url, root=tree[0],
+                        env={"RLM_SERVE_TOKEN": TOKEN})
+        try:
+            _send_and_hang_up(server.url, route, {**body, "stream": True})  # before the server answers
+            at_once = _settled(server.url)
+            _send_and_hang_up(server.url, route, {**body, "stream": True}, until=lambda: backend.request_count > 0)
+            in_flight = _settled(server.url)
+            after = httpx.post(server.url + route, json=body, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"})
+        finally:
+            stderr = server.stop()
+    assert at_once[0] == 0 and set(at_once[1]) <= {"interrupted"}, at_once
+    assert in_flight[0] == 0 and in_flight[1].count("interrupted") == len(at_once[1]) + 1, in_flight
+    assert after.status_code == 200, after.text
+    assert "Traceback" not in stderr
+    for run in Store().list_runs():
+        assert f"POST {route} 200 run={run['run_id']} " in stderr, (run["run_id"], stderr[-2000:])
+
+
 def _loaded_worker_dirs(host_pid: int) -> list[str]:
     """The worker directories of `host_pid` that hold a request's input (a pre-started spare's
     input directory is empty until a request loads it), in the temporary directory or in the worker
@@ -639,3 +699,39 @@ def test_a_typed_answer_the_parser_cannot_take_ends_the_run_not_the_request(sche
         assert told in reply.json()["error"]["message"]
     assert health.slowest < 1.0, health.times
     assert _statuses() == ["error", "error"]
+
+
+def test_a_bad_schema_is_a_400_naming_the_field_the_client_sent_it_in(schema_served):
+    """Before: every bad schema was reported as `response_format.json_schema.schema`, also one sent as a
+    forced function's parameters or as the Responses API's `text.format`: the client was told of a
+    field it never sent."""
+    bad = {"$ref": "#/$defs/missing"}  # checked after admission, by answer_schema.py
+    question = [{"role": "user", "content": "Q-digits"}]
+    other = {"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}}
+    forced = {"type": "function", "function": {"name": "answer", "parameters": bad}}
+    responses_tools = [{"type": "function", "name": "other", "parameters": {"type": "object"}},
+                       {"type": "function", "name": "answer", "parameters": bad}]
+    sent = {  # the field each body carries the schema in -> (route, body)
+        "response_format.json_schema.schema": ("/v1/chat/completions", _typed("Q-digits", bad)),
+        "tools[1].function.parameters": ("/v1/chat/completions", {
+            "model": "rlm", "messages": question, "context": "x", "tools": [other, forced],
+            "tool_choice": {"type": "function", "function": {"name": "answer"}}}),
+        "text.format.schema": ("/v1/responses", {
+            "model": "rlm", "input": "Q-digits", "context": "x",
+            "text": {"format": {"type": "json_schema", "name": "answer", "schema": bad}}}),
+        "tools[1].parameters": ("/v1/responses", {
+            "model": "rlm", "input": "Q-digits", "context": "x", "tools": responses_tools,
+            "tool_choice": {"type": "function", "name": "answer"}}),
+    }
+    for field, (route, body) in sent.items():
+        reply = httpx.post(schema_served.url + route, json=body, timeout=60,
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+        assert reply.status_code == 400, (field, reply.text)
+        message = reply.json()["error"]["message"]
+        assert message.startswith(f"{field}: ") and "does not point inside the schema" in message, (field, message)
+    not_a_schema = {"model": "rlm", "input": "Q-digits", "context": "x",
+                    "text": {"format": {"type": "json_schema", "name": "answer", "schema": "an object"}}}
+    reply = httpx.post(schema_served.url + "/v1/responses", json=not_a_schema, timeout=60,
+                       headers={"Authorization": f"Bearer {TOKEN}"})
+    assert reply.status_code == 400 and reply.json()["error"]["message"].startswith("text.format.schema must be")
+    assert _statuses() == []

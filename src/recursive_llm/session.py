@@ -105,11 +105,13 @@ class Session:
         return result
 
     async def _set_history(self) -> None:
-        """Put `session_history` and `previous_answers` into the REPL (a restarted worker gets them
-        back here). Compaction's `history` is another variable, and is left alone."""
+        """Start the question in the REPL: the inputs as loaded and `answer` unanswered
+        (`REPL.new_question`), and `session_history` and `previous_answers` (a restarted worker gets
+        them back here). Compaction's `history` is another variable, and is left alone."""
         encoded = json.dumps([{"question": h["question"], "answer": h["answer"], "run_id": h["run_id"]}
                               for h in self.history])
-        code = (f"session_history = __import__('json').loads({encoded!r})\n"
+        code = ("_new_question()\n"
+                f"session_history = __import__('json').loads({encoded!r})\n"
                 "previous_answers = {n: turn['answer'] for n, turn in enumerate(session_history, start=1)}")
         cell = await self._environment.execute(code, 30)
         if cell.error:

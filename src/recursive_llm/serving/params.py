@@ -25,7 +25,7 @@ from ..config import check_number
 from .errors import RequestError
 
 if TYPE_CHECKING:
-    from .request import RunRequest
+    from .request import RunRequest, SchemaFields
 
 _NOT_FOR_A_RUN = {
     "n": (lambda v: v in (None, 1), "a run gives one answer; leave n out or send 1"),
@@ -37,9 +37,9 @@ _NOT_FOR_A_RUN = {
 }
 
 
-def apply(body: dict[str, Any], request: RunRequest) -> RunRequest:
+def apply(body: dict[str, Any], request: RunRequest, fields: SchemaFields) -> RunRequest:
     """`request` with the body's other parameters applied (RequestError 400 naming a parameter that
-    has no meaning for a run)."""
+    has no meaning for a run); `fields` names a forced function's parameters as the client sent them."""
     for name, (acceptable, why) in _NOT_FOR_A_RUN.items():
         if not acceptable(body.get(name)):
             raise RequestError(400, f"{name}: {why}", code="unsupported_parameter")
@@ -53,21 +53,25 @@ def apply(body: dict[str, Any], request: RunRequest) -> RunRequest:
     forced = forced_function(body.get("tools"), body.get("tool_choice"))
     if forced is not None:
         if request.schema is not None:
-            raise RequestError(400, "tools: send a forced function or a response_format, not both",
+            raise RequestError(400, f"tools: send a forced function or a {fields.format}, not both",
                                code="unsupported_parameter")
-        request = replace(request, tool_name=forced[0], schema=forced[1])
+        name, schema, index = forced
+        field = fields.parameters.format(index=index)
+        if not isinstance(schema, dict):
+            raise RequestError(400, f"{field} (of the function {name!r}) must be a JSON schema object")
+        request = replace(request, tool_name=name, schema=schema, schema_field=field)
     return request
 
 
-def forced_function(tools: Any, choice: Any) -> tuple[str, dict[str, Any]] | None:
-    """(name, parameters schema) of the one function the request forces, or None when it uses no
-    tools; RequestError 400 for any other use of tools."""
+def forced_function(tools: Any, choice: Any) -> tuple[str, Any, int] | None:
+    """(name, parameters schema, its place in `tools`) of the one function the request forces, or
+    None when it uses no tools; RequestError 400 for any other use of tools."""
     if not tools or choice == "none":
         return None
     if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") == "function"
                                               and isinstance(t.get("function"), dict) for t in tools):
         raise RequestError(400, "tools must be a list of {\"type\": \"function\", \"function\": {...}}")
-    functions = {t["function"].get("name"): t["function"] for t in tools}
+    functions = {t["function"].get("name"): index for index, t in enumerate(tools)}
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         name = choice["function"].get("name")
     elif choice == "required" and len(functions) == 1:
@@ -79,10 +83,8 @@ def forced_function(tools: Any, choice: Any) -> tuple[str, dict[str, Any]] | Non
                            code="unsupported_parameter")
     if name not in functions:
         raise RequestError(400, f"tool_choice names {str(name)[:64]!r}, which is not in tools")
-    schema = functions[name].get("parameters") or {"type": "object", "properties": {}}
-    if not isinstance(schema, dict):
-        raise RequestError(400, f"tools: the parameters of {name!r} must be a JSON schema object")
-    return name, schema
+    index = functions[name]
+    return name, tools[index]["function"].get("parameters") or {"type": "object", "properties": {}}, index
 
 
 def tool_calls(request: RunRequest, content: str) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ class RunRequest:
     include_usage: bool = False  # stream_options.include_usage
     answer_tokens: int | None = None  # max_tokens: bounds the answer, not the run's calls (params.py)
     schema: Any = None  # the answer's JSON schema; an `AnswerSchema` once the request holds its slot
+    schema_field: str | None = None  # the body's field the schema came from, as the client named it
     tool_name: str | None = None  # a forced function: the answer is its call (params.py)
     memory: str | None = None  # a memory workspace of this client's (engine/memory.py)
     echo: dict[str, Any] = field(default_factory=dict)  # what a Responses answer repeats of its request
@@ -41,6 +42,21 @@ class RunRequest:
     ticket: int = 0  # its run's ticket of the server's `RunClock`
     created: int = 0  # Unix time of its answer
     path: str = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class SchemaFields:
+    """Where a route's body puts the answer's schema, in the client's own names: an error about the
+    schema names the field the client sent, not the chat-completions field it was read into."""
+
+    format: str  # the response format object
+    schema: str  # a json_schema format's schema
+    parameters: str  # a forced function's parameters; `{index}`: the function's place in `tools`
+
+
+CHAT_FIELDS = SchemaFields("response_format", "response_format.json_schema.schema",
+                           "tools[{index}].function.parameters")
+RESPONSES_FIELDS = SchemaFields("text.format", "text.format.schema", "tools[{index}].parameters")
 
 
 @functools.lru_cache(maxsize=1)
@@ -69,8 +85,10 @@ def request_model():
     return Request
 
 
-def parse_request(body: dict[str, Any], config: ServeConfig) -> RunRequest:
-    """Validate a chat-completions body and read it into the request of one RLM run."""
+def parse_request(body: dict[str, Any], config: ServeConfig, fields: SchemaFields = CHAT_FIELDS) -> RunRequest:
+    """Validate a chat-completions body and read it into the request of one RLM run. `fields`: what
+    the client's own body calls the fields a schema comes from (another route's body was turned into
+    this one)."""
     from pydantic import ValidationError
 
     try:
@@ -86,11 +104,12 @@ def parse_request(body: dict[str, Any], config: ServeConfig) -> RunRequest:
         limits = serve_limits.clamp(config.limits, request.rlm)
     except ValueError as error:
         raise RequestError(400, str(error)) from None
+    schema = response_schema(request.response_format, fields)
     return serve_params.apply(body, RunRequest(
         model=root_model, requested=request.model, query=query, context=context,
         limits=limits, stream=request.stream, temperature=request.temperature, answer_tokens=request.max_tokens,
-        include_usage=bool((request.stream_options or {}).get("include_usage")),
-        schema=response_schema(request.response_format), memory=_memory_name(request.memory)))
+        include_usage=bool((request.stream_options or {}).get("include_usage")), schema=schema,
+        schema_field=None if schema is None else fields.schema, memory=_memory_name(request.memory)), fields)
 
 
 def _memory_name(name: str | None) -> str | None:
@@ -118,8 +137,10 @@ def _query_and_context(texts: list[tuple[str, str]], field: Any, config: ServeCo
     return query, load_context_value(inputs[0] if len(inputs) == 1 else inputs)
 
 
-def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
-    """OpenAI's `response_format` as a JSON schema for the answer (None: plain text)."""
+def response_schema(response_format: dict[str, Any] | None,
+                    fields: SchemaFields = CHAT_FIELDS) -> dict[str, Any] | None:
+    """OpenAI's `response_format` as a JSON schema for the answer (None: plain text); an error names
+    the field by `fields`."""
     if response_format is None or response_format.get("type") in (None, "text"):
         return None
     if response_format.get("type") == "json_object":
@@ -128,15 +149,16 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
-            raise RequestError(400, "response_format.json_schema.schema must be a JSON schema object")
+            raise RequestError(400, f"{fields.schema} must be a JSON schema object")
         return schema
-    raise RequestError(400, f"response_format.type must be text, json_object or json_schema, not "
+    raise RequestError(400, f"{fields.format}.type must be text, json_object or json_schema, not "
                             f"{str(response_format.get('type'))[:40]!r}")
 
 
-async def answer_schema(schema: dict[str, Any] | None):
-    """The response format's schema, checked in a thread (within its bounds, references only inside
-    it: `answer_schema.py`) after the request took its slot: a bad one is a 400 naming the problem."""
+async def answer_schema(schema: dict[str, Any] | None, field: str | None):
+    """The answer's schema, checked in a thread (within its bounds, references only inside it:
+    `answer_schema.py`) after the request took its slot: a bad one is a 400 naming the problem and
+    `field`, the body's field it came from."""
     if schema is None:
         return None
     from ..engine.answer_schema import AnswerSchema
@@ -144,7 +166,7 @@ async def answer_schema(schema: dict[str, Any] | None):
     try:
         return await asyncio.to_thread(AnswerSchema, schema)
     except ConfigError as error:
-        raise RequestError(400, f"response_format.json_schema.schema: {error}") from None
+        raise RequestError(400, f"{field}: {error}") from None
 
 
 def _text(content: Any) -> str:

@@ -26,7 +26,7 @@ from .answers import content, require_answer, rlm_info
 from .errors import RequestError
 from .guard import log_access
 from .params import message
-from .runner import run_request
+from .runner import run_request, top_run_id
 
 if TYPE_CHECKING:
     from .config import ServeConfig
@@ -114,7 +114,10 @@ def _text(content: Any) -> str:
 
 def _response_format(text_format: Any) -> dict[str, Any]:
     """`text.format` in the Responses shape -> `response_format` in the chat shape."""
-    if not isinstance(text_format, dict) or text_format.get("type") != "json_schema":
+    if not isinstance(text_format, dict):
+        raise RequestError(400, "text.format must be an object, e.g. {\"type\": \"json_schema\", \"name\": ..., "
+                                "\"schema\": {...}}")
+    if text_format.get("type") != "json_schema":
         return text_format
     spec = {key: text_format[key] for key in ("name", "schema", "strict", "description") if key in text_format}
     return {"type": "json_schema", "json_schema": spec}
@@ -176,8 +179,13 @@ async def stream(config: ServeConfig, request: RunRequest, response_id: str, red
                  state: ServerState):
     """The Responses events of one run: created and in_progress at once, then (when the run ends)
     the message item, its text in deltas, and `response.completed` with usage; or `response.failed`."""
-    started, seq = time.perf_counter(), [-1]
-    task = asyncio.create_task(run_request(config, request, None, state.stores))
+    started, seq, seen = time.perf_counter(), [-1], {}
+
+    def note_run(event: dict[str, Any]) -> None:
+        if top_run_id(event):
+            seen.setdefault("run_id", event["run_id"])
+
+    task = asyncio.create_task(run_request(config, request, note_run, state.stores))
     try:
         yield _event("response.created", seq, response=_response(request, response_id, "in_progress"))
         yield _event("response.in_progress", seq, response=_response(request, response_id, "in_progress"))
@@ -194,12 +202,7 @@ async def stream(config: ServeConfig, request: RunRequest, response_id: str, red
             await asyncio.gather(task, return_exceptions=True)
         state.release(request)
         if config.access_log:
-            log_access("POST", "/v1/responses", 200, task.result().run_id if _succeeded(task) else None,
-                       started, streamed=True)
-
-
-def _succeeded(task: asyncio.Task) -> bool:
-    return task.done() and not task.cancelled() and task.exception() is None
+            log_access("POST", "/v1/responses", 200, seen.get("run_id"), started, streamed=True)
 
 
 def _failed(request: RunRequest, response_id: str, error: Exception, redact: Callable[[str], str]) -> dict[str, Any]:

@@ -70,6 +70,12 @@ def workspace_for(request: RunRequest):
     return None if request.memory is None else Workspace(request.memory, owner=request.client or LOOPBACK_CLIENT)
 
 
+def top_run_id(event: dict[str, Any]) -> str | None:
+    """The run id of a top-level run's `run_start` event (None for any other event): what a
+    request's access-log line names, also for a run its client left."""
+    return event["run_id"] if event["type"] == "run_start" and event.get("parent_run_id") is None else None
+
+
 async def run_request(config: ServeConfig, request: RunRequest, on_event: Callable[[dict], None] | None,
                       stores: dict[str, Any]):
     """The result of the request's run. A client that leaves (the task cancelled) marks it interrupted."""
@@ -77,7 +83,7 @@ async def run_request(config: ServeConfig, request: RunRequest, on_event: Callab
     started: dict[str, str] = {}
 
     def listen(event: dict[str, Any]) -> None:
-        if event["type"] == "run_start" and event.get("parent_run_id") is None:
+        if top_run_id(event):
             started["run_id"] = event["run_id"]
         if on_event is not None:
             on_event(event)

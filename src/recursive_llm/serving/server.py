@@ -24,7 +24,7 @@ from .body import parse_body, read_body
 from .config import ServeConfig, served_names
 from .errors import Redactor, RequestError, error_body
 from .guard import add_guards
-from .request import RunRequest, answer_schema, parse_request, request_model
+from .request import RESPONSES_FIELDS, RunRequest, answer_schema, parse_request, request_model
 from .runner import ServerState, run_request
 from .sse import chat_stream
 from .transport import bind_socket, uvicorn_config
@@ -96,7 +96,8 @@ def _add_run_routes(app, config: ServeConfig, state: ServerState, redact: Redact
     @app.post("/v1/responses")
     async def responses(request: Request):
         def build(body: dict[str, Any]) -> RunRequest:
-            return serve_responses.with_echo(parse_request(serve_responses.chat_body(body), config), body)
+            return serve_responses.with_echo(parse_request(serve_responses.chat_body(body), config, RESPONSES_FIELDS),
+                                             body)
 
         raw = await read_body(request, config)
         return await _answer(request, raw, build, server, "resp_", serve_responses.response_body,
@@ -123,7 +124,7 @@ async def _answer(request, raw: bytes, build: Build, server: tuple[ServeConfig, 
     state.admit(config)  # before the body is parsed: a full server parses nothing
     try:  # the slot is this request's from now on, while its body is parsed too
         body, run = await parse_body(raw, build)
-        run = _admitted(run, await answer_schema(run.schema), request, state)
+        run = _admitted(run, await answer_schema(run.schema, run.schema_field), request, state)
     except BaseException:
         state.release()
         raise

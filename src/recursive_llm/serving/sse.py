@@ -14,7 +14,7 @@ from . import params as serve_params
 from .answers import content, require_answer, rlm_info, usage
 from .errors import RequestError, error_body
 from .guard import log_access
-from .runner import run_request
+from .runner import run_request, top_run_id
 
 if TYPE_CHECKING:
     from .config import ServeConfig
@@ -45,7 +45,7 @@ async def chat_stream(config: ServeConfig, request: RunRequest, completion_id: s
     started, seen = time.perf_counter(), {}
 
     def on_event(event: dict[str, Any]) -> None:
-        if event["type"] == "run_start" and event.get("parent_run_id") is None:
+        if top_run_id(event):
             seen.setdefault("run_id", event["run_id"])
         if event["type"] in PROGRESS_EVENTS:
             summary = {"type": event["type"], "depth": event.get("depth"), "iteration": event.get("iteration")}

@@ -231,9 +231,11 @@ class REPL:
                          "search": self.search, "semantic_search": self.semantic_search, "sql": self.sql,
                          "remember": self.remember, "memory": Memory(self._memory)}
         self.namespace.update(self._helpers)
-        self.namespace["_map_reduce"] = self.map_reduce
-        self.namespace["_user_tool"] = self.user_tool  # what the stubs of the user's tools call
-        self.namespace["ToolError"] = ToolError
+        self._internals = {"_map_reduce": self.map_reduce,  # the host's weak-model fallback runs it
+                           "_user_tool": self.user_tool,  # what the stubs of the user's tools call
+                           "_new_question": self.new_question,  # a session's question begins with it
+                           "ToolError": ToolError, "__builtins__": builtins}
+        self.namespace.update(self._internals)
         self.namespace.update(extra or {})
         self.namespace["answer"] = {"content": "", "ready": False}
         self.set_contexts([context, *more_contexts])
@@ -243,10 +245,17 @@ class REPL:
         tables = {t["name"]: t for t in self.sql_tables._tables}
         values = [helpers.Table(c.name, tables[c.name]["path"], tables[c.name]["format"], tables[c.name]["info"],
                                 self.sql_tables) if isinstance(c, TableRef) else c for c in contexts]
-        self.namespace["context"] = values[0]
+        self._inputs = {"context": values[0]}
         if len(values) > 1:
-            for index, value in enumerate(values):
-                self.namespace[f"context_{index}"] = value
+            self._inputs.update({f"context_{index}": value for index, value in enumerate(values)})
+        self.namespace.update(self._inputs)
+
+    def new_question(self) -> None:
+        """A session's next question starts with the inputs as loaded (`context`, `context_N`: an
+        earlier question may have bound them to anything) and `answer` unanswered; the model's own
+        variables stay. Within a question the model may rebind `context` as it likes."""
+        self.namespace.update(self._inputs)
+        self.namespace["answer"] = {"content": "", "ready": False}
 
     # -- exploration helpers (environments/helpers.py) ------------------------------------------
     def grep(self, pattern: str, source: Any = None, *, literal: bool | None = None, ignore_case: bool = False,
@@ -345,7 +354,7 @@ class REPL:
 
     def show_vars(self) -> dict[str, str]:
         """The variables the code has defined so far, with their types."""
-        hidden = set(self._contract) | set(self._helpers) | {"__name__", "__builtins__", "answer", "ToolError"}
+        hidden = set(self.provided()) | {"__name__", "answer"}
         return {name: type(value).__name__ for name, value in self.namespace.items()
                 if name not in hidden and not name.startswith("_") and not isinstance(value, type(sys))}
 
@@ -387,9 +396,16 @@ class REPL:
         except BaseException as error:  # a __str__ of the model's that raises (or exits) must not end the REPL
             return {"ok": False, "error": f"str({name}) failed: {type(error).__name__}: {error}"}
 
-    def _restore_contract(self) -> list[str]:
-        changed = [name for name, fn in self._contract.items() if self.namespace.get(name) is not fn]
-        self.namespace.update(self._contract)
+    def provided(self) -> dict[str, Any]:
+        """Every name the REPL provides: its contract, the helpers (`memory`, `search`, ...) and what
+        the host's code and the tools' stubs call. A cell may shadow one; the next starts with these."""
+        return {**self._contract, **self._helpers, **self._internals}
+
+    def restore_provided(self) -> list[str]:
+        """Bind every provided name to the REPL's own again; the names a cell had rebound or deleted."""
+        provided = self.provided()
+        changed = [name for name, value in provided.items() if self.namespace.get(name) is not value]
+        self.namespace.update(provided)
         return changed
 
     def execute(self, code: str) -> dict:
@@ -429,15 +445,17 @@ class REPL:
                 stderr.write("".join(traceback.format_exception_only(type(exc), exc)))
         finally:
             sys.stdout, sys.stderr = saved
-        changed = self._restore_contract()
+        changed = self.restore_provided()
         if changed:
-            stderr.write(f"\nNote: {', '.join(changed)} cannot be replaced; the originals were restored.\n")
+            stderr.write(f"\nNote: {', '.join(changed)} cannot be replaced (the REPL provides them); the "
+                         f"originals were restored: give your variables other names.\n")
         final = self._final
         answer = self.namespace.get("answer")
-        if final is None and isinstance(answer, dict) and answer.get("ready"):
+        # a plain dict only: a subclass's `get` could say `ready` in every later cell and question
+        if final is None and type(answer) is dict and dict.get(answer, "ready"):
             answer["ready"] = False  # reported once; a later turn (a session) starts unanswered
             try:
-                final = _bounded_answer(str(answer.get("content", "")))
+                final = _bounded_answer(str(dict.get(answer, "content", "")))
             except ValueError as exc:
                 error = error or f"ValueError: {exc}"
                 stderr.write(f"\nValueError: {exc}\n")

@@ -22,6 +22,7 @@ import resource
 import signal
 import sys
 import threading
+import types
 
 if __name__ == "__main__":  # make the package importable from a source checkout or an install
     # Started with -S, the host passes its resolved import path (argv[3]) instead of site processing.
@@ -150,29 +151,31 @@ def limit_cell_cpu(seconds: float | None) -> None:
 
 
 class Guard:
-    """Puts back, before every cell, what model code could rebind to forge later sub-call answers.
+    """Puts back, before every command, what model code could rebind to forge what later cells see.
 
     In a session, a cell of one question could replace `llm_query`'s machinery (the REPL's
     `_call_host`, a method of REPL or HostChannel, a function's `__code__`, `json.loads` that
-    parses the host's replies, ...) so that every later question got answers the host never sent.
-    This restores the classes, functions, module globals and instance attributes on that path from
-    references taken before any model code ran. It cannot be complete: code in the same process
-    can reach any object (gc, ctypes). What holds regardless is on the host's side: every frame is
-    validated, budgets, keys and models live only there."""
+    parses the host's replies, ...) or what the REPL provides (`memory`, `search`, the `_user_tool`
+    the tools' stubs call, the helpers' classes, builtins) so that every later question got answers
+    the host never sent. This restores the classes, functions, module globals, instance attributes
+    and the REPL's provided names from references taken before any model code ran; the model's own
+    variables are left as they are. It cannot be complete: code in the same process can reach any
+    object (gc, ctypes), and a thread an earlier cell left running can rebind a name again while a
+    later cell runs. What holds regardless is on the host's side: every frame is validated,
+    budgets, keys and models live only there."""
 
     def __init__(self, repl: REPL, channel: "HostChannel") -> None:
-        import json
-        import types
-
-        classes = (REPL, HostChannel, runtime.CappedBuffer, runtime.Memory, threading.Event, queue.Queue)
-        self._classes = [(cls, dict(cls.__dict__)) for cls in classes]
-        self._functions = [(f, f.__code__, f.__defaults__, f.__kwdefaults__) for _, snapshot in self._classes
-                           for f in snapshot.values() if isinstance(f, types.FunctionType)]
-        modules = (runtime, protocol, sys.modules[__name__], json)
-        self._functions += [(f, f.__code__, f.__defaults__, f.__kwdefaults__) for m in modules
-                            for f in vars(m).values() if isinstance(f, types.FunctionType)]
+        modules = _guarded_modules()
+        self._classes = [(cls, dict(cls.__dict__)) for cls in _guarded_classes()]
+        self._functions = [_function_state(f) for _, snapshot in self._classes for f in snapshot.values()
+                           if isinstance(f, types.FunctionType)]
+        self._functions += [_function_state(f) for m in modules for f in vars(m).values()
+                            if isinstance(f, types.FunctionType)]
         self._modules = [(m, dict(vars(m))) for m in modules]
-        self._instances = [(repl, {k: v for k, v in vars(repl).items() if k in ("_call_host", "_contract", "_helpers")}),
+        self._repl, self._provided = repl, repl.provided()
+        self._tables = {name: dict(vars(repl)[name]) for name in ("_contract", "_helpers", "_internals", "_inputs")}
+        self._memory_ask = self._provided["memory"]._ask
+        self._instances = [(repl, {k: v for k, v in vars(repl).items() if k not in self._tables and k != "_final"}),
                            (channel, {k: v for k, v in vars(channel).items() if k != "_next_id"})]
 
     def restore(self) -> None:
@@ -199,6 +202,43 @@ class Guard:
             for name in [n for n in attributes if n not in snapshot and hasattr(type(instance), n)]:
                 del attributes[name]  # an instance attribute shadowing a method
             attributes.update(snapshot)
+        self._restore_provided()
+
+    def _restore_provided(self) -> None:
+        """The REPL's tables of what it provides (copies: a cell may have changed their contents),
+        `memory`'s way to the host, and each provided name in the namespace."""
+        vars(self._repl).update({name: dict(table) for name, table in self._tables.items()})
+        object.__setattr__(self._provided["memory"], "_ask", self._memory_ask)
+        self._repl.restore_provided()
+
+
+def _guarded_modules() -> tuple[types.ModuleType, ...]:
+    """The modules whose globals and functions the guard restores: the REPL's, the wire format's,
+    this one's, the helpers' (and the classes their results are made of), `json` and builtins."""
+    import builtins
+    import json
+
+    from recursive_llm.context import document
+    from recursive_llm.environments.inside import helpers, map_reduce
+
+    return runtime, protocol, sys.modules[__name__], json, helpers, map_reduce, document, builtins
+
+
+def _guarded_classes() -> list[type]:
+    """The REPL's and the channel's classes and the ones the helpers' results are made of (with
+    their bases of this package: a namedtuple's generated class)."""
+    from recursive_llm.context import document
+    from recursive_llm.environments.inside import helpers
+
+    own = {helpers.__name__, document.__name__}
+    made = {base for module in (helpers, document) for value in vars(module).values() if isinstance(value, type)
+            for base in value.__mro__ if base.__module__ in own}
+    return [REPL, HostChannel, runtime.CappedBuffer, runtime.Memory, threading.Event, queue.Queue,
+            *sorted(made, key=lambda cls: (cls.__module__, cls.__qualname__))]
+
+
+def _function_state(function: types.FunctionType) -> tuple:
+    return function, function.__code__, function.__defaults__, function.__kwdefaults__
 
 
 def _refuse(error: Exception) -> None:
