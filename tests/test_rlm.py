@@ -481,7 +481,10 @@ def test_an_environment_that_fails_to_close_still_ends_the_run_with_its_answer(m
     from recursive_llm.environments.host.worker import WorkerEnvironment
     from recursive_llm.record.store import Store
 
-    async def broken(self):
+    close = WorkerEnvironment.close
+
+    async def broken(self):  # the worker is stopped (its uid slot freed), then the close reports a failure
+        await close(self)
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(WorkerEnvironment, "close", broken)
