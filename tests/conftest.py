@@ -85,6 +85,41 @@ SLOW: dict[str, str] = {
     "test_server.py::test_fifty_concurrent_requests_with_injected_faults_all_end_cleanly": "a load test (12 s)",
     "test_endpoint_memory.py::test_a_new_process_starts_at_the_width_the_endpoint_took_before":
         "new Python processes, one after another (14 s)",
+    # The fast tier's slowest (measured 2026-12-06, quiet machine); each file keeps quicker tests.
+    "test_cli.py::test_ask_provider_failure_exit_code":
+        "waits out the provider's retries (6 s)",
+    "test_tiers.py::test_not_slow_deselects_a_slow_test_and_keeps_the_others":
+        "runs pytest twice in a subprocess (4 s)",
+    "test_server_hostile.py::test_a_stream_dropped_before_its_first_chunk_gives_its_slot_back_and_stops_its_run":
+        "rlm serve and a slow model, twice (8 s)",
+    "test_bench_and_batch.py::test_tasks_are_deterministic_with_exact_answers":
+        "builds every task family twice (4 s)",
+    "test_adaptive_concurrency.py::test_with_a_cap_of_8_few_requests_are_refused_after_warm_up":
+        "batches against a capped server (3 s)",
+    "test_adaptive_concurrency.py::test_runs_on_different_event_loops_share_one_limit":
+        "runs on four loops (3 s)",
+    "test_openai_transport.py::test_a_certificate_error_is_not_retried":
+        "TLS servers and waits (3 s each)",
+    "test_guards.py::test_the_hosts_batch_limit_holds_at_the_limit_and_one_past_it":
+        "two wide batches (3 s)",
+    "test_server.py::test_concurrency_limit_gives_429":
+        "holds a server full (3 s)",
+    "test_store.py::test_an_identical_second_run_makes_no_network_calls":
+        "two runs through HTTP (2 s)",
+    "test_server.py::test_graceful_shutdown_finishes_running_requests":
+        "waits out a shutdown (2 s)",
+    "test_store.py::test_many_threads_and_processes_record_at_once":
+        "processes writing one store (2 s)",
+    "test_rlm.py::test_time_budget_stops_the_run":
+        "waits out a run's time budget (2 s)",
+    "test_store.py::test_logs_show_view_and_export_commands":
+        "rlm commands as processes (2 s)",
+    "test_adaptive_concurrency.py::test_a_straggling_sub_call_is_sent_again_and_the_first_answer_wins":
+        "waits for stragglers (2 s each)",
+    "test_adaptive_concurrency.py::test_a_hedge_is_sent_only_when_the_budget_has_room_for_it":
+        "waits for stragglers (2 s each)",
+    "test_viewer_habits.py::test_header_counts_plural_axis_and_the_fallback_entry":
+        "renders runs in Chromium (2 s)",
 }
 
 
