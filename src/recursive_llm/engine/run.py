@@ -209,17 +209,19 @@ class Run:
         return prompts.memory_section(memory.workspace.name, *memory.prompt_entries())
 
     async def execute(self) -> Result:
-        env = self.environment or self._make_environment()
-        if self.environment is None:
+        own = self.environment is None  # a session's environment is started already, and stays open
+        if own:
             from ..environments.base import StartingInBackground
 
-            env = starting = StartingInBackground(env)
+            env = starting = StartingInBackground(self._make_environment())
+        else:
+            env = self.environment
         try:
-            if self.environment is None:
-                await starting.launched()  # its process boots while the input is described
+            if own:
+                await starting.until_launched()  # its process boots while the input is described
             self._emit_start(env)
         except BaseException:
-            if self.environment is None:
+            if own:
                 await env.close()
             raise
         answer: str | None = None
@@ -241,7 +243,7 @@ class Run:
             self._finish(None, StopReason.INTERRUPTED, "the run was interrupted before it finished")
             raise
         finally:
-            if self.environment is None and (unclosed := await self._close_own(env)):
+            if own and (unclosed := await self._close_own(env)):
                 error = f"{error}; {unclosed}" if error else unclosed
         return self._finish(answer, stopped, error)
 

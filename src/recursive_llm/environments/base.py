@@ -50,6 +50,10 @@ class Environment(abc.ABC):
     """The isolation layers a worker gets on this machine and what it lacks (recorded in `run_start`);
     None in-process. Known before `start`."""
 
+    launched: asyncio.Event | None
+    """Set once `start` has made the worker's process (it boots from then on, while the run describes
+    its input: `StartingInBackground.until_launched`); None where nothing boots (in-process, a spare)."""
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Make the REPL ready: `context` (and `context_0`, ...) defined, the helpers in place."""
@@ -151,15 +155,18 @@ class StartingInBackground(Environment):
     def isolation(self) -> IsolationPlan | None:
         return self.environment.isolation
 
+    @property
+    def launched(self) -> asyncio.Event | None:
+        return self.environment.launched
+
     async def start(self) -> None:
         """The start began with this object: wait for it (a failed start is raised here)."""
         await self._started
 
-    async def launched(self) -> None:
+    async def until_launched(self) -> None:
         """Wait until the environment's process exists (it boots from then on), or its start ended."""
-        event = getattr(self.environment, "launched", None)  # a worker's; an in-process one has none
-        if event is not None:
-            await until_set(event, self._started)
+        if self.environment.launched is not None:
+            await until_set(self.environment.launched, self._started)
 
     async def execute(self, code: str, timeout: float | None, wall_timeout: float | None = None) -> CellResult:
         await self._started

@@ -17,6 +17,7 @@ from .inside.runtime import CAPTURED_CHARS, REPL
 class LocalEnvironment(ReplEnvironment):
     name = "local"
     isolation = None  # none: the code runs in this process
+    launched = None  # no process boots
     past_time_limit = "abandoned"  # a thread cannot be stopped
 
     def __init__(self, context: Any, handler: SubCallHandler, *, max_captured_chars: int = CAPTURED_CHARS) -> None:

@@ -169,6 +169,7 @@ class PooledWorker(Environment):
     that worker."""
 
     name = "worker"
+    launched = None  # a spare has booted already (a worker of its own is started within `start`)
 
     def __init__(self, pool: WorkerPool, context: Any, handler: SubCallHandler, *,
                  sandbox: str = WorkerPolicy.sandbox, **options: Any) -> None:
