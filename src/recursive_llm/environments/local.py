@@ -11,7 +11,8 @@ import asyncio
 from typing import Any
 
 from .base import ReplEnvironment, SubCallHandler
-from .inside.runtime import CAPTURED_CHARS, REPL
+from ..caps import CAPTURED_CHARS
+from .inside.runtime import REPL
 
 
 class LocalEnvironment(ReplEnvironment):

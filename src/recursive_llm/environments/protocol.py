@@ -31,7 +31,7 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024
 CALL_KINDS = ("llm", "rlm", "tool")
 WORKER_MESSAGES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "ready": {},
-    "waiting": {},  # a pre-started worker, before its input (environments/pool.py)
+    "waiting": {},  # a pre-started worker, before its input (environments/prestart/pool.py)
     "call": {"id": int, "kind": str, "prompts": list},
     "result": {"id": int, "stdout": str, "stderr": str},
     "var": {"id": int, "ok": bool},

@@ -19,7 +19,7 @@ from ...errors import EnvironmentFailure
 from ..base import CellFailed, ReplEnvironment, SubCallHandler, until_set
 from .channel import WORKER_FAULTS, WorkerChannel
 from .process import start_process
-from ..inside.runtime import CAPTURED_CHARS
+from ...caps import CAPTURED_CHARS
 from .sandbox import SANDBOX_TMP, IsolationPlan, Limits, confinement_policy, plan_isolation, sandbox_env, worker_argv
 from ..prestart.template import ForkedProcess, WorkerTemplate
 from .worker_dir import WorkerDirectory
@@ -94,7 +94,7 @@ class WorkerEnvironment(ReplEnvironment):
         await self._send_load()
 
     async def prestart(self) -> None:
-        """Start the worker before its input exists (environments/pool.py): it imports everything,
+        """Start the worker before its input exists (environments/prestart/pool.py): it imports everything,
         sends `waiting` and runs nothing until `load` hands it one request's input."""
         await self._make_directory()
         await self._spawn(waiting=True)

@@ -25,7 +25,7 @@ from typing import Any
 from ...config import WorkerPolicy
 from ...errors import EnvironmentFailure
 from ..base import CellResult, Environment, SubCallHandler
-from ..inside.runtime import CAPTURED_CHARS
+from ...caps import CAPTURED_CHARS
 from . import template
 from ..host.sandbox import IsolationPlan, Limits, plan_isolation
 from .template import WorkerTemplate
