@@ -417,3 +417,162 @@ def test_a_certificate_error_is_not_retried(tls, tmp_path):
         server.server_close()
     assert not result.ok and ("certificate is not trusted" if tls else "connection failed") in result.error
     assert server.accepted == (1 if tls else 4)
+
+
+# A request's head and body in one write (models/coalesced_writes.py).
+
+class RecordedWrites:
+    """A network backend under the route's CoalescingBackend that keeps every write it is given."""
+
+    def __init__(self, inner) -> None:
+        import httpcore2
+
+        self.inner, self.writes = inner, []
+        outer = self
+
+        class Stream(httpcore2.AsyncNetworkStream):
+            def __init__(self, stream) -> None:
+                self.stream = stream
+
+            async def write(self, buffer, timeout=None):
+                outer.writes.append(bytes(buffer))
+                await self.stream.write(buffer, timeout)
+
+            async def read(self, max_bytes, timeout=None):
+                return await self.stream.read(max_bytes, timeout)
+
+            async def aclose(self):
+                await self.stream.aclose()
+
+            def get_extra_info(self, info):
+                return self.stream.get_extra_info(info)
+
+        self.stream = Stream
+
+    async def connect_tcp(self, host, port, **options):
+        return self.stream(await self.inner.connect_tcp(host, port, **options))
+
+
+def written(url: str, contents: list[str]) -> list[bytes]:
+    """The writes that reach the socket for one call per content (user messages), on one route."""
+    from recursive_llm.models.coalesced_writes import CoalescingBackend
+
+    client = OpenAIClient("m", base_url=url, api_key=SECRET)
+
+    async def go() -> list[bytes]:
+        pools = client._http()
+        index, route = pools.acquire()
+        pools.release(index)
+        backend = route.transport._pool._network_backend
+        assert isinstance(backend, CoalescingBackend)
+        recorded = backend.inner = RecordedWrites(backend.inner)
+        try:
+            for content in contents:
+                assert fields((await client.complete([{"role": "user", "content": content}])).text)["n"]
+        finally:
+            await client.aclose()
+        return recorded.writes
+    return asyncio.run(go())
+
+
+def test_a_request_leaves_in_one_write():
+    """Issue 26: httpcore2 writes the head and the body apart and yields to the loop between them, so
+    with many calls in flight the body waited behind every other ready task (and the server with it);
+    now both go in one write, on every request of a kept-alive connection."""
+    import json
+
+    with real_http.uvicorn() as url:
+        writes = written(url, ["first", "second", "third"])
+    assert len(writes) == 3
+    for write, content in zip(writes, ["first", "second", "third"]):
+        head, body = write.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"POST /v1/chat/completions HTTP/1.1")
+        assert json.loads(body)["messages"] == [{"role": "user", "content": content}]
+
+
+def test_a_large_body_is_sent_as_it_is_not_copied():
+    from recursive_llm.models.coalesced_writes import FLUSH_AT
+
+    content = "x" * (2 * FLUSH_AT)
+    with real_http.uvicorn() as url:
+        head, body = written(url, [content])
+    assert head.startswith(b"POST ") and head.endswith(b"\r\n\r\n") and content.encode() in body
+
+
+def test_writes_are_coalesced_through_a_proxy_too(monkeypatch):
+    """The route's pool is httpcore2's proxy pool when HTTP_PROXY applies: it is wrapped as well."""
+    import httpcore2
+
+    from recursive_llm.models.coalesced_writes import CoalescingBackend
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # never connected to here
+    client = OpenAIClient("m", base_url="http://model.invalid/v1", api_key=SECRET)
+
+    async def route_pool():
+        pools = client._http()
+        index, route = pools.acquire()
+        pools.release(index)
+        try:
+            return route.transport._pool
+        finally:
+            await client.aclose()
+    pool = asyncio.run(route_pool())
+    assert isinstance(pool, httpcore2.AsyncHTTPProxy) and isinstance(pool._network_backend, CoalescingBackend)
+
+
+class FakeStream:
+    """An inner stream for CoalescingStream's own rules (an in-process fake: a unit test)."""
+
+    def __init__(self, fail_writes: bool = False) -> None:
+        self.events, self.fail_writes = [], fail_writes
+
+    async def write(self, buffer, timeout=None):
+        import httpcore2
+
+        self.events.append(("write", bytes(buffer), timeout))
+        if self.fail_writes:
+            raise httpcore2.WriteError("the server closed")
+
+    async def read(self, max_bytes, timeout=None):
+        self.events.append(("read", max_bytes, timeout))
+        return b"HTTP/1.1 413 Payload Too Large\r\n\r\n"
+
+    async def aclose(self):
+        self.events.append(("close",))
+
+    async def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        self.events.append(("tls", server_hostname))
+        return FakeStream()
+
+
+def test_kept_writes_go_at_the_read_with_their_timeout_and_a_failed_write_still_reads():
+    from recursive_llm.models.coalesced_writes import CoalescingStream
+
+    async def go():
+        inner = FakeStream()
+        stream = CoalescingStream(inner)
+        await stream.write(b"head", timeout=3.0)
+        await stream.write(b"", timeout=3.0)
+        await stream.write(b"body", timeout=3.0)
+        assert inner.events == []  # nothing sent before the read
+        await stream.read(100, timeout=5.0)
+        assert inner.events == [("write", b"headbody", 3.0), ("read", 100, 5.0)]
+
+        failing = FakeStream(fail_writes=True)  # the server answered and closed before taking it all
+        stream = CoalescingStream(failing)
+        await stream.write(b"request")
+        assert (await stream.read(100)).startswith(b"HTTP/1.1 413")
+
+        dropped = FakeStream()  # a request never read for (cancelled) is never sent
+        stream = CoalescingStream(dropped)
+        await stream.write(b"request")
+        await stream.aclose()
+        assert dropped.events == [("close",)]
+
+        tunnel = FakeStream()  # a CONNECT through a proxy: what was kept goes before the handshake
+        stream = CoalescingStream(tunnel)
+        await stream.write(b"CONNECT")
+        secured = await stream.start_tls(ssl.create_default_context(), "example.com")
+        assert tunnel.events == [("write", b"CONNECT", None), ("tls", "example.com")]
+        assert isinstance(secured, CoalescingStream)
+    asyncio.run(go())

@@ -111,12 +111,16 @@ class Route:
     (`AsyncHTTPTransport.handle_async_request`, httpx2's public transport interface): the client's
     request building, URL and header merging, auth flow, cookie jar and redirect loop cost about a
     fifth of a call's CPU (issue 26); a redirect, rare, goes back through the client (`redirect`).
+    The pool sends a request's head and body in one write (models/coalesced_writes.py).
     The client's cookie jar is not used: cookies a server sets are not sent back."""
 
     def __init__(self, client: Any, url: Any) -> None:
+        from .coalesced_writes import coalesce_writes  # imports httpcore2: only once a route is made
+
         self.client = client
         # httpx2's own choice of pool for this URL (its proxy mounts); private, made once per route.
         self.transport = client._transport_for_url(url)
+        coalesce_writes(self.transport)  # a request's head and body in one write (models/coalesced_writes.py)
 
     async def redirect(self, request: Any, response: Any) -> Any:
         """The response to `response`'s redirect, through the client: its redirect rules (307 and
