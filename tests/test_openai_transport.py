@@ -362,6 +362,23 @@ def test_a_ca_only_in_the_systems_store_is_trusted(authority, request):
     assert fields(calls(url)[0])["n"] == "1" and fields(anthropic_call(url))["n"] == "2"
 
 
+@needs_tinyproxy
+def test_an_https_endpoint_through_an_http_proxy(authority, monkeypatch):
+    """HTTPS_PROXY: a CONNECT tunnel through tinyproxy, TLS inside it (the writes kept until each
+    read go through the tunnel and the handshake), three calls on the kept-alive tunnel."""
+    ca, url = authority
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{real_http.free_port()}")  # nothing listens there
+    with pytest.raises(ModelError, match="connection failed"):
+        calls(url)  # the proxy is used
+    with real_http.tinyproxy(f"ConnectPort {port}") as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy}")
+        texts = calls(url, 3)
+    assert len({fields(text)["port"] for text in texts}) == 1  # one tunnel, kept alive
+    assert [fields(text)["n"] for text in texts] == ["1", "2", "3"]
+
+
 @pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"])
 def test_the_ca_bundle_variables_are_honoured(variable, authority, monkeypatch):
     ca, url = authority
