@@ -4,7 +4,7 @@ httpcore2 writes an HTTP/1.1 request in pieces (the head, then each chunk of the
 anyio stream yields to the event loop after every write. With many calls in flight on one loop the
 body then waits behind every other ready task before it is sent, and the server, which cannot
 answer a request whose body has not come, waits with it: at 1,000 sub-calls 64 wide at 100 ms that
-was 4 to 7% of the fan-out's wall time (docs/BENCHMARKS.md, "Fan-out"). Here the pieces are kept
+was 3 to 7% of the fan-out's wall time (docs/BENCHMARKS.md, "Fan-out"). Here the pieces are kept
 until the stream is read (httpcore2 reads the response only once the request is written) or until
 they pass FLUSH_AT bytes, then sent in one write: one syscall and one yield per request instead of
 two, and the request is whole as soon as its first byte leaves.
