@@ -56,16 +56,24 @@ class TextFile:
     def _open(self, errors: str = "strict") -> TextIO:
         """The file, which must still be the one that was scanned (not a file or symlink swapped in)."""
         handle = open(self.path, encoding=self.reading_encoding, errors=errors)
-        info = os.fstat(handle.fileno())
-        if self.identity != (0, 0) and (info.st_dev, info.st_ino) != self.identity:
+        refusal = replaced_since_loaded(self.path, os.fstat(handle.fileno()), self.identity)
+        if refusal is not None:
             handle.close()
             from ..errors import ContextError
 
-            raise ContextError(f"{self.path} is not the file that was loaded (it was replaced since); load it again")
+            raise ContextError(refusal)
         return handle
 
     def __len__(self) -> int:
         return self.chars
+
+
+def replaced_since_loaded(path: str | Path, opened: os.stat_result, identity: tuple[int, int] | None) -> str | None:
+    """Why the open file `opened` (at `path`) must not be read as the input: it is not the file
+    that was loaded (`identity`, its device and inode; None or (0, 0) when not known), else None."""
+    if identity is None or tuple(identity) == (0, 0) or (opened.st_dev, opened.st_ino) == tuple(identity):
+        return None
+    return f"{path} is not the file that was loaded (it was replaced since); load it again"
 
 
 def _is_utf8(encoding: str) -> bool:

@@ -244,10 +244,12 @@ def _place_file(source: Path, target: Path, same_uid: bool = False, identity: tu
     one that was loaded), so no symlink or rename in between can put another file there."""
     import shutil
 
+    from ..context.textfile import replaced_since_loaded
+
     with open(source, "rb") as reader:
         info = os.fstat(reader.fileno())
-        if identity is not None and (info.st_dev, info.st_ino) != tuple(identity):
-            raise InputChanged(f"{source} is not the file that was loaded (it was replaced since); load it again")
+        if (refusal := replaced_since_loaded(source, info, identity)) is not None:
+            raise InputChanged(refusal)
         if (info.st_mode & 0o004 or (same_uid and info.st_uid == os.geteuid())) and _link_same(source, target, info):
             return
         try:
