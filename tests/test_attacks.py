@@ -30,10 +30,11 @@ import pytest
 from recursive_llm import RLM
 from recursive_llm.config import WorkerPolicy
 from recursive_llm.environments.prestart import pool as worker_pool
-from recursive_llm.environments.host.sandbox import Limits, plan_isolation
 from recursive_llm.record.events import read_trajectory
 from recursive_llm.paths import rlm_home
 from recursive_llm.testing import ScriptedModel
+
+from real_workers import MODES, real_workers
 
 KEY = "sk-attack-target-0123456789"
 TOOL_SECRET = "wx-77f3c9a7e5b1d246"  # a host secret that does not look like a key: only its variable's name says so
@@ -41,7 +42,6 @@ TOKEN = "rlm-serve-token-5f0e9c2d"  # in a host process's command line, like `rl
 ABSTRACT = f"rlm-attack-{os.getpid()}"  # an abstract unix socket the host listens on
 # Each attack runs under both worker modes a user can get: "auto" (namespaces where the machine
 # allows them) and "process" (no namespaces: what a machine without bubblewrap gets).
-MODES = {mode: plan_isolation(mode) for mode in ("auto", "process")}
 
 
 @dataclass
@@ -608,29 +608,8 @@ def test_rlm_query_past_max_depth_starts_no_child(arena):
 @contextlib.asynccontextmanager
 async def two_workers(mode: str, origin: str, victim_text: str, attacker_text: str):
     """A victim's and an attacker's worker, started each, or forked by one template (siblings)."""
-    from recursive_llm.environments.prestart import template as worker_template
-    from recursive_llm.environments.host.worker import WORKER_SCRIPT, WorkerEnvironment
-
-    async def no_calls(*args):
-        return []
-
-    template = None
-    if origin == "forked":
-        template = worker_template.WorkerTemplate(MODES[mode], Limits(), worker_template.python_argv_for_template(
-            str(WORKER_SCRIPT)))
-        await template.start()
-    victim = WorkerEnvironment(victim_text, no_calls, sandbox=mode, template=template)
-    attacker = WorkerEnvironment(attacker_text, no_calls, sandbox=mode, template=template)
-    try:
-        await victim.start()
-        await attacker.start()
-        assert template is None or template.forks == 2
+    async with real_workers(mode, origin, victim_text, attacker_text) as ((victim, attacker), template):
         yield victim, attacker, template
-    finally:
-        await attacker.close()
-        await victim.close()
-        if template is not None:
-            await template.close()
 
 
 @pytest.mark.parametrize("origin", ("started", "forked"))

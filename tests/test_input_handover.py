@@ -21,11 +21,11 @@ from recursive_llm import RLM
 from recursive_llm.context.loader import load_context
 from recursive_llm.environments import protocol
 from recursive_llm.environments.inside.mapped import MappedText, map_ascii_text
-from recursive_llm.environments.host.sandbox import Limits, plan_isolation
 from recursive_llm.errors import ContextError
 from recursive_llm.testing import ScriptedModel
 
-MODES = {mode: plan_isolation(mode) for mode in ("auto", "process")}
+from real_workers import MODES, real_workers
+
 LINE = "line {:07d} of an ascii input, long enough to be mapped\n"
 TEXT = "".join(LINE.format(i) for i in range(40_000))  # 2.2 MB
 
@@ -42,27 +42,9 @@ INSPECT = textwrap.dedent("""
 """)
 
 
-async def _no_calls(*args):
-    return []
-
-
 async def _in_worker(mode: str, origin: str, context, *cells: str) -> list:
-    from recursive_llm.environments.prestart import template as worker_template
-    from recursive_llm.environments.host.worker import WORKER_SCRIPT, WorkerEnvironment
-
-    template = None
-    if origin == "forked":
-        template = worker_template.WorkerTemplate(MODES[mode], Limits(), worker_template.python_argv_for_template(
-            str(WORKER_SCRIPT)))
-        await template.start()
-    worker = WorkerEnvironment(context, _no_calls, sandbox=mode, template=template)
-    try:
-        await worker.start()
+    async with real_workers(mode, origin, context) as ((worker,), _):
         return [await worker.execute(cell, 30) for cell in cells]
-    finally:
-        await worker.close()
-        if template is not None:
-            await template.close()
 
 
 @pytest.mark.parametrize("origin", ("started", "forked"))
