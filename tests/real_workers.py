@@ -24,13 +24,13 @@ async def real_workers(mode: str, origin: str, *contexts: Any) -> AsyncIterator[
     from recursive_llm.environments.host.worker import WORKER_SCRIPT, WorkerEnvironment
     from recursive_llm.environments.prestart import template as worker_template
 
-    template = None
-    if origin == "forked":
-        template = worker_template.WorkerTemplate(MODES[mode], Limits(), worker_template.python_argv_for_template(
-            str(WORKER_SCRIPT)))
-        await template.start()
-    workers = [WorkerEnvironment(context, no_calls, sandbox=mode, template=template) for context in contexts]
+    template, workers = None, []  # closed whatever step fails
     try:
+        if origin == "forked":
+            template = worker_template.WorkerTemplate(MODES[mode], Limits(), worker_template.python_argv_for_template(
+                str(WORKER_SCRIPT)))
+            await template.start()
+        workers = [WorkerEnvironment(context, no_calls, sandbox=mode, template=template) for context in contexts]
         for worker in workers:
             await worker.start()
         assert template is None or template.forks == len(workers)
