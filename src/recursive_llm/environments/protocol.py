@@ -241,7 +241,8 @@ def _place_file(source: Path, target: Path, same_uid: bool = False, identity: tu
     kernel copy. Linked: what other users may read anyway, or (`same_uid`) a file of this uid's
     own, which a worker of the same uid could read anyway; a link keeps the file's owner and mode.
     The file is opened once and that open file is linked or copied (`identity`: it must be the
-    one that was loaded), so no symlink or rename in between can put another file there."""
+    one that was loaded; None or (0, 0) when not known), so no symlink or rename in between can put
+    another file there."""
     import shutil
 
     from ..context.textfile import replaced_since_loaded
@@ -301,7 +302,7 @@ def _copy_text_file(source: TextFile, path: Path, same_uid: bool = False) -> Pat
     import codecs
 
     if source.is_utf8:  # a link or a kernel copy; a BOM is dropped on reading
-        _place_file(source.path, path, same_uid, source.identity if source.identity != (0, 0) else None)
+        _place_file(source.path, path, same_uid, source.identity)
         return path
     decoder = codecs.getincrementaldecoder(source.encoding)()
     with open(source.path, "rb") as reader, open(path, "wb") as writer:
